@@ -1,0 +1,125 @@
+"""Conversion of raw model outputs to the pair (x0_hat, eps_hat) on a Gaussian path.
+
+With ``x_t = alpha_t x_0 + sigma_t eps`` the supported parameterisations are
+
+* ``epsilon``:      ``eps_hat = out``,  ``x0_hat = (x_t - sigma_t eps_hat) / alpha_t``
+* ``sample``:       ``x0_hat = out``,   ``eps_hat = (x_t - alpha_t x0_hat) / sigma_t``
+* ``v_prediction``: ``v = alpha_t eps - sigma_t x_0`` (Salimans & Ho 2022), so
+  ``x0_hat = (alpha_t x_t - sigma_t v) / (alpha_t^2 + sigma_t^2)``,
+  ``eps_hat = (sigma_t x_t + alpha_t v) / (alpha_t^2 + sigma_t^2)``
+* ``flow``:         the velocity ``v = dx_t/dt = eps - x_0`` of the rectified-flow path ``alpha = 1 - t``,
+  ``sigma = t``: ``x0_hat = x_t - sigma_t v``, ``eps_hat = x_t + alpha_t v``.
+
+Models that learn their variance (ADM, IDDPM, DiT) emit ``2C`` channels: the prediction and the interpolation
+values ``v in [-1, 1]`` (see :func:`split_learned_variance`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
+
+
+def check_prediction_type(prediction_type: str) -> str:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    return prediction_type
+
+
+def split_learned_variance(model_output: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a ``2C``-channel output (channel axis 1) into the prediction and the variance interpolation values."""
+    channels = sample.shape[1]
+    expected = (sample.shape[0], 2 * channels, *sample.shape[2:])
+    if tuple(model_output.shape) != expected:
+        raise ValueError(
+            f"a learned-variance model must output 2C channels: expected model_output shape {expected} for a "
+            f"sample of shape {tuple(sample.shape)}, got {tuple(model_output.shape)}"
+        )
+    return model_output[:, :channels], model_output[:, channels:]
+
+
+def predict_x0_eps(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha_t: float,
+    sigma_t: float,
+    prediction_type: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(x0_hat, eps_hat)`` from a model output at a noisy time with ``alpha_t``, ``sigma_t``."""
+    if prediction_type == "epsilon":
+        if alpha_t == 0:
+            raise ValueError(
+                "prediction_type 'epsilon' cannot recover x0 where alpha_t = 0 (zero terminal SNR or t = 1 on a "
+                "flow path); use a v_prediction, sample or flow model, or start below the terminal time"
+            )
+        eps = model_output
+        return (sample - sigma_t * eps) / alpha_t, eps
+    if prediction_type == "sample":
+        x0 = model_output
+        return x0, (sample - alpha_t * x0) / sigma_t
+    if prediction_type == "v_prediction":
+        norm = alpha_t * alpha_t + sigma_t * sigma_t
+        if norm == 1.0:  # variance-preserving: skip two divisions
+            return alpha_t * sample - sigma_t * model_output, sigma_t * sample + alpha_t * model_output
+        return (alpha_t * sample - sigma_t * model_output) / norm, (sigma_t * sample + alpha_t * model_output) / norm
+    if prediction_type == "flow":
+        if abs(alpha_t + sigma_t - 1.0) > 1e-9:
+            raise ValueError("prediction_type 'flow' needs the rectified-flow path (alpha_t + sigma_t = 1)")
+        return sample - sigma_t * model_output, sample + alpha_t * model_output
+    check_prediction_type(prediction_type)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class X0Clipping:
+    """How the x0 prediction is bounded, with diffusers' semantics and key names.
+
+    ``thresholding`` (Imagen's dynamic thresholding) takes precedence over ``clip_sample``.
+    """
+
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+
+    def __post_init__(self):
+        if self.clip_sample_range <= 0:
+            raise ValueError(f"clip_sample_range must be > 0, got {self.clip_sample_range}")
+        if not 0 < self.dynamic_thresholding_ratio <= 1:
+            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {self.dynamic_thresholding_ratio}")
+        if self.sample_max_value < 1:
+            raise ValueError(f"sample_max_value must be >= 1, got {self.sample_max_value}")
+
+    @property
+    def active(self) -> bool:
+        return self.thresholding or self.clip_sample
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.thresholding:
+            return dynamic_threshold(x0, self.dynamic_thresholding_ratio, self.sample_max_value)
+        if self.clip_sample:
+            return x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+        return x0
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding: per sample, ``s = clamp(quantile(|x0|, ratio), 1, max_value)``;
+    ``x0 <- clamp(x0, -s, s) / s``."""
+    flat = x0.reshape(x0.shape[0], -1)
+    s = torch.quantile(flat.abs().float(), ratio, dim=1).clamp(min=1.0, max=max_value).to(flat.dtype)
+    s = s.unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
+
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "X0Clipping",
+    "check_prediction_type",
+    "dynamic_threshold",
+    "predict_x0_eps",
+    "split_learned_variance",
+]

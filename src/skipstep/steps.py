@@ -1,0 +1,234 @@
+"""Step rules: one reverse step from time ``t`` to the less noisy time ``s`` on any Gaussian path.
+
+Every rule is the posterior of :func:`skipstep.posterior.gaussian_posterior` with a choice of
+
+* ``eta`` -- the stochasticity of the step, in ``[0, 1]``: 1 is the paper's Markovian skipped-step sampler, 0 is
+  DDIM, values between are the DDIM family; a per-step *eta schedule* mixes them along the trajectory
+  (the paper's "integration with DDIM"), see :func:`resolve_eta_schedule`;
+* the injected noise variance (``variance_type``), scaled by ``eta^2``:
+
+  - ``small``: the exact posterior variance ``sigma_s^2 v / sigma_t^2`` (DDPM ``fixed_small``);
+  - ``large``: the jump's ``v = sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2`` (DDPM ``fixed_large``);
+  - ``learned``: ``exp(f log v + (1 - f) log var_post)`` with ``f = (out + 1) / 2`` read from the model's extra
+    channels (ADM / IDDPM / DiT ``learned_range``), interpolating on the *skipped* chain's ``v`` and ``var_post``.
+
+  The mean is always the DDIM-family mean with ``lambda^2 = eta^2 var_post``, so at ``eta = 1`` it is the exact
+  posterior mean whatever the noise variance, as in DDPM/IDDPM.
+
+The final step (to the clean time) returns ``x0_hat`` and injects no noise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .posterior import Posterior, gaussian_posterior
+from .predictions import X0Clipping, predict_x0_eps, split_learned_variance
+
+VARIANCE_TYPES = ("small", "large", "learned")
+# diffusers' names for the same choices
+DIFFUSERS_VARIANCE_TYPES = {
+    "fixed_small": "small",
+    "fixed_small_log": "small",
+    "fixed_large": "large",
+    "fixed_large_log": "large",
+    "learned_range": "learned",
+}
+# the smallest posterior variance taken to a log, as in diffusers (the final step's is exactly 0)
+_MIN_LOG_VARIANCE = 1e-20
+
+
+def canonical_variance_type(variance_type: str | None) -> str:
+    """Map our names and diffusers' names onto ``small`` / ``large`` / ``learned``."""
+    if variance_type is None:
+        return "small"
+    if variance_type in VARIANCE_TYPES:
+        return variance_type
+    if variance_type in DIFFUSERS_VARIANCE_TYPES:
+        return DIFFUSERS_VARIANCE_TYPES[variance_type]
+    allowed = VARIANCE_TYPES + tuple(DIFFUSERS_VARIANCE_TYPES)
+    raise ValueError(
+        f"variance_type must be one of {allowed}, got {variance_type!r} (diffusers' 'learned' -- a variance "
+        "predicted directly for the full chain -- cannot be transferred to a skipped chain; 'learned_range' can)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# eta schedules
+# ----------------------------------------------------------------------------------------------------------------
+_SWITCH = re.compile(r"^(skip-ddim|ddim-skip):([0-9]*\.?[0-9]+)$")
+_LINEAR = re.compile(r"^linear:([0-9]*\.?[0-9]+):([0-9]*\.?[0-9]+)$")
+ETA_SCHEDULE_FORMS = (
+    "a number in [0, 1] (constant)",
+    "a list of numbers in [0, 1], one per step",
+    "'linear:A:B' (eta ramps from A at the first step to B at the last)",
+    "'skip-ddim:K' (skipped-step eta=1 for the first K steps, then DDIM eta=0; K an integer, or a fraction in (0,1) "
+    "of the steps)",
+    "'ddim-skip:K' (DDIM for the first K steps, then skipped-step)",
+)
+
+
+def _check_eta(value: float, where: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ValueError(f"eta must lie in [0, 1]; got {value} {where}")
+    return value
+
+
+def _switch_index(k_text: str, num_steps: int) -> int:
+    k = float(k_text)
+    if "." in k_text:
+        if not 0.0 <= k <= 1.0:
+            raise ValueError(f"a fractional eta switch point must lie in [0, 1], got {k}")
+        return int(round(k * num_steps))
+    if k > num_steps:
+        raise ValueError(f"eta switch point K={int(k)} exceeds the number of steps ({num_steps})")
+    return int(k)
+
+
+def resolve_eta_schedule(eta, num_steps: int) -> list[float]:
+    """Per-step eta values (first step first) from any accepted form, see ``ETA_SCHEDULE_FORMS``.
+
+    The last step goes to the clean data and injects no noise whatever its eta; it is still listed.
+    """
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if isinstance(eta, bool):
+        raise ValueError("eta must be a number, a list of numbers or a schedule string, not a bool")
+    if isinstance(eta, (int, float)):
+        return [_check_eta(eta, "(constant eta)")] * num_steps
+    if isinstance(eta, str):
+        text = eta.strip().replace(" ", "")
+        try:
+            return [_check_eta(float(text), "(constant eta)")] * num_steps
+        except ValueError as exc:
+            if "eta must lie" in str(exc):
+                raise
+        m = _LINEAR.match(text)
+        if m:
+            start, end = _check_eta(m.group(1), "at the start of 'linear'"), _check_eta(m.group(2), "at its end")
+            if num_steps == 1:
+                return [start]
+            return [start + (end - start) * i / (num_steps - 1) for i in range(num_steps)]
+        m = _SWITCH.match(text)
+        if m:
+            k = _switch_index(m.group(2), num_steps)
+            first, then = (1.0, 0.0) if m.group(1) == "skip-ddim" else (0.0, 1.0)
+            return [first] * k + [then] * (num_steps - k)
+        raise ValueError(f"unknown eta schedule {eta!r}; accepted forms: " + "; ".join(ETA_SCHEDULE_FORMS))
+    if isinstance(eta, torch.Tensor):
+        eta = eta.detach().cpu().flatten().tolist()
+    if isinstance(eta, Sequence):
+        if len(eta) != num_steps:
+            raise ValueError(f"a per-step eta schedule must have one value per step: {num_steps} values, got {len(eta)}")
+        return [_check_eta(v, f"at step {i}") for i, v in enumerate(eta)]
+    raise ValueError(f"eta must be one of: " + "; ".join(ETA_SCHEDULE_FORMS) + f"; got {type(eta).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the step
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepConfig:
+    """What a step rule needs besides the posterior: how to read the model and which noise to inject."""
+
+    prediction_type: str = "epsilon"
+    variance_type: str = "small"
+    clipping: X0Clipping = X0Clipping()
+    check_finite: bool = True
+
+
+def needs_noise(post: Posterior) -> bool:
+    return post.eta > 0.0 and not post.is_final
+
+
+def noise_std(post: Posterior, variance_type: str, variance_values: torch.Tensor | None = None):
+    """Standard deviation of the injected noise: a float, or a tensor for ``learned`` variance."""
+    if post.is_final or post.eta == 0.0:
+        return 0.0
+    if variance_type == "small":
+        return math.sqrt(post.noise_var)
+    if variance_type == "large":
+        return post.eta * math.sqrt(post.jump_variance)
+    if variance_type == "learned":
+        if variance_values is None:
+            raise ValueError("variance_type 'learned' needs a model with 2C output channels")
+        frac = (variance_values + 1.0) / 2.0
+        log_small = math.log(max(post.posterior_variance, _MIN_LOG_VARIANCE))
+        log_large = math.log(max(post.jump_variance, _MIN_LOG_VARIANCE))
+        return post.eta * torch.exp(0.5 * (frac * log_large + (1.0 - frac) * log_small))
+    raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
+
+
+def check_model_output(model_output: torch.Tensor, sample: torch.Tensor, variance_type: str, step_name: str):
+    """Shape and finiteness checks with messages naming the step."""
+    expected_channels = 2 * sample.shape[1] if variance_type == "learned" else sample.shape[1]
+    expected = (sample.shape[0], expected_channels, *sample.shape[2:])
+    if tuple(model_output.shape) != expected:
+        what = "2C channels (learned variance)" if variance_type == "learned" else "the sample's shape"
+        raise ValueError(
+            f"model output at {step_name} must have {what}: expected {expected}, got {tuple(model_output.shape)}"
+        )
+
+
+def check_finite(tensor: torch.Tensor, what: str, step_name: str) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        raise FloatingPointError(f"{what} at {step_name} contains NaN or inf")
+
+
+def posterior_step(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha_t: float,
+    sigma_t: float,
+    post: Posterior,
+    config: StepConfig,
+    noise: torch.Tensor | None = None,
+    step_name: str = "this step",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One reverse step ``x_t -> x_s``; returns ``(x_s, x0_hat)`` in the sample's dtype.
+
+    ``x_s = coef_xt x_t + coef_x0 x0_hat + std * noise`` (see :class:`~skipstep.posterior.Posterior`), computed in
+    float32 (or float64 for float64 inputs). ``noise`` is required when the step injects noise.
+    """
+    check_model_output(model_output, sample, config.variance_type, step_name)
+    if config.check_finite:
+        check_finite(model_output, "the model output", step_name)
+    out_dtype = sample.dtype
+    compute_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    x_t = sample.to(compute_dtype)
+    model_output = model_output.to(compute_dtype)
+    variance_values = None
+    if config.variance_type == "learned":
+        model_output, variance_values = split_learned_variance(model_output, x_t)
+    x0, _ = predict_x0_eps(model_output, x_t, alpha_t, sigma_t, config.prediction_type)
+    x0 = config.clipping(x0)
+    if post.is_final:
+        return x0.to(out_dtype), x0.to(out_dtype)
+    x_s = post.coef_xt * x_t + post.coef_x0 * x0
+    std = noise_std(post, config.variance_type, variance_values)
+    if isinstance(std, torch.Tensor) or std > 0.0:
+        if noise is None:
+            raise ValueError(f"{step_name} injects noise (eta={post.eta}) but no noise tensor was given")
+        x_s = x_s + std * noise.to(compute_dtype)
+    return x_s.to(out_dtype), x0.to(out_dtype)
+
+
+__all__ = [
+    "DIFFUSERS_VARIANCE_TYPES",
+    "ETA_SCHEDULE_FORMS",
+    "StepConfig",
+    "VARIANCE_TYPES",
+    "canonical_variance_type",
+    "check_finite",
+    "check_model_output",
+    "needs_noise",
+    "noise_std",
+    "posterior_step",
+    "resolve_eta_schedule",
+]
