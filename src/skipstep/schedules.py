@@ -86,7 +86,7 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """
     alphas_bar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
     first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
-    alphas_bar_sqrt = (alphas_bar_sqrt - last) * first / (first - last)
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))  # diffusers' float32 operation order
     alphas_bar = alphas_bar_sqrt**2
     alphas = torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
     return 1.0 - alphas

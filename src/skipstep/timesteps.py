@@ -14,8 +14,8 @@ Spacings for a discrete chain of ``T`` steps (``n`` model evaluations), matching
 On continuous paths (``t`` in ``[t_min, t_max]``): ``linspace`` includes both ends, ``trailing`` is
 ``t_max (n - i) / n``, ``quadratic`` is ``t_max ((n - i) / n)^2``, ``log_snr`` as above; ``leading`` is
 discrete only. Rounding on a discrete chain can make neighbours collide when ``n`` is close to ``T``; colliding
-indices are moved down one at a time so the list stays strictly descending (never silently dropped), and if that
-runs out of indices the request is refused.
+indices are pushed apart to the nearest free indices so the list stays strictly descending with exactly ``n``
+entries (never silently dropped).
 """
 
 from __future__ import annotations
@@ -30,13 +30,17 @@ from .schedules import GaussianPath
 SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr")
 
 
-def _make_strictly_descending(ts: np.ndarray, lowest: int) -> np.ndarray:
+def _make_strictly_descending(ts: np.ndarray, highest: int) -> np.ndarray:
+    """Closest strictly descending integers in [0, highest]: colliding neighbours are pushed apart, first up from
+    the bottom, then down from the top (always possible when len(ts) <= highest + 1)."""
     ts = ts.astype(np.int64).copy()
-    for i in range(1, len(ts)):
-        if ts[i] >= ts[i - 1]:
-            ts[i] = ts[i - 1] - 1
-    if len(ts) and ts[-1] < lowest:
-        raise ValueError("too many steps for this spacing: the selected timesteps run below t=0")
+    n = len(ts)
+    ts[-1] = max(ts[-1], 0)
+    for i in range(n - 2, -1, -1):
+        ts[i] = max(ts[i], ts[i + 1] + 1)
+    ts[0] = min(ts[0], highest)
+    for i in range(1, n):
+        ts[i] = min(ts[i], ts[i - 1] - 1)
     return ts
 
 
@@ -69,7 +73,7 @@ def select_timesteps(
         else:  # log_snr
             lam = _log_snr_grid(path, path.t_max, path.t_min, num_steps)
             ts = np.round(path.time_at_log_snr(torch.as_tensor(lam)).numpy())
-        return torch.as_tensor(_make_strictly_descending(np.asarray(ts), lowest=0))
+        return torch.as_tensor(_make_strictly_descending(np.asarray(ts), highest=T - 1))
 
     t_max, t_min = float(path.t_max), float(path.t_min)
     i = np.arange(num_steps, dtype=np.float64)
