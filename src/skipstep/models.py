@@ -1,0 +1,369 @@
+"""Model registry for the benchmark and the CLI: a name (or a local diffusers directory) -> :class:`ModelSpec`.
+
+A :class:`ModelSpec` bundles everything a side-by-side run needs from a model:
+
+* ``model(x_t, t)`` -- a plain callable returning the raw network output as a tensor (diffusers outputs are
+  unwrapped from ``.sample``); ``t`` is a scalar or ``(B,)`` tensor of training-chain timesteps;
+* ``scheduler_config`` -- a diffusers scheduler config (a plain dict) describing the training chain: betas,
+  ``num_train_timesteps``, ``prediction_type``. Every sampler is built from it;
+* ``sample_shape`` ``(C, H, W)``, ``prediction_type`` and a ``fingerprint`` (a short hash of the weights and the
+  config, used to recognise result directories and, later, tuned schedules);
+* ``reference`` -- for analytic models an :class:`ExactMixtureReference` (exact data samples and exact metrics);
+  ``None`` for trained networks, whose reference is their own 1000-step ancestral samples;
+* ``feature_fn`` -- the feature network for a Fréchet distance (the shipped digit classifier for ``1x8x8``
+  models), or ``None`` (FD is then skipped; sliced Wasserstein is still reported);
+* ``real_data`` -- optional real images (``{"train": ..., "heldout": ...}``) for data floors.
+
+Built-in names: ``gmm`` (the exact denoiser of a digits-mean Gaussian mixture on the DDPM linear-beta chain) and
+``digits`` (the project's trained 8x8 UNet). Anything else is read as a path to a local diffusers directory.
+New models are added with :func:`register_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEFAULT_GMM_NUM_MEANS",
+    "DEFAULT_GMM_STD",
+    "ExactMixtureReference",
+    "ModelLoadError",
+    "ModelSpec",
+    "available_models",
+    "load_model",
+    "register_model",
+]
+
+#: Default per-pixel std of the ``gmm`` model's modes (pixels live in [-1, 1]).
+DEFAULT_GMM_STD = 0.05
+#: Default number of digit images used as the ``gmm`` model's means; a batch of 2000 costs ~10 ms per evaluation.
+DEFAULT_GMM_NUM_MEANS = 100
+
+DDPM_LINEAR_CONFIG: dict[str, Any] = {
+    "_class_name": "DDPMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "variance_type": "fixed_small",
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+}
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+CONFIG_NAME = "config.json"
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+
+
+class ModelLoadError(ValueError):
+    """A model name is unknown, or a model directory is missing, incomplete or corrupt (the message names it)."""
+
+
+@dataclass
+class ExactMixtureReference:
+    """The exact data distribution of an analytic model: draw exact samples and score samples exactly."""
+
+    mixture: Any  # skipstep.testbeds.gmm.GaussianMixture
+
+    def sample(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` exact draws (float32, ``(n, *event_shape)``) from a CPU generator seeded with ``seed``."""
+        x, _ = self.mixture.sample(n, generator=torch.Generator().manual_seed(int(seed)))
+        return x
+
+    def metrics(self, samples: torch.Tensor) -> dict[str, float]:
+        """Mixture-exact metrics: ``mode_tv`` (mode-frequency total variation vs the weights) and
+        ``spread_ratio`` (RMS distance to the assigned mode mean in units of the mode std; 1 is exact)."""
+        from .metrics import mixture_metrics
+
+        out = mixture_metrics(samples.reshape(samples.shape[0], -1), self.mixture.means, self.mixture.weights,
+                              self.mixture.std)
+        return {"mode_tv": float(out["mode_frequency_tv"]), "spread_ratio": float(out["within_mode_spread_ratio"])}
+
+
+@dataclass
+class ModelSpec:
+    """Everything a benchmark needs from one model (see the module docstring)."""
+
+    name: str
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    scheduler_config: dict[str, Any]
+    sample_shape: tuple[int, ...]
+    prediction_type: str
+    fingerprint: str
+    reference: ExactMixtureReference | None = None
+    feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    feature_name: str | None = None
+    real_data: dict[str, torch.Tensor] | None = None
+    device: str = "cpu"
+    description: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able summary (for config.json and results)."""
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "sample_shape": list(self.sample_shape),
+            "prediction_type": self.prediction_type,
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_schedule": self.scheduler_config.get("beta_schedule"),
+            "reference": "exact data distribution" if self.reference is not None else "1000-step ancestral samples",
+            "features": self.feature_name,
+            "description": self.description,
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------------
+def _hash_update_json(h, obj) -> None:
+    h.update(json.dumps(obj, sort_keys=True, default=str).encode())
+
+
+def _short(h) -> str:
+    return h.hexdigest()[:12]
+
+
+def _file_sha256(path: Path, h=None):
+    h = h or hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h
+
+
+def _clean_scheduler_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The training-chain keys of a scheduler config as a plain JSON-able dict (DDPM defaults filled in)."""
+    out = dict(DDPM_LINEAR_CONFIG)
+    for key, value in dict(config).items():
+        if key.startswith("_") and key != "_class_name":
+            continue
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        out[key] = value
+    if isinstance(out.get("trained_betas"), tuple):
+        out["trained_betas"] = list(out["trained_betas"])
+    return out
+
+
+def _wrap_diffusers_model(net: torch.nn.Module, out_channels_used: int | None = None):
+    """``model(x, t) -> tensor``: unwrap ``.sample``, broadcast a scalar ``t`` to the batch."""
+
+    @torch.no_grad()
+    def model(x: torch.Tensor, t) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.reshape(1).expand(x.shape[0])
+        out = net(x, t)
+        out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
+        if out_channels_used is not None:
+            out = out[:, :out_channels_used]
+        return out
+
+    model.net = net  # type: ignore[attr-defined]
+    return model
+
+
+def _digit_feature_fn(device: str):
+    """The shipped digit classifier's features, or ``None`` when its weights are not available."""
+    try:
+        from .testbeds.digits import load_digit_classifier
+
+        clf = load_digit_classifier(device=device)
+    except (ImportError, FileNotFoundError, ValueError, OSError):
+        return None
+
+    @torch.no_grad()
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return clf.features(x.to(device=device, dtype=torch.float32))
+
+    return features
+
+
+# --------------------------------------------------------------------------------------------------------------
+# built-in models
+# --------------------------------------------------------------------------------------------------------------
+def load_gmm(device: str = "cpu", std: float = DEFAULT_GMM_STD, num_means: int | None = DEFAULT_GMM_NUM_MEANS,
+             seed: int = 0) -> ModelSpec:
+    """The exact denoiser of the digits-mean mixture ``(1/K) sum_k N(image_k, std^2 I)`` (``K = num_means`` train
+    digits) on the DDPM linear-beta chain (T=1000), epsilon output. Its samplers' only error is discretisation."""
+    from .schedules import DiscreteVPPath
+    from .testbeds.gmm import GMMDenoiser, digits_mixture
+
+    config = dict(DDPM_LINEAR_CONFIG)
+    mixture = digits_mixture(std=std, num_means=num_means, split="train", seed=seed)
+    net = GMMDenoiser(mixture, DiscreteVPPath.from_config(config), prediction_type="epsilon").to(device)
+
+    @torch.no_grad()
+    def model(x: torch.Tensor, t) -> torch.Tensor:
+        return net(x, t)
+
+    model.net = net  # type: ignore[attr-defined]
+    h = hashlib.sha256(b"gmm-v1")
+    h.update(mixture.means.numpy().tobytes())
+    h.update(mixture.weights.numpy().tobytes())
+    _hash_update_json(h, {"std": mixture.std, "config": config})
+    feature_fn = _digit_feature_fn(device)
+    return ModelSpec(
+        name="gmm",
+        model=model,
+        scheduler_config=config,
+        sample_shape=(1, 8, 8),
+        prediction_type="epsilon",
+        fingerprint=_short(h),
+        reference=ExactMixtureReference(mixture),
+        feature_fn=feature_fn,
+        feature_name="digit-classifier" if feature_fn is not None else None,
+        device=device,
+        description=f"exact denoiser of a {mixture.num_modes}-mode digits mixture (std {mixture.std}), "
+                    "DDPM linear betas, T=1000, epsilon",
+    )
+
+
+def load_digits(device: str = "cpu") -> ModelSpec:
+    """The project's trained 8x8 digits DDPM UNet (epsilon, linear betas, T=1000) with real-data floors."""
+    from .testbeds import digits as d
+
+    spec = load_diffusers_dir(d.DIGITS_UNET_DIR, device=device, name="digits")
+    spec.description = "trained diffusers UNet2DModel on sklearn 8x8 digits (epsilon, linear betas, T=1000)"
+    spec.real_data = {"train": d.load_digits_images("train"), "heldout": d.load_digits_images("heldout")}
+    return spec
+
+
+def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None = None) -> ModelSpec:
+    """A local diffusers directory: a ``save_pretrained`` pipeline (``unet/`` + ``scheduler/``) or a bare UNet
+    directory (``config.json`` + ``diffusion_pytorch_model.safetensors``) with a ``scheduler_config.json``
+    beside it. Only safetensors weights are read (never pickles); errors name the offending file."""
+    root = Path(path)
+    if not root.exists():
+        raise ModelLoadError(f"model directory not found: {root}")
+    if not root.is_dir():
+        raise ModelLoadError(f"model path is not a directory: {root}")
+    if (root / "unet").is_dir():
+        unet_dir = root / "unet"
+        sched_file = root / "scheduler" / SCHEDULER_CONFIG_NAME
+    else:
+        unet_dir = root
+        sched_file = root / SCHEDULER_CONFIG_NAME
+        if not sched_file.is_file() and (root / "scheduler" / SCHEDULER_CONFIG_NAME).is_file():
+            sched_file = root / "scheduler" / SCHEDULER_CONFIG_NAME
+    config_file = unet_dir / CONFIG_NAME
+    weights_file = unet_dir / WEIGHTS_NAME
+    for f, what in ((config_file, "UNet config"), (weights_file, "UNet weights (safetensors)"),
+                    (sched_file, "scheduler config")):
+        if not f.is_file():
+            extra = ""
+            if f == weights_file and (unet_dir / "diffusion_pytorch_model.bin").is_file():
+                extra = " (only a pickle .bin file is present; skipstep loads safetensors only)"
+            raise ModelLoadError(f"{what} missing: {f}{extra}")
+    unet_config = _read_json(config_file)
+    sched_config = _clean_scheduler_config(_read_json(sched_file))
+    class_name = unet_config.get("_class_name", "UNet2DModel")
+    if class_name != "UNet2DModel":
+        raise ModelLoadError(f"{config_file}: unsupported model class {class_name!r} (only unconditional "
+                             "UNet2DModel directories can be benchmarked)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights_file), framework="pt") as fh:
+            _ = list(fh.keys())
+    except Exception as err:  # SafetensorError, OSError, ...
+        raise ModelLoadError(f"corrupt weights file {weights_file}: {err}") from err
+    from diffusers import UNet2DModel
+
+    try:
+        net = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, use_safetensors=True)
+    except Exception as err:
+        raise ModelLoadError(f"could not load {weights_file} with {config_file}: {err}") from err
+    net = net.to(device).eval().requires_grad_(False)
+    in_ch = int(net.config.in_channels)
+    out_ch = int(net.config.out_channels)
+    size = net.config.sample_size
+    h_, w_ = (size, size) if isinstance(size, int) else tuple(size)
+    notes = []
+    used = None
+    if out_ch == 2 * in_ch:
+        used = in_ch
+        sched_config["variance_type"] = "fixed_small"
+        notes.append("the network predicts its variance (2C channels); only the mean channels are used, "
+                     "with the fixed-small variance, so that every sampler sees the same model")
+    elif out_ch != in_ch:
+        raise ModelLoadError(f"{config_file}: out_channels={out_ch} must equal in_channels={in_ch} (or twice it)")
+    prediction_type = sched_config.get("prediction_type", "epsilon")
+    h = _file_sha256(weights_file)
+    _hash_update_json(h, {"unet": unet_config, "scheduler": sched_config})
+    feature_fn = _digit_feature_fn(device) if (in_ch, h_, w_) == (1, 8, 8) else None
+    return ModelSpec(
+        name=name or str(root),
+        model=_wrap_diffusers_model(net, used),
+        scheduler_config=sched_config,
+        sample_shape=(in_ch, int(h_), int(w_)),
+        prediction_type=prediction_type,
+        fingerprint=_short(h),
+        feature_fn=feature_fn,
+        feature_name="digit-classifier" if feature_fn is not None else None,
+        device=device,
+        description=f"diffusers UNet2DModel from {root}",
+        notes=notes,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"corrupt JSON file {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"corrupt JSON file {path}: expected an object")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------------------------
+_MODELS: dict[str, tuple[Callable[..., ModelSpec], str]] = {}
+
+
+def register_model(name: str, loader: Callable[..., ModelSpec], description: str = "") -> None:
+    """Register ``loader(device=...) -> ModelSpec`` under ``name``."""
+    _MODELS[name] = (loader, description)
+
+
+register_model("gmm", load_gmm, "exact denoiser of a digits-mean Gaussian mixture (analytic; exact reference)")
+register_model("digits", load_digits, "the shipped 8x8 digits DDPM UNet")
+
+
+def available_models() -> dict[str, str]:
+    """Registered model names and their one-line descriptions."""
+    return {name: desc for name, (_, desc) in _MODELS.items()}
+
+
+def load_model(name_or_path: str, device: str = "cpu") -> ModelSpec:
+    """A registered model by name, or a local diffusers directory by path."""
+    if name_or_path in _MODELS:
+        loader, _ = _MODELS[name_or_path]
+        return loader(device=device)
+    p = Path(name_or_path)
+    looks_like_path = p.exists() or "/" in name_or_path or name_or_path.startswith(".")
+    if not looks_like_path:
+        raise ModelLoadError(
+            f"unknown model {name_or_path!r}; valid names: {', '.join(sorted(_MODELS))} "
+            "(or a path to a local diffusers directory)"
+        )
+    return load_diffusers_dir(p, device=device)

@@ -1,0 +1,301 @@
+"""Sampler registry: a name -> how to build a diffusers-style scheduler from a model's scheduler config, and how
+many ``num_inference_steps`` a requested number of network evaluations (NFE) buys.
+
+Every sampler -- ours and diffusers' -- is driven by the one standard loop (:func:`run_standard_loop`)::
+
+    sched.set_timesteps(k); x = noise * sched.init_noise_sigma
+    for t in sched.timesteps:
+        out = model(sched.scale_model_input(x, t), t)
+        x = sched.step(out, t, x, generator=g).prev_sample
+
+NFE is counted honestly by wrapping the model in a :class:`CallCounter`; the benchmark records the count.
+
+Settings shared by all samplers (stated in every benchmark output, see :data:`COMMON_SETTINGS`):
+``timestep_spacing="trailing"`` (starts at ``t = T-1``), a clean final step where the scheduler offers one
+(DDIM/PNDM ``set_alpha_to_one=True``; DPM-Solver/UniPC/Euler ``final_sigmas_type="zero"``), and no clipping or
+thresholding of ``x0_hat`` (not every scheduler offers it, so all run without).
+
+Add a sampler with :func:`register_sampler`::
+
+    register_sampler("my-sampler", lambda config, steps: MyScheduler.from_config(config), min_nfe=2)
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+__all__ = [
+    "COMMON_SETTINGS",
+    "CallCounter",
+    "SamplerError",
+    "SamplerSpec",
+    "available_samplers",
+    "build_scheduler",
+    "get_sampler",
+    "register_sampler",
+    "run_standard_loop",
+    "steps_for_nfe",
+]
+
+COMMON_SETTINGS = {
+    "timestep_spacing": "trailing (every sampler that supports it, ours included)",
+    "final_step": "to clean data where supported: DDIM/PNDM set_alpha_to_one=True; DPM-Solver/UniPC/Euler "
+                  "final_sigmas_type='zero'; ours and DDPM always end at alpha=1; DEIS ends at sigma(t=0) "
+                  "(no option)",
+    "x0_clipping": "off for every sampler (clip_sample=False, thresholding=False)",
+    "nfe": "counted by wrapping the model; one batched network call = 1 NFE",
+}
+
+
+class SamplerError(ValueError):
+    """Unknown sampler name, or an NFE the sampler cannot honour (the message gives the reason)."""
+
+
+Factory = Callable[[dict, int], Any]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How to build one sampler.
+
+    ``factory(scheduler_config, num_inference_steps)`` returns a fresh scheduler. ``nfe_of_steps(k)`` is the NFE of
+    a run with ``k`` steps (``k`` for one-evaluation-per-step samplers). ``min_nfe`` is the sampler's order: fewer
+    evaluations are refused. ``fixed_steps`` (callable of ``T``) pins the step count whatever NFE is asked
+    (the 1000-step reference).
+    """
+
+    name: str
+    factory: Factory
+    min_nfe: int = 1
+    nfe_of_steps: Callable[[int], int] = lambda k: k
+    fixed_steps: Callable[[int], int] | None = None
+    family: str = "other"
+    stochastic: bool = False
+    description: str = ""
+    settings: dict = field(default_factory=dict)
+    order_reason: str = ""
+
+
+_SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(name: str, factory: Factory, *, min_nfe: int = 1, nfe_of_steps: Callable[[int], int] | None = None,
+                     fixed_steps: Callable[[int], int] | None = None, family: str = "other", stochastic: bool = False,
+                     description: str = "", settings: dict | None = None, order_reason: str = "",
+                     replace: bool = False) -> SamplerSpec:
+    """Register a sampler under ``name`` (see :class:`SamplerSpec`); refuses to shadow one unless ``replace``."""
+    if name in _SAMPLERS and not replace:
+        raise ValueError(f"sampler {name!r} is already registered (pass replace=True to override it)")
+    spec = SamplerSpec(name, factory, int(min_nfe), nfe_of_steps or (lambda k: k), fixed_steps, family, stochastic,
+                       description, dict(settings or {}), order_reason)
+    _SAMPLERS[name] = spec
+    return spec
+
+
+def available_samplers() -> dict[str, str]:
+    """Registered sampler names and their descriptions."""
+    return {name: spec.description for name, spec in _SAMPLERS.items()}
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    try:
+        return _SAMPLERS[name]
+    except KeyError:
+        raise SamplerError(f"unknown sampler {name!r}; valid samplers: {', '.join(_SAMPLERS)}") from None
+
+
+def steps_for_nfe(spec: SamplerSpec, nfe: int, num_train_timesteps: int) -> tuple[int, int]:
+    """``(num_inference_steps, expected_nfe)`` for a requested NFE: the most steps whose NFE does not exceed it.
+
+    Raises :class:`SamplerError` (with the reason) for an NFE below the sampler's order or above ``T``.
+    """
+    T = int(num_train_timesteps)
+    if spec.fixed_steps is not None:
+        k = spec.fixed_steps(T)
+        return k, spec.nfe_of_steps(k)
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise SamplerError(f"NFE must be a positive integer, got {nfe!r}")
+    if nfe < spec.min_nfe:
+        reason = spec.order_reason or f"it is a method of order {spec.min_nfe}"
+        raise SamplerError(f"sampler {spec.name!r} needs NFE >= {spec.min_nfe} ({reason}); got NFE={nfe}")
+    if nfe > T:
+        raise SamplerError(f"sampler {spec.name!r}: NFE={nfe} exceeds the model's {T} training timesteps "
+                           f"(a sampler cannot visit more than T={T} distinct noise levels)")
+    k = nfe
+    while k > 1 and spec.nfe_of_steps(k) > nfe:
+        k -= 1
+    if spec.nfe_of_steps(k) > nfe or k > T:
+        raise SamplerError(f"sampler {spec.name!r} cannot run with NFE={nfe}")
+    return k, spec.nfe_of_steps(k)
+
+
+def build_scheduler(spec: SamplerSpec, scheduler_config: dict, num_steps: int):
+    """A fresh scheduler for ``spec`` from the model's scheduler config (diffusers' config warnings silenced)."""
+    logger = logging.getLogger("diffusers")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return spec.factory(dict(scheduler_config), int(num_steps))
+    finally:
+        logger.setLevel(previous)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the standard loop
+# --------------------------------------------------------------------------------------------------------------
+class CallCounter:
+    """Wrap a model ``model(x, t)`` and count its calls (one batched call = one NFE)."""
+
+    def __init__(self, model: Callable):
+        self.model = model
+        self.calls = 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.model(x, t)
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+@torch.no_grad()
+def run_standard_loop(scheduler, model: Callable, noise: torch.Tensor, num_steps: int,
+                      generator: torch.Generator | None = None, progress: bool = False,
+                      desc: str = "steps") -> torch.Tensor:
+    """Drive ``scheduler`` with ``model`` from ``noise`` for ``num_steps`` steps (the standard diffusers loop).
+
+    ``model(x, t_batch)`` gets ``t`` broadcast to the batch. ``generator`` is passed to ``step`` when the
+    scheduler's ``step`` accepts one (UniPC, DEIS, PNDM and Heun are deterministic and do not).
+    """
+    from tqdm.auto import tqdm
+
+    scheduler.set_timesteps(num_steps, device=noise.device)
+    x = noise * scheduler.init_noise_sigma
+    step_kwargs = {"generator": generator} if _accepts(scheduler.step, "generator") else {}
+    batch = x.shape[0]
+    for t in tqdm(scheduler.timesteps, disable=not progress, desc=desc, leave=False):
+        t_batch = t.reshape(1).expand(batch) if isinstance(t, torch.Tensor) else torch.full((batch,), t)
+        out = model(scheduler.scale_model_input(x, t), t_batch.to(x.device))
+        x = scheduler.step(out, t, x, **step_kwargs).prev_sample
+    return x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# built-in samplers
+# --------------------------------------------------------------------------------------------------------------
+def _from_config(cls, config: dict, **overrides):
+    """``cls.from_config`` with the keys ``cls`` accepts (so no 'unexpected key' noise) plus ``overrides``."""
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    kwargs = {k: v for k, v in config.items() if k in accepted}
+    kwargs.update({k: v for k, v in overrides.items() if k in accepted})
+    if kwargs.get("trained_betas") is None:
+        kwargs.pop("trained_betas", None)
+    return cls.from_config(kwargs)
+
+
+def _skipstep(eta_fn: Callable[[], Any]):
+    def factory(config: dict, steps: int):
+        from .diffusers_schedulers import SkippedStepScheduler
+
+        return _from_config(SkippedStepScheduler, config, eta=eta_fn(), timestep_spacing="trailing",
+                            clip_sample=False, thresholding=False)
+
+    return factory
+
+
+def _default_eta():
+    from .sampling import DEFAULT_ETA
+
+    return DEFAULT_ETA
+
+
+def _register_ours() -> None:
+    common = {"class": "SkippedStepScheduler", "timestep_spacing": "trailing", "variance": "posterior (fixed_small)"}
+    register_sampler("default", _skipstep(_default_eta), family="skipstep", stochastic=True,
+                     description="skipstep's default sampler (eta = skipstep.sampling.DEFAULT_ETA)",
+                     settings={**common, "eta": "DEFAULT_ETA"})
+    register_sampler("skipstep", _skipstep(lambda: 1.0), family="skipstep", stochastic=True,
+                     description="skipped-step posterior sampling, eta=1 (the paper's Markovian sampler)",
+                     settings={**common, "eta": 1.0})
+    register_sampler("skipstep-ddim", _skipstep(lambda: 0.0), family="skipstep",
+                     description="skipstep's DDIM member, eta=0 (deterministic)", settings={**common, "eta": 0.0})
+    register_sampler("skipstep-eta0.5", _skipstep(lambda: 0.5), family="skipstep", stochastic=True,
+                     description="DDIM family with constant eta=0.5", settings={**common, "eta": 0.5})
+    register_sampler("skipstep-linear", _skipstep(lambda: "linear:1:0"), family="skipstep", stochastic=True,
+                     description="eta ramps linearly from 1 (first step) to 0 (last step)",
+                     settings={**common, "eta": "linear:1:0"})
+    for frac in ("0.25", "0.5", "0.75"):
+        register_sampler(f"skipstep-skip-ddim-{frac}", _skipstep(lambda f=frac: f"skip-ddim:{f}"),
+                         family="skipstep", stochastic=True,
+                         description=f"skipped-step (eta=1) for the first {frac} of the steps, then DDIM",
+                         settings={**common, "eta": f"skip-ddim:{frac}"})
+        register_sampler(f"skipstep-ddim-skip-{frac}", _skipstep(lambda f=frac: f"ddim-skip:{f}"),
+                         family="skipstep", stochastic=True,
+                         description=f"DDIM for the first {frac} of the steps, then skipped-step (eta=1)",
+                         settings={**common, "eta": f"ddim-skip:{frac}"})
+    register_sampler("reference-1000", _skipstep(lambda: 1.0), fixed_steps=lambda T: T, family="reference",
+                     stochastic=True,
+                     description="the reference: T-step (1000) ancestral DDPM = skipstep eta=1 on every timestep",
+                     settings={**common, "eta": 1.0, "steps": "T (all training timesteps)"})
+
+
+def _register_diffusers() -> None:
+    import diffusers as d
+
+    def peer(name, cls_name, overrides, description, min_nfe=1, stochastic=False, nfe_of_steps=None,
+             order_reason="", dynamic: Callable[[int], dict] | None = None, settings: dict | None = None):
+        def factory(config: dict, steps: int):
+            cls = getattr(d, cls_name)
+            extra = dynamic(steps) if dynamic is not None else {}
+            return _from_config(cls, config, **{**overrides, **extra})
+
+        register_sampler(name, factory, min_nfe=min_nfe, nfe_of_steps=nfe_of_steps, family="diffusers",
+                         stochastic=stochastic, description=description,
+                         settings={"class": cls_name, **overrides, **(settings or {})}, order_reason=order_reason)
+
+    trailing = {"timestep_spacing": "trailing"}
+    peer("ddpm", "DDPMScheduler", {**trailing, "clip_sample": False, "thresholding": False},
+         "diffusers DDPM, respaced (ancestral, fixed_small variance)", stochastic=True)
+    peer("ddim", "DDIMScheduler", {**trailing, "clip_sample": False, "thresholding": False, "set_alpha_to_one": True},
+         "diffusers DDIM (eta=0)")
+    peer("pndm", "PNDMScheduler", {**trailing, "skip_prk_steps": True, "set_alpha_to_one": True},
+         "diffusers PNDM with skip_prk_steps=True (PLMS); k steps cost k+1 NFE", min_nfe=4,
+         nfe_of_steps=lambda k: k + 1,
+         order_reason="PLMS is a 4th-order linear multistep method; its first step costs two evaluations")
+    dpm = {**trailing, "final_sigmas_type": "zero", "lower_order_final": True, "thresholding": False}
+    peer("dpmpp-2m", "DPMSolverMultistepScheduler", {**dpm, "algorithm_type": "dpmsolver++", "solver_order": 2},
+         "diffusers DPM-Solver++(2M)", min_nfe=2, order_reason="it is a 2nd-order multistep method")
+    peer("dpmpp-2m-sde", "DPMSolverMultistepScheduler",
+         {**dpm, "algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+         "diffusers SDE-DPM-Solver++(2M)", min_nfe=2, stochastic=True,
+         order_reason="it is a 2nd-order multistep method")
+    peer("unipc", "UniPCMultistepScheduler",
+         {**trailing, "final_sigmas_type": "zero", "solver_order": 3, "predict_x0": True, "lower_order_final": True,
+          "thresholding": False, "solver_type": "bh2"},
+         "diffusers UniPC-bh2, order 3 (recommended for unconditional sampling)",
+         min_nfe=3, order_reason="it is run as a 3rd-order multistep method (recommended for unconditional models)",
+         settings={"note": "bh1 (recommended below 10 steps) returns NaN with final_sigmas_type='zero' in "
+                           "diffusers 0.42 (the final step has h = inf), so bh2 is used at every NFE"})
+    peer("deis", "DEISMultistepScheduler", {**trailing, "solver_order": 3, "lower_order_final": True,
+                                           "thresholding": False},
+         "diffusers DEIS, order 3 (recommended for unconditional sampling)", min_nfe=3,
+         order_reason="it is run as a 3rd-order multistep method (recommended for unconditional models)")
+    peer("euler", "EulerDiscreteScheduler", {**trailing, "final_sigmas_type": "zero"}, "diffusers Euler (ODE)")
+    peer("euler-a", "EulerAncestralDiscreteScheduler", {**trailing}, "diffusers Euler ancestral", stochastic=True)
+    peer("heun", "HeunDiscreteScheduler", {**trailing, "clip_sample": False},
+         "diffusers Heun (2nd order); k steps cost 2k-1 NFE (the last step is an Euler step)", min_nfe=2,
+         nfe_of_steps=lambda k: 2 * k - 1, order_reason="it is a 2nd-order method (2 evaluations per step)")
+
+
+_register_ours()
+_register_diffusers()
