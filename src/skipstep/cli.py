@@ -1,0 +1,62 @@
+"""The ``skipstep`` command: a thin argparse dispatcher.
+
+Each subcommand lives in its own module, which exposes ``add_subcommand(subparsers)``: it adds its parser(s) and
+sets ``func=<callable(args) -> int>`` as the parser default. Adding a subcommand is one line in
+:data:`SUBCOMMAND_MODULES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+#: Modules that register subcommands, in the order they appear in ``skipstep --help``.
+SUBCOMMAND_MODULES = [
+    "skipstep.demo",   # demo, sample
+    "skipstep.bench",  # bench
+]
+
+#: Errors that are the user's to fix: printed as one line, exit status 2 (no traceback).
+_USER_ERRORS = ("SamplerError", "ModelLoadError", "BenchConfigError", "FileNotFoundError", "ValueError")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="skipstep",
+        description="Few-step sampling for pretrained diffusion models: skipped-step posterior sampling and the "
+                    "DDIM family, with side-by-side benchmarks against diffusers' schedulers.")
+    parser.add_argument("--version", action="version", version=f"skipstep {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).add_subcommand(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the CLI never downloads models
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; finished cells are kept -- rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+        if type(err).__name__ == "BenchInterrupted":
+            print(f"interrupted: {err}; rerun the same command to resume", file=sys.stderr)
+            return 3
+        if type(err).__name__ in _USER_ERRORS:
+            print(f"skipstep {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
