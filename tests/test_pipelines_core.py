@@ -265,3 +265,26 @@ def test_sd_pipeline_eta_schedule_string(sd_components):
     lat = run_sd(pipe)
     assert sched.eta_schedule == [1.0] * 5 + [0.0] * 5
     assert_close_rel(lat, manual_cfg_loop(pipe, ours_sd("skip-ddim:5")), 1e-6, "SD pipeline skip-ddim:5 vs manual")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_sd_pipeline_config_rewrite_is_obeyed(sd_components):
+    """``StableDiffusionPipeline.__init__`` rewrites an outdated scheduler config (``clip_sample=True`` -> False,
+    ``steps_offset`` -> 1) by replacing ``scheduler._internal_dict``; diffusers' schedulers read those keys at step
+    time and follow. Ours must too, or its behaviour disagrees with its own (saved) config."""
+    sched = SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, eta=0.0, timestep_spacing="trailing",
+                                             clip_sample=True, steps_offset=0)
+    pipe = sd_pipe(sd_components, sched)
+    assert sched.config.clip_sample is False and sched.config.steps_offset == 1  # rewritten by the pipeline
+    lat = run_sd(pipe)
+    # behaves like a scheduler built from its (rewritten) config, i.e. like one saved and reloaded
+    assert torch.equal(lat, run_sd(sd_pipe(sd_components, SkippedStepScheduler.from_config(sched.config))))
+    # and like DDIMScheduler given the same outdated config in the same pipeline
+    ddim = DDIMScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, timestep_spacing="trailing",
+                                     set_alpha_to_one=True, clip_sample=True, steps_offset=0)
+    lat_ddim = run_sd(sd_pipe(sd_components, ddim))
+    assert ddim.config.clip_sample is False
+    assert_close_rel(lat, lat_ddim, 1e-5, "SD pipeline rewritten config: ours(eta=0) vs DDIMScheduler")
+    # the comparison is not vacuous: x0_hat leaves [-1, 1] here, so clipping would have changed the result
+    clipped = manual_cfg_loop(pipe, SkippedStepScheduler.from_config(sched.config, clip_sample=True))
+    assert float((clipped - lat).abs().max()) > 1e-2

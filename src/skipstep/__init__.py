@@ -7,7 +7,8 @@ The core is one function, :func:`skipstep.posterior.gaussian_posterior` -- the e
 from .diffusers_schedulers import SkippedStepScheduler, SkippedStepSchedulerOutput
 from .posterior import Posterior, gaussian_posterior
 from .predictions import PREDICTION_TYPES, X0Clipping
-from .sampling import DEFAULT_ETA, plan_steps, sample
+from .plan import plan_steps
+from .sampling import DEFAULT_ETA, sample
 from .schedules import ContinuousVPPath, DiscreteVPPath, GaussianPath, RectifiedFlowPath, make_betas
 from .steps import VARIANCE_TYPES, resolve_eta_schedule
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps

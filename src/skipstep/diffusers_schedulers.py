@@ -14,7 +14,7 @@ caller may still pass ``step(..., eta=x)`` to override the schedule for that one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -23,7 +23,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .predictions import X0Clipping, check_prediction_type
-from .sampling import DEFAULT_ETA, PlannedStep, plan_steps
+from .plan import PlannedStep, plan_steps
+from .sampling import DEFAULT_ETA
 from .schedules import DiscreteVPPath
 from .steps import StepConfig, canonical_variance_type, needs_noise, posterior_step, resolve_eta_schedule
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps
@@ -53,7 +54,13 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         prediction_type: ``epsilon`` | ``v_prediction`` | ``sample``.
         variance_type: ``fixed_small``/``small`` (posterior variance), ``fixed_large``/``large`` (the jump's
             beta), ``learned_range``/``learned`` (ADM/DiT models with 2C output channels; interpolated on the
-            skipped chain).
+            skipped chain), ``optimal`` (Analytic-DPM; needs ``eps_mse``).
+        solver_order: 1 (the posterior step), 2 or 3 (multistep posterior steps over the previous ``x0_hat``;
+            still one model evaluation per step, so the class attribute ``order`` stays 1 as for diffusers'
+            multistep solvers).
+        eps_mse: the model's ``E||eps - eps_hat(x_t, t)||^2 / d`` per training timestep, for the optimal variance
+            (:func:`skipstep.analytic.estimate_eps_mse`).
+        data_half_range: half-width of the data range, bounding the optimal variance (1.0 for data in [-1, 1]).
         eta: stochasticity in [0, 1]: a number, a list with one value per step, or a schedule string
             (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``; see :mod:`skipstep.steps`).
         timestep_spacing: ``trailing`` | ``leading`` | ``linspace`` | ``quadratic`` | ``log_snr``.
@@ -86,6 +93,9 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         sample_max_value: float = 1.0,
         rescale_betas_zero_snr: bool = False,
         check_finite: bool = True,
+        solver_order: int = 1,
+        eps_mse=None,
+        data_half_range: float = 1.0,
     ):
         check_prediction_type(prediction_type)
         if prediction_type == "flow":
@@ -102,13 +112,19 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             clipping=X0Clipping(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio,
                                 sample_max_value),
             check_finite=check_finite,
+            solver_order=solver_order,
+            data_half_range=data_half_range,
         )
+        if self.step_config.variance_type == "optimal" and eps_mse is None:
+            raise ValueError("variance_type 'optimal' needs eps_mse (see skipstep.analytic.estimate_eps_mse)")
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.custom_timesteps = False
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
         self._plan: list[PlannedStep] = []
         self._index_of: dict[int, int] = {}
+        self._x0_history: list[torch.Tensor] = []
+        self._last_index: int | None = None
 
     # ------------------------------------------------------------------------------------------------------------
     def set_timesteps(
@@ -135,7 +151,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             ts = select_timesteps(self.path, num_inference_steps, self.config.timestep_spacing,
                                   self.config.steps_offset)
             self.custom_timesteps = False
-        self._plan = plan_steps(self.path, ts, self.config.eta)
+        self._plan = plan_steps(self.path, ts, self.config.eta, self.config.eps_mse)
+        self._x0_history, self._last_index = [], None
         self._index_of = {int(v): i for i, v in enumerate(ts.tolist())}
         self.num_inference_steps = len(ts)
         self.timesteps = ts.to(device=device)
@@ -160,6 +177,17 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         """The time the step from ``timestep`` goes to (``-1`` = clean data)."""
         return int(self._planned(timestep).s)
 
+    def _sync_clipping_with_config(self) -> None:
+        """Follow the current config's x0 bounds. Pipelines edit a scheduler's config after construction
+        (``StableDiffusionPipeline.__init__`` replaces ``_internal_dict`` to force ``clip_sample=False``) and
+        diffusers' own schedulers read these keys at step time; so must we, or we would keep clipping while our
+        config (and what ``save_config`` writes) says we don't."""
+        c = self.config
+        clipping = X0Clipping(c.clip_sample, c.clip_sample_range, c.thresholding, c.dynamic_thresholding_ratio,
+                              c.sample_max_value)
+        if clipping != self.step_config.clipping:
+            self.step_config = replace(self.step_config, clipping=clipping)
+
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         return sample
 
@@ -183,19 +211,25 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         if unknown:
             raise TypeError(f"step() got unexpected keyword arguments {sorted(unknown)}; accepted: {_STEP_KWARGS}")
         planned = self._planned(timestep)
+        self._sync_clipping_with_config()
         eta = ddim_kwargs.get("eta")
         post = planned.posterior if eta is None else planned.with_eta(eta)
+        if self._last_index is None or planned.index != self._last_index + 1:
+            self._x0_history = []  # a new trajectory (or one entered mid-way): no multistep history yet
         if ddim_kwargs.get("use_clipped_model_output") is False and self.step_config.clipping.active:
             raise ValueError("use_clipped_model_output=False with clip_sample/thresholding is not supported")
         noise = ddim_kwargs.get("variance_noise")
         if noise is not None and generator is not None:
             raise ValueError("pass either generator or variance_noise, not both")
-        if noise is None and needs_noise(post):
+        if noise is None and needs_noise(post, self.step_config.variance_type):
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
         prev_sample, x0 = posterior_step(
-            model_output, sample, planned.alpha_t, planned.sigma_t, post, self.step_config, noise,
-            step_name=f"step {planned.index} (timestep {planned.t})",
+            model_output, sample, planned, self.step_config, noise, self._x0_history, eta=eta
         )
+        order = self.config.solver_order
+        if order > 1:
+            self._x0_history = [x0] + self._x0_history[: order - 2]
+        self._last_index = planned.index
         if not return_dict:
             return prev_sample, x0
         return SkippedStepSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Posterior:
@@ -92,4 +94,53 @@ def gaussian_posterior(alpha_t: float, sigma_t: float, alpha_s: float, sigma_s: 
     )
 
 
-__all__ = ["Posterior", "gaussian_posterior"]
+
+
+
+def x0_coefficient_growth(u, eta: float):
+    """``C(u) / alpha_s = 1 - g(u) e^{-u}``, with ``g(u) = sqrt((1 - eta^2) + eta^2 e^{-2u})``: the weight of
+    ``x0_hat`` in a family step spanning ``u = lambda_s - lambda_t`` of half-log-SNR ``lambda = log(alpha/sigma)``
+    (``coef_x0 = alpha_s - coef_xt alpha_t`` written in ``u``). Works on floats and numpy arrays."""
+    u = np.asarray(u, dtype=np.float64)
+    g = np.sqrt((1.0 - eta * eta) + eta * eta * np.exp(-2.0 * u))
+    return 1.0 - g * np.exp(-u)
+
+
+def multistep_x0_weights(lambdas: list[float], lambda_s: float, eta: float, num_nodes: int = 48) -> list[float]:
+    r"""Weights ``w_j`` of the effective data prediction ``D = sum_j w_j x0_hat(lambda_j)`` of a multistep
+    (higher-order) posterior step from ``lambda_0`` (the current time, listed first, then earlier times) to
+    ``lambda_s``.
+
+    The family step ``x_s = coef_xt x_t + C(h) x0_hat + noise`` treats ``x0_hat`` as constant over the step. Its
+    exact integral form is ``x_s = coef_xt x_t + int_0^h C'(u) x0(lambda_s - u) du + noise`` (exact for
+    ``eta in {0, 1}``: the probability-flow ODE and the reverse SDE in exponential-integrator form), with
+    ``C(u) = alpha_s (1 - g(u) e^{-u})`` of :func:`x0_coefficient_growth`. Interpolating ``x0(lambda)`` through the
+    last ``k`` predictions with Lagrange polynomials ``L_j`` gives
+
+        w_j = int_0^h C'(u) L_j(lambda_s - u) du / C(h),        sum_j w_j = 1,
+
+    computed by Gauss-Legendre quadrature. One node gives ``w = [1]``: the first-order step. Two nodes at
+    ``eta = 0`` give DPM-Solver++(2M) with its exact ("heun"-type) coefficient, at ``eta = 1`` SDE-DPM-Solver++(2M).
+    """
+    lams = np.asarray(lambdas, dtype=np.float64)
+    if lams.size == 1:
+        return [1.0]
+    h = lambda_s - lams[0]
+    if not (np.isfinite(h) and h > 0 and np.all(np.isfinite(lams))):
+        raise ValueError("multistep weights need finite, increasing half-log-SNR values")
+    nodes, quad_w = np.polynomial.legendre.leggauss(num_nodes)
+    u = 0.5 * h * (nodes + 1.0)
+    # C'(u) / alpha_s = e^{-u} (g + eta^2 e^{-2u} / g)
+    g = np.sqrt((1.0 - eta * eta) + eta * eta * np.exp(-2.0 * u))
+    kernel = np.exp(-u) * (g + eta * eta * np.exp(-2.0 * u) / g)
+    lam = lambda_s - u
+    total = float(x0_coefficient_growth(h, eta))
+    weights = []
+    for j in range(lams.size):
+        basis = np.ones_like(lam)
+        for m in range(lams.size):
+            if m != j:
+                basis *= (lam - lams[m]) / (lams[j] - lams[m])
+        weights.append(float(0.5 * h * np.sum(quad_w * kernel * basis)) / total)
+    return weights
+__all__ = ["Posterior", "gaussian_posterior", "multistep_x0_weights", "x0_coefficient_growth"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from .posterior import Posterior, gaussian_posterior
+from .plan import plan_steps
 from .predictions import X0Clipping, check_prediction_type
 from .schedules import DiscreteVPPath, GaussianPath
 from .steps import StepConfig, canonical_variance_type, needs_noise, posterior_step, resolve_eta_schedule
@@ -17,41 +16,6 @@ from .timesteps import select_timesteps, validate_timesteps
 
 #: The library's default eta schedule (see docs/results.md for the measurement that chose it).
 DEFAULT_ETA = 1.0
-
-
-@dataclass(frozen=True)
-class PlannedStep:
-    """Step ``index`` goes from time ``t`` to ``s`` (``s`` is the clean time on the last step)."""
-
-    index: int
-    t: float
-    s: float
-    alpha_t: float
-    sigma_t: float
-    alpha_s: float
-    sigma_s: float
-    posterior: Posterior
-
-    def with_eta(self, eta: float) -> Posterior:
-        """This step's posterior with another ``eta`` (a call-time override)."""
-        if eta == self.posterior.eta:
-            return self.posterior
-        return gaussian_posterior(self.alpha_t, self.sigma_t, self.alpha_s, self.sigma_s, float(eta))
-
-
-def plan_steps(path: GaussianPath, timesteps: torch.Tensor, eta=DEFAULT_ETA) -> list[PlannedStep]:
-    """Precompute every step's posterior coefficients (float64 scalars) for a descending list of timesteps."""
-    ts = [float(v) for v in timesteps.tolist()]
-    etas = resolve_eta_schedule(eta, len(ts))
-    targets = ts[1:] + [float(path.clean_time)]
-    alphas, sigmas = path.alpha_sigma(torch.as_tensor(ts + [float(path.clean_time)]))
-    if path.discrete:
-        ts, targets = [int(v) for v in ts], [int(v) for v in targets]
-    plan = []
-    for i, (t, s) in enumerate(zip(ts, targets)):
-        a_t, s_t, a_s, s_s = float(alphas[i]), float(sigmas[i]), float(alphas[i + 1]), float(sigmas[i + 1])
-        plan.append(PlannedStep(i, t, s, a_t, s_t, a_s, s_s, gaussian_posterior(a_t, s_t, a_s, s_s, etas[i])))
-    return plan
 
 
 def _unwrap_model_output(out) -> torch.Tensor:
@@ -75,6 +39,8 @@ def sample(
     spacing: str = "trailing",
     eta=DEFAULT_ETA,
     variance_type: str = "small",
+    solver_order: int = 1,
+    eps_mse: Sequence[float] | torch.Tensor | None = None,
     prediction_type: str = "epsilon",
     clipping: X0Clipping | None = None,
     noise: torch.Tensor | None = None,
@@ -94,6 +60,8 @@ def sample(
     Start from ``noise`` (``x_T``) or from ``randn(shape, generator)``. ``generator`` may be a list with one
     generator per sample, which makes each sample independent of the batch it is drawn in.
     ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.steps.resolve_eta_schedule`).
+    ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
+    (order 1 is the plain step). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.analytic`).
     ``callback(i, t, x_s, x0_hat)`` runs after every step. Returns ``x_0`` in ``dtype``.
     """
     path = path if path is not None else DiscreteVPPath.from_config({})
@@ -107,8 +75,9 @@ def sample(
         prediction_type=check_prediction_type(prediction_type),
         variance_type=canonical_variance_type(variance_type),
         clipping=clipping or X0Clipping(),
+        solver_order=solver_order,
     )
-    plan = plan_steps(path, ts, eta)
+    plan = plan_steps(path, ts, eta, eps_mse)
     if noise is None:
         if shape is None:
             raise ValueError("give shape or noise")
@@ -118,17 +87,19 @@ def sample(
     x = noise.to(torch.float32)
     batch = x.shape[0]
     time_dtype = torch.int64 if path.discrete else torch.float64
+    history: list[torch.Tensor] = []  # previous x0_hat, most recent first (multistep)
     for step in tqdm(plan, disable=not progress, desc="sampling", leave=False):
         t_batch = torch.full((batch,), step.t, dtype=time_dtype, device=x.device)
         out = _unwrap_model_output(model(x, t_batch, **(model_kwargs or {})))
         step_noise = None
-        if needs_noise(step.posterior):
+        if needs_noise(step.posterior, config.variance_type):
             step_noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-        x, x0 = posterior_step(out, x, step.alpha_t, step.sigma_t, step.posterior, config, step_noise,
-                               step_name=f"step {step.index} (t={step.t})")
+        x, x0 = posterior_step(out, x, step, config, step_noise, history)
+        if solver_order > 1:
+            history = [x0] + history[: solver_order - 2]
         if callback is not None:
             callback(step.index, step.t, x, x0)
     return x.to(dtype)
 
 
-__all__ = ["DEFAULT_ETA", "PlannedStep", "plan_steps", "sample"]
+__all__ = ["DEFAULT_ETA", "sample"]

@@ -10,7 +10,9 @@ Every rule is the posterior of :func:`skipstep.posterior.gaussian_posterior` wit
   - ``small``: the exact posterior variance ``sigma_s^2 v / sigma_t^2`` (DDPM ``fixed_small``);
   - ``large``: the jump's ``v = sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2`` (DDPM ``fixed_large``);
   - ``learned``: ``exp(f log v + (1 - f) log var_post)`` with ``f = (out + 1) / 2`` read from the model's extra
-    channels (ADM / IDDPM / DiT ``learned_range``), interpolating on the *skipped* chain's ``v`` and ``var_post``.
+    channels (ADM / IDDPM / DiT ``learned_range``), interpolating on the *skipped* chain's ``v`` and ``var_post``;
+  - ``optimal``: Analytic-DPM's KL-optimal variance from the model's ``E||eps - eps_hat||^2`` table (not scaled
+    by ``eta^2``: it already contains ``lambda^2 = eta^2 var_post``), see :func:`optimal_noise_variance`.
 
   The mean is always the DDIM-family mean with ``lambda^2 = eta^2 var_post``, so at ``eta = 1`` it is the exact
   posterior mean whatever the noise variance, as in DDPM/IDDPM.
@@ -23,14 +25,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .posterior import Posterior, gaussian_posterior
 from .predictions import X0Clipping, predict_x0_eps, split_learned_variance
 
-VARIANCE_TYPES = ("small", "large", "learned")
+if TYPE_CHECKING:
+    from .plan import PlannedStep
+
+VARIANCE_TYPES = ("small", "large", "learned", "optimal")
 # diffusers' names for the same choices
 DIFFUSERS_VARIANCE_TYPES = {
     "fixed_small": "small",
@@ -135,21 +140,58 @@ def resolve_eta_schedule(eta, num_steps: int) -> list[float]:
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepConfig:
-    """What a step rule needs besides the posterior: how to read the model and which noise to inject."""
+    """What a step rule needs besides the plan: how to read the model, which noise to inject, which order."""
 
     prediction_type: str = "epsilon"
     variance_type: str = "small"
     clipping: X0Clipping = X0Clipping()
     check_finite: bool = True
+    solver_order: int = 1
+    #: half-width of the data range, bounding Cov[x0 | x_t] in the optimal variance (1 for data in [-1, 1])
+    data_half_range: float = 1.0
+
+    def __post_init__(self):
+        if self.solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
+        if not self.data_half_range > 0:
+            raise ValueError(f"data_half_range must be > 0, got {self.data_half_range}")
 
 
-def needs_noise(post: Posterior) -> bool:
-    return post.eta > 0.0 and not post.is_final
+def needs_noise(post: Posterior, variance_type: str = "small") -> bool:
+    """Whether a step injects noise (the optimal variance injects some even at eta = 0: Analytic-DDIM)."""
+    if post.is_final:
+        return False
+    return post.eta > 0.0 or variance_type == "optimal"
 
 
-def noise_std(post: Posterior, variance_type: str, variance_values: torch.Tensor | None = None):
+def optimal_noise_variance(post: Posterior, alpha_t: float, sigma_t: float, eps_mse: float,
+                           data_half_range: float = 1.0) -> float:
+    """KL-optimal isotropic variance of the family step with ``lambda^2 = eta^2 var_post`` (Analytic-DPM):
+
+        sigma*^2 = lambda^2 + coef_x0^2 * E||x_0 - x0_hat||^2 / d,
+        E||x_0 - x0_hat||^2 / d = (sigma_t^2 / alpha_t^2) * M_t,     M_t = E||eps - eps_hat||^2 / d,
+
+    with the error term clipped to ``[0, min(sigma_t^2 / alpha_t^2, R^2)]`` (R: the data's half-range), the range
+    in which the true value of a perfect model must lie (Bao et al. 2022, bounds of Thm. 2).
+    """
+    if alpha_t == 0.0:
+        error = data_half_range**2
+    else:
+        ratio = sigma_t * sigma_t / (alpha_t * alpha_t)
+        error = min(max(ratio * eps_mse, 0.0), ratio, data_half_range**2)
+    return post.noise_var + post.coef_x0 * post.coef_x0 * error
+
+
+def noise_std(post: Posterior, variance_type: str, variance_values: torch.Tensor | None = None,
+              optimal_var: float | None = None):
     """Standard deviation of the injected noise: a float, or a tensor for ``learned`` variance."""
-    if post.is_final or post.eta == 0.0:
+    if post.is_final:
+        return 0.0
+    if variance_type == "optimal":
+        if optimal_var is None:
+            raise ValueError("variance_type 'optimal' needs the model's eps_mse table (see skipstep.analytic)")
+        return math.sqrt(optimal_var)
+    if post.eta == 0.0:
         return 0.0
     if variance_type == "small":
         return math.sqrt(post.noise_var)
@@ -166,7 +208,7 @@ def noise_std(post: Posterior, variance_type: str, variance_values: torch.Tensor
 
 
 def check_model_output(model_output: torch.Tensor, sample: torch.Tensor, variance_type: str, step_name: str):
-    """Shape and finiteness checks with messages naming the step."""
+    """Shape checks with messages naming the step."""
     expected_channels = 2 * sample.shape[1] if variance_type == "learned" else sample.shape[1]
     expected = (sample.shape[0], expected_channels, *sample.shape[2:])
     if tuple(model_output.shape) != expected:
@@ -184,21 +226,25 @@ def check_finite(tensor: torch.Tensor, what: str, step_name: str) -> None:
 def posterior_step(
     model_output: torch.Tensor,
     sample: torch.Tensor,
-    alpha_t: float,
-    sigma_t: float,
-    post: Posterior,
+    step: "PlannedStep",
     config: StepConfig,
     noise: torch.Tensor | None = None,
-    step_name: str = "this step",
+    x0_history: Sequence[torch.Tensor] = (),
+    eta: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One reverse step ``x_t -> x_s``; returns ``(x_s, x0_hat)`` in the sample's dtype.
 
-    ``x_s = coef_xt x_t + coef_x0 x0_hat + std * noise`` (see :class:`~skipstep.posterior.Posterior`), computed in
-    float32 (or float64 for float64 inputs). ``noise`` is required when the step injects noise.
+    ``x_s = coef_xt x_t + coef_x0 D + std * noise`` (see :class:`~skipstep.posterior.Posterior`) with ``D`` the
+    model's ``x0_hat`` (order 1) or its multistep extrapolation ``D = sum_j w_j x0_hat_j`` over ``x0_history``
+    (the previous steps' ``x0_hat``, most recent first; :func:`~skipstep.posterior.multistep_x0_weights`).
+    Computed in float32 (float64 for float64 inputs). ``noise`` is required when the step injects noise;
+    ``eta`` overrides the planned eta for this step.
     """
+    step_name = f"step {step.index} (t={step.t})"
     check_model_output(model_output, sample, config.variance_type, step_name)
     if config.check_finite:
         check_finite(model_output, "the model output", step_name)
+    post = step.posterior if eta is None else step.with_eta(eta)
     out_dtype = sample.dtype
     compute_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
     x_t = sample.to(compute_dtype)
@@ -206,12 +252,24 @@ def posterior_step(
     variance_values = None
     if config.variance_type == "learned":
         model_output, variance_values = split_learned_variance(model_output, x_t)
-    x0, _ = predict_x0_eps(model_output, x_t, alpha_t, sigma_t, config.prediction_type)
+    x0, _ = predict_x0_eps(model_output, x_t, step.alpha_t, step.sigma_t, config.prediction_type)
     x0 = config.clipping(x0)
     if post.is_final:
         return x0.to(out_dtype), x0.to(out_dtype)
-    x_s = post.coef_xt * x_t + post.coef_x0 * x0
-    std = noise_std(post, config.variance_type, variance_values)
+    weights = step.x0_weights(min(config.solver_order, 1 + len(x0_history)), post.eta)
+    data = x0
+    if len(weights) > 1:
+        data = weights[0] * x0
+        for w, previous in zip(weights[1:], x0_history):
+            data = data + w * previous.to(compute_dtype)
+    x_s = post.coef_xt * x_t + post.coef_x0 * data
+    optimal_var = None
+    if config.variance_type == "optimal":
+        if step.eps_mse is None:
+            raise ValueError("variance_type 'optimal' needs the model's eps_mse table (see skipstep.analytic)")
+        optimal_var = optimal_noise_variance(post, step.alpha_t, step.sigma_t, step.eps_mse,
+                                             config.data_half_range)
+    std = noise_std(post, config.variance_type, variance_values, optimal_var)
     if isinstance(std, torch.Tensor) or std > 0.0:
         if noise is None:
             raise ValueError(f"{step_name} injects noise (eta={post.eta}) but no noise tensor was given")
@@ -229,6 +287,7 @@ __all__ = [
     "check_model_output",
     "needs_noise",
     "noise_std",
+    "optimal_noise_variance",
     "posterior_step",
     "resolve_eta_schedule",
 ]

@@ -1,0 +1,133 @@
+"""The step plan: everything about a trajectory that does not depend on the model, precomputed once.
+
+For a descending list of timesteps it holds each step's posterior coefficients (float64 scalars), its eta, the
+half-log-SNR history a multistep (higher-order) step interpolates over, and -- for the optimal variance -- the
+model's ``M_t = E||eps - eps_hat(x_t, t)||^2 / d`` at ``t``. The functional sampler and the diffusers schedulers
+share this plan, so the loop body is a handful of tensor operations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .posterior import Posterior, gaussian_posterior, multistep_x0_weights
+from .schedules import GaussianPath
+from .steps import resolve_eta_schedule
+
+MAX_SOLVER_ORDER = 3
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """Step ``index`` goes from time ``t`` to ``s`` (``s`` is the clean time on the last step).
+
+    ``lambdas`` holds ``log(alpha/sigma)`` at ``t`` and at up to ``MAX_SOLVER_ORDER - 1`` earlier visited times
+    (most recent first); ``lambda_s`` the target's. ``eps_mse`` is ``M_t`` when an optimal-variance table
+    was given.
+    """
+
+    index: int
+    t: float
+    s: float
+    alpha_t: float
+    sigma_t: float
+    alpha_s: float
+    sigma_s: float
+    posterior: Posterior
+    lambdas: tuple[float, ...] = ()
+    lambda_s: float = math.inf
+    eps_mse: float | None = None
+    _weights: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_final(self) -> bool:
+        return self.posterior.is_final
+
+    def with_eta(self, eta: float) -> Posterior:
+        """This step's posterior with another ``eta`` (a call-time override)."""
+        if eta == self.posterior.eta:
+            return self.posterior
+        return gaussian_posterior(self.alpha_t, self.sigma_t, self.alpha_s, self.sigma_s, float(eta))
+
+    def max_order(self) -> int:
+        """Orders above 1 need finite log-SNRs at every node, and never apply to the final (to clean) step."""
+        if self.is_final:
+            return 1
+        finite = 0
+        for lam in self.lambdas:
+            if not math.isfinite(lam):
+                break
+            finite += 1
+        return max(1, finite)
+
+    def x0_weights(self, order: int, eta: float) -> tuple[float, ...]:
+        """Weights of the current and earlier ``x0_hat`` (see :func:`multistep_x0_weights`)."""
+        order = min(order, self.max_order())
+        if order == 1:
+            return (1.0,)
+        key = (order, eta)
+        if key not in self._weights:
+            self._weights[key] = tuple(multistep_x0_weights(list(self.lambdas[:order]), self.lambda_s, eta))
+        return self._weights[key]
+
+
+def _half_log_snr(alpha: float, sigma: float) -> float:
+    if sigma == 0.0:
+        return math.inf
+    if alpha == 0.0:
+        return -math.inf
+    return math.log(alpha) - math.log(sigma)
+
+
+def plan_steps(
+    path: GaussianPath,
+    timesteps: torch.Tensor,
+    eta=1.0,
+    eps_mse: Sequence[float] | torch.Tensor | None = None,
+) -> list[PlannedStep]:
+    """Plan the trajectory through ``timesteps`` (descending) and then to the clean time.
+
+    ``eps_mse``: the optimal-variance table ``M`` indexed by training timestep (discrete paths) -- only
+    needed for ``variance_type='optimal'``.
+    """
+    ts = [float(v) for v in timesteps.tolist()]
+    etas = resolve_eta_schedule(eta, len(ts))
+    targets = ts[1:] + [float(path.clean_time)]
+    alphas, sigmas = path.alpha_sigma(torch.as_tensor(ts + [float(path.clean_time)]))
+    alphas, sigmas = alphas.tolist(), sigmas.tolist()
+    lambdas = [_half_log_snr(a, s) for a, s in zip(alphas, sigmas)]
+    if path.discrete:
+        ts, targets = [int(v) for v in ts], [int(v) for v in targets]
+    gammas = _gamma_at(path, ts, eps_mse)
+    plan = []
+    for i, (t, s) in enumerate(zip(ts, targets)):
+        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+        history = tuple(lambdas[max(0, i - MAX_SOLVER_ORDER + 1): i + 1][::-1])
+        plan.append(
+            PlannedStep(
+                index=i, t=t, s=s, alpha_t=a_t, sigma_t=s_t, alpha_s=a_s, sigma_s=s_s,
+                posterior=gaussian_posterior(a_t, s_t, a_s, s_s, etas[i]),
+                lambdas=history, lambda_s=lambdas[i + 1], eps_mse=gammas[i],
+            )
+        )
+    return plan
+
+
+def _gamma_at(path: GaussianPath, ts: list, table) -> list:
+    if table is None:
+        return [None] * len(ts)
+    table = torch.as_tensor(table, dtype=torch.float64).flatten()
+    if path.discrete:
+        if table.numel() != path.t_max + 1:
+            raise ValueError(
+                f"eps_mse must have one value per training timestep ({path.t_max + 1}), got {table.numel()}"
+            )
+        return [float(table[int(t)]) for t in ts]
+    raise ValueError("an eps_mse table is supported on discrete chains only")
+
+
+__all__ = ["MAX_SOLVER_ORDER", "PlannedStep", "plan_steps"]
