@@ -210,3 +210,12 @@ def test_use_clipped_model_output_false_with_clipping():
     x = torch.randn(SHAPE)
     with pytest.raises(ValueError, match="use_clipped_model_output=False"):
         s.step(x, s.timesteps[0], x, use_clipped_model_output=False)
+
+
+def test_diffusers_learned_variance_is_refused_with_the_alternative():
+    """diffusers' 'learned' (a directly predicted variance) cannot move to a skipped chain; 'learned_range' can."""
+    from diffusers import DDPMScheduler
+
+    with pytest.raises(ValueError, match="learned_range"):
+        SkippedStepScheduler.from_config(DDPMScheduler(variance_type="learned").config)
+    SkippedStepScheduler.from_config(DDPMScheduler(variance_type="learned_range").config)

@@ -98,6 +98,14 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         data_half_range: float = 1.0,
     ):
         check_prediction_type(prediction_type)
+        if variance_type == "learned":
+            # In a diffusers config 'learned' means a variance predicted directly for the full T-step chain, which
+            # cannot be moved to a skipped chain; ADM/IDDPM/DiT models use 'learned_range'.
+            raise ValueError(
+                "variance_type 'learned' (diffusers: the model predicts the variance itself) cannot be transferred "
+                "to a skipped chain; use 'learned_range' (the ADM/IDDPM/DiT interpolation) if that is what the "
+                "model outputs"
+            )
         if prediction_type == "flow":
             raise ValueError("prediction_type 'flow' belongs to the rectified-flow scheduler, not the VP chain")
         if timestep_spacing not in SPACINGS:
@@ -151,6 +159,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             ts = select_timesteps(self.path, num_inference_steps, self.config.timestep_spacing,
                                   self.config.steps_offset)
             self.custom_timesteps = False
+        self._sync_clipping_with_config()  # before every trajectory, not every step: it is config, not state
         self._plan = plan_steps(self.path, ts, self.config.eta, self.config.eps_mse)
         self._x0_history, self._last_index = [], None
         self._index_of = {int(v): i for i, v in enumerate(ts.tolist())}
@@ -211,7 +220,6 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         if unknown:
             raise TypeError(f"step() got unexpected keyword arguments {sorted(unknown)}; accepted: {_STEP_KWARGS}")
         planned = self._planned(timestep)
-        self._sync_clipping_with_config()
         eta = ddim_kwargs.get("eta")
         post = planned.posterior if eta is None else planned.with_eta(eta)
         if self._last_index is None or planned.index != self._last_index + 1:
