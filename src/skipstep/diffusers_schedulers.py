@@ -24,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .predictions import X0Clipping, check_prediction_type
 from .plan import PlannedStep, plan_steps
-from .sampling import DEFAULT_ETA
+from .sampling import DEFAULT_ETA, DEFAULT_SOLVER_ORDER
 from .schedules import DiscreteVPPath
 from .steps import StepConfig, canonical_variance_type, needs_noise, posterior_step, resolve_eta_schedule
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps
@@ -93,7 +93,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         sample_max_value: float = 1.0,
         rescale_betas_zero_snr: bool = False,
         check_finite: bool = True,
-        solver_order: int = 1,
+        solver_order: int = DEFAULT_SOLVER_ORDER,
         eps_mse=None,
         data_half_range: float = 1.0,
     ):

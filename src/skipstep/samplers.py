@@ -203,14 +203,28 @@ def _from_config(cls, config: dict, **overrides):
     return cls.from_config(kwargs)
 
 
-def _skipstep(eta_fn: Callable[[], Any]):
+def _skipstep(eta_fn: Callable[[], Any], solver_order: int | Callable[[], int] = 1):
     def factory(config: dict, steps: int):
         from .diffusers_schedulers import SkippedStepScheduler
 
-        return _from_config(SkippedStepScheduler, config, eta=eta_fn(), timestep_spacing="trailing",
-                            clip_sample=False, thresholding=False)
+        order = solver_order() if callable(solver_order) else solver_order
+        return _from_config(SkippedStepScheduler, config, eta=eta_fn(), solver_order=order,
+                            timestep_spacing="trailing", clip_sample=False, thresholding=False)
 
     return factory
+
+
+def _register_higher_order(members: dict[str, Any]) -> None:
+    """``NAME-o2`` / ``NAME-o3``: the same eta member with multistep (2nd/3rd-order) posterior steps."""
+    for base, eta in members.items():
+        for order in (2, 3):
+            register_sampler(
+                f"{base}-o{order}", _skipstep(lambda e=eta: e, order), family="skipstep",
+                stochastic=eta != 0.0,
+                description=f"{base} with order-{order} multistep posterior steps (x0_hat extrapolated in "
+                            f"log-SNR; one evaluation per step)",
+                settings={"class": "SkippedStepScheduler", "timestep_spacing": "trailing", "eta": eta,
+                          "solver_order": order, "variance": "posterior (fixed_small)"})
 
 
 def _default_eta():
@@ -219,11 +233,17 @@ def _default_eta():
     return DEFAULT_ETA
 
 
+def _default_order():
+    from .sampling import DEFAULT_SOLVER_ORDER
+
+    return DEFAULT_SOLVER_ORDER
+
+
 def _register_ours() -> None:
     common = {"class": "SkippedStepScheduler", "timestep_spacing": "trailing", "variance": "posterior (fixed_small)"}
-    register_sampler("default", _skipstep(_default_eta), family="skipstep", stochastic=True,
-                     description="skipstep's default sampler (eta = skipstep.sampling.DEFAULT_ETA)",
-                     settings={**common, "eta": "DEFAULT_ETA"})
+    register_sampler("default", _skipstep(_default_eta, _default_order), family="skipstep", stochastic=True,
+                     description="skipstep's default sampler (skipstep.sampling.DEFAULT_ETA, DEFAULT_SOLVER_ORDER)",
+                     settings={**common, "eta": "DEFAULT_ETA", "solver_order": "DEFAULT_SOLVER_ORDER"})
     register_sampler("skipstep", _skipstep(lambda: 1.0), family="skipstep", stochastic=True,
                      description="skipped-step posterior sampling, eta=1 (the paper's Markovian sampler)",
                      settings={**common, "eta": 1.0})
@@ -243,6 +263,9 @@ def _register_ours() -> None:
                          family="skipstep", stochastic=True,
                          description=f"DDIM for the first {frac} of the steps, then skipped-step (eta=1)",
                          settings={**common, "eta": f"ddim-skip:{frac}"})
+    _register_higher_order({"skipstep": 1.0, "skipstep-ddim": 0.0, "skipstep-eta0.5": 0.5,
+                            "skipstep-linear": "linear:1:0", "skipstep-skip-ddim-0.5": "skip-ddim:0.5",
+                            "skipstep-ddim-skip-0.5": "ddim-skip:0.5"})
     register_sampler("reference-1000", _skipstep(lambda: 1.0), fixed_steps=lambda T: T, family="reference",
                      stochastic=True,
                      description="the reference: T-step (1000) ancestral DDPM = skipstep eta=1 on every timestep",

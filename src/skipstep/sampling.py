@@ -14,8 +14,9 @@ from .schedules import DiscreteVPPath, GaussianPath
 from .steps import StepConfig, canonical_variance_type, needs_noise, posterior_step, resolve_eta_schedule
 from .timesteps import select_timesteps, validate_timesteps
 
-#: The library's default eta schedule (see docs/results.md for the measurement that chose it).
+#: The library's default sampler, chosen by measurement (docs/results.md): its eta schedule and solver order.
 DEFAULT_ETA = 1.0
+DEFAULT_SOLVER_ORDER = 1
 
 
 def _unwrap_model_output(out) -> torch.Tensor:
@@ -39,7 +40,7 @@ def sample(
     spacing: str = "trailing",
     eta=DEFAULT_ETA,
     variance_type: str = "small",
-    solver_order: int = 1,
+    solver_order: int = DEFAULT_SOLVER_ORDER,
     eps_mse: Sequence[float] | torch.Tensor | None = None,
     prediction_type: str = "epsilon",
     clipping: X0Clipping | None = None,
@@ -102,4 +103,4 @@ def sample(
     return x.to(dtype)
 
 
-__all__ = ["DEFAULT_ETA", "sample"]
+__all__ = ["DEFAULT_ETA", "DEFAULT_SOLVER_ORDER", "sample"]
