@@ -16,10 +16,12 @@ import sys
 SUBCOMMAND_MODULES = [
     "skipstep.demo",   # demo, sample
     "skipstep.bench",  # bench
+    "skipstep.generate",  # generate
 ]
 
 #: Errors that are the user's to fix: printed as one line, exit status 2 (no traceback).
-_USER_ERRORS = ("SamplerError", "ModelLoadError", "BenchConfigError", "FileNotFoundError", "ValueError")
+_USER_ERRORS = ("SamplerError", "ModelLoadError", "BenchConfigError", "FileNotFoundError", "ValueError",
+                "GenerateConfigError", "FeatureNetworkError")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; finished cells are kept -- rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
-        if type(err).__name__ == "BenchInterrupted":
+        if type(err).__name__ in ("BenchInterrupted", "GenerateInterrupted"):
             print(f"interrupted: {err}; rerun the same command to resume", file=sys.stderr)
             return 3
         if type(err).__name__ in _USER_ERRORS:

@@ -1,0 +1,662 @@
+"""Large-scale sample generation: sharded, resumable, reproducible, and distributed with ``torchrun``.
+
+``skipstep generate --model M --sampler S --nfe N --num-samples 50000 --seed 0 --out DIR``, or on 8 GPUs::
+
+    torchrun --nproc_per_node=8 -m skipstep.cli generate --model M ... --device cuda --out DIR
+
+Layout of ``DIR`` (see ``docs/generate.md``)::
+
+    DIR/config.json                         the pinned configuration (+ a log of the runs that wrote into DIR)
+    DIR/shards/shard-00000.safetensors      samples [0, K): tensors "samples" (K, C, H, W) float32, "indices" (K,)
+    DIR/shards/shard-00000.json             who wrote it (rank, world size, batch size, device, seconds)
+    DIR/shards/shard-00001.safetensors      samples [K, 2K) ...
+    DIR/index.json                          written last: shard list with sample ranges and sha256 of each file
+
+Reproducibility. Sample ``i`` is a function of ``(seed, i)`` only: its initial noise and every per-step noise are
+drawn from its own CPU ``torch.Generator`` seeded with :func:`sample_seed` ``(seed, i)`` (diffusers'
+``randn_tensor`` and every scheduler's ``step(..., generator=[...])`` accept one generator per sample). Which
+process or batch draws a sample does not change its noise, so the output is the same for any number of
+processes; with the same batch size it is the same bit for bit (a different batch size can change the
+network's floating-point round-off on some backends, never the noise).
+
+Distribution. Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment) the processes join
+PyTorch's own process group (gloo on CPU, nccl on CUDA; each process uses ``cuda:LOCAL_RANK``). Rank 0 checks
+the directory and lists the shards still missing; the list is broadcast and dealt round-robin (missing shard
+number ``m`` of the list goes to rank ``m % world_size``). A plain ``python``/``skipstep`` call is a world of one.
+
+Resumption. Each shard is written atomically (a temporary file, then ``os.replace``), so a shard file that exists
+is complete; a rerun computes only the missing shards and never rewrites a finished one. Because shards do not
+depend on who computed them, a run may be resumed with a different number of processes (the change is detected,
+logged in ``config.json`` and the missing shards are dealt over the new world). ``index.json`` is written
+atomically by rank 0 after a barrier, once every shard exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .bench import _atomic_write_bytes, _atomic_write_json, sampler_settings
+from .models import ModelSpec, load_model
+from .samplers import CallCounter, build_scheduler, get_sampler, run_standard_loop, steps_for_nfe
+
+__all__ = [
+    "DistContext",
+    "GenerateConfig",
+    "GenerateConfigError",
+    "GenerateInterrupted",
+    "GenerateResult",
+    "add_subcommand",
+    "generate",
+    "generate_batch",
+    "load_samples",
+    "sample_generators",
+    "sample_seed",
+    "provenance_path",
+    "read_shard_metadata",
+    "shard_path",
+]
+
+FORMAT_VERSION = 1
+SHARD_FORMAT = "skipstep-shard-v1"
+INDEX_FORMAT = "skipstep-generate-index-v1"
+DEFAULT_SHARD_SIZE = 1000
+DEFAULT_BATCH_SIZE = 250
+#: Set to ``n`` to make every process raise :class:`GenerateInterrupted` after writing ``n`` new shards
+#: (a stand-in for a killed run, to test resumption).
+FAIL_AFTER_ENV = "SKIPSTEP_FAIL_AFTER_SHARDS"
+#: Seconds a process waits in a collective (barrier/broadcast) before giving up; default 3 hours, because a rank
+#: may wait at the final barrier for a slower rank's last shard.
+DIST_TIMEOUT_ENV = "SKIPSTEP_DIST_TIMEOUT_S"
+DEFAULT_DIST_TIMEOUT_S = 3 * 3600
+SEED_FUNCTION = ("sample_seed(seed, i) = int.from_bytes(sha256(f'skipstep-sample:{seed}:{i}').digest()[:8], "
+                 "'little') & (2**63 - 1); one CPU torch.Generator per sample, used for x_T and then for every "
+                 "step's noise, in order")
+_OWNED = ("shards", "index.json", "config.json", "fid", "fid.json")
+
+
+class GenerateConfigError(ValueError):
+    """``--out`` holds samples of a different configuration (or is not a generate directory), or bad options."""
+
+
+class GenerateInterrupted(RuntimeError):
+    """Raised by the fail-after hook (:data:`FAIL_AFTER_ENV`) to simulate a killed run; finished shards are kept."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# per-sample noise
+# --------------------------------------------------------------------------------------------------------------
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index``'s generator: the first 8 bytes (little endian) of
+    ``sha256(f"skipstep-sample:{seed}:{index}")``, masked to 63 bits. Independent streams for every sample."""
+    digest = hashlib.sha256(f"skipstep-sample:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded with :func:`sample_seed` (CPU, so the noise is the same on any device)."""
+    return [torch.Generator().manual_seed(sample_seed(seed, int(i))) for i in indices]
+
+
+@torch.no_grad()
+def generate_batch(spec: ModelSpec, sampler_name: str, num_steps: int, seed: int, indices: Sequence[int],
+                   device: str | torch.device = "cpu", counter: CallCounter | None = None) -> torch.Tensor:
+    """Samples ``indices`` (one batch) with the standard loop; returns float32 on the CPU.
+
+    ``x_T`` is ``randn_tensor`` with the per-sample generators, which then feed every ``step(..., generator=)``."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    sampler = get_sampler(sampler_name)
+    sched = build_scheduler(sampler, spec.scheduler_config, num_steps)
+    gens = sample_generators(seed, indices)
+    noise = randn_tensor((len(gens), *spec.sample_shape), generator=gens, device=torch.device(device),
+                         dtype=torch.float32)
+    model = counter if counter is not None else spec.model
+    x = run_standard_loop(sched, model, noise, num_steps, generator=gens)
+    return x.detach().float().cpu()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the process group
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class DistContext:
+    """This process's place in the run: ``rank`` of ``world_size`` (1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    owns_group: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            if self.backend == "nccl":
+                dist.barrier(device_ids=[self.local_rank])
+            else:
+                dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.owns_group = False
+
+
+def init_distributed(device: str) -> tuple[DistContext, str]:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1), or a world of
+    one. Returns the context and this process's device (``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun).
+    A process group the caller already initialised is used as it is (and left open)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        backend = dist.get_backend()
+        if device == "cuda" and world > 1:
+            device = f"cuda:{local}"
+        return DistContext(rank, world, local, backend, owns_group=False), device
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if world <= 1:
+        return DistContext(), device
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    cuda = str(device).startswith("cuda")
+    backend = "nccl" if cuda else "gloo"
+    kwargs: dict[str, Any] = {}
+    if cuda:
+        if device == "cuda":
+            device = f"cuda:{local}"
+        torch.cuda.set_device(torch.device(device))
+        kwargs["device_id"] = torch.device(device)
+    timeout = _dt.timedelta(seconds=float(os.environ.get(DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_S)))
+    dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
+    return DistContext(dist.get_rank(), dist.get_world_size(), local, backend, owns_group=True), device
+
+
+# --------------------------------------------------------------------------------------------------------------
+# configuration and files
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class GenerateConfig:
+    model: str
+    sampler: str
+    nfe: int
+    num_samples: int
+    seed: int
+    out: Path
+    shard_size: int = DEFAULT_SHARD_SIZE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = "cpu"
+    overwrite: bool = False
+    progress: bool = True
+    fid_features: str | None = None
+    fid_reference: str | None = None
+    inception_weights: str | None = None
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        for name in ("nfe", "num_samples", "shard_size", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise GenerateConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        self.seed = int(self.seed)
+        get_sampler(self.sampler)  # unknown names fail here, with the list of valid ones
+        if self.fid_reference and not self.fid_features:
+            raise GenerateConfigError("--fid-reference needs --fid-features (the feature network to compare in)")
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.shard_size)
+
+    def shard_range(self, j: int) -> tuple[int, int]:
+        return j * self.shard_size, min((j + 1) * self.shard_size, self.num_samples)
+
+
+def shard_path(out: Path, j: int) -> Path:
+    return Path(out) / "shards" / f"shard-{j:05d}.safetensors"
+
+
+def provenance_path(out: Path, j: int) -> Path:
+    """Sidecar of shard ``j``: which rank wrote it, with which batch size and device, how fast."""
+    return Path(out) / "shards" / f"shard-{j:05d}.json"
+
+
+def read_shard_metadata(path: str | Path) -> dict[str, Any]:
+    """The (deterministic) skipstep metadata of a shard file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        raw = (fh.metadata() or {}).get("skipstep")
+    if raw is None:
+        raise ValueError(f"{path} is not a skipstep shard (no 'skipstep' metadata)")
+    return json.loads(raw)
+
+
+def _identity(cfg: GenerateConfig, spec: ModelSpec, steps: int, nfe: int) -> dict[str, Any]:
+    """What every shard of DIR must share (the world size, batch size and device are not part of it)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": spec.name,
+        "model_fingerprint": spec.fingerprint,
+        "sample_shape": list(spec.sample_shape),
+        "sampler": cfg.sampler,
+        "sampler_settings": json.loads(json.dumps(sampler_settings(get_sampler(cfg.sampler)), default=str)),
+        "nfe": cfg.nfe,
+        "actual_nfe": nfe,
+        "num_inference_steps": steps,
+        "seed": cfg.seed,
+        "seed_function": SEED_FUNCTION,
+        "num_samples": cfg.num_samples,
+        "shard_size": cfg.shard_size,
+        "dtype": "float32",
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _prepare_dir(cfg: GenerateConfig, identity: dict[str, Any], model_info: dict[str, Any], world_size: int,
+                 log: Callable[[str], None]) -> dict:
+    """Rank 0: check DIR against its config.json (refuse a different configuration unless --overwrite), clean
+    stale temporary files, log this run, and return ``{"missing": [...], "done": n}``."""
+    out = cfg.out
+    config_file = out / "config.json"
+    previous = None
+    if config_file.is_file():
+        try:
+            previous = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            if not cfg.overwrite:
+                raise GenerateConfigError(f"{config_file} is corrupt ({err}); use --overwrite to start afresh") from err
+    elif out.exists() and not out.is_dir():
+        raise GenerateConfigError(f"--out {out} is not a directory")
+    elif out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise GenerateConfigError(f"{out} is not empty and holds no skipstep generate output (no config.json); "
+                                  "choose another --out or pass --overwrite")
+    if previous is not None:
+        old = previous.get("identity", {})
+        diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in identity.items() if old.get(k) != v]
+        diffs += [f"{k}: {old[k]!r} -> (absent)" for k in old if k not in identity]
+        if diffs:
+            if not cfg.overwrite:
+                raise GenerateConfigError(
+                    f"{out} holds samples of a different configuration ({'; '.join(diffs)}). Pass --overwrite to "
+                    "discard them, or choose another --out.")
+            previous = None
+    if cfg.overwrite and previous is None and out.is_dir():
+        for name in _OWNED:  # only what this command writes
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "shards").glob(".*.tmp"):  # left by a killed writer; never a finished shard
+        stale.unlink(missing_ok=True)
+    for j in range(cfg.num_shards):  # a sidecar whose shard never landed describes nothing
+        if not shard_path(out, j).is_file():
+            provenance_path(out, j).unlink(missing_ok=True)
+    runs = list((previous or {}).get("runs", []))
+    missing = [j for j in range(cfg.num_shards) if not shard_path(out, j).is_file()]
+    done = cfg.num_shards - len(missing)
+    if runs and done:
+        last = runs[-1].get("world_size")
+        if last != world_size:
+            log(f"resuming with a different world size ({last} -> {world_size}): the {len(missing)} missing shards "
+                f"are dealt over {world_size} process(es); shards do not depend on the world size")
+        last_batch = runs[-1].get("batch_size")
+        if last_batch != cfg.batch_size:
+            log(f"note: --batch-size changed ({last_batch} -> {cfg.batch_size}); every sample's noise is unchanged, "
+                "but a network's floating-point round-off can depend on the batch size (the batch size of each "
+                "shard is recorded in index.json)")
+    if done:
+        log(f"resuming: {done} of {cfg.num_shards} shards already complete (kept as they are)")
+    import diffusers
+
+    from . import __version__
+
+    runs.append({"started": _now(), "world_size": world_size, "device": cfg.device, "batch_size": cfg.batch_size,
+                 "shards_done_at_start": done, "skipstep": __version__, "torch": torch.__version__,
+                 "diffusers": diffusers.__version__, "python": platform.python_version(),
+                 "host": platform.node()})
+    _atomic_write_json(config_file, {
+        "identity": identity,
+        "model": model_info,
+        "num_shards": cfg.num_shards,
+        "layout": "shards/shard-{j:05d}.safetensors holds samples [j*shard_size, min((j+1)*shard_size, num_samples))",
+        "created": (previous or {}).get("created", _now()),
+        "runs": runs,
+    })
+    return {"missing": missing, "done": done}
+
+
+def _write_shard(path: Path, samples: torch.Tensor, indices: torch.Tensor, metadata: dict[str, Any]) -> None:
+    from safetensors.torch import save
+
+    # one metadata key: safetensors writes several keys in a random order, which would make the bytes differ
+    data = save({"samples": samples.contiguous().float().cpu(), "indices": indices.to(torch.int64).contiguous()},
+                metadata={"skipstep": json.dumps(metadata, sort_keys=True)})
+    _atomic_write_bytes(path, data)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _build_index(cfg: GenerateConfig, identity: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0, after the barrier: check every shard (metadata and indices) and list it with its sha256."""
+    from safetensors import safe_open
+
+    shards = []
+    for j in range(cfg.num_shards):
+        path = shard_path(cfg.out, j)
+        start, stop = cfg.shard_range(j)
+        if not path.is_file():
+            raise RuntimeError(f"shard {path} is missing after all processes finished")
+        try:
+            meta = read_shard_metadata(path)
+            with safe_open(str(path), framework="pt") as fh:
+                indices = fh.get_tensor("indices")
+                shape = tuple(fh.get_slice("samples").get_shape())
+        except Exception as err:  # noqa: BLE001 - a foreign or damaged file
+            raise RuntimeError(f"shard {path} cannot be read ({err}); remove it and rerun to recompute it") from err
+        expected = {"format": SHARD_FORMAT, "model_fingerprint": identity["model_fingerprint"],
+                    "sampler": cfg.sampler, "seed": cfg.seed, "num_inference_steps": identity["num_inference_steps"],
+                    "start": start, "stop": stop}
+        bad = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+        if bad or not torch.equal(indices, torch.arange(start, stop)) or shape[0] != stop - start:
+            raise RuntimeError(f"shard {path} does not belong to this configuration ({bad or 'wrong indices'}); "
+                               "remove it and rerun to recompute it (or rerun with --overwrite)")
+        prov_file = provenance_path(cfg.out, j)
+        try:
+            prov = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            prov = {}
+        shards.append({"file": str(path.relative_to(cfg.out)), "shard": j, "start": start, "stop": stop,
+                       "num_samples": stop - start, "sha256": _file_sha256(path),
+                       "written_by": {k: prov.get(k) for k in ("rank", "world_size", "batch_size", "device",
+                                                               "seconds", "written")}})
+    return {
+        "format": INDEX_FORMAT,
+        **identity,
+        "num_shards": cfg.num_shards,
+        "shards": shards,
+        "tensors": {"samples": "(n, C, H, W) float32, the sampler's final x_0 (not clipped)",
+                    "indices": "(n,) int64, global sample indices"},
+        "finished": _now(),
+        **extra,
+    }
+
+
+def load_samples(out: str | Path, verify: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """All samples of a finished generate directory in index order: ``(samples, indices)``.
+
+    ``verify=True`` checks every file's sha256 against ``index.json``."""
+    from safetensors.torch import load_file
+
+    out = Path(out)
+    index_file = out / "index.json"
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{index_file} not found (the run has not finished; rerun it to resume)")
+    index = json.loads(index_file.read_text())
+    chunks, idx = [], []
+    for entry in index["shards"]:
+        path = out / entry["file"]
+        if verify and _file_sha256(path) != entry["sha256"]:
+            raise ValueError(f"{path}: sha256 differs from index.json (the file changed after the run)")
+        tensors = load_file(str(path))
+        chunks.append(tensors["samples"])
+        idx.append(tensors["indices"])
+    return torch.cat(chunks), torch.cat(idx)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class GenerateResult:
+    out: Path
+    computed: list[int] = field(default_factory=list)  # shards this process wrote
+    reused: int = 0
+    seconds: float = 0.0
+    sampling_seconds: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+    index: dict | None = None
+    fid: dict | None = None
+
+
+def generate(cfg: GenerateConfig, log: Callable[[str], None] | None = print) -> GenerateResult:
+    """Run (or resume) a generate job in this process -- one rank of a torchrun world, or a world of one."""
+    ctx, device = init_distributed(cfg.device)
+    try:
+        return _generate(cfg, ctx, device, log)
+    finally:
+        ctx.close()
+
+
+def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[[str], None] | None) -> GenerateResult:
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    say = (log or (lambda m: None)) if ctx.rank == 0 else (lambda m: None)
+    spec = load_model(cfg.model, device=device)
+    sampler = get_sampler(cfg.sampler)
+    steps, expected_nfe = steps_for_nfe(sampler, cfg.nfe, spec.num_train_timesteps)
+    identity = _identity(cfg, spec, steps, expected_nfe)
+
+    extractor = None
+    if cfg.fid_features and ctx.rank == 0:
+        extractor = _resolve_fid(cfg, device)  # fail early (missing weights) -- before any sampling
+
+    # every rank must agree on what it is about to compute (same model weights, same code)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    digests = ctx.all_gather(digest)
+    state: dict[str, Any] | None = None
+    error: str | None = None
+    if ctx.rank == 0:
+        if len(set(digests)) != 1:
+            error = ("the processes disagree on the configuration (different model weights or skipstep versions "
+                     "on different nodes?)")
+        else:
+            try:
+                state = _prepare_dir(cfg, identity, spec.info(), ctx.world_size, say)
+            except GenerateConfigError as err:
+                error = str(err)
+    error, state = ctx.broadcast((error, state))
+    if error is not None:
+        raise GenerateConfigError(error)
+    assert state is not None
+    missing: list[int] = state["missing"]
+    mine = missing[ctx.rank::ctx.world_size]
+    result = GenerateResult(out=cfg.out, reused=state["done"], rank=ctx.rank, world_size=ctx.world_size)
+    say(f"{cfg.num_samples} samples in {cfg.num_shards} shards of {cfg.shard_size}: {len(missing)} to compute "
+        f"over {ctx.world_size} process(es); {sampler.name} with {steps} steps ({expected_nfe} NFE); device {device}")
+
+    fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
+    counter = CallCounter(spec.model)
+    bar = tqdm(mine, disable=not (cfg.progress and ctx.rank == 0), desc=f"shards (rank 0 of {ctx.world_size})",
+               unit="shard")
+    for j in bar:
+        start, stop = cfg.shard_range(j)
+        chunks = []
+        _sync(device)
+        t0 = time.perf_counter()
+        for b in range(start, stop, cfg.batch_size):
+            idx = list(range(b, min(b + cfg.batch_size, stop)))
+            before = counter.calls
+            chunks.append(generate_batch(spec, cfg.sampler, steps, cfg.seed, idx, device, counter))
+            if counter.calls - before != expected_nfe:
+                raise RuntimeError(f"{cfg.sampler}: expected {expected_nfe} NFE, counted {counter.calls - before}")
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        result.sampling_seconds += seconds
+        # the shard's own metadata is deterministic (so equal runs give byte-identical files, whatever the world
+        # size); who/where/how fast goes into a sidecar JSON, written first: the shard file marks completion
+        meta = {"format": SHARD_FORMAT, "shard": j, "start": start, "stop": stop, "seed": cfg.seed,
+                "model_fingerprint": spec.fingerprint, "sampler": cfg.sampler, "nfe": cfg.nfe,
+                "num_inference_steps": steps}
+        provenance = {"shard": j, "batch_size": cfg.batch_size, "device": str(device), "rank": ctx.rank,
+                      "world_size": ctx.world_size, "seconds": seconds, "written": _now(), "host": platform.node()}
+        _atomic_write_json(provenance_path(cfg.out, j), provenance)
+        _write_shard(shard_path(cfg.out, j), torch.cat(chunks), torch.arange(start, stop), meta)
+        result.computed.append(j)
+        if fail_after and len(result.computed) >= fail_after:
+            raise GenerateInterrupted(f"rank {ctx.rank} stopped after {len(result.computed)} new shards "
+                                      f"({FAIL_AFTER_ENV}={fail_after})")
+    bar.close()
+    ctx.barrier()  # every shard exists now
+    if ctx.rank == 0:
+        index = _build_index(cfg, identity, {"seconds_last_run": time.perf_counter() - t_start,
+                                             "world_size_last_run": ctx.world_size,
+                                             "shards_computed_last_run": len(missing)})
+        _atomic_write_json(cfg.out / "index.json", index)
+        result.index = index
+        if extractor is not None:
+            result.fid = _fid_of_output(cfg, extractor, say)
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FID of the output
+# --------------------------------------------------------------------------------------------------------------
+def _resolve_fid(cfg: GenerateConfig, device: str):
+    from .fid import load_reference_stats, resolve_feature_extractor
+
+    extractor = resolve_feature_extractor(cfg.fid_features, device=device, inception_weights=cfg.inception_weights)
+    if cfg.fid_reference:
+        ref = Path(cfg.fid_reference)
+        if not ref.exists():
+            raise FileNotFoundError(f"--fid-reference {ref} not found")
+        if ref.suffix == ".npz":
+            load_reference_stats(ref, extractor)  # validate now (fingerprint, shapes), not after sampling
+    return extractor
+
+
+def _fid_of_output(cfg: GenerateConfig, extractor, say: Callable[[str], None]) -> dict[str, Any]:
+    """Features of every sample -> ``DIR/fid/<name>.npz`` statistics; FID against ``--fid-reference`` if given."""
+    from .fid import fid_from_stats, iter_image_batches, load_reference_stats, save_stats, stats_of_samples
+
+    batches, _ = iter_image_batches(cfg.out, cfg.batch_size)  # shard by shard: never all samples in memory
+    stats = stats_of_samples(batches, extractor, batch_size=cfg.batch_size)
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in extractor.name)
+    stats_file = cfg.out / "fid" / f"{safe_name}.npz"
+    save_stats(stats_file, stats, extractor, source=f"skipstep generate {cfg.out}", num_samples=cfg.num_samples)
+    record: dict[str, Any] = {"features": extractor.name, "feature_fingerprint": extractor.fingerprint,
+                              "num_samples": cfg.num_samples, "stats": str(stats_file.relative_to(cfg.out))}
+    if cfg.fid_reference:
+        ref_stats, ref_info = load_reference_stats(cfg.fid_reference, extractor, batch_size=cfg.batch_size)
+        record["reference"] = {"path": str(cfg.fid_reference), **ref_info}
+        record["fid"] = fid_from_stats(stats, ref_stats)
+        say(f"FID ({extractor.name} features) vs {cfg.fid_reference}: {record['fid']:.4f}")
+    else:
+        say(f"feature statistics ({extractor.name}) written to {stats_file} (pass --fid-reference for an FID)")
+    _atomic_write_json(cfg.out / "fid.json", record)
+    return record
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------
+def add_subcommand(subparsers) -> None:
+    from .samplers import available_samplers
+
+    p = subparsers.add_parser(
+        "generate", help="generate many samples into resumable shards (multi-GPU with torchrun)",
+        description="Draw --num-samples samples with one sampler into DIR/shards/*.safetensors (--shard-size "
+                    "samples each) and write DIR/index.json. Sample i depends only on (--seed, i), so the result "
+                    "is the same for any number of processes. Resumable: rerun the same command; finished shards "
+                    "are kept. Multi-process: torchrun --nproc_per_node=K -m skipstep.cli generate ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory")
+    p.add_argument("--sampler", default="default", help="sampler name. Available: " + ", ".join(available_samplers()))
+    p.add_argument("--nfe", type=int, default=10, help="network evaluations per sample")
+    p.add_argument("--num-samples", type=int, required=True, help="total number of samples")
+    p.add_argument("--seed", type=int, default=0, help="base seed; sample i uses sample_seed(seed, i)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard file")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="samples per network batch (does not change the noise of any sample)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda (under torchrun, cuda means cuda:LOCAL_RANK), or an explicit cuda:N")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard the samples of a different configuration in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--fid-features", default=None,
+                   help="compute feature statistics of the output (and an FID with --fid-reference) with this "
+                        "feature network: inception, digits, a TorchScript file, or module:function")
+    p.add_argument("--fid-reference", default=None,
+                   help="reference for the FID: a statistics .npz (mu, sigma), a generate output directory, a "
+                        "folder of images or a .safetensors tensor file")
+    p.add_argument("--inception-weights", default=None,
+                   help="local Inception-v3 weights for --fid-features inception (never downloaded)")
+    p.set_defaults(func=main_generate)
+
+
+def main_generate(args: argparse.Namespace) -> int:
+    cfg = GenerateConfig(model=args.model, sampler=args.sampler, nfe=args.nfe, num_samples=args.num_samples,
+                         seed=args.seed, out=args.out, shard_size=args.shard_size, batch_size=args.batch_size,
+                         device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
+                         fid_features=args.fid_features, fid_reference=args.fid_reference,
+                         inception_weights=args.inception_weights)
+    result = generate(cfg)
+    if result.rank == 0:
+        n = cfg.num_samples
+        print(f"{n} samples in {cfg.out}/ ({cfg.num_shards} shards; {len(result.computed)} written by rank 0, "
+              f"{result.reused} reused from earlier runs; world size {result.world_size}); {result.seconds:.1f} s "
+              f"total, sampling {result.sampling_seconds:.1f} s on rank 0. Index: {cfg.out / 'index.json'}",
+              file=sys.stdout)
+    return 0
