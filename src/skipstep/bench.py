@@ -74,7 +74,7 @@ PR_K = 3
 #: Precision/recall in pixel space is skipped above this many dimensions (it is O(N^2 D)).
 PR_PIXEL_MAX_DIM = 4096
 
-LOWER_IS_BETTER = {"fd": True, "sw": True, "fd_heldout": True, "mode_tv": True, "precision": False,
+LOWER_IS_BETTER = {"fd": True, "sw": True, "fd_heldout": True, "mode_tv": True, "precision": False, "fid_ref": True,
                    "recall": False, "spread_ratio": None}
 METRIC_TITLES = {
     "fd": "FD vs reference (classifier features)",
@@ -84,6 +84,7 @@ METRIC_TITLES = {
     "fd_heldout": "FD vs real held-out digits",
     "mode_tv": "mode-frequency TV (exact)",
     "spread_ratio": "within-mode spread ratio (exact = 1)",
+    "fid_ref": "FID vs --fid-reference (--fid-features)",
 }
 
 
@@ -109,6 +110,9 @@ class BenchConfig:
     reference_seed: int = REFERENCE_SEED
     progress: bool = True
     overwrite: bool = False
+    fid_features: str | None = None  # a feature network for FD (skipstep.fid.resolve_feature_extractor)
+    fid_reference: str | None = None  # external reference for the fid_ref metric (stats .npz or samples)
+    inception_weights: str | None = None
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -248,6 +252,8 @@ class MetricContext:
         if self.ref_feats is not None:
             feats = self._features(samples)
             out["fd"] = M.frechet_distance_from_stats(*M.gaussian_stats(feats), *self.ref_stats)
+            if getattr(self, "fid_reference_stats", None) is not None:
+                out["fid_ref"] = M.frechet_distance_from_stats(*M.gaussian_stats(feats), *self.fid_reference_stats)
             out["precision"], out["recall"] = M.precision_recall(self.ref_feats, feats, k=PR_K)
             if self.heldout_stats is not None:
                 out["fd_heldout"] = M.frechet_distance_from_stats(*M.gaussian_stats(feats), *self.heldout_stats)
@@ -375,6 +381,9 @@ def _identity(cfg: BenchConfig, spec: ModelSpec) -> dict[str, Any]:
         "batch_size": cfg.batch_size,  # fixes the per-step noise streams
         "num_reference": cfg.num_reference,
         "reference_seed": cfg.reference_seed,
+        # the chosen feature network changes every FD (present only when chosen: older directories stay valid)
+        **({"fid_features": getattr(spec.feature_fn, "fingerprint", cfg.fid_features)} if cfg.fid_features else {}),
+        **({"fid_reference": str(cfg.fid_reference)} if cfg.fid_reference else {}),
     }
 
 
@@ -569,12 +578,22 @@ def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = No
     log = log or (lambda msg: None)
     t_start = time.perf_counter()
     spec = load_model(cfg.model, device=cfg.device)
+    if cfg.fid_features:
+        from .fid import use_feature_network
+
+        use_feature_network(spec, cfg.fid_features, cfg.device, cfg.inception_weights)
     cells, skipped = _plan(cfg, spec)
     _prepare_dir(cfg, spec, skipped)
     for key, reason in skipped.items():
         log(f"skipped {key}: {reason}")
     reference, ref_meta = _reference(cfg, spec, cfg.progress)
     ctx = MetricContext(spec, reference)
+    if cfg.fid_reference:
+        from .fid import load_reference_stats
+
+        if not cfg.fid_features:
+            raise BenchConfigError("--fid-reference needs --fid-features (the feature network to compare in)")
+        ctx.fid_reference_stats, _ = load_reference_stats(cfg.fid_reference, spec.feature_fn)
     run_id = uuid.uuid4().hex[:8]
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     result = BenchResult(records=[], skipped=skipped, out=cfg.out)
@@ -751,7 +770,7 @@ def render_markdown(out: Path, records: list[dict]) -> str:
     if any(r and not r[1] for r in ratios.values()):
         lines += ["† some of these cells and their DDIM counterparts were timed in different runs (resumed "
                   "directory); the ratio is then not a side-by-side measurement.", ""]
-    metric_names = [m for m in ("fd", "sw", "precision", "recall", "fd_heldout", "mode_tv", "spread_ratio")
+    metric_names = [m for m in ("fd", "fid_ref", "sw", "precision", "recall", "fd_heldout", "mode_tv", "spread_ratio")
                     if any(m in r["metrics"] for r in records)]
     lines += ["## All metrics (mean ± std over seeds)", "",
               "| sampler | NFE | actual NFE | " + " | ".join(metric_names) + " | ms / sample |",
@@ -941,13 +960,22 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="discard results of a different configuration in --out")
     add_common_run_args(p)
+    p.add_argument("--fid-features", default=None,
+                   help="feature network for FD: inception (local weights only), digits, a TorchScript file or "
+                        "module:function (default: the model's own, the digit classifier for 8x8 models)")
+    p.add_argument("--fid-reference", default=None,
+                   help="also report fid_ref: FD vs this reference (statistics .npz, generate output directory, "
+                        "image folder or .safetensors samples) in the --fid-features space")
+    p.add_argument("--inception-weights", default=None, help="local Inception-v3 weights (never downloaded)")
     p.set_defaults(func=main_bench)
 
 
 def main_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(model=args.model, samplers=args.samplers, nfes=args.nfe, seeds=args.seeds,
                       num_samples=args.num_samples, out=args.out, batch_size=args.batch_size, device=args.device,
-                      num_reference=args.num_reference, progress=not args.no_progress, overwrite=args.overwrite)
+                      num_reference=args.num_reference, progress=not args.no_progress, overwrite=args.overwrite,
+                      fid_features=args.fid_features, fid_reference=args.fid_reference,
+                      inception_weights=args.inception_weights)
     result = run_bench(cfg)
     print(result.markdown.split("## All metrics")[0].rstrip())
     print(f"\n{len(result.computed)} cells computed, {len(result.reused)} reused, {len(result.skipped)} skipped; "
