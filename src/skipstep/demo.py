@@ -13,14 +13,14 @@ import argparse
 import time
 from pathlib import Path
 
-from .bench import BenchConfig, add_common_run_args, run_bench, sample_cell, save_grid
+from .bench import BenchConfig, add_common_run_args, apply_threads, run_bench, sample_cell, save_grid
 
 __all__ = ["DEMO_NFE", "DEMO_SAMPLERS", "add_subcommand", "main_demo", "main_sample"]
 
 DEMO_SAMPLERS = ["default", "ddim", "dpmpp-2m"]
 DEMO_NFE = 10
 DEMO_NUM_SAMPLES = 500
-DEMO_NUM_REFERENCE = 400
+DEMO_NUM_REFERENCE = 300
 
 
 def add_subcommand(subparsers) -> None:
@@ -56,6 +56,7 @@ def add_subcommand(subparsers) -> None:
 
 
 def main_demo(args: argparse.Namespace) -> int:
+    apply_threads(args)
     t0 = time.perf_counter()
     cfg = BenchConfig(model=args.model, samplers=list(DEMO_SAMPLERS), nfes=[DEMO_NFE], seeds=[args.seed],
                       num_samples=args.num_samples, out=args.out, batch_size=args.batch_size, device=args.device,
@@ -73,6 +74,7 @@ def main_sample(args: argparse.Namespace) -> int:
     from .models import load_model
     from .samplers import build_scheduler, get_sampler, steps_for_nfe  # noqa: F401  (errors name the sampler)
 
+    apply_threads(args)
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.out.suffix.lower() != ".png":
