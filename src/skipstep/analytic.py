@@ -119,4 +119,39 @@ def load_eps_mse(file: str | os.PathLike, fingerprint: str | None = None) -> tor
     return table
 
 
-__all__ = ["estimate_eps_mse", "load_eps_mse", "save_eps_mse"]
+
+
+def default_cache_dir() -> Path:
+    """``$SKIPSTEP_CACHE`` or ``$XDG_CACHE_HOME/skipstep`` (``~/.cache/skipstep``)."""
+    if os.environ.get("SKIPSTEP_CACHE"):
+        return Path(os.environ["SKIPSTEP_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "skipstep"
+
+
+def eps_mse_for_model(spec, cache_dir: str | os.PathLike | None = None, num_timesteps: int = 100,
+                      max_samples: int = 2000, seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """The optimal-variance table of a registered model (:class:`skipstep.models.ModelSpec`), estimated once on
+    its data (the training split, or exact draws for analytic models) and cached under ``cache_dir`` by the
+    model's fingerprint."""
+    file = Path(cache_dir or default_cache_dir()) / "eps_mse" / f"{spec.fingerprint}-n{num_timesteps}.json"
+    if file.is_file():
+        return load_eps_mse(file, spec.fingerprint)
+    if spec.real_data is not None and "train" in spec.real_data:
+        data, source = spec.real_data["train"][:max_samples], "training split"
+    elif spec.reference is not None:
+        data, source = spec.reference.sample(max_samples, seed), "exact data samples"
+    else:
+        raise ValueError(
+            f"model {spec.name!r} has no data to estimate the optimal variance from; compute the table with "
+            "skipstep.analytic.estimate_eps_mse(model, path, data) and pass it as eps_mse"
+        )
+    path = DiscreteVPPath.from_config(spec.scheduler_config)
+    table = estimate_eps_mse(spec.model, path, data.to(spec.device), spec.prediction_type,
+                             num_timesteps=num_timesteps, generator=torch.Generator().manual_seed(seed),
+                             progress=progress)
+    save_eps_mse(file, table, spec.fingerprint, overwrite=True, data=source, num_samples=int(data.shape[0]),
+                 num_timesteps=num_timesteps, seed=seed)
+    return table
+
+
+__all__ = ["default_cache_dir", "eps_mse_for_model", "estimate_eps_mse", "load_eps_mse", "save_eps_mse"]

@@ -50,7 +50,8 @@ import torch
 
 from .bench import _atomic_write_bytes, _atomic_write_json, sampler_settings
 from .models import ModelSpec, load_model
-from .samplers import CallCounter, build_scheduler, get_sampler, run_standard_loop, steps_for_nfe
+from .samplers import (CallCounter, build_scheduler, get_sampler, run_standard_loop, scheduler_config_for,
+                       steps_for_nfe)
 
 __all__ = [
     "DistContext",
@@ -119,7 +120,7 @@ def generate_batch(spec: ModelSpec, sampler_name: str, num_steps: int, seed: int
     from diffusers.utils.torch_utils import randn_tensor
 
     sampler = get_sampler(sampler_name)
-    sched = build_scheduler(sampler, spec.scheduler_config, num_steps)
+    sched = build_scheduler(sampler, scheduler_config_for(sampler, spec), num_steps)
     gens = sample_generators(seed, indices)
     noise = randn_tensor((len(gens), *spec.sample_shape), generator=gens, device=torch.device(device),
                          dtype=torch.float32)
