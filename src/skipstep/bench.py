@@ -45,6 +45,8 @@ from .samplers import (
     SamplerSpec,
     available_samplers,
     build_scheduler,
+    scheduler_config_for,
+    check_sampler_for_model,
     get_sampler,
     run_standard_loop,
     steps_for_nfe,
@@ -204,7 +206,7 @@ def sample_cell(spec: ModelSpec, sampler: SamplerSpec, num_steps: int, seed: int
     counter = CallCounter(spec.model)
     chunks, seconds, nfes = [], 0.0, []
     for start in range(0, num_samples, batch_size):
-        sched = build_scheduler(sampler, spec.scheduler_config, num_steps)
+        sched = build_scheduler(sampler, scheduler_config_for(sampler, spec), num_steps)
         x_t = noise[start:start + batch_size].to(device)
         gen = step_generator(seed, start)
         before = counter.calls
@@ -317,8 +319,13 @@ def _cell_key(sampler: str, nfe: int, seed: int) -> str:
     return f"{sampler}/nfe{nfe}_seed{seed}"
 
 
+def _fs_name(sampler: str) -> str:
+    """A sampler name as one path component (``tuned:dir/x.json`` names hold separators)."""
+    return sampler.replace("/", "%2F").replace(os.sep, "%2F")
+
+
 def _cell_paths(out: Path, sampler: str, nfe: int, seed: int) -> tuple[Path, Path]:
-    base = out / "cells" / sampler / f"nfe{nfe}_seed{seed}"
+    base = out / "cells" / _fs_name(sampler) / f"nfe{nfe}_seed{seed}"
     return base.with_suffix(".json"), base.with_suffix(".safetensors")
 
 
@@ -491,6 +498,7 @@ def _plan(cfg: BenchConfig, spec: ModelSpec) -> tuple[list[tuple[str, int, int, 
         for nfe in cfg.nfes:
             for name in cfg.samplers:
                 spec_s = get_sampler(name)
+                check_sampler_for_model(spec_s, spec.fingerprint, T)
                 if spec_s.fixed_steps is not None:
                     if (name, seed) in fixed_done:
                         continue
@@ -900,7 +908,8 @@ def write_grids(out: Path, records: list[dict]) -> list[Path]:
     for (name, nfe), seed in first_seed.items():
         _, tensor_path = _cell_paths(out, name, nfe, seed)
         if tensor_path.is_file():
-            paths.append(save_grid(_load_tensor(tensor_path)[:GRID_COUNT], out / "grids" / f"{name}_nfe{nfe}.png"))
+            paths.append(save_grid(_load_tensor(tensor_path)[:GRID_COUNT],
+                                   out / "grids" / f"{_fs_name(name)}_nfe{nfe}.png"))
     ref = out / "reference" / "reference.safetensors"
     if ref.is_file():
         paths.append(save_grid(_load_tensor(ref)[:GRID_COUNT], out / "grids" / "reference.png"))

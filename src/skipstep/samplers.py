@@ -36,6 +36,7 @@ __all__ = [
     "SamplerSpec",
     "available_samplers",
     "build_scheduler",
+    "check_sampler_for_model",
     "get_sampler",
     "register_sampler",
     "run_standard_loop",
@@ -66,7 +67,7 @@ class SamplerSpec:
     ``factory(scheduler_config, num_inference_steps)`` returns a fresh scheduler. ``nfe_of_steps(k)`` is the NFE of
     a run with ``k`` steps (``k`` for one-evaluation-per-step samplers). ``min_nfe`` is the sampler's order: fewer
     evaluations are refused. ``fixed_steps`` (callable of ``T``) pins the step count whatever NFE is asked
-    (the 1000-step reference).
+    (the 1000-step reference). ``max_nfe``: more evaluations are refused (a tuned schedule runs at its own NFE).
     """
 
     name: str
@@ -79,6 +80,7 @@ class SamplerSpec:
     description: str = ""
     settings: dict = field(default_factory=dict)
     order_reason: str = ""
+    max_nfe: int | None = None
 
 
 _SAMPLERS: dict[str, SamplerSpec] = {}
@@ -103,6 +105,11 @@ def available_samplers() -> dict[str, str]:
 
 
 def get_sampler(name: str) -> SamplerSpec:
+    """A registered sampler, or ``tuned:PATH.json`` / ``tuned:NAME`` (a tuned schedule, see skipstep.tuning)."""
+    if name.startswith("tuned:"):
+        from .tuning import tuned_sampler_spec
+
+        return tuned_sampler_spec(name)
     try:
         return _SAMPLERS[name]
     except KeyError:
@@ -123,6 +130,8 @@ def steps_for_nfe(spec: SamplerSpec, nfe: int, num_train_timesteps: int) -> tupl
     if nfe < spec.min_nfe:
         reason = spec.order_reason or f"it is a method of order {spec.min_nfe}"
         raise SamplerError(f"sampler {spec.name!r} needs NFE >= {spec.min_nfe} ({reason}); got NFE={nfe}")
+    if spec.max_nfe is not None and nfe > spec.max_nfe:
+        raise SamplerError(f"sampler {spec.name!r} needs NFE <= {spec.max_nfe} ({spec.order_reason}); got NFE={nfe}")
     if nfe > T:
         raise SamplerError(f"sampler {spec.name!r}: NFE={nfe} exceeds the model's {T} training timesteps "
                            f"(a sampler cannot visit more than T={T} distinct noise levels)")
@@ -132,6 +141,18 @@ def steps_for_nfe(spec: SamplerSpec, nfe: int, num_train_timesteps: int) -> tupl
     if spec.nfe_of_steps(k) > nfe or k > T:
         raise SamplerError(f"sampler {spec.name!r} cannot run with NFE={nfe}")
     return k, spec.nfe_of_steps(k)
+
+
+def check_sampler_for_model(spec: SamplerSpec, model_fingerprint: str, num_train_timesteps: int) -> None:
+    """Refuse a sampler made for another model (its settings name ``model_fingerprint`` / ``num_train_timesteps``,
+    as tuned schedules do)."""
+    want_fp, want_T = spec.settings.get("model_fingerprint"), spec.settings.get("num_train_timesteps")
+    if want_fp is not None and want_fp != model_fingerprint:
+        raise SamplerError(f"sampler {spec.name!r} was tuned for the model with fingerprint {want_fp}, not this "
+                           f"model ({model_fingerprint}): a tuned schedule is not valid for another model")
+    if want_T is not None and int(want_T) != int(num_train_timesteps):
+        raise SamplerError(f"sampler {spec.name!r} was made for T={want_T} training timesteps, but the model has "
+                           f"T={num_train_timesteps}")
 
 
 def build_scheduler(spec: SamplerSpec, scheduler_config: dict, num_steps: int):
@@ -214,6 +235,34 @@ def _skipstep(eta_fn: Callable[[], Any], solver_order: int | Callable[[], int] =
     return factory
 
 
+def scheduler_config_for(sampler: SamplerSpec, spec) -> dict:
+    """The model's scheduler config, plus what this sampler needs from the model itself (the optimal-variance
+    table, estimated once per model and cached; see :func:`skipstep.analytic.eps_mse_for_model`)."""
+    config = spec.scheduler_config
+    if sampler.settings.get("variance") == "optimal":
+        from .analytic import eps_mse_for_model
+
+        config = {**config, "eps_mse": eps_mse_for_model(spec).tolist()}
+    return config
+
+
+def _register_optimal(members: dict[str, tuple[Any, int]]) -> None:
+    """``NAME-opt``: the member with the optimal (Analytic-DPM) variance instead of the posterior's."""
+    from .diffusers_schedulers import SkippedStepScheduler
+
+    for name, (eta, order) in members.items():
+        def factory(config: dict, steps: int, eta=eta, order=order):
+            return _from_config(SkippedStepScheduler, config, eta=eta, solver_order=order,
+                                variance_type="optimal", timestep_spacing="trailing", clip_sample=False,
+                                thresholding=False)
+
+        register_sampler(name, factory, family="skipstep", stochastic=True,
+                         description=f"eta={eta}, order {order}, with the optimal (Analytic-DPM) variance "
+                                     "estimated from the model",
+                         settings={"class": "SkippedStepScheduler", "timestep_spacing": "trailing", "eta": eta,
+                                   "solver_order": order, "variance": "optimal"})
+
+
 def _register_higher_order(members: dict[str, Any]) -> None:
     """``NAME-o2`` / ``NAME-o3``: the same eta member with multistep (2nd/3rd-order) posterior steps."""
     for base, eta in members.items():
@@ -266,6 +315,8 @@ def _register_ours() -> None:
     _register_higher_order({"skipstep": 1.0, "skipstep-ddim": 0.0, "skipstep-eta0.5": 0.5,
                             "skipstep-linear": "linear:1:0", "skipstep-skip-ddim-0.5": "skip-ddim:0.5",
                             "skipstep-ddim-skip-0.5": "ddim-skip:0.5"})
+    _register_optimal({"skipstep-opt": (1.0, 1), "skipstep-ddim-opt": (0.0, 1), "skipstep-linear-opt": ("linear:1:0", 1),
+                       "skipstep-o2-opt": (1.0, 2), "skipstep-linear-o2-opt": ("linear:1:0", 2)})
     register_sampler("reference-1000", _skipstep(lambda: 1.0), fixed_steps=lambda T: T, family="reference",
                      stochastic=True,
                      description="the reference: T-step (1000) ancestral DDPM = skipstep eta=1 on every timestep",
