@@ -50,8 +50,8 @@ import torch
 
 from .bench import _atomic_write_bytes, _atomic_write_json, sampler_settings
 from .models import ModelSpec, load_model
-from .samplers import (CallCounter, build_scheduler, get_sampler, run_standard_loop, scheduler_config_for,
-                       steps_for_nfe)
+from .samplers import (CallCounter, build_scheduler, check_sampler_for_model, get_sampler, run_standard_loop,
+                       scheduler_config_for, steps_for_nfe)
 
 __all__ = [
     "DistContext",
@@ -284,6 +284,9 @@ def _identity(cfg: GenerateConfig, spec: ModelSpec, steps: int, nfe: int) -> dic
         "sample_shape": list(spec.sample_shape),
         "sampler": cfg.sampler,
         "sampler_settings": json.loads(json.dumps(sampler_settings(get_sampler(cfg.sampler)), default=str)),
+        # the effective scheduler config (e.g. an estimated optimal-variance table): every rank must use the same
+        "scheduler_config_sha256": hashlib.sha256(json.dumps(
+            scheduler_config_for(get_sampler(cfg.sampler), spec), sort_keys=True, default=str).encode()).hexdigest(),
         "nfe": cfg.nfe,
         "actual_nfe": nfe,
         "num_inference_steps": steps,
@@ -490,6 +493,7 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
     say = (log or (lambda m: None)) if ctx.rank == 0 else (lambda m: None)
     spec = load_model(cfg.model, device=device)
     sampler = get_sampler(cfg.sampler)
+    check_sampler_for_model(sampler, spec.fingerprint, spec.num_train_timesteps)
     steps, expected_nfe = steps_for_nfe(sampler, cfg.nfe, spec.num_train_timesteps)
     identity = _identity(cfg, spec, steps, expected_nfe)
 
