@@ -497,9 +497,12 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
     steps, expected_nfe = steps_for_nfe(sampler, cfg.nfe, spec.num_train_timesteps)
     identity = _identity(cfg, spec, steps, expected_nfe)
 
-    extractor = None
+    extractor, fid_error = None, None
     if cfg.fid_features and ctx.rank == 0:
-        extractor = _resolve_fid(cfg, device)  # fail early (missing weights) -- before any sampling
+        try:
+            extractor = _resolve_fid(cfg, device)  # fail early (missing weights) -- before any sampling
+        except (ValueError, FileNotFoundError) as err:  # FeatureNetworkError is a ValueError
+            fid_error = err  # raised below on every rank, so no rank waits for the others in a collective
 
     # every rank must agree on what it is about to compute (same model weights, same code)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -507,7 +510,9 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
     state: dict[str, Any] | None = None
     error: str | None = None
     if ctx.rank == 0:
-        if len(set(digests)) != 1:
+        if fid_error is not None:
+            error = str(fid_error)
+        elif len(set(digests)) != 1:
             error = ("the processes disagree on the configuration (different model weights or skipstep versions "
                      "on different nodes?)")
         else:
@@ -516,6 +521,8 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
             except GenerateConfigError as err:
                 error = str(err)
     error, state = ctx.broadcast((error, state))
+    if fid_error is not None:
+        raise fid_error
     if error is not None:
         raise GenerateConfigError(error)
     assert state is not None
