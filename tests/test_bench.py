@@ -268,3 +268,20 @@ def test_missing_or_corrupt_weights_name_the_file(tmp_path):
         load_model(str(tmp_path / "m2"))
     with pytest.raises(ModelLoadError, match="model directory not found"):
         load_model(str(tmp_path / "absent"))
+
+
+def test_clip_mode_follows_the_model_config(tmp_path):
+    from skipstep.bench import apply_clip_mode
+
+    spec = load_model(str(save_tiny_unet(tmp_path / "u")))  # DDPMScheduler's default: clip_sample=True
+    assert "clipped to [-1, 1]" in apply_clip_mode(spec, "model")
+    for name in ("skipstep", "ddim", "dpmpp-2m", "heun"):
+        s = get_sampler(name)
+        steps, _ = steps_for_nfe(s, 4, spec.num_train_timesteps)
+        x = bench.sample_cell(spec, s, steps, 0, 4, 4, "cpu").samples
+        assert x.abs().max() <= 1 + 1e-5, name  # an untrained UNet: unclipped x0_hat would be far outside
+    dpm = build_scheduler(get_sampler("dpmpp-2m"), spec.scheduler_config, 4)
+    assert dpm.config.thresholding and dpm.config.sample_max_value == 1.0
+    assert "no x0_hat clipping" in apply_clip_mode(spec, "off")
+    assert not build_scheduler(get_sampler("ddim"), spec.scheduler_config, 4).config.clip_sample
+    assert not build_scheduler(get_sampler("dpmpp-2m"), spec.scheduler_config, 4).config.thresholding

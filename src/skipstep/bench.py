@@ -90,6 +90,24 @@ METRIC_TITLES = {
 }
 
 
+CLIP_MODES = ("model", "on", "off")
+
+
+def apply_clip_mode(spec: ModelSpec, mode: str) -> str:
+    """Set ``clip_sample`` in the model's scheduler config for ``--clip`` (``model`` keeps it); every sampler
+    reads it from there (:func:`skipstep.samplers.clip_overrides`). Returns a description for the outputs."""
+    if mode not in CLIP_MODES:
+        raise ValueError(f"--clip must be one of {CLIP_MODES}, got {mode!r}")
+    if mode != "model":
+        spec.scheduler_config = {**spec.scheduler_config, "clip_sample": mode == "on"}
+    on = bool(spec.scheduler_config.get("clip_sample", False))
+    rng = float(spec.scheduler_config.get("clip_sample_range", 1.0) or 1.0)
+    origin = "the model's scheduler config" if mode == "model" else f"--clip {mode}"
+    return (f"x0_hat clipped to [-{rng:g}, {rng:g}] ({origin}) by every sampler that can clip "
+            "(clip_sample: ours, DDPM, DDIM, Heun; thresholding with sample_max_value: DPM-Solver, UniPC, DEIS; "
+            "Euler, Euler-ancestral and PNDM cannot)") if on else f"no x0_hat clipping ({origin})"
+
+
 class BenchConfigError(ValueError):
     """The output directory holds results of a different configuration (or is not a benchmark directory)."""
 
@@ -112,6 +130,7 @@ class BenchConfig:
     reference_seed: int = REFERENCE_SEED
     progress: bool = True
     overwrite: bool = False
+    clip: str = "model"  # x0_hat clipping: "model" (the model's scheduler config), "on" or "off"
     fid_features: str | None = None  # a feature network for FD (skipstep.fid.resolve_feature_extractor)
     fid_reference: str | None = None  # external reference for the fid_ref metric (stats .npz or samples)
     inception_weights: str | None = None
@@ -136,6 +155,8 @@ class BenchConfig:
         self.num_reference = int(self.num_reference or self.num_samples)
         if self.num_reference < 4:
             raise ValueError("the reference set needs >= 4 samples")
+        if self.clip not in CLIP_MODES:
+            raise ValueError(f"--clip must be one of {CLIP_MODES}, got {self.clip!r}")
         if self.reference_seed in self.seeds:
             raise ValueError(f"seed {self.reference_seed} is the reference set's seed; choose other seeds so the "
                              "samples are independent of the reference")
@@ -388,6 +409,7 @@ def _identity(cfg: BenchConfig, spec: ModelSpec) -> dict[str, Any]:
         "batch_size": cfg.batch_size,  # fixes the per-step noise streams
         "num_reference": cfg.num_reference,
         "reference_seed": cfg.reference_seed,
+        "x0_clip": bool(spec.scheduler_config.get("clip_sample", False)),
         # the chosen feature network changes every FD (present only when chosen: older directories stay valid)
         **({"fid_features": getattr(spec.feature_fn, "fingerprint", cfg.fid_features)} if cfg.fid_features else {}),
         **({"fid_reference": str(cfg.fid_reference)} if cfg.fid_reference else {}),
@@ -466,7 +488,8 @@ def _prepare_dir(cfg: BenchConfig, spec: ModelSpec, skipped: dict[str, str] | No
         "seeds": union("seeds", cfg.seeds),
         "sampler_settings": {**(previous or {}).get("sampler_settings", {}), **settings},
         "skipped": {**(previous or {}).get("skipped", {}), **(skipped or {})},
-        "common_settings": COMMON_SETTINGS,
+        "common_settings": {**COMMON_SETTINGS, "x0_clipping": spec.clip_description
+                            or COMMON_SETTINGS["x0_clipping"]},
         "noise": "x_T = randn((N, C, H, W)) from torch.Generator().manual_seed(seed) on the CPU, for all samples "
                  "at once; per-step noise from one CPU generator per batch seeded from (seed, first index)",
         "reference": ("exact data samples" if spec.reference is not None else
@@ -586,6 +609,7 @@ def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = No
     log = log or (lambda msg: None)
     t_start = time.perf_counter()
     spec = load_model(cfg.model, device=cfg.device)
+    spec.clip_description = apply_clip_mode(spec, cfg.clip)
     if cfg.fid_features:
         from .fid import use_feature_network
 
@@ -948,6 +972,9 @@ def add_common_run_args(p: argparse.ArgumentParser) -> None:
                    help=f"samples per batch (default {DEFAULT_BATCH_SIZE}; part of the configuration because it "
                         "fixes the per-step noise streams)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--clip", choices=CLIP_MODES, default="model",
+                   help="clip x0_hat to the data range: as the model's scheduler config says (clip_sample), or "
+                        "force it on/off for every sampler that can clip")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op CPU threads (default 1: on a busy machine oversubscribed threads made the "
                         "digits UNet 15-30x slower; 0 keeps torch's default)")
@@ -994,7 +1021,7 @@ def main_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(model=args.model, samplers=args.samplers, nfes=args.nfe, seeds=args.seeds,
                       num_samples=args.num_samples, out=args.out, batch_size=args.batch_size, device=args.device,
                       num_reference=args.num_reference, progress=not args.no_progress, overwrite=args.overwrite,
-                      fid_features=args.fid_features, fid_reference=args.fid_reference,
+                      clip=args.clip, fid_features=args.fid_features, fid_reference=args.fid_reference,
                       inception_weights=args.inception_weights)
     result = run_bench(cfg)
     print(result.markdown.split("## All metrics")[0].rstrip())

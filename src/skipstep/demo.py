@@ -13,7 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .bench import BenchConfig, add_common_run_args, apply_threads, run_bench, sample_cell, save_grid
+from .bench import (BenchConfig, add_common_run_args, apply_clip_mode, apply_threads, run_bench, sample_cell,
+                    save_grid)
 
 __all__ = ["DEMO_NFE", "DEMO_SAMPLERS", "add_subcommand", "main_demo", "main_sample"]
 
@@ -60,7 +61,8 @@ def main_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg = BenchConfig(model=args.model, samplers=list(DEMO_SAMPLERS), nfes=[DEMO_NFE], seeds=[args.seed],
                       num_samples=args.num_samples, out=args.out, batch_size=args.batch_size, device=args.device,
-                      num_reference=args.num_reference, progress=not args.no_progress, overwrite=args.overwrite)
+                      num_reference=args.num_reference, progress=not args.no_progress, overwrite=args.overwrite,
+                      clip=args.clip)
     result = run_bench(cfg)
     print(result.markdown.split("## Sampler settings")[0].rstrip())
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s: {args.out}/results.md, "
@@ -81,6 +83,7 @@ def main_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must be a .png file, got {args.out}")
     sampler = get_sampler(args.sampler)
     spec = load_model(args.model, device=args.device)
+    clip = apply_clip_mode(spec, args.clip)
     steps, expected = steps_for_nfe(sampler, args.nfe, spec.num_train_timesteps)
     cell = sample_cell(spec, sampler, steps, args.seed, args.num_samples, args.batch_size, args.device,
                        progress=not args.no_progress, desc=args.sampler)
@@ -91,6 +94,7 @@ def main_sample(args: argparse.Namespace) -> int:
     print(f"model    {spec.name} (fingerprint {spec.fingerprint}, {spec.prediction_type}, shape {spec.sample_shape})")
     print(f"sampler  {args.sampler}: {sampler.description}")
     print(f"steps    {steps} (NFE requested {args.nfe}, counted {cell.actual_nfe})")
+    print(f"clipping {clip}")
     print(f"samples  {x.shape[0]}, seed {args.seed}, {cell.seconds:.2f} s ({1000 * cell.seconds / x.shape[0]:.2f} ms "
           f"per sample) on {args.device}")
     if finite:

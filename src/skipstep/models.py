@@ -108,6 +108,8 @@ class ModelSpec:
     device: str = "cpu"
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    #: how x0_hat is clipped in a run (set by the benchmark from ``--clip``)
+    clip_description: str = ""
 
     @property
     def num_train_timesteps(self) -> int:

@@ -12,8 +12,9 @@ NFE is counted honestly by wrapping the model in a :class:`CallCounter`; the ben
 
 Settings shared by all samplers (stated in every benchmark output, see :data:`COMMON_SETTINGS`):
 ``timestep_spacing="trailing"`` (starts at ``t = T-1``), a clean final step where the scheduler offers one
-(DDIM/PNDM ``set_alpha_to_one=True``; DPM-Solver/UniPC/Euler ``final_sigmas_type="zero"``), and no clipping or
-thresholding of ``x0_hat`` (not every scheduler offers it, so all run without).
+(DDIM/PNDM ``set_alpha_to_one=True``; DPM-Solver/UniPC/Euler ``final_sigmas_type="zero"``), and ``x0_hat`` clipping
+as the model's scheduler config says (``clip_sample``), through each scheduler's own mechanism
+(:func:`clip_overrides`; Euler, Euler-ancestral and PNDM have none).
 
 Add a sampler with :func:`register_sampler`::
 
@@ -32,6 +33,7 @@ import torch
 __all__ = [
     "COMMON_SETTINGS",
     "CallCounter",
+    "clip_overrides",
     "SamplerError",
     "SamplerSpec",
     "available_samplers",
@@ -48,7 +50,10 @@ COMMON_SETTINGS = {
     "final_step": "to clean data where supported: DDIM/PNDM set_alpha_to_one=True; DPM-Solver/UniPC/Euler "
                   "final_sigmas_type='zero'; ours and DDPM always end at alpha=1; DEIS ends at sigma(t=0) "
                   "(no option)",
-    "x0_clipping": "off for every sampler (clip_sample=False, thresholding=False)",
+    "x0_clipping": "follows the model's scheduler config (clip_sample, clip_sample_range) unless bench/sample "
+                   "--clip on|off: ours, DDPM, DDIM and Heun clip x0_hat with clip_sample; DPM-Solver, UniPC and DEIS "
+                   "use thresholding with sample_max_value = the range (exactly clipping for range 1); Euler, "
+                   "Euler-ancestral and PNDM have no x0 clipping",
     "nfe": "counted by wrapping the model; one batched network call = 1 NFE",
 }
 
@@ -224,13 +229,29 @@ def _from_config(cls, config: dict, **overrides):
     return cls.from_config(kwargs)
 
 
+def clip_overrides(config: dict, how: str | None) -> dict:
+    """Scheduler kwargs that clip ``x0_hat`` as the model's config says (``clip_sample``, ``clip_sample_range``).
+
+    ``how``: ``"clip_sample"`` (ours, DDPM, DDIM, Heun), ``"thresholding"`` (DPM-Solver, UniPC, DEIS: dynamic
+    thresholding with ``sample_max_value = range`` -- the threshold ``s = clamp(quantile, 1, range)`` is then 1 for
+    range 1, i.e. plain clipping), or ``None`` (the scheduler cannot clip).
+    """
+    clip = bool(config.get("clip_sample", False))
+    rng = float(config.get("clip_sample_range", 1.0) or 1.0)
+    if how == "clip_sample":
+        return {"clip_sample": clip, "clip_sample_range": rng, "thresholding": False}
+    if how == "thresholding":
+        return {"thresholding": clip, "sample_max_value": rng}
+    return {}
+
+
 def _skipstep(eta_fn: Callable[[], Any], solver_order: int | Callable[[], int] = 1):
     def factory(config: dict, steps: int):
         from .diffusers_schedulers import SkippedStepScheduler
 
         order = solver_order() if callable(solver_order) else solver_order
         return _from_config(SkippedStepScheduler, config, eta=eta_fn(), solver_order=order,
-                            timestep_spacing="trailing", clip_sample=False, thresholding=False)
+                            timestep_spacing="trailing", **clip_overrides(config, "clip_sample"))
 
     return factory
 
@@ -253,8 +274,8 @@ def _register_optimal(members: dict[str, tuple[Any, int]]) -> None:
     for name, (eta, order) in members.items():
         def factory(config: dict, steps: int, eta=eta, order=order):
             return _from_config(SkippedStepScheduler, config, eta=eta, solver_order=order,
-                                variance_type="optimal", timestep_spacing="trailing", clip_sample=False,
-                                thresholding=False)
+                                variance_type="optimal", timestep_spacing="trailing",
+                                **clip_overrides(config, "clip_sample"))
 
         register_sampler(name, factory, family="skipstep", stochastic=True,
                          description=f"eta={eta}, order {order}, with the optimal (Analytic-DPM) variance "
@@ -289,7 +310,8 @@ def _default_order():
 
 
 def _register_ours() -> None:
-    common = {"class": "SkippedStepScheduler", "timestep_spacing": "trailing", "variance": "posterior (fixed_small)"}
+    common = {"class": "SkippedStepScheduler", "timestep_spacing": "trailing", "variance": "posterior (fixed_small)",
+              "x0_clip": "clip_sample"}
     register_sampler("default", _skipstep(_default_eta, _default_order), family="skipstep", stochastic=True,
                      description="skipstep's default sampler (skipstep.sampling.DEFAULT_ETA, DEFAULT_SOLVER_ORDER)",
                      settings={**common, "eta": "DEFAULT_ETA", "solver_order": "DEFAULT_SOLVER_ORDER"})
@@ -327,48 +349,54 @@ def _register_diffusers() -> None:
     import diffusers as d
 
     def peer(name, cls_name, overrides, description, min_nfe=1, stochastic=False, nfe_of_steps=None,
-             order_reason="", dynamic: Callable[[int], dict] | None = None, settings: dict | None = None):
+             order_reason="", dynamic: Callable[[int], dict] | None = None, settings: dict | None = None,
+             clip: str | None = None):
         def factory(config: dict, steps: int):
             cls = getattr(d, cls_name)
             extra = dynamic(steps) if dynamic is not None else {}
-            return _from_config(cls, config, **{**overrides, **extra})
+            return _from_config(cls, config, **{**overrides, **extra, **clip_overrides(config, clip)})
 
+        clip_text = {"clip_sample": "clip_sample", "thresholding": "thresholding (sample_max_value = clip range)",
+                     None: "not available"}[clip]
         register_sampler(name, factory, min_nfe=min_nfe, nfe_of_steps=nfe_of_steps, family="diffusers",
                          stochastic=stochastic, description=description,
-                         settings={"class": cls_name, **overrides, **(settings or {})}, order_reason=order_reason)
+                         settings={"class": cls_name, **overrides, "x0_clip": clip_text, **(settings or {})},
+                         order_reason=order_reason)
 
     trailing = {"timestep_spacing": "trailing"}
-    peer("ddpm", "DDPMScheduler", {**trailing, "clip_sample": False, "thresholding": False},
-         "diffusers DDPM, respaced (ancestral, fixed_small variance)", stochastic=True)
-    peer("ddim", "DDIMScheduler", {**trailing, "clip_sample": False, "thresholding": False, "set_alpha_to_one": True},
-         "diffusers DDIM (eta=0)")
+    peer("ddpm", "DDPMScheduler", {**trailing}, "diffusers DDPM, respaced (ancestral, fixed_small variance)",
+         stochastic=True, clip="clip_sample")
+    peer("ddim", "DDIMScheduler", {**trailing, "set_alpha_to_one": True}, "diffusers DDIM (eta=0)", clip="clip_sample")
     peer("pndm", "PNDMScheduler", {**trailing, "skip_prk_steps": True, "set_alpha_to_one": True},
          "diffusers PNDM with skip_prk_steps=True (PLMS); k steps cost k+1 NFE", min_nfe=4,
          nfe_of_steps=lambda k: k + 1,
          order_reason="PLMS is a 4th-order linear multistep method; its first step costs two evaluations")
-    dpm = {**trailing, "final_sigmas_type": "zero", "lower_order_final": True, "thresholding": False}
+    dpm = {**trailing, "final_sigmas_type": "zero", "lower_order_final": True}
     peer("dpmpp-2m", "DPMSolverMultistepScheduler", {**dpm, "algorithm_type": "dpmsolver++", "solver_order": 2},
-         "diffusers DPM-Solver++(2M)", min_nfe=2, order_reason="it is a 2nd-order multistep method")
+         "diffusers DPM-Solver++(2M)", min_nfe=2, order_reason="it is a 2nd-order multistep method",
+         clip="thresholding")
     peer("dpmpp-2m-sde", "DPMSolverMultistepScheduler",
          {**dpm, "algorithm_type": "sde-dpmsolver++", "solver_order": 2},
          "diffusers SDE-DPM-Solver++(2M)", min_nfe=2, stochastic=True,
-         order_reason="it is a 2nd-order multistep method")
+         order_reason="it is a 2nd-order multistep method", clip="thresholding")
     peer("unipc", "UniPCMultistepScheduler",
          {**trailing, "final_sigmas_type": "zero", "solver_order": 3, "predict_x0": True, "lower_order_final": True,
-          "thresholding": False, "solver_type": "bh2"},
+          "solver_type": "bh2"},
          "diffusers UniPC-bh2, order 3 (recommended for unconditional sampling)",
          min_nfe=3, order_reason="it is run as a 3rd-order multistep method (recommended for unconditional models)",
          settings={"note": "bh1 (recommended below 10 steps) returns NaN with final_sigmas_type='zero' in "
-                           "diffusers 0.42 (the final step has h = inf), so bh2 is used at every NFE"})
-    peer("deis", "DEISMultistepScheduler", {**trailing, "solver_order": 3, "lower_order_final": True,
-                                           "thresholding": False},
+                           "diffusers 0.42 (the final step has h = inf), so bh2 is used at every NFE"},
+         clip="thresholding")
+    peer("deis", "DEISMultistepScheduler", {**trailing, "solver_order": 3, "lower_order_final": True},
          "diffusers DEIS, order 3 (recommended for unconditional sampling)", min_nfe=3,
-         order_reason="it is run as a 3rd-order multistep method (recommended for unconditional models)")
+         order_reason="it is run as a 3rd-order multistep method (recommended for unconditional models)",
+         clip="thresholding")
     peer("euler", "EulerDiscreteScheduler", {**trailing, "final_sigmas_type": "zero"}, "diffusers Euler (ODE)")
     peer("euler-a", "EulerAncestralDiscreteScheduler", {**trailing}, "diffusers Euler ancestral", stochastic=True)
-    peer("heun", "HeunDiscreteScheduler", {**trailing, "clip_sample": False},
+    peer("heun", "HeunDiscreteScheduler", {**trailing},
          "diffusers Heun (2nd order); k steps cost 2k-1 NFE (the last step is an Euler step)", min_nfe=2,
-         nfe_of_steps=lambda k: 2 * k - 1, order_reason="it is a 2nd-order method (2 evaluations per step)")
+         nfe_of_steps=lambda k: 2 * k - 1, order_reason="it is a 2nd-order method (2 evaluations per step)",
+         clip="clip_sample")
 
 
 _register_ours()
