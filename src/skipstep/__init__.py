@@ -5,6 +5,7 @@ The core is one function, :func:`skipstep.posterior.gaussian_posterior` -- the e
 """
 
 from .diffusers_schedulers import SkippedStepScheduler, SkippedStepSchedulerOutput
+from .flow_schedulers import SkippedStepFlowScheduler, SkippedStepFlowSchedulerOutput
 from .posterior import Posterior, gaussian_posterior
 from .predictions import PREDICTION_TYPES, X0Clipping
 from .plan import plan_steps
@@ -24,6 +25,8 @@ __all__ = [
     "Posterior",
     "RectifiedFlowPath",
     "SPACINGS",
+    "SkippedStepFlowScheduler",
+    "SkippedStepFlowSchedulerOutput",
     "SkippedStepScheduler",
     "SkippedStepSchedulerOutput",
     "VARIANCE_TYPES",

@@ -73,6 +73,23 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
 
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """As diffusers' ``from_config``, but a flow-matching config (``shift``, ``use_flow_sigmas=True``,
+        ``prediction_type='flow_prediction'``) is refused with the reason instead of silently becoming a default
+        DDPM chain (diffusers drops the keys it does not know); use :class:`skipstep.SkippedStepFlowScheduler`."""
+        if isinstance(config, dict):
+            from .flow_schedulers import flow_config_reason
+
+            reason = flow_config_reason({**config, **kwargs})
+            if reason is not None:
+                raise ValueError(
+                    f"SkippedStepScheduler needs a DDPM-chain (variance-preserving) scheduler config, but the config "
+                    f"of {config.get('_class_name', 'this scheduler')} describes a flow-matching model: {reason}. "
+                    "Use skipstep.SkippedStepFlowScheduler for flow-matching models (SD3, Flux, Wan, LTX, ...)."
+                )
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
     @register_to_config
     def __init__(
         self,

@@ -1,0 +1,389 @@
+"""The skipped-step posterior sampler for flow-matching models, as a drop-in for ``FlowMatchEulerDiscreteScheduler``.
+
+``SkippedStepFlowScheduler`` follows the contract of diffusers' ``FlowMatchEulerDiscreteScheduler`` (SD3, Flux,
+Wan, LTX-Video, HunyuanVideo, CogView4, ... pipelines)::
+
+    pipe.scheduler = SkippedStepFlowScheduler.from_config(pipe.scheduler.config, eta=1.0)
+
+What it shares with diffusers and what with skipstep's core:
+
+* **Where it steps** -- the sigmas -- is the model's contract with its pipeline (``shift``, resolution-dependent
+  ``mu`` for ``use_dynamic_shifting``, ``shift_terminal``, Karras/exponential/beta spacings, custom ``sigmas`` or
+  ``timesteps``). They are computed by diffusers' own ``FlowMatchEulerDiscreteScheduler.set_timesteps`` from the same
+  config keys, so they agree bit for bit (float32, ``timesteps = sigmas * num_train_timesteps``), now and as diffusers
+  adds options.
+* **How it steps** comes from the core, nothing else: the rectified-flow path (``alpha = 1 - sigma``,
+  ``sigma = sigma``; :class:`~skipstep.schedules.RectifiedFlowPath`), the ``flow`` prediction (``v = eps - x0``,
+  so ``x0_hat = x_t - sigma_t v``; :func:`~skipstep.predictions.predict_x0_eps`), the step plan
+  (:func:`~skipstep.plan.plan_steps`) and the posterior step (:func:`~skipstep.steps.posterior_step`) with its eta
+  family and multistep orders. ``eta = 1`` draws ``x_s ~ q(x_s | x_t, x0_hat)``, the exact posterior of the flow
+  path across the skipped interval; ``eta = 0`` is DDIM, which on this path *is* the Euler step of the velocity
+  ODE, ``x_s = x_t + (s - t) v`` -- i.e. ``FlowMatchEulerDiscreteScheduler``. The final step goes to ``sigma = 0``
+  and returns ``x0_hat``.
+
+Step noise: pipelines built on ``FlowMatchEulerDiscreteScheduler`` (Flux, SD3, Wan, LTX, HunyuanVideo) do not pass
+their ``generator`` to ``step()``, so with ``eta > 0`` the injected noise comes from torch's global generator there;
+call ``torch.manual_seed(...)`` before the pipeline for reproducible results (as for diffusers' stochastic
+schedulers). Direct callers can pass ``generator=`` or ``variance_noise=``.
+
+Shapes: the scheduler cannot know a model's latent layout (Flux packs latents to ``(batch, tokens, channels)``,
+SD3 uses ``(batch, channels, height, width)``, video models ``(batch, channels, frames, height, width)``), so any
+rank >= 1 with a leading batch axis is accepted; ``model_output`` (and ``variance_noise``) must have exactly the
+sample's shape, and a per-sample ``timestep`` tensor must hold one (equal) value per batch row. Every axis is
+treated alike: the injected noise is i.i.d. per element.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .plan import PlannedStep, plan_steps
+from .sampling import DEFAULT_ETA
+from .schedules import RectifiedFlowPath
+from .steps import StepConfig, needs_noise, posterior_step, resolve_eta_schedule
+
+logger = logging.getLogger(__name__)
+
+#: keys of FlowMatchEulerDiscreteScheduler's config that choose the sigmas; passed to it verbatim
+_SIGMA_KEYS = tuple(
+    name for name in inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters
+    if name not in ("self", "stochastic_sampling", "invert_sigmas")
+)
+#: keys that only a variance-preserving (DDPM-chain) scheduler config has
+_VP_KEYS = ("beta_schedule", "beta_start", "beta_end", "trained_betas")
+#: step() keyword arguments of FlowMatchEulerDiscreteScheduler that it ignores itself (churn is not implemented there)
+_IGNORED_EULER_KWARGS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+_STEP_KWARGS = ("eta", "variance_noise", "per_token_timesteps") + _IGNORED_EULER_KWARGS
+
+
+def flow_config_reason(config) -> str | None:
+    """Why ``config`` describes a flow-matching (rectified-flow) scheduler, or ``None`` if it does not.
+
+    A config is a flow config if it has ``shift`` (every FlowMatch* scheduler), ``use_flow_sigmas=True``
+    (UniPC/DPM-Solver/DEIS run on flow sigmas, e.g. Wan) or ``prediction_type='flow_prediction'``.
+    """
+    cfg = dict(config or {})
+    if "shift" in cfg:
+        return f"it has the flow-matching key 'shift' (={cfg['shift']!r})"
+    if cfg.get("use_flow_sigmas"):
+        return "it has use_flow_sigmas=True"
+    if cfg.get("prediction_type") in ("flow_prediction", "flow"):
+        return f"it has prediction_type={cfg['prediction_type']!r}"
+    return None
+
+
+def vp_config_reason(config) -> str | None:
+    """Why ``config`` describes a variance-preserving DDPM chain and not a flow, or ``None``."""
+    cfg = dict(config or {})
+    if flow_config_reason(cfg) is not None:
+        return None
+    present = [k for k in _VP_KEYS if k in cfg]
+    if present:
+        what = ", ".join(f"{k}={cfg[k]!r}" for k in present if k != "trained_betas")
+        return f"it has the variance-preserving chain key(s) {present}" + (f" ({what})" if what else "")
+    if cfg.get("prediction_type") in ("epsilon", "v_prediction", "sample"):
+        return f"it has prediction_type={cfg['prediction_type']!r} (a diffusion, not a flow, parameterisation)"
+    return None
+
+
+@dataclass
+class SkippedStepFlowSchedulerOutput(BaseOutput):
+    """``prev_sample``: ``x_s``, the next model input; ``pred_original_sample``: ``x0_hat = x_t - sigma_t v``."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
+    """Skipped-step posterior sampling on the rectified-flow path, as a diffusers flow-matching scheduler.
+
+    Args:
+        num_train_timesteps, shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len,
+        max_image_seq_len, shift_terminal, use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas,
+        time_shift_type: as in ``FlowMatchEulerDiscreteScheduler`` (they choose the sigmas, see the module doc).
+        invert_sigmas: must be ``False`` (inverted sigmas run from data to noise; that is not a sampler).
+        stochastic_sampling: accepted for config compatibility and ignored with a warning: the stochasticity of
+            this scheduler is ``eta``.
+        eta: stochasticity in [0, 1] (1 = the skipped-step posterior, 0 = DDIM = flow-matching Euler): a number,
+            one value per step, or a schedule string (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``).
+        solver_order: 1 (the posterior step), 2 or 3 (multistep posterior steps over the previous ``x0_hat``, one
+            model evaluation per step; ``order`` stays 1).
+        check_finite: raise (naming the step) when the model output holds NaN or inf.
+    """
+
+    _compatibles = ["FlowMatchEulerDiscreteScheduler"]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float | None = 0.5,
+        max_shift: float | None = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        invert_sigmas: bool = False,
+        shift_terminal: float | None = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        time_shift_type: str = "exponential",
+        stochastic_sampling: bool = False,
+        eta=DEFAULT_ETA,
+        solver_order: int = 1,
+        check_finite: bool = True,
+    ):
+        if invert_sigmas:
+            raise ValueError(
+                "invert_sigmas=True (sigmas rising from data to noise, used for inversion) is not supported by "
+                "SkippedStepFlowScheduler: its steps go from noise to data"
+            )
+        if stochastic_sampling:
+            logger.warning(
+                "SkippedStepFlowScheduler ignores stochastic_sampling=True: its stochasticity is the config key "
+                "`eta` (now %r)", eta,
+            )
+        resolve_eta_schedule(eta, len(eta) if isinstance(eta, (list, tuple)) else num_train_timesteps)
+        self.step_config = StepConfig(prediction_type="flow", variance_type="small", check_finite=check_finite,
+                                      solver_order=solver_order)
+        cfg = dict(self.config)
+        self._sigma_source = FlowMatchEulerDiscreteScheduler(**{k: cfg[k] for k in _SIGMA_KEYS if k in cfg})
+        # sigma is the path's time; t_min only bounds what validate_time accepts (never used in a step)
+        self.path = RectifiedFlowPath(t_min=1e-12, t_max=1.0)
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps = None
+        self.timesteps = self._sigma_source.timesteps.clone()
+        self.sigmas = self._sigma_source.sigmas.clone()
+        self.sigma_min = self._sigma_source.sigma_min
+        self.sigma_max = self._sigma_source.sigma_max
+        self._plan: list[PlannedStep] = []
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._x0_history: list[torch.Tensor] = []
+        self._last_index: int | None = None
+
+    # -- config checks ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """As diffusers' ``from_config``, refusing a variance-preserving (DDPM-chain) config with the reason, and
+        reading a UniPC/DPM-Solver flow config (``use_flow_sigmas=True``) with its ``flow_shift`` as ``shift``
+        (note: those schedulers space their flow sigmas slightly differently; this one spaces them like
+        ``FlowMatchEulerDiscreteScheduler``)."""
+        if isinstance(config, dict):
+            merged = {**config, **kwargs}
+            reason = vp_config_reason(merged)
+            if reason is not None:
+                name = merged.get("_class_name", "this scheduler")
+                raise ValueError(
+                    f"SkippedStepFlowScheduler needs a flow-matching scheduler config, but the config of {name} "
+                    f"describes a variance-preserving diffusion chain: {reason}. Use skipstep.SkippedStepScheduler "
+                    "for DDPM/DDIM/PNDM/DPM-Solver (epsilon / v_prediction / sample) models."
+                )
+            if merged.get("use_flow_sigmas") and "shift" not in merged and "flow_shift" in merged:
+                kwargs = {"shift": float(merged["flow_shift"]), **kwargs}
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    # -- properties of FlowMatchEulerDiscreteScheduler ---------------------------------------------------------
+    @property
+    def shift(self) -> float:
+        return self._sigma_source.shift
+
+    def set_shift(self, shift: float) -> None:
+        self._sigma_source.set_shift(shift)
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next step (advances by one per :meth:`step`), as in diffusers."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Where the pipeline starts in ``timesteps`` (img2img starts mid-way); as in diffusers."""
+        self._begin_index = int(begin_index)
+
+    def time_shift(self, mu: float, sigma: float, t):
+        return self._sigma_source.time_shift(mu, sigma, t)
+
+    @property
+    def eta_schedule(self) -> list[float]:
+        """The per-step eta in use (after :meth:`set_timesteps`)."""
+        return [p.posterior.eta for p in self._plan]
+
+    # -- timesteps -----------------------------------------------------------------------------------------------
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: list[float] | None = None,
+        mu: float | None = None,
+        timesteps: list[float] | None = None,
+    ):
+        """Same arguments and the same ``sigmas``/``timesteps`` as ``FlowMatchEulerDiscreteScheduler``
+        (``mu`` is required with ``use_dynamic_shifting``); then plans the posterior steps through them."""
+        if num_inference_steps is not None and (
+            isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if num_inference_steps is None and sigmas is None and timesteps is None:
+            raise ValueError("give num_inference_steps, sigmas or timesteps")
+        src = self._sigma_source
+        src.set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
+        noisy = src.sigmas[:-1].detach().cpu().double()
+        if noisy.numel() == 0 or not bool(torch.isfinite(noisy).all()):
+            raise ValueError(f"the sigmas must be a non-empty list of finite numbers, got {noisy.tolist()}")
+        if bool((noisy <= 0).any()) or bool((noisy > 1).any()):
+            raise ValueError(f"flow sigmas must lie in (0, 1] (sigma = 1 is pure noise), got {noisy.tolist()}")
+        if bool((noisy[1:] >= noisy[:-1]).any()):
+            raise ValueError(f"flow sigmas must be strictly descending (noisiest first), got {noisy.tolist()}")
+        ts = src.timesteps.detach().cpu()
+        if bool((ts[1:] == ts[:-1]).any()):
+            raise ValueError(f"timesteps must not repeat, got {ts.tolist()}")
+        self._plan = plan_steps(self.path, noisy, self.config.eta)
+        self.timesteps = src.timesteps
+        self.sigmas = src.sigmas
+        self.num_inference_steps = len(self._plan)
+        self._step_index, self._begin_index = None, None
+        self._x0_history, self._last_index = [], None
+
+    def _timestep_value(self, timestep) -> float:
+        if isinstance(timestep, torch.Tensor):
+            flat = timestep.detach().reshape(-1)
+            if flat.numel() == 0:
+                raise ValueError("timestep is an empty tensor")
+            if flat.numel() > 1 and not bool((flat == flat[0]).all()):
+                raise ValueError(
+                    "per-sample timesteps that differ are not supported: every row of a batch must be at the same "
+                    f"timestep, got {flat.tolist()}"
+                )
+            return float(flat[0].float())
+        return float(timestep)
+
+    def index_for_timestep(self, timestep, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """Position of ``timestep`` (a value of ``timesteps``, not an index) in the schedule."""
+        schedule = (self.timesteps if schedule_timesteps is None else schedule_timesteps).detach().cpu().float()
+        value = torch.tensor(self._timestep_value(timestep), dtype=torch.float32)
+        hits = (schedule == value).nonzero().flatten()
+        if hits.numel() == 0:
+            # values that went through another dtype (bf16 pipelines) or device: accept the nearest within 1e-3
+            dist = (schedule - value).abs()
+            nearest = int(dist.argmin())
+            if float(dist[nearest]) <= 1e-3 * max(1.0, abs(float(value))):
+                return nearest
+            raise ValueError(
+                f"timestep {float(value)} is not one of the scheduled timesteps {schedule.tolist()} (step() and "
+                "scale_noise() take timestep values from scheduler.timesteps, not indices)"
+            )
+        return int(hits[0])
+
+    def _index(self, timestep) -> int:
+        if not self._plan:
+            raise RuntimeError("call set_timesteps() before step() or scale_noise()")
+        expected = self._step_index if self._step_index is not None else self._begin_index
+        if expected is not None and expected < len(self._plan):
+            value = self._timestep_value(timestep)
+            if abs(float(self.timesteps[expected]) - value) <= 1e-3 * max(1.0, abs(value)):
+                return expected
+        return self.index_for_timestep(timestep)
+
+    # -- the forward process (img2img) ------------------------------------------------------------------------
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward marginal ``x_t = (1 - sigma_t) x_0 + sigma_t noise`` at ``timestep`` (one value for the whole
+        batch, or one per row), as in diffusers (also honouring ``set_begin_index``)."""
+        if noise is None:
+            raise ValueError("scale_noise needs the noise tensor")
+        if tuple(noise.shape) != tuple(sample.shape):
+            raise ValueError(f"noise must have the sample's shape {tuple(sample.shape)}, got {tuple(noise.shape)}")
+        ts = torch.as_tensor(timestep).reshape(-1)
+        if ts.numel() not in (1, sample.shape[0]):
+            raise ValueError(
+                f"scale_noise takes one timestep or one per batch row ({sample.shape[0]}), got {ts.numel()}"
+            )
+        if self._plan and (self._begin_index is not None or self._step_index is not None):
+            index = self._step_index if self._step_index is not None else self._begin_index
+            sig = self.sigmas[index].reshape(1).double().cpu().expand(ts.numel())
+        elif self._plan:
+            sig = torch.tensor([float(self.sigmas[self.index_for_timestep(t)]) for t in ts], dtype=torch.float64)
+        else:  # before set_timesteps: diffusers' training table
+            sig = self.sigmas.double().cpu()[[self.index_for_timestep(t) for t in ts]]
+        alpha, sigma = self.path.alpha_sigma(sig)
+        shape = (-1,) + (1,) * (sample.ndim - 1)
+        cast = dict(device=sample.device, dtype=sample.dtype)
+        return alpha.to(**cast).reshape(shape) * sample + sigma.to(**cast).reshape(shape) * noise
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        return sample
+
+    # -- the step --------------------------------------------------------------------------------------------------
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> SkippedStepFlowSchedulerOutput | tuple:
+        """One reverse step from ``timestep`` (a value of ``timesteps``) to the next scheduled sigma.
+
+        ``model_output`` is the velocity ``v = eps - x0`` (what flow-matching models predict). ``kwargs``: ``eta``
+        (override for this step), ``variance_noise`` (the noise to inject instead of drawing it), and
+        ``FlowMatchEulerDiscreteScheduler``'s ``s_churn``/``s_tmin``/``s_tmax``/``s_noise`` (ignored there too);
+        ``per_token_timesteps`` is refused.
+        """
+        unknown = set(kwargs) - set(_STEP_KWARGS)
+        if unknown:
+            raise TypeError(f"step() got unexpected keyword arguments {sorted(unknown)}; accepted: {_STEP_KWARGS}")
+        if kwargs.get("per_token_timesteps") is not None:
+            raise ValueError("per_token_timesteps (a different noise level per token) is not supported")
+        if isinstance(sample, torch.Tensor) and sample.ndim == 0:
+            raise ValueError("sample must have a leading batch axis, got a 0-d tensor")
+        index = self._index(timestep)
+        planned = self._plan[index]
+        eta = kwargs.get("eta")
+        post = planned.posterior if eta is None else planned.with_eta(eta)
+        if self._last_index is None or index != self._last_index + 1:
+            self._x0_history = []  # a new trajectory, or one entered mid-way: no multistep history yet
+        noise = kwargs.get("variance_noise")
+        if noise is not None and generator is not None:
+            raise ValueError("pass either generator or variance_noise, not both")
+        if noise is not None and tuple(noise.shape) != tuple(sample.shape):
+            raise ValueError(f"variance_noise must have the sample's shape {tuple(sample.shape)}, "
+                             f"got {tuple(noise.shape)}")
+        if noise is None and needs_noise(post, self.step_config.variance_type):
+            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
+        prev_sample, x0 = posterior_step(model_output, sample, planned, self.step_config, noise, self._x0_history,
+                                         eta=eta)
+        order = self.config.solver_order
+        if order > 1:
+            self._x0_history = [x0] + self._x0_history[: order - 2]
+        self._last_index = index
+        self._step_index = index + 1
+        if not return_dict:
+            return prev_sample, x0
+        return SkippedStepFlowSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+__all__ = [
+    "SkippedStepFlowScheduler",
+    "SkippedStepFlowSchedulerOutput",
+    "flow_config_reason",
+    "vp_config_reason",
+]
