@@ -1,0 +1,203 @@
+"""Learned-variance models (ADM / IDDPM / DiT): 2C output channels, eps and the variance interpolation values.
+
+* ``DiTPipeline`` splits the variance channels off before ``scheduler.step`` -- any scheduler there runs with a
+  fixed variance. Checked here, and that our scheduler configured for learned variance refuses the C-channel output
+  loudly instead of losing it.
+* ``skipstep.pipelines.LearnedVarianceDiTPipeline`` keeps them: with our scheduler (eta=1, learned_range) it equals
+  diffusers' ``DDPMScheduler(variance_type="learned_range")`` on the same respaced timesteps.
+* A plain callable in the OpenAI guided-diffusion layout (``[eps, v]`` along channels, class label ``y`` as a
+  keyword) through ``skipstep.sample(..., variance_type="learned")`` equals the same DDPM loop.
+
+DDPM's final step: diffusers adds noise whenever the *original* timestep is > 0 (``t=99`` on a 10-step trailing
+chain), with ``learned_range`` that is ``exp(0.5 (f log beta + (1 - f) log 1e-20))`` -- small but not zero.
+IDDPM/ADM respacing maps the last step to index 0 and adds none, as skipstep does; so the final comparisons use
+DDPM's ``pred_original_sample``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DiTPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+import skipstep
+from skipstep import DiscreteVPPath, SkippedStepScheduler
+from skipstep.pipelines import LearnedVarianceDiTPipeline
+from skipstep.testbeds.gmm import GaussianMixture, GMMDenoiser
+
+import tiny_models
+
+STEPS = 10
+CLASSES = [3, 7]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rel_diff(a, b):
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+class Recorder:
+    """Wraps ``scheduler.step`` and records what it receives and returns."""
+
+    def __init__(self, sched):
+        self.sched, self.calls = sched, []
+        self._step = sched.step
+        sched.step = self
+
+    def __call__(self, model_output, timestep, sample, generator=None, **kwargs):  # pipelines inspect this
+        out = self._step(model_output, timestep, sample, generator=generator, **kwargs)
+        self.calls.append(dict(shape=tuple(model_output.shape), t=int(timestep), out=out))
+        return out
+
+
+@pytest.fixture(scope="module")
+def dit_parts():
+    return dict(transformer=tiny_models.dit_transformer(learned_sigma=True), vae=tiny_models.vae())
+
+
+def base_config():
+    # linear betas, 1000 steps (the DiT-XL-2 checkpoints ship such a DDIM config); no x0 clipping (latents)
+    return DDIMScheduler(clip_sample=False).config
+
+
+def ours(**kw):
+    return SkippedStepScheduler.from_config(base_config(), timestep_spacing="trailing", **kw)
+
+
+def test_dit_pipeline_strips_the_variance_channels(dit_parts):
+    sched = ours(eta=1.0)  # fixed_small: runs, like any diffusers scheduler there
+    rec = Recorder(sched)
+    pipe = DiTPipeline(scheduler=sched, **dit_parts)
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)  # DiTPipeline does not pass its generator to step(): the step noise is global
+    images = pipe(CLASSES, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                  output_type="np").images
+    assert images.shape == (2, 16, 16, 3) and bool(torch.isfinite(torch.from_numpy(images)).all())
+    # the transformer emits 2C = 8 channels, the scheduler sees C = 4 (doubled batch for CFG)
+    assert dit_parts["transformer"].config.out_channels == 8
+    assert {c["shape"] for c in rec.calls} == {(4, 4, 8, 8)}
+
+    # configured for learned variance, our scheduler refuses the stripped output instead of losing the variance
+    pipe = DiTPipeline(scheduler=ours(eta=1.0, variance_type="learned_range"), **dit_parts)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=r"2C channels \(learned variance\)"):
+        pipe(CLASSES, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="np")
+
+
+def test_wrapper_equals_dit_pipeline_where_nothing_is_stochastic(dit_parts):
+    """eta=0 with fixed variance: the wrapper's loop is DiTPipeline's loop (CFG, null class, decoding)."""
+    outs = []
+    for cls in (DiTPipeline, LearnedVarianceDiTPipeline):
+        pipe = cls(scheduler=ours(eta=0.0), **dit_parts)
+        pipe.set_progress_bar_config(disable=True)
+        outs.append(pipe(CLASSES, guidance_scale=4.0, num_inference_steps=STEPS,
+                         generator=torch.Generator().manual_seed(1), output_type="pt").images)
+    assert outs[0].shape == (2, 3, 16, 16)
+    assert rel_diff(outs[1], outs[0]) < 1e-5
+
+
+def run_wrapper(dit_parts, sched, seed=0, guidance_scale=4.0):
+    pipe = LearnedVarianceDiTPipeline(scheduler=sched, **dit_parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(CLASSES, guidance_scale=guidance_scale, num_inference_steps=STEPS,
+                generator=torch.Generator().manual_seed(seed), output_type="latent").images
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 4.0])
+def test_learned_variance_dit_equals_ddpm_learned_range_respaced(dit_parts, guidance_scale):
+    ref = DDPMScheduler.from_config(base_config(), variance_type="learned_range", timestep_spacing="trailing",
+                                    clip_sample=False)
+    rec = Recorder(ref)
+    lat_ref = run_wrapper(dit_parts, ref, guidance_scale=guidance_scale)
+    assert {c["shape"] for c in rec.calls} == {(2, 8, 8, 8)}  # the full 2C output reached step()
+
+    sched = ours(eta=1.0, variance_type="learned_range")
+    rec_ours = Recorder(sched)
+    lat = run_wrapper(dit_parts, sched, guidance_scale=guidance_scale)
+    assert {c["shape"] for c in rec_ours.calls} == {(2, 8, 8, 8)}
+    assert [c["t"] for c in rec_ours.calls] == [c["t"] for c in rec.calls] == sched.timesteps.tolist()
+    # every intermediate state agrees (same generator: same initial and step noise) ...
+    for a, b in zip(rec_ours.calls[:-1], rec.calls[:-1]):
+        assert rel_diff(a["out"].prev_sample, b["out"].prev_sample) < 1e-5
+    # ... and the result is DDPM's x0_hat at the last step (DDPM then adds its residual noise, see module doc)
+    x0_ref = rec.calls[-1]["out"].pred_original_sample
+    assert rel_diff(lat, x0_ref) < 1e-5
+    residual = float((lat_ref - x0_ref).abs().max())
+    print(f"LEARNED VARIANCE: DDPM's final-step residual noise max|.| = {residual:.2e}")
+
+    # the learned variance is used: fixed_small with the same generator gives another result
+    lat_fixed = run_wrapper(dit_parts, ours(eta=1.0), guidance_scale=guidance_scale)
+    assert rel_diff(lat, lat_fixed) > 1e-3
+
+
+def test_wrapper_refuses_learned_variance_without_variance_channels():
+    parts = dict(transformer=tiny_models.dit_transformer(learned_sigma=False), vae=tiny_models.vae())
+    pipe = LearnedVarianceDiTPipeline(scheduler=ours(variance_type="learned_range"), **parts)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=r"needs a model with 2C = 8 output channels.*out_channels=4"):
+        pipe(CLASSES, num_inference_steps=2, output_type="latent")
+    # with a fixed variance it runs
+    pipe.scheduler = ours()
+    assert pipe(CLASSES, num_inference_steps=2, output_type="latent").images.shape == (2, 4, 8, 8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a plain callable in the guided-diffusion layout
+# ---------------------------------------------------------------------------------------------------------------
+class ADMStyleModel(torch.nn.Module):
+    """``model(x, t, y=labels) -> cat([eps, v], dim=1)`` like OpenAI's guided-diffusion UNet with
+    ``learn_sigma=True``: eps is the exact mixture denoiser of the class's half of the modes, v in [-1, 1]."""
+
+    def __init__(self, path):
+        super().__init__()
+        means = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, -2.0]]).repeat_interleave(8, 1)
+        self.per_class = [GMMDenoiser(GaussianMixture(means[2 * k: 2 * k + 2].reshape(2, 1, 4, 4), None, 0.2),
+                                      path, "epsilon") for k in range(2)]
+
+    def forward(self, x, t, y):
+        eps = torch.empty_like(x)
+        for k, model in enumerate(self.per_class):
+            rows = y == k
+            if bool(rows.any()):
+                tt = t[rows] if torch.as_tensor(t).ndim else t
+                eps[rows] = model(x[rows], tt)
+        tt = torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1, 1, 1) / 1000.0
+        v = torch.tanh(2.0 * (tt - 0.5) + 0.3 * x)
+        return torch.cat([eps, v], dim=1)
+
+
+def test_plain_callable_learned_variance_equals_ddpm_learned_range():
+    path = DiscreteVPPath.from_config({})
+    model = ADMStyleModel(path)
+    y = torch.tensor([0, 1, 1, 0, 1, 0])
+    shape = (6, 1, 4, 4)
+    states = []
+    x = skipstep.sample(model, shape, path=path, num_steps=STEPS, spacing="trailing", eta=1.0,
+                        variance_type="learned", model_kwargs={"y": y}, generator=torch.Generator().manual_seed(3),
+                        progress=False, callback=lambda i, t, x_s, x0: states.append((t, x_s)))
+    ref = DDPMScheduler(variance_type="learned_range", timestep_spacing="trailing", clip_sample=False)
+    ref.set_timesteps(STEPS)
+    g = torch.Generator().manual_seed(3)
+    xr = randn_tensor(shape, generator=g)
+    ref_states = []
+    for t in ref.timesteps:
+        out = ref.step(model(xr, t, y=y), t, xr, generator=g)
+        xr = out.prev_sample
+        ref_states.append((int(t), out))
+    assert [s[0] for s in states] == [s[0] for s in ref_states]
+    for (_, ours_x), (_, ref_out) in zip(states[:-1], ref_states[:-1]):
+        assert rel_diff(ours_x, ref_out.prev_sample) < 1e-5
+    assert rel_diff(x, ref_states[-1][1].pred_original_sample) < 1e-5
+    assert bool(torch.isfinite(x).all())
+    # the class label reached the model: each sample sits near one of its class's two modes
+    centres = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    nearest = torch.cdist(x.reshape(6, 2, 8).mean(2), centres).argmin(1)
+    assert torch.equal(nearest // 2, y)
