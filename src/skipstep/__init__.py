@@ -13,6 +13,7 @@ from .sampling import DEFAULT_ETA, sample
 from .schedules import ContinuousVPPath, DiscreteVPPath, GaussianPath, RectifiedFlowPath, make_betas
 from .steps import VARIANCE_TYPES, resolve_eta_schedule
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps
+from .tuning import TunedSchedule, load_schedule
 
 __version__ = "0.1.0"
 
@@ -29,9 +30,11 @@ __all__ = [
     "SkippedStepFlowSchedulerOutput",
     "SkippedStepScheduler",
     "SkippedStepSchedulerOutput",
+    "TunedSchedule",
     "VARIANCE_TYPES",
     "X0Clipping",
     "gaussian_posterior",
+    "load_schedule",
     "make_betas",
     "plan_steps",
     "resolve_eta_schedule",

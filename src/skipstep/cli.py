@@ -17,11 +17,12 @@ SUBCOMMAND_MODULES = [
     "skipstep.demo",   # demo, sample
     "skipstep.bench",  # bench
     "skipstep.generate",  # generate
+    "skipstep.tuning",  # tune
 ]
 
 #: Errors that are the user's to fix: printed as one line, exit status 2 (no traceback).
 _USER_ERRORS = ("SamplerError", "ModelLoadError", "BenchConfigError", "FileNotFoundError", "ValueError",
-                "GenerateConfigError", "FeatureNetworkError")
+                "GenerateConfigError", "FeatureNetworkError", "ScheduleError")
 
 
 def build_parser() -> argparse.ArgumentParser:

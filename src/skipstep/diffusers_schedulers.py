@@ -61,6 +61,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         eps_mse: the model's ``E||eps - eps_hat(x_t, t)||^2 / d`` per training timestep, for the optimal variance
             (:func:`skipstep.analytic.estimate_eps_mse`).
         data_half_range: half-width of the data range, bounding the optimal variance (1.0 for data in [-1, 1]).
+        tuned_schedule: a tuned schedule (:class:`skipstep.tuning.TunedSchedule`, its dict or a file path; stored
+            as its dict). It fixes the timesteps (``set_timesteps`` accepts only its NFE and no explicit list),
+            ``eta``, ``solver_order`` and ``variance_type``: config values left at their defaults are rewritten to
+            the schedule's, non-default conflicting ones are refused, as is another ``num_train_timesteps``.
         eta: stochasticity in [0, 1]: a number, a list with one value per step, or a schedule string
             (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``; see :mod:`skipstep.steps`).
         timestep_spacing: ``trailing`` | ``leading`` | ``linspace`` | ``quadratic`` | ``log_snr``.
@@ -113,8 +117,17 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         solver_order: int = DEFAULT_SOLVER_ORDER,
         eps_mse=None,
         data_half_range: float = 1.0,
+        tuned_schedule=None,
     ):
         check_prediction_type(prediction_type)
+        self._tuned = None
+        if tuned_schedule is not None:  # it fixes eta, solver_order, variance_type and the timesteps
+            from .tuning import scheduler_settings_from_schedule
+
+            self._tuned, fixed = scheduler_settings_from_schedule(tuned_schedule, num_train_timesteps, eta,
+                                                                  solver_order, variance_type)
+            eta, solver_order, variance_type = fixed["eta"], fixed["solver_order"], fixed["variance_type"]
+            self.register_to_config(**fixed)
         if variance_type == "learned":
             # In a diffusers config 'learned' means a variance predicted directly for the full T-step chain, which
             # cannot be moved to a skipped chain; ADM/IDDPM/DiT models use 'learned_range'.
@@ -162,7 +175,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         strictly descending list ``timesteps``."""
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("pass either num_inference_steps or timesteps, not both")
-        if timesteps is not None:
+        if self._tuned is not None:
+            ts = self._tuned.timesteps_for(num_inference_steps, timesteps)
+            self.custom_timesteps = False
+        elif timesteps is not None:
             ts = validate_timesteps(self.path, timesteps)
             self.custom_timesteps = True
         else:

@@ -51,6 +51,7 @@ def sample(
     model_kwargs: dict | None = None,
     progress: bool = True,
     callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None,
+    schedule=None,
 ) -> torch.Tensor:
     """Draw samples with the skipped-step posterior family.
 
@@ -64,8 +65,15 @@ def sample(
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
     (order 1 is the plain step). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.analytic`).
     ``callback(i, t, x_s, x0_hat)`` runs after every step. Returns ``x_0`` in ``dtype``.
+    ``schedule``: a tuned schedule (:class:`skipstep.tuning.TunedSchedule` or a file path); it fixes the timesteps,
+    ``eta``, ``solver_order`` and ``variance_type`` (defaults are replaced, conflicting non-defaults refused).
     """
     path = path if path is not None else DiscreteVPPath.from_config({})
+    if schedule is not None:
+        from .tuning import sampling_settings_from_schedule
+
+        timesteps, eta, solver_order, variance_type = sampling_settings_from_schedule(
+            schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
     if timesteps is not None:
         ts = validate_timesteps(path, timesteps)
     else:

@@ -1,0 +1,300 @@
+"""Tuned step schedules: the file (round trip, validation, refusals), the scheduler / sample() / bench integration,
+and the search (budget refusals before any work, never worse than its best starting spacing)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from skipstep import SkippedStepScheduler, cli, sample
+from skipstep.bench import BenchConfig, run_bench
+from skipstep.models import load_gmm, load_model, register_model
+from skipstep.samplers import CallCounter, SamplerError, get_sampler, steps_for_nfe
+from skipstep.schedules import DiscreteVPPath
+from skipstep.timesteps import select_timesteps
+from skipstep.tuning import (
+    SCHEDULES_DIR,
+    CommonNoise,
+    Objective,
+    ScheduleError,
+    SpacingParams,
+    TunedSchedule,
+    draw_samples,
+    family_timesteps,
+    load_schedule,
+    reference_samples,
+    resolve_base,
+    tune_schedule,
+)
+
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _tune_gmm(device="cpu"):
+    spec = load_gmm(device=device, num_means=5)
+    spec.name = "tune-gmm"
+    return spec
+
+
+register_model("tune-gmm", _tune_gmm, "5-mode digits mixture (tuning tests)")
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    return _tune_gmm()
+
+
+def make_schedule(**overrides) -> TunedSchedule:
+    kw = dict(timesteps=[900, 600, 300, 100], eta=[1.0, 0.0, 0.5, 0.0], nfe=4, num_train_timesteps=1000,
+              solver_order=2, variance_type="small", model_fingerprint="abc123", metric="fd", fit_seeds=[0],
+              provenance={"model": "gmm", "num_samples": 16, "objective": {"tuned": 1.5}})
+    kw.update(overrides)
+    return TunedSchedule(**kw)
+
+
+def counted(spec):
+    counter = CallCounter(spec.model)
+    return dataclasses.replace(spec, model=counter), counter
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the file
+# ----------------------------------------------------------------------------------------------------------------
+def test_file_round_trip(tmp_path):
+    s = make_schedule()
+    path = s.save(tmp_path / "s.json")
+    loaded = load_schedule(path)
+    assert loaded == s
+    assert json.loads(path.read_text())["format"] == "skipstep-tuned-schedule"
+    assert TunedSchedule.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def test_save_refuses_to_overwrite_without_the_flag(tmp_path):
+    path = make_schedule().save(tmp_path / "s.json")
+    other = make_schedule(eta=[0.0] * 4)
+    with pytest.raises(ScheduleError, match=r"already exists.*overwrite"):
+        other.save(path)
+    assert load_schedule(path).eta == [1.0, 0.0, 0.5, 0.0]
+    other.save(path, overwrite=True)
+    assert load_schedule(path).eta == [0.0] * 4
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # no temporary files left behind
+
+
+def test_load_refuses_another_model_T_or_nfe_with_the_reason(tmp_path):
+    path = make_schedule().save(tmp_path / "s.json")
+    with pytest.raises(ScheduleError, match=r"fingerprint abc123.*fingerprint is zzz.*not valid for another"):
+        load_schedule(path, model_fingerprint="zzz")
+    with pytest.raises(ScheduleError, match=r"T=1000 .*T=500"):
+        load_schedule(path, num_train_timesteps=500)
+    with pytest.raises(ScheduleError, match=r"tuned for NFE=4, but NFE=5 was asked"):
+        load_schedule(path, nfe=5)
+    assert load_schedule(path, model_fingerprint="abc123", num_train_timesteps=1000, nfe=4).nfe == 4
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("{not json", "Expecting"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({"format": "skipstep-tuned-schedule", "version": 1, "timesteps": [100, 600], "eta": [0, 0],
+                 "nfe": 2, "num_train_timesteps": 1000}), "strictly descending"),
+    (json.dumps({"format": "skipstep-tuned-schedule", "version": 1, "timesteps": [600, 100], "eta": [0, 1.5],
+                 "nfe": 2, "num_train_timesteps": 1000}), r"eta\[1\] must lie in \[0, 1\]"),
+    (json.dumps({"format": "skipstep-tuned-schedule", "version": 1, "timesteps": [600, 100], "eta": [0, 0],
+                 "nfe": 3, "num_train_timesteps": 1000}), "nfe"),
+    (json.dumps({"format": "skipstep-tuned-schedule", "version": 1, "timesteps": [600, 100]}), "missing eta"),
+    (json.dumps({"format": "something-else", "timesteps": [1]}), "not a skipstep tuned schedule"),
+])
+def test_corrupt_file_names_the_file(tmp_path, content, reason):
+    path = tmp_path / "broken.json"
+    path.write_text(content)
+    with pytest.raises(ScheduleError, match=reason) as exc:
+        load_schedule(path)
+    assert str(path) in str(exc.value)
+
+
+def test_missing_file_names_the_file(tmp_path):
+    with pytest.raises(ScheduleError, match="not found.*nope.json"):
+        load_schedule(tmp_path / "nope.json")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the scheduler and sample()
+# ----------------------------------------------------------------------------------------------------------------
+def test_scheduler_config_round_trip(tmp_path):
+    s = make_schedule()
+    sched = SkippedStepScheduler(tuned_schedule=s.to_dict())
+    # defaults are rewritten to the schedule's values, so the config tells the truth
+    assert sched.config.solver_order == 2 and list(sched.config.eta) == s.eta
+    sched.save_config(tmp_path)
+    again = SkippedStepScheduler.from_pretrained(tmp_path)
+    assert TunedSchedule.from_dict(again.config.tuned_schedule) == s
+    for sc in (sched, again):
+        sc.set_timesteps(4)
+        assert sc.timesteps.tolist() == s.timesteps
+        assert sc.eta_schedule == s.eta
+    # a path or the object itself is stored as its dict
+    path = s.save(tmp_path / "s.json")
+    assert SkippedStepScheduler(tuned_schedule=str(path)).config.tuned_schedule == s.to_dict()
+    assert SkippedStepScheduler.from_config(sched.config, **s.scheduler_kwargs()).config.solver_order == 2
+
+
+def test_scheduler_refuses_what_contradicts_the_schedule():
+    s = make_schedule()
+    sched = SkippedStepScheduler(tuned_schedule=s.to_dict())
+    with pytest.raises(ScheduleError, match="tuned for NFE=4, but NFE=10"):
+        sched.set_timesteps(10)
+    with pytest.raises(ScheduleError, match="explicit timesteps are refused"):
+        sched.set_timesteps(timesteps=[900, 100])
+    with pytest.raises(ScheduleError, match=r"T=1000 .*T=500"):
+        SkippedStepScheduler(num_train_timesteps=500, tuned_schedule=s.to_dict())
+    with pytest.raises(ScheduleError, match=r"solver_order=3 \(the schedule's is 2\)"):
+        SkippedStepScheduler(solver_order=3, tuned_schedule=s.to_dict())
+    with pytest.raises(ScheduleError, match=r"eta=0.3"):
+        SkippedStepScheduler(eta=0.3, tuned_schedule=s.to_dict())
+    with pytest.raises(ScheduleError, match=r"variance_type='fixed_large'"):
+        SkippedStepScheduler(variance_type="fixed_large", tuned_schedule=s.to_dict())
+    # the schedule's own values are fine
+    SkippedStepScheduler(eta=s.eta, solver_order=2, tuned_schedule=s.to_dict()).set_timesteps(4)
+
+
+def test_scheduler_and_sample_give_the_same_samples(gmm, tmp_path):
+    s = make_schedule(model_fingerprint=gmm.fingerprint)
+    path = s.save(tmp_path / "s.json")
+    shape = (6, *gmm.sample_shape)
+    ref = sample(gmm.model, shape, schedule=s, generator=torch.Generator().manual_seed(0), progress=False)
+    from_file = sample(gmm.model, shape, schedule=str(path), generator=torch.Generator().manual_seed(0),
+                       progress=False)
+    sched = SkippedStepScheduler.from_config(gmm.scheduler_config, **s.scheduler_kwargs())
+    g = torch.Generator().manual_seed(0)
+    x = randn_tensor(shape, generator=g)
+    sched.set_timesteps(4)
+    for t in sched.timesteps:
+        x = sched.step(gmm.model(x, t.reshape(1).expand(shape[0])), t, x, generator=g).prev_sample
+    torch.testing.assert_close(ref, from_file, rtol=0, atol=0)
+    torch.testing.assert_close(x, ref, rtol=0, atol=0)
+    with pytest.raises(ScheduleError, match="either timesteps or a tuned schedule"):
+        sample(gmm.model, shape, schedule=s, timesteps=[900, 100], progress=False)
+    with pytest.raises(ScheduleError, match="solver_order=3"):
+        sample(gmm.model, shape, schedule=s, solver_order=3, progress=False)
+    with pytest.raises(ScheduleError, match="NFE=7"):
+        sample(gmm.model, shape, schedule=s, num_steps=7, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the search
+# ----------------------------------------------------------------------------------------------------------------
+def test_family_contains_the_library_spacings():
+    path = DiscreteVPPath.from_config({})
+    n = 8
+    trailing = select_timesteps(path, n, "trailing").tolist()
+    assert family_timesteps(path, n, SpacingParams(0.0, 1.0, trailing[0], trailing[-1])) == trailing
+    quad = select_timesteps(path, n, "quadratic").tolist()
+    got = family_timesteps(path, n, SpacingParams(0.0, 2.0, quad[0], quad[-1]))
+    assert max(abs(a - b) for a, b in zip(got, quad)) <= 1
+    logsnr = select_timesteps(path, n, "log_snr").tolist()
+    got = family_timesteps(path, n, SpacingParams(1.0, 1.0, 999, 0))
+    assert max(abs(a - b) for a, b in zip(got, logsnr)) <= 1
+
+
+def test_too_small_budget_is_refused_before_any_model_call(gmm, tmp_path):
+    spec, counter = counted(gmm)
+    # one candidate: 3 steps x 2 batches x 1 fit seed = 6 NFE
+    with pytest.raises(ValueError, match=r"budget_nfe=5 cannot pay for one candidate: each costs 6 NFE"):
+        tune_schedule(spec, 3, "skipstep-ddim", num_samples=40, batch_size=20, budget_nfe=5, cache_dir=tmp_path)
+    assert counter.calls == 0
+    with pytest.raises(ValueError, match=r"budget_minutes=1e-09 cannot pay for one candidate"):
+        tune_schedule(spec, 3, "skipstep-ddim", num_samples=40, batch_size=20, budget_nfe=100,
+                      budget_minutes=1e-9, cache_dir=tmp_path)
+    assert counter.calls == 1  # the single timed call of the estimate; no reference, no candidate
+    assert not (tmp_path / "references").exists()
+    with pytest.raises(ValueError, match="held out"):
+        tune_schedule(spec, 3, num_samples=40, fit_seeds=[0, 1], eval_seeds=[1], cache_dir=tmp_path)
+    assert counter.calls == 1
+
+
+def test_search_is_never_worse_than_its_best_start_and_beats_uniform(gmm, tmp_path):
+    spec, counter = counted(gmm)
+    s = tune_schedule(spec, 4, "skipstep-eta0.5", solver_order=2, num_samples=96, batch_size=96, budget_nfe=120,
+                      budget_minutes=2, cache_dir=tmp_path, eval_seeds=[1, 2])
+    obj = s.provenance["objective"]
+    assert obj["tuned"] <= min(obj["starts"].values())
+    assert obj["tuned"] < obj["uniform_trailing"]
+    budget = s.provenance["budget"]
+    assert budget["nfe_used"] <= 120 and budget["stopped_by"] in ("NFE budget", "time budget", "converged")
+    assert counter.calls == 1 + budget["nfe_used"] + 5 * 2 * 4  # probe + search + 5 rows x 2 eval seeds x NFE 4
+    assert s.solver_order == 2 and s.model_fingerprint == gmm.fingerprint and s.fit_seeds == [0]
+    # common random numbers make the objective reproducible: re-evaluating the result gives the recorded value
+    reference, _ = reference_samples(gmm, 96, cache_dir=tmp_path, batch_size=96)
+    x = draw_samples(gmm, gmm.model, s.timesteps, s.eta, resolve_base("skipstep-eta0.5", 2), CommonNoise(0, 96, (1, 8, 8)),
+                     batch_size=96)
+    assert Objective(gmm, reference, "fd")(x) == pytest.approx(obj["tuned"], rel=1e-6)
+    rows = {r["name"]: r for r in s.provenance["heldout"]["rows"]}
+    assert {"tuned", "uniform (trailing)", "quadratic", "log-SNR"} <= set(rows)
+    assert all(len(r["values"]) == 2 for r in rows.values())
+
+
+def test_sliced_wasserstein_without_a_feature_network(gmm, tmp_path):
+    spec = dataclasses.replace(gmm, feature_fn=None)
+    s = tune_schedule(spec, 3, "skipstep-ddim", num_samples=48, batch_size=48, budget_nfe=30, cache_dir=tmp_path,
+                      search_eta=False)
+    assert s.metric == "sw" and s.eta == [0.0, 0.0, 0.0]
+    assert s.provenance["objective"]["tuned"] <= s.provenance["objective"]["uniform_trailing"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the bench and the CLI
+# ----------------------------------------------------------------------------------------------------------------
+def test_tuned_sampler_in_the_bench(gmm, tmp_path):
+    path = make_schedule(model_fingerprint=gmm.fingerprint).save(tmp_path / "s.json")
+    name = f"tuned:{path}"
+    spec = get_sampler(name)
+    assert steps_for_nfe(spec, 4, 1000) == (4, 4)
+    with pytest.raises(SamplerError, match=r"NFE <= 4 .*exactly the NFE it was tuned for"):
+        steps_for_nfe(spec, 5, 1000)
+    with pytest.raises(SamplerError, match=r"NFE >= 4"):
+        steps_for_nfe(spec, 3, 1000)
+    with pytest.raises(SamplerError, match="not found.*missing.json"):
+        get_sampler(f"tuned:{tmp_path / 'missing.json'}")
+    out = tmp_path / "bench"
+    result = run_bench(BenchConfig(model="tune-gmm", samplers=[name, "skipstep"], nfes=[4, 5], seeds=[0],
+                                   num_samples=8, out=out, progress=False), log=None)
+    tuned = [r for r in result.records if r["sampler"] == name]
+    assert [(r["nfe"], r["actual_nfe"]) for r in tuned] == [(4, 4)]
+    assert f"{name} @ NFE 5" in result.skipped
+    other = make_schedule(model_fingerprint="0000").save(tmp_path / "other.json")
+    with pytest.raises(SamplerError, match="fingerprint 0000"):
+        run_bench(BenchConfig(model="tune-gmm", samplers=[f"tuned:{other}"], nfes=[4], seeds=[0], num_samples=8,
+                              out=tmp_path / "bench2", progress=False), log=None)
+
+
+def test_cli_tune_writes_the_schedule_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    args = ["tune", "--model", "tune-gmm", "--nfe", "3", "--base", "skipstep-ddim", "--num-samples", "48",
+            "--fit-seeds", "0", "--eval-seeds", "1,2", "--budget-nfe", "24", "--budget-minutes", "1",
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "| tuned |" in text and "| uniform (trailing) |" in text and "| log-SNR |" in text
+    s = load_schedule(out, model_fingerprint=load_model("tune-gmm").fingerprint, nfe=3)
+    assert s.provenance["budget"]["nfe_used"] <= 24
+    assert cli.main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main(args[:-7] + ["--budget-nfe", "2", "--budget-minutes", "1", "--out", str(tmp_path / "x.json")]
+                    + ["--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "cannot pay for one candidate" in capsys.readouterr().err
+
+
+def test_shipped_schedules_are_valid():
+    files = sorted(SCHEDULES_DIR.glob("*.json"))
+    if not files:
+        pytest.skip("no shipped schedules")
+    for f in files:
+        s = load_schedule(f)
+        spec = get_sampler(f"tuned:{f.stem}")
+        assert spec.max_nfe == s.nfe == len(s.timesteps)
+        assert "heldout" in s.provenance and s.provenance["model"] == "digits"
