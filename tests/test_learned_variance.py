@@ -201,3 +201,52 @@ def test_plain_callable_learned_variance_equals_ddpm_learned_range():
     centres = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
     nearest = torch.cdist(x.reshape(6, 2, 8).mean(2), centres).argmin(1)
     assert torch.equal(nearest // 2, y)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# classifier guidance (ADM's cond_fn, score form)
+# ---------------------------------------------------------------------------------------------------------------
+def test_classifier_guidance_with_the_exact_classifier_is_the_class_conditional_model():
+    from skipstep.guidance import classifier_guided
+
+    path = DiscreteVPPath.from_config({})
+    means = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    labels = torch.tensor([0, 1, 0, 1])
+    weights = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    mix = GaussianMixture(means, weights, 0.2)
+    uncond = GMMDenoiser(mix, path, "epsilon")
+    cond = [GMMDenoiser(GaussianMixture(means[labels == k], weights[labels == k], 0.2), path, "epsilon")
+            for k in (0, 1)]
+
+    def grad_log_prob(x, t, y):
+        """grad_x log p(y | x_t) = grad_x log sum_{k in class y} r_k(x_t), by autograd through the exact model."""
+        with torch.enable_grad():
+            x = x.detach().double().requires_grad_(True)
+            r = uncond.responsibilities(x, t)
+            in_class = (labels.unsqueeze(0) == y.unsqueeze(1)).double()
+            log_p = torch.log((r * in_class).sum(1)).sum()
+            return torch.autograd.grad(log_p, x)[0].float()
+
+    guided = classifier_guided(uncond, grad_log_prob, path, scale=1.0)
+    y = torch.tensor([0, 1, 1, 0, 0, 1])
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)) * 1.5
+    for t in (900, 500, 100, 10):
+        tt = torch.full((6,), t)
+        want = torch.stack([cond[int(k)](x[i: i + 1], tt[i: i + 1])[0] for i, k in enumerate(y)])
+        torch.testing.assert_close(guided(x, tt, y=y), want, rtol=1e-4, atol=1e-4)
+
+    # in the sampler (eta=1, and the ADM layout with variance channels): samples land in their class
+    n = 400
+    y = torch.arange(n) % 2
+
+    def adm_layout(x, t, y):
+        return torch.cat([uncond(x, t), torch.zeros_like(x)], dim=1)  # v = 0: halfway between the variances
+
+    guided_adm = classifier_guided(adm_layout, grad_log_prob, path, scale=1.0, learned_variance=True)
+    x = skipstep.sample(guided_adm, (n, 2), path=path, num_steps=STEPS, eta=1.0, variance_type="learned",
+                        model_kwargs={"y": y}, generator=torch.Generator().manual_seed(1), progress=False)
+    nearest = torch.cdist(x, means).argmin(1)
+    assert float((labels[nearest] == y).double().mean()) > 0.97
+    unguided = skipstep.sample(adm_layout, (n, 2), path=path, num_steps=STEPS, eta=1.0, variance_type="learned",
+                               model_kwargs={"y": y}, generator=torch.Generator().manual_seed(1), progress=False)
+    assert float((labels[torch.cdist(unguided, means).argmin(1)] == y).double().mean()) < 0.7
