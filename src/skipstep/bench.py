@@ -584,11 +584,11 @@ def _floors(cfg: BenchConfig, spec: ModelSpec, reference: torch.Tensor, ctx: Met
         if train is not None and heldout is not None:
             rows.append({"name": f"real train ({len(train)}) vs real held-out ({len(heldout)})",
                          "what": "data floor: FD between two real digit sets",
-                         "metrics": {k: [v, 0.0] for k, v in _pair_metrics(spec, train, heldout).items()}})
+                         "metrics": {k: [v, None] for k, v in _pair_metrics(spec, train, heldout).items()}})
         if heldout is not None:
             rows.append({"name": f"reference ({len(reference)}) vs real held-out ({len(heldout)})",
                          "what": "how far the model's 1000-step samples are from real data",
-                         "metrics": {k: [v, 0.0] for k, v in _pair_metrics(spec, reference, heldout).items()}})
+                         "metrics": {k: [v, None] for k, v in _pair_metrics(spec, reference, heldout).items()}})
     return rows
 
 
@@ -597,7 +597,7 @@ def _mean_std_dicts(dicts: list[dict]) -> dict[str, list[float]]:
     out = {}
     for k in keys:
         vals = [d[k] for d in dicts if k in d]
-        out[k] = [float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0]
+        out[k] = [float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None]
     return out
 
 
@@ -728,7 +728,7 @@ def _stat(rs: list[dict], metric: str) -> tuple[float, float] | None:
         if any("nonfinite_fraction" in r["metrics"] for r in rs):
             return (float("nan"), float("nan"))
         return None
-    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)  # no ± for one seed
 
 
 def _time_ratios(records: list[dict], baseline: str = "ddim") -> dict[str, tuple[float, bool] | None]:
@@ -778,7 +778,8 @@ def render_markdown(out: Path, records: list[dict]) -> str:
         "",
     ]
     arrow = {True: " (lower is better)", False: " (higher is better)", None: ""}
-    lines += [f"## {METRIC_TITLES.get(main, main)}: mean ± std over {len(seeds)} seed(s){arrow[LOWER_IS_BETTER.get(main)]}",
+    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}" if seeds else ""
+    lines += [f"## {METRIC_TITLES.get(main, main)}: {spread}{arrow[LOWER_IS_BETTER.get(main)]}",
               "", "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " | time vs DDIM |",
               "|---|" + "---:|" * (len(nfes) + 1)]
     short_nfe = []
@@ -866,15 +867,24 @@ def plot_quality(out: Path, records: list[dict]) -> Path:
     colors = plt.get_cmap("tab10")
     markers = "osD^vP*Xh<>p"
     handles = {}
+    single_nfe = len({n for (_, n) in groups}) == 1  # one NFE: bars per sampler instead of curves
     for ax, metric in zip(axes.flat, panels):
-        for i, name in enumerate(samplers):
+        if single_nfe:
+            for i, name in enumerate(samplers):
+                st = _stat(groups[(name, next(n for (s_, n) in groups if s_ == name))], metric)
+                if st is not None and not math.isnan(st[0]):
+                    h = ax.bar(i, st[0], yerr=st[1] or 0.0, capsize=3, color=colors(i % 10), label=name)
+                    handles.setdefault(name, h)
+            ax.set_xticks(range(len(samplers)))
+            ax.set_xticklabels(samplers, rotation=20, fontsize=8)
+        for i, name in enumerate(samplers if not single_nfe else []):
             xs, ys, es = [], [], []
             for n in sorted({r["nfe"] for r in regular if r["sampler"] == name}):
                 rs = groups[(name, n)]
                 st = _stat(rs, metric)
                 if st is None or math.isnan(st[0]):
                     continue
-                xs.append(float(np.mean([r.get("actual_nfe", n) for r in rs]))), ys.append(st[0]), es.append(st[1])
+                xs.append(float(np.mean([r.get("actual_nfe", n) for r in rs]))), ys.append(st[0]), es.append(st[1] or 0.0)
             if xs:
                 ours = get_sampler(name).family != "diffusers" if name in available_samplers() else True
                 h = ax.errorbar(xs, ys, yerr=es, ls="-" if ours else "--", marker=markers[i % len(markers)], ms=4,
@@ -891,14 +901,17 @@ def plot_quality(out: Path, records: list[dict]) -> Path:
                                    ax.axhline(row["metrics"][metric][0], color="grey", ls="-.", lw=1))
         if metric == "spread_ratio":
             ax.axhline(1.0, color="k", lw=0.6)
-        ax.set_xscale("log")
-        ticks = sorted({float(n) for (_, n) in groups})
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([f"{t:g}" for t in ticks])
-        ax.minorticks_off()
-        if LOWER_IS_BETTER.get(metric) and all(r["metrics"].get(metric, 1) > 0 for r in regular):
+        if not single_nfe:
+            ax.set_xscale("log")
+            ticks = sorted({float(n) for (_, n) in groups})
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel("NFE (network evaluations)")
+        else:
+            ax.set_xlabel(f"NFE {next(iter(groups))[1]}")
+        if not single_nfe and LOWER_IS_BETTER.get(metric) and all(r["metrics"].get(metric, 1) > 0 for r in regular):
             ax.set_yscale("log")
-        ax.set_xlabel("NFE (network evaluations)")
         ax.set_title(METRIC_TITLES.get(metric, metric) + {True: "  ↓", False: "  ↑"}.get(LOWER_IS_BETTER.get(metric), ""),
                      fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
@@ -906,8 +919,9 @@ def plot_quality(out: Path, records: list[dict]) -> Path:
         ax.axis("off")
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(6, len(handles)),
                fontsize=8, frameon=False)
-    fig.suptitle(f"{records[0]['model'] if records else ''}: quality vs NFE (solid: skipstep, dashed: diffusers; "
-                 "error bars: std over seeds)", fontsize=11)
+    fig.suptitle(f"{records[0]['model'] if records else ''}: quality vs NFE "
+                 + ("(error bars: std over seeds)" if single_nfe else
+                    "(solid: skipstep, dashed: diffusers; error bars: std over seeds)"), fontsize=11)
     rows_of_legend = int(math.ceil(len(handles) / 6))
     # fixed margins: tight_layout measures every tick label and costs seconds on a busy CPU
     height = fig.get_figheight()
