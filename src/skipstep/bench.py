@@ -797,6 +797,15 @@ def render_markdown(out: Path, records: list[dict]) -> str:
         rtxt = "n/a (no DDIM cells)" if ratio is None else f"{ratio[0]:.2f}x" + ("" if ratio[1] else " †")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {rtxt} |")
     lines.append("")
+    exact_floor = next((row["metrics"].get(main) for row in floors.get("floors", [])
+                        if row["name"].startswith("exact") and main in row["metrics"]), None)
+    if exact_floor is not None and LOWER_IS_BETTER.get(main):
+        below = [f"{name} @ {n}" for (name, n), rs in groups.items() if rs[0].get("family") != "reference"
+                 and (_stat(rs, main) or (math.nan,))[0] < exact_floor[0]]
+        if below:
+            lines += [f"Below the exact-data floor ({_fmt(*exact_floor)}): {', '.join(below)}. Scoring better than "
+                      "exact samples means under-dispersed samples (collapsed onto the modes), which FD and sliced "
+                      "W2 on finite sets reward; check spread_ratio (exact: 1) and recall below.", ""]
     if short_nfe:
         lines += ["Cells marked (NFE k) used fewer evaluations than the column's NFE: the sampler cannot spend "
                   "exactly that many (" + "; ".join(dict.fromkeys(short_nfe)) + ").", ""]
