@@ -142,3 +142,20 @@ def test_optimal_variance_sampler_and_cache_round_trip(tmp_path):
     sched.set_timesteps(10)
     with pytest.raises(ValueError, match="eps_mse"):
         SkippedStepScheduler(variance_type="optimal")
+
+
+def test_long_extrapolations_fall_back_to_first_order():
+    """The flow-matching schedule ends with a jump to sigma = 1/T that is ~6x longer in log-SNR than the step
+    before: extrapolating x0_hat that far overshoots, so that step (and only that one) is first order."""
+    from skipstep import RectifiedFlowPath, plan_steps
+    from skipstep.plan import MIN_SPAN_RATIO
+
+    plan = plan_steps(RectifiedFlowPath(), torch.linspace(1.0, 0.001, 10, dtype=torch.float64))
+    orders = [step.max_order() for step in plan]
+    assert orders[0] == 1 and orders[-1] == 1  # no history / the final step to clean data
+    assert orders[-2] == 1  # the long jump to sigma = 0.001
+    assert all(o >= 2 for o in orders[2:-2])
+    for step in plan[2:-1]:  # plan[1]'s only earlier node is t = 1 (alpha = 0, log-SNR -inf): first order
+        h = step.lambda_s - step.lambdas[0]
+        ok = (step.lambdas[0] - step.lambdas[1]) >= MIN_SPAN_RATIO * h
+        assert (step.max_order() >= 2) == ok

@@ -19,6 +19,11 @@ from .schedules import GaussianPath
 from .steps import resolve_eta_schedule
 
 MAX_SOLVER_ORDER = 3
+#: A multistep step extrapolates x0_hat over its own log-SNR span h from nodes spaced by the earlier spans; it uses
+#: an earlier node only while that earlier span is at least this fraction of h. Longer extrapolations overshoot
+#: (e.g. the jump to sigma = 1/T that ends a flow-matching schedule is ~6x its predecessor), so such steps fall
+#: back to a lower order, like diffusers' ``lower_order_final``.
+MIN_SPAN_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -54,15 +59,17 @@ class PlannedStep:
         return gaussian_posterior(self.alpha_t, self.sigma_t, self.alpha_s, self.sigma_s, float(eta))
 
     def max_order(self) -> int:
-        """Orders above 1 need finite log-SNRs at every node, and never apply to the final (to clean) step."""
-        if self.is_final:
+        """Orders above 1 need finite log-SNRs at every node, earlier spans of at least ``MIN_SPAN_RATIO`` times
+        this step's span, and never apply to the final (to clean) step."""
+        if self.is_final or not self.lambdas or not math.isfinite(self.lambdas[0]):
             return 1
-        finite = 0
-        for lam in self.lambdas:
-            if not math.isfinite(lam):
+        h = self.lambda_s - self.lambdas[0]
+        order = 1
+        for newer, older in zip(self.lambdas, self.lambdas[1:]):
+            if not math.isfinite(older) or (newer - older) < MIN_SPAN_RATIO * h:
                 break
-            finite += 1
-        return max(1, finite)
+            order += 1
+        return order
 
     def x0_weights(self, order: int, eta: float) -> tuple[float, ...]:
         """Weights of the current and earlier ``x0_hat`` (see :func:`multistep_x0_weights`)."""
@@ -130,4 +137,4 @@ def _gamma_at(path: GaussianPath, ts: list, table) -> list:
     raise ValueError("an eps_mse table is supported on discrete chains only")
 
 
-__all__ = ["MAX_SOLVER_ORDER", "PlannedStep", "plan_steps"]
+__all__ = ["MAX_SOLVER_ORDER", "MIN_SPAN_RATIO", "PlannedStep", "plan_steps"]
