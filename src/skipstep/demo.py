@@ -94,7 +94,7 @@ def main_sample(args: argparse.Namespace) -> int:
     print(f"model    {spec.name} (fingerprint {spec.fingerprint}, {spec.prediction_type}, shape {spec.sample_shape})")
     print(f"sampler  {args.sampler}: {sampler.description}")
     print(f"steps    {steps} (NFE requested {args.nfe}, counted {cell.actual_nfe})")
-    print(f"clipping {clip}")
+    print(f"clipping {clip.split(' by every sampler')[0]}")
     print(f"samples  {x.shape[0]}, seed {args.seed}, {cell.seconds:.2f} s ({1000 * cell.seconds / x.shape[0]:.2f} ms "
           f"per sample) on {args.device}")
     if finite:

@@ -290,7 +290,8 @@ def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None =
     from diffusers import UNet2DModel
 
     try:
-        net = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, use_safetensors=True)
+        net = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, use_safetensors=True,
+                                         low_cpu_mem_usage=False)  # no "install accelerate" notice
     except Exception as err:
         raise ModelLoadError(f"could not load {weights_file} with {config_file}: {err}") from err
     net = net.to(device).eval().requires_grad_(False)
