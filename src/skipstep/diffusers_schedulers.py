@@ -20,13 +20,12 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .predictions import X0Clipping, check_prediction_type
 from .plan import PlannedStep, plan_steps
-from .sampling import DEFAULT_ETA, DEFAULT_SOLVER_ORDER
+from .sampling import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, TrajectoryStepper
 from .schedules import DiscreteVPPath
-from .steps import StepConfig, canonical_variance_type, needs_noise, posterior_step, resolve_eta_schedule
+from .steps import StepConfig, canonical_variance_type, resolve_eta_schedule
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps
 
 _STEP_KWARGS = ("eta", "variance_noise", "use_clipped_model_output")
@@ -161,8 +160,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
         self._plan: list[PlannedStep] = []
         self._index_of: dict[int, int] = {}
-        self._x0_history: list[torch.Tensor] = []
-        self._last_index: int | None = None
+        self._stepper: TrajectoryStepper | None = None
 
     # ------------------------------------------------------------------------------------------------------------
     def set_timesteps(
@@ -194,7 +192,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             self.custom_timesteps = False
         self._sync_clipping_with_config()  # before every trajectory, not every step: it is config, not state
         self._plan = plan_steps(self.path, ts, self.config.eta, self.config.eps_mse)
-        self._x0_history, self._last_index = [], None
+        self._stepper = TrajectoryStepper(self._plan, self.step_config)
         self._index_of = {int(v): i for i, v in enumerate(ts.tolist())}
         self.num_inference_steps = len(ts)
         self.timesteps = ts.to(device=device)
@@ -253,24 +251,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         if unknown:
             raise TypeError(f"step() got unexpected keyword arguments {sorted(unknown)}; accepted: {_STEP_KWARGS}")
         planned = self._planned(timestep)
-        eta = ddim_kwargs.get("eta")
-        post = planned.posterior if eta is None else planned.with_eta(eta)
-        if self._last_index is None or planned.index != self._last_index + 1:
-            self._x0_history = []  # a new trajectory (or one entered mid-way): no multistep history yet
         if ddim_kwargs.get("use_clipped_model_output") is False and self.step_config.clipping.active:
             raise ValueError("use_clipped_model_output=False with clip_sample/thresholding is not supported")
-        noise = ddim_kwargs.get("variance_noise")
-        if noise is not None and generator is not None:
-            raise ValueError("pass either generator or variance_noise, not both")
-        if noise is None and needs_noise(post, self.step_config.variance_type):
-            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-        prev_sample, x0 = posterior_step(
-            model_output, sample, planned, self.step_config, noise, self._x0_history, eta=eta
-        )
-        order = self.config.solver_order
-        if order > 1:
-            self._x0_history = [x0] + self._x0_history[: order - 2]
-        self._last_index = planned.index
+        prev_sample, x0 = self._stepper.step(planned.index, model_output, sample, generator,
+                                             ddim_kwargs.get("variance_noise"), ddim_kwargs.get("eta"))
         if not return_dict:
             return prev_sample, x0
         return SkippedStepSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

@@ -44,12 +44,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .plan import PlannedStep, plan_steps
-from .sampling import DEFAULT_ETA
+from .sampling import DEFAULT_ETA, TrajectoryStepper
 from .schedules import RectifiedFlowPath
-from .steps import StepConfig, needs_noise, posterior_step, resolve_eta_schedule
+from .steps import StepConfig, resolve_eta_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +169,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         self._plan: list[PlannedStep] = []
         self._step_index: int | None = None
         self._begin_index: int | None = None
-        self._x0_history: list[torch.Tensor] = []
-        self._last_index: int | None = None
+        self._stepper: TrajectoryStepper | None = None
 
     # -- config checks ---------------------------------------------------------------------------------------------
     @classmethod
@@ -258,7 +256,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = src.sigmas
         self.num_inference_steps = len(self._plan)
         self._step_index, self._begin_index = None, None
-        self._x0_history, self._last_index = [], None
+        self._stepper = TrajectoryStepper(self._plan, self.step_config)
 
     def _timestep_value(self, timestep) -> float:
         if isinstance(timestep, torch.Tensor):
@@ -353,25 +351,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         if isinstance(sample, torch.Tensor) and sample.ndim == 0:
             raise ValueError("sample must have a leading batch axis, got a 0-d tensor")
         index = self._index(timestep)
-        planned = self._plan[index]
-        eta = kwargs.get("eta")
-        post = planned.posterior if eta is None else planned.with_eta(eta)
-        if self._last_index is None or index != self._last_index + 1:
-            self._x0_history = []  # a new trajectory, or one entered mid-way: no multistep history yet
-        noise = kwargs.get("variance_noise")
-        if noise is not None and generator is not None:
-            raise ValueError("pass either generator or variance_noise, not both")
-        if noise is not None and tuple(noise.shape) != tuple(sample.shape):
-            raise ValueError(f"variance_noise must have the sample's shape {tuple(sample.shape)}, "
-                             f"got {tuple(noise.shape)}")
-        if noise is None and needs_noise(post, self.step_config.variance_type):
-            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-        prev_sample, x0 = posterior_step(model_output, sample, planned, self.step_config, noise, self._x0_history,
-                                         eta=eta)
-        order = self.config.solver_order
-        if order > 1:
-            self._x0_history = [x0] + self._x0_history[: order - 2]
-        self._last_index = index
+        prev_sample, x0 = self._stepper.step(index, model_output, sample, generator, kwargs.get("variance_noise"),
+                                             kwargs.get("eta"))
         self._step_index = index + 1
         if not return_dict:
             return prev_sample, x0

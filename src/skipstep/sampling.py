@@ -11,12 +11,48 @@ from tqdm.auto import tqdm
 from .plan import plan_steps
 from .predictions import X0Clipping, check_prediction_type
 from .schedules import DiscreteVPPath, GaussianPath
-from .steps import StepConfig, canonical_variance_type, needs_noise, posterior_step, resolve_eta_schedule
+from .steps import StepConfig, canonical_variance_type, needs_noise, posterior_step
 from .timesteps import select_timesteps, validate_timesteps
 
 #: The library's default sampler, chosen by measurement (docs/results.md): its eta schedule and solver order.
 DEFAULT_ETA = 1.0
 DEFAULT_SOLVER_ORDER = 1
+
+
+class TrajectoryStepper:
+    """Runs the steps of one plan in order, keeping what a trajectory carries between steps: the multistep
+    history of ``x0_hat`` and the index of the last step taken. The functional sampler and both diffusers
+    schedulers step through this one object.
+
+    A step whose index does not follow the previous one starts a new trajectory (or enters one mid-way, as
+    img2img does): the multistep history is dropped, so the step falls back to first order until it rebuilds.
+    """
+
+    def __init__(self, plan: list, config: StepConfig):
+        self.plan, self.config = plan, config
+        self.history: list[torch.Tensor] = []  # previous x0_hat, most recent first
+        self.last_index: int | None = None
+
+    def step(self, index: int, model_output: torch.Tensor, sample: torch.Tensor, generator=None,
+             noise: torch.Tensor | None = None, eta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``index`` of the plan; returns ``(x_s, x0_hat)``. ``noise`` (else drawn from ``generator``) is
+        the injected noise; ``eta`` overrides the planned eta for this step."""
+        planned = self.plan[index]
+        if self.last_index is None or index != self.last_index + 1:
+            self.history = []
+        if noise is not None and generator is not None:
+            raise ValueError("pass either generator or variance_noise, not both")
+        if noise is not None and tuple(noise.shape) != tuple(sample.shape):
+            raise ValueError(f"variance_noise must have the sample's shape {tuple(sample.shape)}, "
+                             f"got {tuple(noise.shape)}")
+        post = planned.posterior if eta is None else planned.with_eta(eta)
+        if noise is None and needs_noise(post, self.config.variance_type):
+            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
+        x_s, x0 = posterior_step(model_output, sample, planned, self.config, noise, self.history, eta=eta)
+        if self.config.solver_order > 1:
+            self.history = [x0] + self.history[: self.config.solver_order - 2]
+        self.last_index = index
+        return x_s, x0
 
 
 def _unwrap_model_output(out) -> torch.Tensor:
@@ -96,19 +132,14 @@ def sample(
     x = noise.to(torch.float32)
     batch = x.shape[0]
     time_dtype = torch.int64 if path.discrete else torch.float64
-    history: list[torch.Tensor] = []  # previous x0_hat, most recent first (multistep)
+    stepper = TrajectoryStepper(plan, config)
     for step in tqdm(plan, disable=not progress, desc="sampling", leave=False):
         t_batch = torch.full((batch,), step.t, dtype=time_dtype, device=x.device)
         out = _unwrap_model_output(model(x, t_batch, **(model_kwargs or {})))
-        step_noise = None
-        if needs_noise(step.posterior, config.variance_type):
-            step_noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-        x, x0 = posterior_step(out, x, step, config, step_noise, history)
-        if solver_order > 1:
-            history = [x0] + history[: solver_order - 2]
+        x, x0 = stepper.step(step.index, out, x, generator)
         if callback is not None:
             callback(step.index, step.t, x, x0)
     return x.to(dtype)
 
 
-__all__ = ["DEFAULT_ETA", "DEFAULT_SOLVER_ORDER", "sample"]
+__all__ = ["DEFAULT_ETA", "DEFAULT_SOLVER_ORDER", "TrajectoryStepper", "sample"]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .posterior import Posterior, gaussian_posterior
+from .posterior import Posterior
 from .predictions import X0Clipping, predict_x0_eps, split_learned_variance
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def resolve_eta_schedule(eta, num_steps: int) -> list[float]:
         if len(eta) != num_steps:
             raise ValueError(f"a per-step eta schedule must have one value per step: {num_steps} values, got {len(eta)}")
         return [_check_eta(v, f"at step {i}") for i, v in enumerate(eta)]
-    raise ValueError(f"eta must be one of: " + "; ".join(ETA_SCHEDULE_FORMS) + f"; got {type(eta).__name__}")
+    raise ValueError("eta must be one of: " + "; ".join(ETA_SCHEDULE_FORMS) + f"; got {type(eta).__name__}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
