@@ -23,7 +23,6 @@ from skipstep.samplers import (
     steps_for_nfe,
 )
 
-torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 register_model("tiny-gmm", lambda device="cpu": _tiny_gmm(device), "5-mode digits mixture (tests)")

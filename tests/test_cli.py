@@ -6,12 +6,10 @@ import json
 import os
 
 import pytest
-import torch
 
 from skipstep import cli
 from skipstep.models import load_gmm, register_model
 
-torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

@@ -18,7 +18,6 @@ from skipstep import cli
 from skipstep.metrics import gaussian_stats
 from skipstep.models import load_gmm, register_model
 
-torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

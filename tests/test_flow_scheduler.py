@@ -21,12 +21,6 @@ from skipstep.metrics import mixture_metrics, sliced_wasserstein
 from skipstep.testbeds.gmm import GaussianMixture, GMMDenoiser
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def velocity_model(x, t):

@@ -25,7 +25,6 @@ import skipstep.generate as G
 from skipstep import cli
 from skipstep.models import load_model
 
-torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RUN = dict(model="gmm", sampler="skipstep", nfe=3, num_samples=10, seed=7, shard_size=3, batch_size=2)

@@ -10,7 +10,6 @@ from skipstep.predictions import predict_x0_eps
 from skipstep.schedules import ContinuousVPPath, DiscreteVPPath, RectifiedFlowPath
 from skipstep.testbeds.gmm import EvalCount, GaussianMixture, GMMDenoiser, digits_mixture
 
-torch.set_num_threads(1)
 
 MEANS_2D = [[-1.0, 0.0], [1.0, 0.5], [0.0, -1.5]]
 WEIGHTS_2D = [0.5, 0.3, 0.2]

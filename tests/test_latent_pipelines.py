@@ -35,12 +35,6 @@ SD_CONFIG = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.0
                  timestep_spacing="leading", clip_sample=False, set_alpha_to_one=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rel_diff(a, b):

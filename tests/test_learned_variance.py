@@ -32,12 +32,6 @@ STEPS = 10
 CLASSES = [3, 7]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rel_diff(a, b):

@@ -30,14 +30,6 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 STEPS = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and on a shared 2-core machine OpenMP spin-waiting makes them
-    10-100x slower under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5, what: str = ""):

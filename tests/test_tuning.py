@@ -32,7 +32,6 @@ from skipstep.tuning import (
     tune_schedule,
 )
 
-torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

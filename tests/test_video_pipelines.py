@@ -23,12 +23,6 @@ import tiny_models
 FRAMES, HW, STEPS = 9, 32, 4  # latents (1, 16, 3, 4, 4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rel_diff(a, b):
