@@ -276,9 +276,10 @@ def test_cli_tune_writes_the_schedule_and_prints_the_table(tmp_path, capsys):
     args = ["tune", "--model", "tune-gmm", "--nfe", "3", "--base", "skipstep-ddim", "--num-samples", "48",
             "--fit-seeds", "0", "--eval-seeds", "1,2", "--budget-nfe", "24", "--budget-minutes", "1",
             "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
-    assert cli.main(args) == 0
+    assert cli.main(args + ["--eval-reference-seed", "7"]) == 0
     text = capsys.readouterr().out
     assert "| tuned |" in text and "| uniform (trailing) |" in text and "| log-SNR |" in text
+    assert "seed 7" in text and "Floor" in text
     s = load_schedule(out, model_fingerprint=load_model("tune-gmm").fingerprint, nfe=3)
     assert s.provenance["budget"]["nfe_used"] <= 24
     assert cli.main(args) == 2

@@ -826,7 +826,8 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
                   fit_seeds: Sequence[int] = (0,), eval_seeds: Sequence[int] = (), budget_nfe: int = 2000,
                   budget_minutes: float = 5.0, metric: str | None = None, num_reference: int | None = None,
                   reference_seed: int | None = None, cache_dir: str | Path | None = None, batch_size: int = 500,
-                  device: str = "cpu", search_eta: bool = True, clip: str = "model", progress: bool = False,
+                  device: str = "cpu", search_eta: bool = True, clip: str = "model",
+                  eval_reference_seed: int | None = None, progress: bool = False,
                   log: Callable[[str], None] | None = None) -> TunedSchedule:
     """Search the timesteps and per-step eta of ``base`` at ``nfe`` for ``spec`` (a ModelSpec or a model name);
     see the module docstring. ``budget_nfe`` counts batched model calls spent on candidates (one candidate costs
@@ -834,7 +835,10 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
     (the cached reference and the held-out comparison come on top and are reported separately). With
     ``eval_seeds`` the tuned schedule is compared on those held-out seeds with the trailing, quadratic and log-SNR
     spacings (same base sampler) and the table is stored in ``provenance['heldout']``. ``clip``: x0 clipping as
-    the benchmark's ``--clip`` (``model``: the model's scheduler config; ``on``; ``off``)."""
+    the benchmark's ``--clip`` (``model``: the model's scheduler config; ``on``; ``off``). ``eval_reference_seed``:
+    score the held-out comparison against a second, independent reference set drawn with this seed (so neither
+    the sampler noise nor the reference set of the fit is reused), and record the finite-sample floor -- the
+    distance between the two reference sets."""
     from . import __version__
     from .bench import REFERENCE_SEED, apply_clip_mode
     from .models import load_model
@@ -857,6 +861,11 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
     num_samples, batch_size = int(num_samples), int(batch_size)
     reference_seed = REFERENCE_SEED if reference_seed is None else int(reference_seed)
     fit_seeds, eval_seeds = _check_seeds(fit_seeds, eval_seeds, reference_seed)
+    if eval_reference_seed is not None:
+        eval_reference_seed = int(eval_reference_seed)
+        if eval_reference_seed in fit_seeds + eval_seeds + [reference_seed]:
+            raise ValueError(f"eval_reference_seed={eval_reference_seed} must differ from the fit, eval and "
+                             f"reference seeds")
     metric = metric or ("fd" if spec.feature_fn is not None else "sw")
     if metric not in ("fd", "sw") or (metric == "fd" and spec.feature_fn is None):
         raise ValueError(f"metric must be 'sw' or (with a feature network) 'fd'; got {metric!r} for {spec.name!r}")
@@ -961,8 +970,19 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
         if uniform is not None else f"search: {len(search.memo)} candidates; {metric} {value:.5g}")
     if eval_seeds:
         t_eval = time.perf_counter()
+        eval_objective, floor = objective, None
+        ref_info = {k: ref_meta.get(k) for k in ("source", "num_samples", "seed")}
+        if eval_reference_seed is not None:
+            log(f"held-out reference: {num_reference} samples (seed {eval_reference_seed})")
+            reference2, meta2 = reference_samples(spec, num_reference, eval_reference_seed, cache_dir, batch_size,
+                                                  device, progress)
+            eval_objective = Objective(spec, reference2, metric)
+            floor = eval_objective(reference)  # two independent sets of the reference distribution
+            ref_info = {k: meta2.get(k) for k in ("source", "num_samples", "seed")}
         table = compare_schedules(spec, schedule, eval_seeds, num_samples=num_samples, base=base,
-                                  objective=objective, batch_size=batch_size, device=device)
+                                  objective=eval_objective, batch_size=batch_size, device=device)
+        table["reference"] = ref_info
+        table["floor"] = floor
         provenance["heldout"] = table
         provenance["timing"]["heldout_seconds"] = round(time.perf_counter() - t_eval, 2)
     return schedule
@@ -1016,6 +1036,12 @@ def format_comparison(table: dict[str, Any]) -> str:
         eta_txt = f"{eta[0]:g}" if len(set(eta)) <= 1 and eta else ",".join(f"{e:g}" for e in eta)
         lines.append(f"| {r['name']} | {','.join(str(t) for t in r['timesteps'])} | {eta_txt} | "
                      f"{_fmt(r['mean'], r['std'])} |")
+    ref = table.get("reference")
+    if ref:
+        lines += ["", f"Scored against: {ref.get('source')}, {ref.get('num_samples')} samples, seed {ref.get('seed')}."]
+    if table.get("floor") is not None:
+        lines.append(f"Floor (an independent set of the reference distribution, same size, against it): "
+                     f"{_fmt(table['floor'])}.")
     return "\n".join(lines)
 
 
@@ -1023,7 +1049,7 @@ def format_comparison(table: dict[str, Any]) -> str:
 # CLI
 # ----------------------------------------------------------------------------------------------------------------
 def add_subcommand(subparsers) -> None:
-    from .bench import DEFAULT_BATCH_SIZE, _int_list
+    from .bench import _int_list, add_common_run_args
 
     p = subparsers.add_parser(
         "tune", help="tune the timesteps and per-step eta of a skipstep sampler for one model and NFE",
@@ -1042,8 +1068,6 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--variance-type", default=None, choices=("small", "large"), help="noise variance (default small)")
     p.add_argument("--eta", default=None, help="override the base's starting eta (number or schedule string)")
     p.add_argument("--no-eta-search", action="store_true", help="keep the base eta; tune the timesteps only")
-    p.add_argument("--clip", choices=("model", "on", "off"), default="model",
-                   help="x0 clipping, as `skipstep bench --clip` (model: the model's scheduler config)")
     p.add_argument("--num-samples", type=int, default=1000, help="samples per candidate (and per eval seed)")
     p.add_argument("--fit-seeds", type=_int_list, default=[0], help="seeds the objective is averaged over")
     p.add_argument("--eval-seeds", type=_int_list, default=[1, 2, 3], help="held-out seeds of the comparison")
@@ -1052,19 +1076,22 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--metric", default=None, choices=("fd", "sw"), help="objective (default: fd if the model has "
                    "a feature network, else sw)")
     p.add_argument("--num-reference", type=int, default=None, help="reference-set size (default: --num-samples)")
+    p.add_argument("--eval-reference-seed", type=int, default=None,
+                   help="score the held-out comparison against a second reference set drawn with this seed "
+                        "(default: the fit's reference set) and report the two sets' distance as the floor")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help=f"where reference sets are cached (default ${CACHE_ENV} or ~/.cache/skipstep)")
     p.add_argument("--out", type=Path, required=True, help="schedule JSON to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--device", default="cpu", help="torch device")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="samples per model call")
-    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    add_common_run_args(p)  # --device, --batch-size, --no-progress, --clip, --threads (as bench)
     p.set_defaults(func=main_tune)
 
 
 def main_tune(args: argparse.Namespace) -> int:
+    from .bench import apply_threads
     from .models import load_model
 
+    apply_threads(args)
     if args.out.exists() and not args.overwrite:
         raise ScheduleError(f"{args.out} already exists; pass --overwrite to replace it")
     t0 = time.perf_counter()
@@ -1075,7 +1102,8 @@ def main_tune(args: argparse.Namespace) -> int:
         num_samples=args.num_samples, fit_seeds=args.fit_seeds, eval_seeds=args.eval_seeds,
         budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, metric=args.metric,
         num_reference=args.num_reference, cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
-        search_eta=not args.no_eta_search, clip=args.clip, progress=verbose, log=print if verbose else None)
+        search_eta=not args.no_eta_search, clip=args.clip, eval_reference_seed=args.eval_reference_seed,
+        progress=verbose, log=print if verbose else None)
     total = time.perf_counter() - t0
     schedule.provenance["timing"]["total_seconds"] = round(total, 2)
     schedule.save(args.out, overwrite=args.overwrite)
