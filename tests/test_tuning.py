@@ -19,6 +19,7 @@ from skipstep.schedules import DiscreteVPPath
 from skipstep.timesteps import select_timesteps
 from skipstep.tuning import (
     SCHEDULES_DIR,
+    BaseSampler,
     CommonNoise,
     Objective,
     ScheduleError,
@@ -187,6 +188,19 @@ def test_scheduler_and_sample_give_the_same_samples(gmm, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # the search
 # ----------------------------------------------------------------------------------------------------------------
+def test_the_search_scores_what_the_scheduler_samples(gmm):
+    """The search's sampling loop (common random numbers) is the scheduler's step, noise for noise."""
+    s = make_schedule(model_fingerprint=gmm.fingerprint)
+    noise = CommonNoise(3, 5, gmm.sample_shape)
+    x = draw_samples(gmm, gmm.model, s.timesteps, s.eta, BaseSampler("t", s.eta, 2, "small"), noise, batch_size=3)
+    sched = SkippedStepScheduler.from_config(gmm.scheduler_config, **s.scheduler_kwargs())
+    sched.set_timesteps(4)
+    y = noise.x_T.clone()
+    for i, t in enumerate(sched.timesteps):
+        y = sched.step(gmm.model(y, t.reshape(1).expand(5)), t, y, variance_noise=noise.step(i)).prev_sample
+    torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
 def test_family_contains_the_library_spacings():
     path = DiscreteVPPath.from_config({})
     n = 8

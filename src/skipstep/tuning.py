@@ -596,8 +596,9 @@ def draw_samples(spec, model: Callable, timesteps: Sequence[int], eta: Sequence[
     says, as in the benchmark) from the common random numbers ``noise``; ``model`` is called once per step per
     batch."""
     from .plan import plan_steps
+    from .sampling import TrajectoryStepper
     from .schedules import DiscreteVPPath
-    from .steps import StepConfig, needs_noise, posterior_step
+    from .steps import StepConfig, needs_noise
 
     path = DiscreteVPPath.from_config(spec.scheduler_config)
     plan = plan_steps(path, torch.as_tensor(list(timesteps), dtype=torch.int64), list(eta))
@@ -606,16 +607,14 @@ def draw_samples(spec, model: Callable, timesteps: Sequence[int], eta: Sequence[
     chunks = []
     for start in range(0, noise.num_samples, batch_size):
         x = noise.x_T[start:start + batch_size].to(device)
-        history: list[torch.Tensor] = []
+        stepper = TrajectoryStepper(plan, config)
         for step in plan:
             t = torch.full((x.shape[0],), int(step.t), dtype=torch.int64, device=device)
             out = model(x, t)
             z = None
             if needs_noise(step.posterior, config.variance_type):
                 z = noise.step(step.index)[start:start + batch_size].to(device)
-            x, x0 = posterior_step(out, x, step, config, z, history)
-            if base.solver_order > 1:
-                history = [x0] + history[: base.solver_order - 2]
+            x, _ = stepper.step(step.index, out, x, noise=z)
         chunks.append(x.float().cpu())
     return torch.cat(chunks)
 
