@@ -169,7 +169,8 @@ def load_digits_unet(path: str | Path | None = None, device: str | torch.device 
 
     ``path`` is a pipeline-layout directory (containing ``unet/``) or a flat one (``config.json`` and
     ``diffusion_pytorch_model.safetensors``); default :data:`DIGITS_UNET_DIR`. Loaded with
-    ``UNet2DModel.from_pretrained(local_dir, local_files_only=True, use_safetensors=True)``.
+    ``UNet2DModel.from_pretrained(local_dir, local_files_only=True, use_safetensors=True)`` (with
+    ``low_cpu_mem_usage=False``: the model is tiny and ``accelerate`` is not required).
     Call it as ``unet(x_t, t).sample`` with ``x_t`` of shape ``(B, 1, 8, 8)`` and integer ``t`` in ``[0, 1000)``;
     it predicts the noise ``eps``.
     """
@@ -187,7 +188,9 @@ def load_digits_unet(path: str | Path | None = None, device: str | torch.device 
     # Validate the weights ourselves so that a damaged file is reported by name, not by a diffusers traceback.
     _read_safetensors(weights_file, what)
     try:
-        unet = UNet2DModel.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
+        unet = UNet2DModel.from_pretrained(
+            str(model_dir), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
+        )
     except Exception as err:  # e.g. a config that does not match the stored tensors
         raise ValueError(f"{what}: could not load {weights_file} with {config_file}: {err}") from err
     unet = unet.to(device)
