@@ -48,7 +48,8 @@ from .digits import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_DOCS = REPO_ROOT / "docs"
+# docs/ of the source checkout; from an installed (non-editable) package, ./docs of the working directory
+DEFAULT_DOCS = REPO_ROOT / "docs" if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd() / "docs"
 
 UNET_BLOCK_CHANNELS = (16, 24, 32)
 
