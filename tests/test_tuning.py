@@ -232,13 +232,13 @@ def test_too_small_budget_is_refused_before_any_model_call(gmm, tmp_path):
 
 def test_search_is_never_worse_than_its_best_start_and_beats_uniform(gmm, tmp_path):
     spec, counter = counted(gmm)
-    s = tune_schedule(spec, 4, "skipstep-eta0.5", solver_order=2, num_samples=96, batch_size=96, budget_nfe=120,
+    s = tune_schedule(spec, 4, "skipstep-eta0.5", solver_order=2, num_samples=96, batch_size=96, budget_nfe=160,
                       budget_minutes=2, cache_dir=tmp_path, eval_seeds=[1, 2])
     obj = s.provenance["objective"]
     assert obj["tuned"] <= min(obj["starts"].values())
     assert obj["tuned"] < obj["uniform_trailing"]
     budget = s.provenance["budget"]
-    assert budget["nfe_used"] <= 120 and budget["stopped_by"] in ("NFE budget", "time budget", "converged")
+    assert budget["nfe_used"] <= 160 and budget["stopped_by"] in ("NFE budget", "time budget", "converged")
     assert counter.calls == 1 + budget["nfe_used"] + 5 * 2 * 4  # probe + search + 5 rows x 2 eval seeds x NFE 4
     assert s.solver_order == 2 and s.model_fingerprint == gmm.fingerprint and s.fit_seeds == [0]
     # common random numbers make the objective reproducible: re-evaluating the result gives the recorded value
@@ -249,6 +249,21 @@ def test_search_is_never_worse_than_its_best_start_and_beats_uniform(gmm, tmp_pa
     rows = {r["name"]: r for r in s.provenance["heldout"]["rows"]}
     assert {"tuned", "uniform (trailing)", "quadratic", "log-SNR"} <= set(rows)
     assert all(len(r["values"]) == 2 for r in rows.values())
+    # the validation gate: a stage result replaced the best start only if it was better on the validation seeds
+    val_seeds = obj["validation_seeds"]
+    assert val_seeds and not set(val_seeds) & {0, 1, 2}
+    assert all("decision" in st for st in s.provenance["search"]["stages"][1:])
+    if obj["result_from"] != obj["best_start"]["name"]:
+        base = resolve_base("skipstep-eta0.5", 2)
+        start_ts = select_timesteps(DiscreteVPPath.from_config(gmm.scheduler_config), 4,
+                                    obj["best_start"]["name"]).tolist()
+
+        def val(ts, eta):
+            return sum(Objective(gmm, reference, "fd")(draw_samples(gmm, gmm.model, ts, eta, base,
+                                                                    CommonNoise(v, 96, (1, 8, 8)), 96))
+                       for v in val_seeds) / len(val_seeds)
+
+        assert val(s.timesteps, s.eta) < val(start_ts, base.eta_list(4))
 
 
 def test_sliced_wasserstein_without_a_feature_network(gmm, tmp_path):

@@ -86,6 +86,8 @@ CACHE_ENV = "SKIPSTEP_CACHE_DIR"
 MIN_RELATIVE_IMPROVEMENT = 1e-4
 #: Share of the budget the smooth (parametric) stage may use; the coordinate stage gets the rest.
 SMOOTH_STAGE_SHARE = 0.5
+#: Validation seeds by default (the smallest seeds not used for fitting, evaluation or the references).
+DEFAULT_NUM_VAL_SEEDS = 2
 
 
 class ScheduleError(ValueError):
@@ -634,13 +636,16 @@ class _Search:
     """Evaluates candidates (memoised) within the NFE and time budgets and keeps the best one."""
 
     def __init__(self, spec, base, objective, noises, batch_size, device, budget_nfe, budget_seconds,
-                 estimate_seconds, log):
+                 estimate_seconds, log, val_noises=()):
         from .samplers import CallCounter
 
         self.spec, self.base, self.objective, self.noises = spec, base, objective, noises
+        self.val_noises = list(val_noises)
         self.batch_size, self.device, self.log = batch_size, device, log
         self.counter = CallCounter(spec.model)
         self.n_batches = sum(math.ceil(nz.num_samples / batch_size) for nz in noises)
+        self.n_val_batches = sum(math.ceil(nz.num_samples / batch_size) for nz in self.val_noises)
+        self.val_memo: dict[tuple, float] = {}
         self.budget_nfe, self.budget_seconds = budget_nfe, budget_seconds
         self.estimate = estimate_seconds
         self.memo: dict[tuple, float] = {}
@@ -667,9 +672,12 @@ class _Search:
         return time.perf_counter() - self.t0
 
     def check_affordable(self, nfe: int) -> None:
-        """Raise :class:`_BudgetExhausted` (or :class:`_StageLimit`) when the next candidate does not fit."""
-        need = self.counter.calls + self.cost(nfe)
+        """Raise :class:`_BudgetExhausted` (or :class:`_StageLimit`) when the next candidate does not fit, keeping
+        a reserve for two validations (a stage's result and the candidate it would replace)."""
         per = float(np.mean(self.seconds)) if self.seconds else self.estimate
+        reserve_nfe = 2 * nfe * self.n_val_batches
+        need = self.counter.calls + self.cost(nfe) + reserve_nfe
+        per += 2 * per * self.n_val_batches / self.n_batches
         if need > self.budget_nfe:
             self.stopped_by = "NFE budget"
             raise _BudgetExhausted
@@ -678,6 +686,20 @@ class _Search:
             raise _BudgetExhausted
         if need > self.stage_limit_nfe or self.elapsed() + per > self.stage_limit_seconds:
             raise _StageLimit
+
+    def validate(self, ts: Sequence[int], eta: Sequence[float]) -> float:
+        """The objective on the validation seeds (memoised); :class:`_BudgetExhausted` when it does not fit."""
+        key = (tuple(int(t) for t in ts), tuple(round(float(e), 6) for e in eta[:-1]))
+        if key not in self.val_memo:
+            per = (float(np.mean(self.seconds)) if self.seconds else self.estimate) * self.n_val_batches / \
+                self.n_batches
+            if (self.counter.calls + len(ts) * self.n_val_batches > self.budget_nfe
+                    or self.elapsed() + per > self.budget_seconds):
+                raise _BudgetExhausted
+            values = [self.objective(draw_samples(self.spec, self.counter, ts, eta, self.base, nz, self.batch_size,
+                                                  self.device)) for nz in self.val_noises]
+            self.val_memo[key] = float(np.mean(values))
+        return self.val_memo[key]
 
     def __call__(self, ts: Sequence[int], eta: Sequence[float], label: str = "") -> float:
         key = (tuple(int(t) for t in ts), tuple(round(float(e), 6) for e in eta[:-1]))
@@ -705,8 +727,9 @@ def _better(new: float, old: float) -> bool:
 
 
 def _smooth_stage(search: _Search, path, n: int, p0: SpacingParams, eta0: tuple[float, float], search_eta: bool,
-                  fixed_eta: list[float]) -> int:
-    """Pattern search over (kappa, log rho, t_start, t_end[, eta_a, eta_b]); returns the number of evaluations."""
+                  fixed_eta: list[float], holder: dict) -> None:
+    """Pattern search over (kappa, log rho, t_start, t_end[, eta_a, eta_b]); ``holder`` always holds the stage's
+    incumbent (``ts``, ``eta``, ``f``), also when the budget stops it."""
     T = path.t_max + 1
     x = {"kappa": p0.kappa, "log_rho": math.log(p0.rho), "t_start": p0.t_start, "t_end": p0.t_end,
          "eta_a": eta0[0], "eta_b": eta0[1]}
@@ -729,9 +752,9 @@ def _smooth_stage(search: _Search, path, n: int, p0: SpacingParams, eta0: tuple[
         eta = _ramp(v["eta_a"], v["eta_b"], n) if search_eta else fixed_eta
         return ts, eta
 
-    evaluated = len(search.memo)
     x = clip(x)
     f = search(*candidate(x), label="smooth start")
+    holder.update(zip(("ts", "eta"), candidate(x)), f=f)
     while any(steps[k] >= min_steps[k] for k in keys):
         improved = False
         for k in keys:
@@ -744,23 +767,25 @@ def _smooth_stage(search: _Search, path, n: int, p0: SpacingParams, eta0: tuple[
                 fy = search(*candidate(y), label=f"smooth {k}")
                 if _better(fy, f):
                     x, f, improved = y, fy, True
+                    holder.update(zip(("ts", "eta"), candidate(x)), f=f)
                     break
         if not improved:
             for k in keys:
                 steps[k] = steps[k] / 2 if isinstance(steps[k], float) else (steps[k] // 2 if steps[k] > 1 else 0)
-    return len(search.memo) - evaluated
 
 
-def _coordinate_stage(search: _Search, path, ts: list[int], eta: list[float], search_eta: bool) -> int:
-    """Move single timesteps (and single etas), accepting improvements; per-coordinate steps halve on failure."""
+def _coordinate_stage(search: _Search, path, ts: list[int], eta: list[float], search_eta: bool,
+                      holder: dict) -> None:
+    """Move single timesteps (and single etas), accepting improvements; per-coordinate steps halve on failure.
+    ``holder`` always holds the stage's incumbent."""
     T = path.t_max + 1
     n = len(ts)
     ts, eta = list(ts), list(eta)
     f = search(ts, eta)
+    holder.update(ts=ts, eta=eta, f=f)
     bounds = [T - 1] + ts[:-1]
     dt = [max(1, (bounds[i] - (ts[i + 1] if i + 1 < n else -1)) // 4) for i in range(n)]
     de = [0.25 if search_eta else 0.0] * (n - 1)
-    evaluated = len(search.memo)
     while any(d >= 1 for d in dt) or any(d >= 1 / 32 for d in de):
         for i in range(n):
             if dt[i] < 1:
@@ -776,6 +801,7 @@ def _coordinate_stage(search: _Search, path, ts: list[int], eta: list[float], se
                 fc = search(cand, eta, label=f"t[{i}]")
                 if _better(fc, f):
                     ts, f, moved = cand, fc, True
+                    holder.update(ts=ts, eta=eta, f=f)
                     break
             if not moved:
                 dt[i] //= 2
@@ -791,10 +817,10 @@ def _coordinate_stage(search: _Search, path, ts: list[int], eta: list[float], se
                 fc = search(ts, cand, label=f"eta[{i}]")
                 if _better(fc, f):
                     eta, f, moved = cand, fc, True
+                    holder.update(ts=ts, eta=eta, f=f)
                     break
             if not moved:
                 de[i] /= 2
-    return len(search.memo) - evaluated
 
 
 def _time_one_call(spec, batch: int, device: str) -> float:
@@ -822,7 +848,8 @@ def _check_seeds(fit_seeds, eval_seeds, reference_seed):
 
 def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solver_order: int | None = None,
                   variance_type: str | None = None, eta=None, num_samples: int = 1000,
-                  fit_seeds: Sequence[int] = (0,), eval_seeds: Sequence[int] = (), budget_nfe: int = 2000,
+                  fit_seeds: Sequence[int] = (0,), eval_seeds: Sequence[int] = (),
+                  val_seeds: Sequence[int] | None = None, budget_nfe: int = 2000,
                   budget_minutes: float = 5.0, metric: str | None = None, num_reference: int | None = None,
                   reference_seed: int | None = None, cache_dir: str | Path | None = None, batch_size: int = 500,
                   device: str = "cpu", search_eta: bool = True, clip: str = "model",
@@ -865,6 +892,12 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
         if eval_reference_seed in fit_seeds + eval_seeds + [reference_seed]:
             raise ValueError(f"eval_reference_seed={eval_reference_seed} must differ from the fit, eval and "
                              f"reference seeds")
+    taken = set(fit_seeds + eval_seeds + [reference_seed, eval_reference_seed])
+    if val_seeds is None:
+        val_seeds = [s for s in range(len(taken) + 2) if s not in taken][:DEFAULT_NUM_VAL_SEEDS]
+    val_seeds = list(dict.fromkeys(int(s) for s in val_seeds))
+    if taken & set(val_seeds):
+        raise ValueError(f"validation seeds {sorted(taken & set(val_seeds))} are also fit, eval or reference seeds")
     metric = metric or ("fd" if spec.feature_fn is not None else "sw")
     if metric not in ("fd", "sw") or (metric == "fd" and spec.feature_fn is None):
         raise ValueError(f"metric must be 'sw' or (with a feature network) 'fd'; got {metric!r} for {spec.name!r}")
@@ -890,44 +923,77 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
     objective = Objective(spec, reference, metric)
     reference_seconds = time.perf_counter() - t_ref
     noises = [CommonNoise(s, num_samples, spec.sample_shape) for s in fit_seeds]
+    val_noises = [CommonNoise(s, num_samples, spec.sample_shape) for s in val_seeds]
     path = DiscreteVPPath.from_config(spec.scheduler_config)
     search = _Search(spec, base, objective, noises, batch_size, device, int(budget_nfe), 60.0 * budget_minutes,
-                     estimate, log)
+                     estimate, log, val_noises)
     stages: list[dict] = []
     starts = _starts(path, nfe)
     start_values: dict[str, float] = {}
+    accepted: dict | None = None  # the current result: a best start, then stage results the validation confirmed
+    log(f"stage 1: the library's spacings with the base eta ({base.name}, order {base.solver_order})")
+    stopped = False
     try:
-        log(f"stage 1: the library's spacings with the base eta ({base.name}, order {base.solver_order})")
         for name, (ts, _) in starts.items():
             start_values[name] = search(ts, base_eta, label=name)
-        stages.append({"stage": "spacings", "candidates": len(search.memo), "best": search.best[0]})
-        best_start = min(start_values, key=start_values.get)
-        search.limit_stage(SMOOTH_STAGE_SHARE)
-        log("stage 2: smooth family (kappa, rho, t_start, t_end" + (", eta ramp)" if search_eta else ")"))
+            if accepted is None or start_values[name] < accepted["f"]:
+                accepted = {"ts": list(ts), "eta": list(base_eta), "f": start_values[name], "from": name}
+    except _BudgetExhausted:
+        stopped = True
+    stages.append({"stage": "spacings", "candidates": len(search.memo), "best": accepted["f"],
+                   "note": f"stopped by the {search.stopped_by}" if stopped else f"best: {accepted['from']}"})
+
+    def gate(stage: str, result: dict) -> str:
+        """Accept a stage's result if it beats the accepted one on the fit seeds and (when there are validation
+        seeds) on the validation seeds too -- a guard against fitting the fit seeds' noise."""
+        nonlocal accepted
+        if not result or not _better(result["f"], accepted["f"]):
+            return "no improvement on the fit seeds"
+        if val_noises:
+            try:
+                v_new, v_old = search.validate(result["ts"], result["eta"]), search.validate(accepted["ts"],
+                                                                                             accepted["eta"])
+            except _BudgetExhausted:
+                return "not accepted: no budget left to validate it"
+            log(f"  validation {metric}: {v_old:.5g} (kept) vs {v_new:.5g} ({stage})")
+            if not _better(v_new, v_old):
+                return f"rejected: validation {metric} {v_new:.5g} >= {v_old:.5g} (fit gain did not transfer)"
+            accepted = {**result, "from": stage, "val": v_new}
+            return f"accepted (validation {metric} {v_old:.5g} -> {v_new:.5g})"
+        accepted = {**result, "from": stage}
+        return "accepted"
+
+    plan = [("smooth family", SMOOTH_STAGE_SHARE), ("coordinate", None)]
+    for stage, share in plan:
+        if stopped:
+            break
         before = len(search.memo)
+        holder: dict = {}
+        search.limit_stage(share)
         try:
-            _smooth_stage(search, path, nfe, starts[best_start][1], (base_eta[0], base_eta[-2 if nfe > 1 else 0]),
-                          search_eta, base_eta)
+            if stage == "smooth family":
+                log("stage 2: smooth family (kappa, rho, t_start, t_end" + (", eta ramp)" if search_eta else ")"))
+                start_p = starts[accepted["from"]][1] if accepted["from"] in starts else starts["trailing"][1]
+                _smooth_stage(search, path, nfe, start_p, (base_eta[0], base_eta[-2 if nfe > 1 else 0]),
+                              search_eta, base_eta, holder)
+            else:
+                log("stage 3: coordinate moves of single timesteps" + (" and etas" if search_eta else "")
+                    + f" (from the {accepted['from']} result)")
+                _coordinate_stage(search, path, accepted["ts"], accepted["eta"], search_eta, holder)
             note = "converged"
         except _StageLimit:
-            note = f"used its {SMOOTH_STAGE_SHARE:.0%} share of the budget"
-        stages.append({"stage": "smooth family", "candidates": len(search.memo) - before, "best": search.best[0],
-                       "note": note})
+            note = f"used its {share:.0%} share of the budget"
+        except _BudgetExhausted:
+            note, stopped = f"stopped by the {search.stopped_by}", True
         search.limit_stage(None)
-        log("stage 3: coordinate moves of single timesteps" + (" and etas" if search_eta else ""))
-        before = len(search.memo)
-        _coordinate_stage(search, path, search.best[1], search.best[2], search_eta)
-        stages.append({"stage": "coordinate", "candidates": len(search.memo) - before, "best": search.best[0],
-                       "note": "converged"})
-    except _BudgetExhausted:
-        done = sum(st["candidates"] for st in stages)
-        stages.append({"stage": ("spacings", "smooth family", "coordinate")[min(len(stages), 2)],
-                       "candidates": len(search.memo) - done, "best": search.best[0] if search.best else None,
-                       "note": f"stopped by the {search.stopped_by}"})
-    if search.best is None:  # cannot happen: one candidate is always affordable
+        decision = gate(stage, holder)
+        log(f"  {stage}: {decision}")
+        stages.append({"stage": stage, "candidates": len(search.memo) - before,
+                       "best": holder.get("f"), "note": note, "decision": decision})
+    if accepted is None:  # cannot happen: one candidate is always affordable
         raise RuntimeError("no candidate could be evaluated within the budget")
     search_seconds = search.elapsed()
-    value, ts, eta_best = search.best
+    value, ts, eta_best = accepted["f"], accepted["ts"], accepted["eta"]
     uniform = start_values.get("trailing")
     provenance = {
         "model": spec.name,
@@ -950,9 +1016,13 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
             "best_start": {"name": min(start_values, key=start_values.get), "value": min(start_values.values())}
             if start_values else None,
             "tuned": value,
+            "validation_seeds": val_seeds,
+            "validation": {"tuned": search.val_memo.get((tuple(ts), tuple(round(e, 6) for e in eta_best[:-1])))},
+            "result_from": accepted["from"],
             "relative_change_vs_uniform": (value / uniform - 1.0) if uniform else None,
         },
         "search": {"stages": stages, "candidates_evaluated": len(search.memo),
+                   "validations": len(search.val_memo),
                    "improvements": search.improvements[-40:]},
         "budget": {"budget_nfe": int(budget_nfe), "budget_minutes": float(budget_minutes),
                    "nfe_used": search.counter.calls, "cost_per_candidate_nfe": cost,
@@ -1047,6 +1117,15 @@ def format_comparison(table: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------------
+def _seed_list(text: str) -> list[int]:
+    if text.strip().lower() in ("none", ""):
+        return []
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers or 'none', got {text!r}") from None
+
+
 def add_subcommand(subparsers) -> None:
     from .bench import _int_list, add_common_run_args
 
@@ -1070,6 +1149,10 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--num-samples", type=int, default=1000, help="samples per candidate (and per eval seed)")
     p.add_argument("--fit-seeds", type=_int_list, default=[0], help="seeds the objective is averaged over")
     p.add_argument("--eval-seeds", type=_int_list, default=[1, 2, 3], help="held-out seeds of the comparison")
+    p.add_argument("--val-seeds", type=_seed_list, default=None,
+                   help="seeds a stage's result must also improve on to be accepted (guards against fitting the "
+                        "fit seeds' noise; 'none' disables the check). Default: the two smallest seeds not used "
+                        "elsewhere")
     p.add_argument("--budget-nfe", type=int, default=2000, help="batched model calls the search may spend")
     p.add_argument("--budget-minutes", type=float, default=5.0, help="wall time the search may spend")
     p.add_argument("--metric", default=None, choices=("fd", "sw"), help="objective (default: fd if the model has "
@@ -1098,7 +1181,7 @@ def main_tune(args: argparse.Namespace) -> int:
     spec = load_model(args.model, device=args.device)
     schedule = tune_schedule(
         spec, args.nfe, args.base, solver_order=args.solver_order, variance_type=args.variance_type, eta=args.eta,
-        num_samples=args.num_samples, fit_seeds=args.fit_seeds, eval_seeds=args.eval_seeds,
+        num_samples=args.num_samples, fit_seeds=args.fit_seeds, eval_seeds=args.eval_seeds, val_seeds=args.val_seeds,
         budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, metric=args.metric,
         num_reference=args.num_reference, cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
         search_eta=not args.no_eta_search, clip=args.clip, eval_reference_seed=args.eval_reference_seed,
