@@ -72,7 +72,7 @@ def manual_unconditional_loop(unet, sched, batch_size, seed):
 def test_ddpm_pipeline_runs_and_equals_manual_loop(tiny_unet2d):
     # clip_sample=True as in DDPM checkpoints' configs: the final x0_hat lies in [-1, 1], so the pipeline's
     # (x/2 + 0.5).clamp(0, 1) loses nothing and the comparison below is on the full output
-    sched = SkippedStepScheduler(eta=1.0, clip_sample=True)
+    sched = SkippedStepScheduler(eta=1.0, solver_order=1, clip_sample=True)
     pipe = DDPMPipeline(unet=tiny_unet2d, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS,
@@ -92,7 +92,7 @@ def test_ddpm_pipeline_runs_and_equals_manual_loop(tiny_unet2d):
 
 
 def test_ddpm_pipeline_equals_ddpm_scheduler_respaced(tiny_unet2d):
-    ours = SkippedStepScheduler(eta=1.0, clip_sample=True, timestep_spacing="trailing")
+    ours = SkippedStepScheduler(eta=1.0, solver_order=1, clip_sample=True, timestep_spacing="trailing")
     ref = DDPMScheduler(clip_sample=True, timestep_spacing="trailing")
     outs = []
     for sched in (ours, ref):
@@ -183,7 +183,7 @@ def sd_pipe(components, scheduler) -> StableDiffusionPipeline:
 
 
 def ours_sd(eta):
-    return SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, eta=eta, timestep_spacing="trailing")
+    return SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, eta=eta, solver_order=1, timestep_spacing="trailing")
 
 
 def run_sd(pipe, seed=0, output_type="latent", **kwargs):
@@ -264,7 +264,7 @@ def test_sd_pipeline_config_rewrite_is_obeyed(sd_components):
     """``StableDiffusionPipeline.__init__`` rewrites an outdated scheduler config (``clip_sample=True`` -> False,
     ``steps_offset`` -> 1) by replacing ``scheduler._internal_dict``; diffusers' schedulers read those keys at step
     time and follow. Ours must too, or its behaviour disagrees with its own (saved) config."""
-    sched = SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, eta=0.0, timestep_spacing="trailing",
+    sched = SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, eta=0.0, solver_order=1, timestep_spacing="trailing",
                                              clip_sample=True, steps_offset=0)
     pipe = sd_pipe(sd_components, sched)
     assert sched.config.clip_sample is False and sched.config.steps_offset == 1  # rewritten by the pipeline

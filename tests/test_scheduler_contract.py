@@ -110,7 +110,7 @@ def test_class_attributes_and_identities():
 
 
 def test_step_output_is_dataclass_and_tuple_agrees():
-    sched = SkippedStepScheduler(eta=0.7)
+    sched = SkippedStepScheduler(eta=0.7, solver_order=1)
     sched.set_timesteps(10)
     x = torch.randn(SHAPE)
     t = sched.timesteps[3]
@@ -133,7 +133,7 @@ def test_step_output_is_dataclass_and_tuple_agrees():
     variance_type=st.sampled_from(["fixed_small", "fixed_large", "learned_range"]),
 )
 def test_step_shape_and_dtype_property(batch, channels, spatial, dtype, eta, index, variance_type):
-    sched = SkippedStepScheduler(eta=eta, variance_type=variance_type)
+    sched = SkippedStepScheduler(eta=eta, solver_order=1, variance_type=variance_type)
     sched.set_timesteps(5)
     shape = (batch, channels, *spatial)
     g = torch.Generator().manual_seed(0)
@@ -234,7 +234,7 @@ def test_compatibles():
 # timesteps
 # ---------------------------------------------------------------------------------------------------------------
 def test_custom_timesteps():
-    sched = SkippedStepScheduler(eta=1.0)
+    sched = SkippedStepScheduler(eta=1.0, solver_order=1)
     ts = [901, 640, 333, 120, 5]
     sched.set_timesteps(timesteps=ts)
     assert sched.timesteps.tolist() == ts and sched.timesteps.dtype == torch.int64
@@ -261,7 +261,7 @@ def test_set_timesteps_device_argument():
 # the standard loop, generators and dtypes
 # ---------------------------------------------------------------------------------------------------------------
 def test_standard_loop_reproducible():
-    sched = SkippedStepScheduler(eta=1.0)
+    sched = SkippedStepScheduler(eta=1.0, solver_order=1)
     a = run_loop(sched, seed=11)
     b = run_loop(sched, seed=11)
     c = run_loop(sched, seed=12)
@@ -272,7 +272,7 @@ def test_standard_loop_reproducible():
 
 @pytest.mark.parametrize("eta", [1.0, 0.5, "linear:1:0"])
 def test_generator_list_gives_batch_independent_samples(eta):
-    sched = SkippedStepScheduler(eta=eta)
+    sched = SkippedStepScheduler(eta=eta, solver_order=1)
     seeds = [3, 1, 4, 1]
     batch = run_loop(sched, generator=[torch.Generator().manual_seed(s) for s in seeds], shape=(4, 3, 4, 4))
     for i, s in enumerate(seeds):
@@ -283,7 +283,7 @@ def test_generator_list_gives_batch_independent_samples(eta):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 5e-2)])
 def test_half_precision_computed_in_float32(dtype, tol):
-    sched = SkippedStepScheduler(eta=1.0)
+    sched = SkippedStepScheduler(eta=1.0, solver_order=1)
     sched.set_timesteps(10)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(SHAPE, generator=g).to(dtype)
@@ -321,7 +321,7 @@ def test_half_precision_computed_in_float32(dtype, tol):
     ],
 )
 def test_eta_schedule_resolution(eta, n, expected):
-    sched = SkippedStepScheduler(eta=eta)
+    sched = SkippedStepScheduler(eta=eta, solver_order=1)
     sched.set_timesteps(n)
     assert sched.eta_schedule == pytest.approx(expected, abs=1e-12)
 
@@ -329,7 +329,7 @@ def test_eta_schedule_resolution(eta, n, expected):
 def test_per_step_eta_list_drives_each_step():
     """eta=[0, 1, ...]: step 0 is a DDIM step, step 1 a skipped-step (DDPM) step."""
     n = 4
-    ours = SkippedStepScheduler(eta=[0.0, 1.0, 0.0, 1.0])
+    ours = SkippedStepScheduler(eta=[0.0, 1.0, 0.0, 1.0], solver_order=1)
     ddim = DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)
     ddpm = DDPMScheduler(timestep_spacing="trailing", clip_sample=False)
     for s in (ours, ddim, ddpm):
@@ -349,7 +349,7 @@ def test_per_step_eta_list_drives_each_step():
 
 
 def test_call_time_eta_overrides_one_step_only():
-    ours = SkippedStepScheduler(eta=1.0)
+    ours = SkippedStepScheduler(eta=1.0, solver_order=1)
     ddim = DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)
     ours.set_timesteps(10)
     ddim.set_timesteps(10)
