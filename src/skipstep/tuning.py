@@ -940,8 +940,24 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
                 accepted = {"ts": list(ts), "eta": list(base_eta), "f": start_values[name], "from": name}
     except _BudgetExhausted:
         stopped = True
+    start_val: dict[str, float] = {}
+    if val_noises and not stopped and len(start_values) > 1:
+        # choose the start on the fit and validation seeds together: one seed's noise can reorder close spacings
+        try:
+            for name, (ts, _) in starts.items():
+                start_val[name] = search.validate(ts, base_eta)
+        except _BudgetExhausted:
+            start_val = {}
+        if start_val:
+            k_fit, k_val = len(noises), len(val_noises)
+            pooled = {n: (k_fit * start_values[n] + k_val * start_val[n]) / (k_fit + k_val) for n in start_val}
+            name = min(pooled, key=pooled.get)
+            accepted = {"ts": list(starts[name][0]), "eta": list(base_eta), "f": start_values[name], "from": name}
+            log(f"  best start on fit + validation seeds: {name} ({metric} {pooled[name]:.5g})")
+    chosen_start = accepted["from"]
     stages.append({"stage": "spacings", "candidates": len(search.memo), "best": accepted["f"],
-                   "note": f"stopped by the {search.stopped_by}" if stopped else f"best: {accepted['from']}"})
+                   "note": f"stopped by the {search.stopped_by}" if stopped else f"best: {chosen_start}"
+                   + (" (fit + validation seeds)" if start_val else "")})
 
     def gate(stage: str, result: dict) -> str:
         """Accept a stage's result if it beats the accepted one on the fit seeds and (when there are validation
@@ -1013,8 +1029,9 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
             "fit_seeds": fit_seeds,
             "starts": {k: round(v, 6) for k, v in start_values.items()},
             "uniform_trailing": uniform,
-            "best_start": {"name": min(start_values, key=start_values.get), "value": min(start_values.values())}
-            if start_values else None,
+            "starts_validation": {k: round(v, 6) for k, v in start_val.items()},
+            "best_start": {"name": chosen_start, "value": start_values[chosen_start],
+                           "chosen_on": "fit + validation seeds" if start_val else "fit seeds"},
             "tuned": value,
             "validation_seeds": val_seeds,
             "validation": {"tuned": search.val_memo.get((tuple(ts), tuple(round(e, 6) for e in eta_best[:-1])))},
