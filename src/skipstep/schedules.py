@@ -212,7 +212,22 @@ class DiscreteVPPath(GaussianPath):
         return torch.as_tensor(np.interp(lam.numpy(), xs.numpy(), ts.numpy()))
 
 
-class ContinuousVPPath(GaussianPath):
+class _ContinuousTimePath(GaussianPath):
+    """A path on a continuous time interval ``[t_min, t_max]`` (clean data at ``t = 0``)."""
+
+    _t_min: float
+    _t_max: float
+
+    @property
+    def t_min(self) -> float:
+        return self._t_min
+
+    @property
+    def t_max(self) -> float:
+        return self._t_max
+
+
+class ContinuousVPPath(_ContinuousTimePath):
     """Continuous-time VP path on ``t in [t_min, 1]`` (Song et al. 2021).
 
     ``linear``: ``log alpha(t) = -(beta_max - beta_min) t^2 / 4 - beta_min t / 2``.
@@ -231,14 +246,6 @@ class ContinuousVPPath(GaussianPath):
             raise ValueError("the cosine VP path needs t_max <= 0.9946 (alpha vanishes there)")
         self.schedule, self.beta_min, self.beta_max = schedule, float(beta_min), float(beta_max)
         self._t_min, self._t_max = float(t_min), float(t_max)
-
-    @property
-    def t_min(self) -> float:
-        return self._t_min
-
-    @property
-    def t_max(self) -> float:
-        return self._t_max
 
     def _log_alpha(self, t: torch.Tensor) -> torch.Tensor:
         if self.schedule == "linear":
@@ -266,7 +273,7 @@ class ContinuousVPPath(GaussianPath):
         return torch.acos(torch.exp(log_alpha) * c) * 2 / math.pi * (1 + s) - s
 
 
-class RectifiedFlowPath(GaussianPath):
+class RectifiedFlowPath(_ContinuousTimePath):
     """``x_t = (1 - t) x_0 + t eps`` on ``t in [0, 1]`` (rectified flow / flow matching).
 
     ``t = 1`` is pure noise (``alpha = 0``), so samplers may start there. Diffusers' flow schedulers call this
@@ -278,14 +285,6 @@ class RectifiedFlowPath(GaussianPath):
         if not (0 < t_min < t_max <= 1):
             raise ValueError(f"need 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
         self._t_min, self._t_max = float(t_min), float(t_max)
-
-    @property
-    def t_min(self) -> float:
-        return self._t_min
-
-    @property
-    def t_max(self) -> float:
-        return self._t_max
 
     def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         t = _as_time_tensor(t)
