@@ -300,6 +300,19 @@ def _pair_metrics(spec: ModelSpec, a: torch.Tensor, b: torch.Tensor) -> dict[str
 # --------------------------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------------------------
+def read_pinned_config(config_file: Path, overwrite: bool, error: type[Exception]) -> dict | None:
+    """The configuration an output directory was made with (its config.json), or None if it has none; a corrupt
+    file raises ``error`` unless ``overwrite`` (then it is treated as absent)."""
+    if not config_file.is_file():
+        return None
+    try:
+        return json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        if not overwrite:
+            raise error(f"{config_file} is corrupt ({err}); use --overwrite to start afresh") from err
+        return None
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -433,14 +446,8 @@ def _prepare_dir(cfg: BenchConfig, spec: ModelSpec, skipped: dict[str, str] | No
     identity = _identity(cfg, spec)
     settings = {name: sampler_settings(get_sampler(name)) for name in cfg.samplers}
     config_file = out / "config.json"
-    previous = None
-    if config_file.is_file():
-        try:
-            previous = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            if not cfg.overwrite:
-                raise BenchConfigError(f"{config_file} is corrupt ({err}); use --overwrite to start afresh") from err
-    elif out.exists() and any(out.iterdir()) and not cfg.overwrite:
+    previous = read_pinned_config(config_file, cfg.overwrite, BenchConfigError)
+    if not config_file.is_file() and out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise BenchConfigError(f"{out} is not empty and holds no skipstep benchmark (no config.json); choose "
                                "another --out or pass --overwrite")
     if previous is not None:

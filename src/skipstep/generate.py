@@ -48,7 +48,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .bench import _atomic_write_bytes, _atomic_write_json, sampler_settings
+from .bench import _atomic_write_bytes, _atomic_write_json, read_pinned_config, sampler_settings
 from .models import ModelSpec, load_model
 from .samplers import (CallCounter, build_scheduler, check_sampler_for_model, get_sampler, run_standard_loop,
                        scheduler_config_for, steps_for_nfe)
@@ -308,16 +308,10 @@ def _prepare_dir(cfg: GenerateConfig, identity: dict[str, Any], model_info: dict
     stale temporary files, log this run, and return ``{"missing": [...], "done": n}``."""
     out = cfg.out
     config_file = out / "config.json"
-    previous = None
-    if config_file.is_file():
-        try:
-            previous = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            if not cfg.overwrite:
-                raise GenerateConfigError(f"{config_file} is corrupt ({err}); use --overwrite to start afresh") from err
-    elif out.exists() and not out.is_dir():
+    previous = read_pinned_config(config_file, cfg.overwrite, GenerateConfigError)
+    if out.exists() and not out.is_dir():
         raise GenerateConfigError(f"--out {out} is not a directory")
-    elif out.exists() and any(out.iterdir()) and not cfg.overwrite:
+    if not config_file.is_file() and out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise GenerateConfigError(f"{out} is not empty and holds no skipstep generate output (no config.json); "
                                   "choose another --out or pass --overwrite")
     if previous is not None:
