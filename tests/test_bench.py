@@ -58,7 +58,8 @@ def test_results_schema_and_files(tmp_path):
     for r in records:
         assert RECORD_KEYS <= set(r)
         assert r["model"] == "tiny-gmm" and r["num_samples"] == 12
-        assert isinstance(r["metrics"], dict) and r["seconds"] > 0
+        duration = r["seconds"]  # schema: the cell's sampling time is recorded (a value, not a threshold)
+        assert isinstance(r["metrics"], dict) and isinstance(duration, float) and duration > 0.0
         for name in ("fd", "sw", "mode_tv", "spread_ratio") if r["metrics"].get("fd") is not None else ("sw",):
             assert isinstance(r["metrics"][name], float)
         # honest NFE: heun spends 2k-1 evaluations, the others one per step
