@@ -31,8 +31,7 @@ STEPS = 10
 HW = 32  # latents 16x16
 PROMPT = "a photo of a cat"
 GUIDANCE = 5.0
-SD_CONFIG = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
-                 timestep_spacing="leading", clip_sample=False, set_alpha_to_one=False)
+SD_CONFIG = tiny_models.SD_SCHEDULER_CONFIG
 
 
 

@@ -22,6 +22,8 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
+from tiny_models import SD_SCHEDULER_CONFIG
+
 from skipstep import SkippedStepScheduler
 
 transformers = pytest.importorskip("transformers")
@@ -106,15 +108,7 @@ def test_ddpm_pipeline_equals_ddpm_scheduler_respaced(tiny_unet2d):
 # ---------------------------------------------------------------------------------------------------------------
 # StableDiffusionPipeline
 # ---------------------------------------------------------------------------------------------------------------
-SD_CONFIG = dict(
-    beta_schedule="scaled_linear",
-    beta_start=0.00085,
-    beta_end=0.012,
-    steps_offset=1,
-    timestep_spacing="leading",
-    clip_sample=False,
-    set_alpha_to_one=False,
-)
+SD_CONFIG = SD_SCHEDULER_CONFIG
 PROMPT = "a photo of a cat"
 GUIDANCE = 5.0
 HW = 32  # the vae downsamples x2: 16x16 latents

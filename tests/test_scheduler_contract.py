@@ -17,6 +17,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tiny_models import SD_SCHEDULER_CONFIG
+
 from skipstep import SkippedStepScheduler, SkippedStepSchedulerOutput
 
 SHAPE = (2, 3, 4, 4)
@@ -44,15 +46,7 @@ def run_loop(sched, n=10, seed=0, shape=SHAPE, generator=None, dtype=torch.float
     return x
 
 
-SD_LIKE = dict(
-    beta_schedule="scaled_linear",
-    beta_start=0.00085,
-    beta_end=0.012,
-    steps_offset=1,
-    timestep_spacing="leading",
-    clip_sample=False,
-    set_alpha_to_one=False,
-)
+SD_LIKE = SD_SCHEDULER_CONFIG
 
 
 # ---------------------------------------------------------------------------------------------------------------

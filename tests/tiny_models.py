@@ -19,6 +19,19 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+
+#: A Stable-Diffusion-style scheduler config (the one SD 1.x ships): scaled_linear betas, leading spacing with
+#: steps_offset=1, no clipping, DDIM's set_alpha_to_one=False.
+SD_SCHEDULER_CONFIG = dict(
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    steps_offset=1,
+    timestep_spacing="leading",
+    clip_sample=False,
+    set_alpha_to_one=False,
+)
+
 TOKENIZER_MAX_LENGTH = 16
 
 
