@@ -1,7 +1,7 @@
 """Quality vs NFE of flow samplers on the exact Gaussian-mixture testbed under the rectified-flow path.
 
-The model is :class:`skipstep.testbeds.gmm.GMMDenoiser` with ``prediction_type="flow"`` on
-:class:`skipstep.schedules.RectifiedFlowPath` -- the exact velocity ``E[eps - x0 | x_t]`` of the digits mixture
+The model is :class:`skipstep.lab.testbeds.gmm.GMMDenoiser` with ``prediction_type="flow"`` on
+:class:`skipstep.paths.RectifiedFlowPath` -- the exact velocity ``E[eps - x0 | x_t]`` of the digits mixture
 (one mode per 8x8 digit image, std 0.05), so every error is the sampler's. Every sampler runs the standard diffusers
 loop (``set_timesteps(n)``; ``for t in timesteps: x = step(model(x, sigma_t), t, x)``) with the same initial noise
 per seed and the same sigmas (``FlowMatchEulerDiscreteScheduler``'s, ``shift`` as given).
@@ -20,8 +20,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from skipstep import RectifiedFlowPath, SkippedStepFlowScheduler
-from skipstep.metrics import mixture_metrics, sliced_wasserstein
-from skipstep.testbeds.gmm import GMMDenoiser, digits_mixture
+from skipstep.lab.metrics import mixture_metrics, sliced_wasserstein
+from skipstep.lab.testbeds.gmm import GMMDenoiser, digits_mixture
 
 SAMPLERS = {
     "skipstep eta=1": dict(eta=1.0),

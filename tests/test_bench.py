@@ -11,10 +11,12 @@ import os
 import pytest
 import torch
 
-from skipstep import bench
-from skipstep.bench import BenchConfig, BenchConfigError, BenchInterrupted, run_bench
-from skipstep.models import ModelLoadError, load_gmm, load_model, register_model
-from skipstep.samplers import (
+from skipstep.lab import bench
+from skipstep.lab.run_dirs import load_tensor
+from skipstep.lab.sample_sets import initial_noise
+from skipstep.lab.bench import BenchConfig, BenchConfigError, BenchInterrupted, run_bench
+from skipstep.lab.models import ModelLoadError, load_gmm, load_model, register_model
+from skipstep.lab.sampler_registry import (
     SamplerError,
     available_samplers,
     build_scheduler,
@@ -85,12 +87,12 @@ def test_same_noise_for_every_sampler_of_a_seed(tmp_path):
     ``t - T // k`` while the next visited timestep is one lower, so the two differ slightly there.)"""
     c = cfg(tmp_path, samplers=["skipstep", "ddpm", "skipstep-ddim", "ddim"], nfes=[4], seeds=[5])
     run_bench(c, log=quiet)
-    load = lambda s: bench._load_tensor(c.out / "cells" / s / "nfe4_seed5.safetensors")  # noqa: E731
+    load = lambda s: load_tensor(c.out / "cells" / s / "nfe4_seed5.safetensors")  # noqa: E731
     torch.testing.assert_close(load("skipstep"), load("ddpm"), atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(load("skipstep-ddim"), load("ddim"), atol=2e-5, rtol=1e-4)
     assert not torch.allclose(load("skipstep"), load("ddim"))
     # and the same initial noise regardless of batch size
-    assert torch.equal(bench.initial_noise(5, 12, (1, 8, 8))[:4], bench.initial_noise(5, 4, (1, 8, 8)))
+    assert torch.equal(initial_noise(5, 12, (1, 8, 8))[:4], initial_noise(5, 4, (1, 8, 8)))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -271,7 +273,7 @@ def test_missing_or_corrupt_weights_name_the_file(tmp_path):
 
 
 def test_clip_mode_follows_the_model_config(tmp_path):
-    from skipstep.bench import apply_clip_mode
+    from skipstep.lab.bench import apply_clip_mode
 
     spec = load_model(str(save_tiny_unet(tmp_path / "u")))  # DDPMScheduler's default: clip_sample=True
     assert "clipped to [-1, 1]" in apply_clip_mode(spec, "model")

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from skipstep import cli
-from skipstep.models import load_gmm, register_model
+from skipstep.lab import cli
+from skipstep.lab.models import load_gmm, register_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from skipstep.testbeds.digits import (
+from skipstep.lab.testbeds.digits import (
     DIGIT_CLASSIFIER_DIR,
     DIGITS_UNET_DIR,
     DigitClassifier,

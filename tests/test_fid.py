@@ -1,4 +1,4 @@
-"""Standard-FID plumbing (``skipstep.fid``) with stand-in feature networks: nothing here has real Inception
+"""Standard-FID plumbing (``skipstep.lab.fid``) with stand-in feature networks: nothing here has real Inception
 weights, and nothing may try to download them (sockets are blocked and watched)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import skipstep.fid as F
-import skipstep.generate as G
-from skipstep import cli
-from skipstep.metrics import gaussian_stats
-from skipstep.models import load_gmm, register_model
+import skipstep.lab.fid as F
+import skipstep.lab.generate as G
+from skipstep.lab import cli
+from skipstep.lab.metrics import gaussian_stats
+from skipstep.lab.models import load_gmm, register_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -216,7 +216,7 @@ def test_generate_writes_feature_stats_and_an_fid(tmp_path):
 
 
 def test_bench_reports_fd_in_the_chosen_feature_space(tmp_path):
-    from skipstep.bench import BenchConfig, run_bench
+    from skipstep.lab.bench import BenchConfig, run_bench
 
     ref = tmp_path / "ref.npz"
     ext = F.as_feature_extractor(tiny_features)

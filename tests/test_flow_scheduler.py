@@ -17,8 +17,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from skipstep import RectifiedFlowPath, SkippedStepFlowScheduler, SkippedStepScheduler
-from skipstep.metrics import mixture_metrics, sliced_wasserstein
-from skipstep.testbeds.gmm import GaussianMixture, GMMDenoiser
+from skipstep.lab.metrics import mixture_metrics, sliced_wasserstein
+from skipstep.lab.testbeds.gmm import GaussianMixture, GMMDenoiser
 
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import skipstep.generate as G
-from skipstep import cli
-from skipstep.models import load_model
+import skipstep.lab.generate as G
+from skipstep.lab import cli
+from skipstep.lab.models import load_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -135,7 +135,7 @@ def test_torchrun_two_processes_match_one_process_bit_for_bit(reference_run, tmp
     out = tmp_path / "two-processes"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "skipstep.cli", *_cli_args(out)]
+           f"--master_port={_free_port()}", "-m", "skipstep.lab.cli", *_cli_args(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "world size 2" in proc.stdout

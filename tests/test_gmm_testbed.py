@@ -7,8 +7,8 @@ import torch
 
 import skipstep
 from skipstep.predictions import predict_x0_eps
-from skipstep.schedules import ContinuousVPPath, DiscreteVPPath, RectifiedFlowPath
-from skipstep.testbeds.gmm import EvalCount, GaussianMixture, GMMDenoiser, digits_mixture
+from skipstep.paths import ContinuousVPPath, DiscreteVPPath, RectifiedFlowPath
+from skipstep.lab.testbeds.gmm import EvalCount, GaussianMixture, GMMDenoiser, digits_mixture
 
 
 MEANS_2D = [[-1.0, 0.0], [1.0, 0.5], [0.0, -1.5]]
@@ -271,7 +271,7 @@ def test_digits_mixture_and_image_batches():
     assert not torch.equal(digits_mixture(num_means=200, seed=1).means, mix.means)
     full = digits_mixture()
     assert full.num_modes >= 200
-    from skipstep.testbeds.digits import load_digits_images, load_digits_labels
+    from skipstep.lab.testbeds.digits import load_digits_images, load_digits_labels
 
     assert torch.equal(full.means, load_digits_images("train").double().reshape(full.num_modes, -1))
     assert torch.equal(full.labels, load_digits_labels("train"))

@@ -7,10 +7,10 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from skipstep import DiscreteVPPath, SkippedStepScheduler, sample
-from skipstep.analytic import estimate_eps_mse, load_eps_mse, save_eps_mse
+from skipstep.optimal_variance import estimate_eps_mse, load_eps_mse, save_eps_mse
 from skipstep.posterior import gaussian_posterior, multistep_x0_weights
 from skipstep.steps import optimal_noise_variance
-from skipstep.testbeds.gmm import GaussianMixture, GMMDenoiser
+from skipstep.lab.testbeds.gmm import GaussianMixture, GMMDenoiser
 
 PATH = DiscreteVPPath.from_config({})
 

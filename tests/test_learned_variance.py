@@ -24,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 import skipstep
 from skipstep import DiscreteVPPath, SkippedStepScheduler
 from skipstep.pipelines import LearnedVarianceDiTPipeline
-from skipstep.testbeds.gmm import GaussianMixture, GMMDenoiser
+from skipstep.lab.testbeds.gmm import GaussianMixture, GMMDenoiser
 
 import tiny_models
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from skipstep.metrics import (
+from skipstep.lab.metrics import (
     GaussianStats,
     compute_features,
     feature_frechet_distance,

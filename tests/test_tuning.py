@@ -11,27 +11,26 @@ import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from skipstep import SkippedStepScheduler, cli, sample
-from skipstep.bench import BenchConfig, run_bench
-from skipstep.models import load_gmm, load_model, register_model
-from skipstep.samplers import CallCounter, SamplerError, get_sampler, steps_for_nfe
-from skipstep.schedules import DiscreteVPPath
+from skipstep import SkippedStepScheduler, sample
+from skipstep.lab import cli
+from skipstep.lab.bench import BenchConfig, run_bench
+from skipstep.lab.models import load_gmm, load_model, register_model
+from skipstep.lab.sampler_registry import CallCounter, SamplerError, get_sampler, steps_for_nfe
+from skipstep.paths import DiscreteVPPath
 from skipstep.timesteps import select_timesteps
-from skipstep.tuning import (
-    SCHEDULES_DIR,
+from skipstep.lab.tune import tune_schedule
+from skipstep.lab.tune_search import (
     BaseSampler,
     CommonNoise,
     Objective,
-    ScheduleError,
     SpacingParams,
-    TunedSchedule,
     draw_samples,
     family_timesteps,
-    load_schedule,
     reference_samples,
     resolve_base,
-    tune_schedule,
 )
+from skipstep.tuned_schedules import TUNED_SCHEDULES_DIR as SCHEDULES_DIR
+from skipstep.tuned_schedules import TunedSchedule, TunedScheduleError, load_schedule
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -78,7 +77,7 @@ def test_file_round_trip(tmp_path):
 def test_save_refuses_to_overwrite_without_the_flag(tmp_path):
     path = make_schedule().save(tmp_path / "s.json")
     other = make_schedule(eta=[0.0] * 4)
-    with pytest.raises(ScheduleError, match=r"already exists.*overwrite"):
+    with pytest.raises(TunedScheduleError, match=r"already exists.*overwrite"):
         other.save(path)
     assert load_schedule(path).eta == [1.0, 0.0, 0.5, 0.0]
     other.save(path, overwrite=True)
@@ -88,11 +87,11 @@ def test_save_refuses_to_overwrite_without_the_flag(tmp_path):
 
 def test_load_refuses_another_model_T_or_nfe_with_the_reason(tmp_path):
     path = make_schedule().save(tmp_path / "s.json")
-    with pytest.raises(ScheduleError, match=r"fingerprint abc123.*fingerprint is zzz.*not valid for another"):
+    with pytest.raises(TunedScheduleError, match=r"fingerprint abc123.*fingerprint is zzz.*not valid for another"):
         load_schedule(path, model_fingerprint="zzz")
-    with pytest.raises(ScheduleError, match=r"T=1000 .*T=500"):
+    with pytest.raises(TunedScheduleError, match=r"T=1000 .*T=500"):
         load_schedule(path, num_train_timesteps=500)
-    with pytest.raises(ScheduleError, match=r"tuned for NFE=4, but NFE=5 was asked"):
+    with pytest.raises(TunedScheduleError, match=r"tuned for NFE=4, but NFE=5 was asked"):
         load_schedule(path, nfe=5)
     assert load_schedule(path, model_fingerprint="abc123", num_train_timesteps=1000, nfe=4).nfe == 4
 
@@ -112,13 +111,13 @@ def test_load_refuses_another_model_T_or_nfe_with_the_reason(tmp_path):
 def test_corrupt_file_names_the_file(tmp_path, content, reason):
     path = tmp_path / "broken.json"
     path.write_text(content)
-    with pytest.raises(ScheduleError, match=reason) as exc:
+    with pytest.raises(TunedScheduleError, match=reason) as exc:
         load_schedule(path)
     assert str(path) in str(exc.value)
 
 
 def test_missing_file_names_the_file(tmp_path):
-    with pytest.raises(ScheduleError, match="not found.*nope.json"):
+    with pytest.raises(TunedScheduleError, match="not found.*nope.json"):
         load_schedule(tmp_path / "nope.json")
 
 
@@ -146,17 +145,17 @@ def test_scheduler_config_round_trip(tmp_path):
 def test_scheduler_refuses_what_contradicts_the_schedule():
     s = make_schedule()
     sched = SkippedStepScheduler(tuned_schedule=s.to_dict())
-    with pytest.raises(ScheduleError, match="tuned for NFE=4, but NFE=10"):
+    with pytest.raises(TunedScheduleError, match="tuned for NFE=4, but NFE=10"):
         sched.set_timesteps(10)
-    with pytest.raises(ScheduleError, match="explicit timesteps are refused"):
+    with pytest.raises(TunedScheduleError, match="explicit timesteps are refused"):
         sched.set_timesteps(timesteps=[900, 100])
-    with pytest.raises(ScheduleError, match=r"T=1000 .*T=500"):
+    with pytest.raises(TunedScheduleError, match=r"T=1000 .*T=500"):
         SkippedStepScheduler(num_train_timesteps=500, tuned_schedule=s.to_dict())
-    with pytest.raises(ScheduleError, match=r"solver_order=3 \(the schedule's is 2\)"):
+    with pytest.raises(TunedScheduleError, match=r"solver_order=3 \(the schedule's is 2\)"):
         SkippedStepScheduler(solver_order=3, tuned_schedule=s.to_dict())
-    with pytest.raises(ScheduleError, match=r"eta=0.3"):
+    with pytest.raises(TunedScheduleError, match=r"eta=0.3"):
         SkippedStepScheduler(eta=0.3, tuned_schedule=s.to_dict())
-    with pytest.raises(ScheduleError, match=r"variance_type='fixed_large'"):
+    with pytest.raises(TunedScheduleError, match=r"variance_type='fixed_large'"):
         SkippedStepScheduler(variance_type="fixed_large", tuned_schedule=s.to_dict())
     # the schedule's own values are fine
     SkippedStepScheduler(eta=s.eta, solver_order=2, tuned_schedule=s.to_dict()).set_timesteps(4)
@@ -166,8 +165,8 @@ def test_scheduler_and_sample_give_the_same_samples(gmm, tmp_path):
     s = make_schedule(model_fingerprint=gmm.fingerprint)
     path = s.save(tmp_path / "s.json")
     shape = (6, *gmm.sample_shape)
-    ref = sample(gmm.model, shape, schedule=s, generator=torch.Generator().manual_seed(0), progress=False)
-    from_file = sample(gmm.model, shape, schedule=str(path), generator=torch.Generator().manual_seed(0),
+    ref = sample(gmm.model, shape, tuned_schedule=s, generator=torch.Generator().manual_seed(0), progress=False)
+    from_file = sample(gmm.model, shape, tuned_schedule=str(path), generator=torch.Generator().manual_seed(0),
                        progress=False)
     sched = SkippedStepScheduler.from_config(gmm.scheduler_config, **s.scheduler_kwargs())
     g = torch.Generator().manual_seed(0)
@@ -177,12 +176,12 @@ def test_scheduler_and_sample_give_the_same_samples(gmm, tmp_path):
         x = sched.step(gmm.model(x, t.reshape(1).expand(shape[0])), t, x, generator=g).prev_sample
     torch.testing.assert_close(ref, from_file, rtol=0, atol=0)
     torch.testing.assert_close(x, ref, rtol=0, atol=0)
-    with pytest.raises(ScheduleError, match="either timesteps or a tuned schedule"):
-        sample(gmm.model, shape, schedule=s, timesteps=[900, 100], progress=False)
-    with pytest.raises(ScheduleError, match="solver_order=3"):
-        sample(gmm.model, shape, schedule=s, solver_order=3, progress=False)
-    with pytest.raises(ScheduleError, match="NFE=7"):
-        sample(gmm.model, shape, schedule=s, num_steps=7, progress=False)
+    with pytest.raises(TunedScheduleError, match="either timesteps or a tuned schedule"):
+        sample(gmm.model, shape, tuned_schedule=s, timesteps=[900, 100], progress=False)
+    with pytest.raises(TunedScheduleError, match="solver_order=3"):
+        sample(gmm.model, shape, tuned_schedule=s, solver_order=3, progress=False)
+    with pytest.raises(TunedScheduleError, match="NFE=7"):
+        sample(gmm.model, shape, tuned_schedule=s, num_steps=7, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,7 +245,7 @@ def test_search_is_never_worse_than_its_best_start_and_beats_uniform(gmm, tmp_pa
     assert counter.calls == 1 + budget["nfe_used"] + 5 * 2 * 4  # probe + search + 5 rows x 2 eval seeds x NFE 4
     assert s.solver_order == 2 and s.model_fingerprint == gmm.fingerprint and s.fit_seeds == [0]
     # common random numbers make the objective reproducible: re-evaluating the result gives the recorded value
-    reference, _ = reference_samples(gmm, 96, cache_dir=tmp_path, batch_size=96)
+    reference, _ = reference_samples(gmm, 96, directory=tmp_path, batch_size=96)
     x = draw_samples(gmm, gmm.model, s.timesteps, s.eta, resolve_base("skipstep-eta0.5", 2), CommonNoise(0, 96, (1, 8, 8)),
                      batch_size=96)
     assert Objective(gmm, reference, "fd")(x) == pytest.approx(obj["tuned"], rel=1e-6)

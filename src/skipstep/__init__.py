@@ -2,24 +2,27 @@
 
 The core is one function, :func:`skipstep.posterior.gaussian_posterior` -- the exact posterior
 ``q(x_s | x_t, x_0)`` across skipped steps of any Gaussian path -- and the DDIM family built on it.
+The measurement harness (benchmarks, tuning, generation, testbeds) lives in :mod:`skipstep.lab`, which this
+library never imports.
 """
 
 from .diffusers_schedulers import SkippedStepScheduler, SkippedStepSchedulerOutput
 from .flow_schedulers import SkippedStepFlowScheduler, SkippedStepFlowSchedulerOutput
+from .paths import ContinuousVPPath, DiscreteVPPath, GaussianPath, RectifiedFlowPath, make_betas
+from .plan import plan_steps, resolve_eta_schedule
 from .posterior import Posterior, gaussian_posterior
 from .predictions import PREDICTION_TYPES, X0Clipping
-from .plan import plan_steps
-from .sampling import DEFAULT_ETA, sample
-from .schedules import ContinuousVPPath, DiscreteVPPath, GaussianPath, RectifiedFlowPath, make_betas
-from .steps import VARIANCE_TYPES, resolve_eta_schedule
+from .sampling import sample
+from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, VARIANCE_TYPES
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps
-from .tuning import TunedSchedule, load_schedule
+from .tuned_schedules import TunedSchedule, TunedScheduleError, load_schedule, load_tuned_schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ContinuousVPPath",
     "DEFAULT_ETA",
+    "DEFAULT_SOLVER_ORDER",
     "DiscreteVPPath",
     "GaussianPath",
     "PREDICTION_TYPES",
@@ -31,10 +34,12 @@ __all__ = [
     "SkippedStepScheduler",
     "SkippedStepSchedulerOutput",
     "TunedSchedule",
+    "TunedScheduleError",
     "VARIANCE_TYPES",
     "X0Clipping",
     "gaussian_posterior",
     "load_schedule",
+    "load_tuned_schedule",
     "make_betas",
     "plan_steps",
     "resolve_eta_schedule",

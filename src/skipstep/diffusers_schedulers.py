@@ -21,12 +21,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from .paths import DiscreteVPPath, flow_config_reason
+from .plan import PlannedStep, plan_steps, resolve_eta_schedule
 from .predictions import X0Clipping, check_prediction_type
-from .plan import PlannedStep, plan_steps
-from .sampling import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, TrajectoryStepper
-from .schedules import DiscreteVPPath
-from .steps import StepConfig, canonical_variance_type, resolve_eta_schedule
+from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps
+from .tuned_schedules import scheduler_settings_from_schedule
 
 _STEP_KWARGS = ("eta", "variance_noise", "use_clipped_model_output")
 
@@ -58,9 +58,9 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             still one model evaluation per step, so the class attribute ``order`` stays 1 as for diffusers'
             multistep solvers).
         eps_mse: the model's ``E||eps - eps_hat(x_t, t)||^2 / d`` per training timestep, for the optimal variance
-            (:func:`skipstep.analytic.estimate_eps_mse`).
+            (:func:`skipstep.optimal_variance.estimate_eps_mse`).
         data_half_range: half-width of the data range, bounding the optimal variance (1.0 for data in [-1, 1]).
-        tuned_schedule: a tuned schedule (:class:`skipstep.tuning.TunedSchedule`, its dict or a file path; stored
+        tuned_schedule: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule`, its dict or a file path; stored
             as its dict). It fixes the timesteps (``set_timesteps`` accepts only its NFE and no explicit list),
             ``eta``, ``solver_order`` and ``variance_type``: config values left at their defaults are rewritten to
             the schedule's, non-default conflicting ones are refused, as is another ``num_train_timesteps``.
@@ -82,8 +82,6 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         ``prediction_type='flow_prediction'``) is refused with the reason instead of silently becoming a default
         DDPM chain (diffusers drops the keys it does not know); use :class:`skipstep.SkippedStepFlowScheduler`."""
         if isinstance(config, dict):
-            from .flow_schedulers import flow_config_reason
-
             reason = flow_config_reason({**config, **kwargs})
             if reason is not None:
                 raise ValueError(
@@ -121,8 +119,6 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         check_prediction_type(prediction_type)
         self._tuned = None
         if tuned_schedule is not None:  # it fixes eta, solver_order, variance_type and the timesteps
-            from .tuning import scheduler_settings_from_schedule
-
             self._tuned, fixed = scheduler_settings_from_schedule(tuned_schedule, num_train_timesteps, eta,
                                                                   solver_order, variance_type)
             eta, solver_order, variance_type = fixed["eta"], fixed["solver_order"], fixed["variance_type"]
@@ -153,7 +149,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             data_half_range=data_half_range,
         )
         if self.step_config.variance_type == "optimal" and eps_mse is None:
-            raise ValueError("variance_type 'optimal' needs eps_mse (see skipstep.analytic.estimate_eps_mse)")
+            raise ValueError("variance_type 'optimal' needs eps_mse (see skipstep.optimal_variance.estimate_eps_mse)")
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.custom_timesteps = False

@@ -13,7 +13,7 @@ What it shares with diffusers and what with skipstep's core:
   config keys, so they agree bit for bit (float32, ``timesteps = sigmas * num_train_timesteps``), now and as diffusers
   adds options.
 * **How it steps** comes from the core, nothing else: the rectified-flow path (``alpha = 1 - sigma``,
-  ``sigma = sigma``; :class:`~skipstep.schedules.RectifiedFlowPath`), the ``flow`` prediction (``v = eps - x0``,
+  ``sigma = sigma``; :class:`~skipstep.paths.RectifiedFlowPath`), the ``flow`` prediction (``v = eps - x0``,
   so ``x0_hat = x_t - sigma_t v``; :func:`~skipstep.predictions.predict_x0_eps`), the step plan
   (:func:`~skipstep.plan.plan_steps`) and the posterior step (:func:`~skipstep.steps.posterior_step`) with its eta
   family and multistep orders. ``eta = 1`` draws ``x_s ~ q(x_s | x_t, x0_hat)``, the exact posterior of the flow
@@ -45,10 +45,9 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchE
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from .plan import PlannedStep, plan_steps
-from .sampling import DEFAULT_ETA, TrajectoryStepper
-from .schedules import RectifiedFlowPath
-from .steps import StepConfig, resolve_eta_schedule
+from .paths import RectifiedFlowPath, vp_config_reason
+from .plan import PlannedStep, plan_steps, resolve_eta_schedule
+from .steps import DEFAULT_ETA, StepConfig, TrajectoryStepper
 
 logger = logging.getLogger(__name__)
 
@@ -57,41 +56,9 @@ _SIGMA_KEYS = tuple(
     name for name in inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters
     if name not in ("self", "stochastic_sampling", "invert_sigmas")
 )
-#: keys that only a variance-preserving (DDPM-chain) scheduler config has
-_VP_KEYS = ("beta_schedule", "beta_start", "beta_end", "trained_betas")
 #: step() keyword arguments of FlowMatchEulerDiscreteScheduler that it ignores itself (churn is not implemented there)
 _IGNORED_EULER_KWARGS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 _STEP_KWARGS = ("eta", "variance_noise", "per_token_timesteps") + _IGNORED_EULER_KWARGS
-
-
-def flow_config_reason(config) -> str | None:
-    """Why ``config`` describes a flow-matching (rectified-flow) scheduler, or ``None`` if it does not.
-
-    A config is a flow config if it has ``shift`` (every FlowMatch* scheduler), ``use_flow_sigmas=True``
-    (UniPC/DPM-Solver/DEIS run on flow sigmas, e.g. Wan) or ``prediction_type='flow_prediction'``.
-    """
-    cfg = dict(config or {})
-    if "shift" in cfg:
-        return f"it has the flow-matching key 'shift' (={cfg['shift']!r})"
-    if cfg.get("use_flow_sigmas"):
-        return "it has use_flow_sigmas=True"
-    if cfg.get("prediction_type") in ("flow_prediction", "flow"):
-        return f"it has prediction_type={cfg['prediction_type']!r}"
-    return None
-
-
-def vp_config_reason(config) -> str | None:
-    """Why ``config`` describes a variance-preserving DDPM chain and not a flow, or ``None``."""
-    cfg = dict(config or {})
-    if flow_config_reason(cfg) is not None:
-        return None
-    present = [k for k in _VP_KEYS if k in cfg]
-    if present:
-        what = ", ".join(f"{k}={cfg[k]!r}" for k in present if k != "trained_betas")
-        return f"it has the variance-preserving chain key(s) {present}" + (f" ({what})" if what else "")
-    if cfg.get("prediction_type") in ("epsilon", "v_prediction", "sample"):
-        return f"it has prediction_type={cfg['prediction_type']!r} (a diffusion, not a flow, parameterisation)"
-    return None
 
 
 @dataclass
@@ -365,6 +332,4 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
 __all__ = [
     "SkippedStepFlowScheduler",
     "SkippedStepFlowSchedulerOutput",
-    "flow_config_reason",
-    "vp_config_reason",
 ]

@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 
-from .schedules import GaussianPath
+from .paths import GaussianPath
+from .predictions import unwrap_model_output
 
 
 def classifier_guided(
@@ -39,9 +40,7 @@ def classifier_guided(
     scale = float(scale)
 
     def guided(x_t: torch.Tensor, t, **kwargs):
-        out = model(x_t, t, **kwargs)
-        if not isinstance(out, torch.Tensor):
-            out = out.sample if hasattr(out, "sample") else out[0]
+        out = unwrap_model_output(model(x_t, t, **kwargs))
         channels = x_t.shape[1]
         eps = out[:, :channels] if learned_variance else out
         if tuple(eps.shape) != tuple(x_t.shape):

@@ -9,14 +9,86 @@ share this plan, so the loop body is a handful of tensor operations.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from .paths import GaussianPath
 from .posterior import Posterior, gaussian_posterior, multistep_x0_weights
-from .schedules import GaussianPath
-from .steps import resolve_eta_schedule
+
+# ----------------------------------------------------------------------------------------------------------------
+# eta schedules
+# ----------------------------------------------------------------------------------------------------------------
+_SWITCH = re.compile(r"^(skip-ddim|ddim-skip):([0-9]*\.?[0-9]+)$")
+_LINEAR = re.compile(r"^linear:([0-9]*\.?[0-9]+):([0-9]*\.?[0-9]+)$")
+ETA_SCHEDULE_FORMS = (
+    "a number in [0, 1] (constant)",
+    "a list of numbers in [0, 1], one per step",
+    "'linear:A:B' (eta ramps from A at the first step to B at the last)",
+    "'skip-ddim:K' (skipped-step eta=1 for the first K steps, then DDIM eta=0; K an integer, or a fraction in (0,1) "
+    "of the steps)",
+    "'ddim-skip:K' (DDIM for the first K steps, then skipped-step)",
+)
+
+
+def _check_eta(value: float, where: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ValueError(f"eta must lie in [0, 1]; got {value} {where}")
+    return value
+
+
+def _switch_index(k_text: str, num_steps: int) -> int:
+    k = float(k_text)
+    if "." in k_text:
+        if not 0.0 <= k <= 1.0:
+            raise ValueError(f"a fractional eta switch point must lie in [0, 1], got {k}")
+        return int(round(k * num_steps))
+    if k > num_steps:
+        raise ValueError(f"eta switch point K={int(k)} exceeds the number of steps ({num_steps})")
+    return int(k)
+
+
+def resolve_eta_schedule(eta, num_steps: int) -> list[float]:
+    """Per-step eta values (first step first) from any accepted form, see ``ETA_SCHEDULE_FORMS``.
+
+    The last step goes to the clean data and injects no noise whatever its eta; it is still listed.
+    """
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if isinstance(eta, bool):
+        raise ValueError("eta must be a number, a list of numbers or a schedule string, not a bool")
+    if isinstance(eta, (int, float)):
+        return [_check_eta(eta, "(constant eta)")] * num_steps
+    if isinstance(eta, str):
+        text = eta.strip().replace(" ", "")
+        try:
+            return [_check_eta(float(text), "(constant eta)")] * num_steps
+        except ValueError as exc:
+            if "eta must lie" in str(exc):
+                raise
+        m = _LINEAR.match(text)
+        if m:
+            start, end = _check_eta(m.group(1), "at the start of 'linear'"), _check_eta(m.group(2), "at its end")
+            if num_steps == 1:
+                return [start]
+            return [start + (end - start) * i / (num_steps - 1) for i in range(num_steps)]
+        m = _SWITCH.match(text)
+        if m:
+            k = _switch_index(m.group(2), num_steps)
+            first, then = (1.0, 0.0) if m.group(1) == "skip-ddim" else (0.0, 1.0)
+            return [first] * k + [then] * (num_steps - k)
+        raise ValueError(f"unknown eta schedule {eta!r}; accepted forms: " + "; ".join(ETA_SCHEDULE_FORMS))
+    if isinstance(eta, torch.Tensor):
+        eta = eta.detach().cpu().flatten().tolist()
+    if isinstance(eta, Sequence):
+        if len(eta) != num_steps:
+            raise ValueError(f"a per-step eta schedule must have one value per step: {num_steps} values, got {len(eta)}")
+        return [_check_eta(v, f"at step {i}") for i, v in enumerate(eta)]
+    raise ValueError("eta must be one of: " + "; ".join(ETA_SCHEDULE_FORMS) + f"; got {type(eta).__name__}")
+
 
 MAX_SOLVER_ORDER = 3
 #: A multistep step extrapolates x0_hat over its own log-SNR span h from nodes spaced by the earlier spans; it uses
@@ -137,4 +209,4 @@ def _gamma_at(path: GaussianPath, ts: list, table) -> list:
     raise ValueError("an eps_mse table is supported on discrete chains only")
 
 
-__all__ = ["MAX_SOLVER_ORDER", "MIN_SPAN_RATIO", "PlannedStep", "plan_steps"]
+__all__ = ["ETA_SCHEDULE_FORMS", "MAX_SOLVER_ORDER", "MIN_SPAN_RATIO", "PlannedStep", "plan_steps", "resolve_eta_schedule"]

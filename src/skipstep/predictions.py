@@ -115,6 +115,18 @@ def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
 
 
+def unwrap_model_output(out) -> torch.Tensor:
+    """The prediction tensor of a model call: a tensor, diffusers' ``UNet2DOutput``/``Transformer2DModelOutput``
+    (``.sample``) or a tuple whose first element is a tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "sample"):  # diffusers' UNet2DOutput / Transformer2DModelOutput
+        return out.sample
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"the model must return a tensor (or an object with .sample, or a tuple); got {type(out).__name__}")
+
+
 __all__ = [
     "PREDICTION_TYPES",
     "X0Clipping",
@@ -122,4 +134,5 @@ __all__ = [
     "dynamic_threshold",
     "predict_x0_eps",
     "split_learned_variance",
+    "unwrap_model_output",
 ]

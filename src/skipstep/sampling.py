@@ -1,4 +1,4 @@
-"""The sampling loop over any model callable, and the step plan shared with the diffusers schedulers."""
+"""``skipstep.sample``: the sampling loop over any model callable (the functional front end)."""
 
 from __future__ import annotations
 
@@ -8,63 +8,12 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from .paths import DiscreteVPPath, GaussianPath
 from .plan import plan_steps
-from .predictions import X0Clipping, check_prediction_type
-from .schedules import DiscreteVPPath, GaussianPath
-from .steps import StepConfig, canonical_variance_type, needs_noise, posterior_step
+from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
+from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type
 from .timesteps import select_timesteps, validate_timesteps
-
-#: The library's default sampler, chosen by measurement on selection seeds disjoint from the reported ones
-#: (docs/results.md, "Choosing the default"): the paper's Markovian skipped-step posterior (eta = 1) with
-#: second-order multistep posterior steps. ``eta=1.0, solver_order=1`` is the paper's sampler as published.
-DEFAULT_ETA = 1.0
-DEFAULT_SOLVER_ORDER = 2
-
-
-class TrajectoryStepper:
-    """Runs the steps of one plan in order, keeping what a trajectory carries between steps: the multistep
-    history of ``x0_hat`` and the index of the last step taken. The functional sampler and both diffusers
-    schedulers step through this one object.
-
-    A step whose index does not follow the previous one starts a new trajectory (or enters one mid-way, as
-    img2img does): the multistep history is dropped, so the step falls back to first order until it rebuilds.
-    """
-
-    def __init__(self, plan: list, config: StepConfig):
-        self.plan, self.config = plan, config
-        self.history: list[torch.Tensor] = []  # previous x0_hat, most recent first
-        self.last_index: int | None = None
-
-    def step(self, index: int, model_output: torch.Tensor, sample: torch.Tensor, generator=None,
-             noise: torch.Tensor | None = None, eta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step ``index`` of the plan; returns ``(x_s, x0_hat)``. ``noise`` (else drawn from ``generator``) is
-        the injected noise; ``eta`` overrides the planned eta for this step."""
-        planned = self.plan[index]
-        if self.last_index is None or index != self.last_index + 1:
-            self.history = []
-        if noise is not None and generator is not None:
-            raise ValueError("pass either generator or variance_noise, not both")
-        if noise is not None and tuple(noise.shape) != tuple(sample.shape):
-            raise ValueError(f"variance_noise must have the sample's shape {tuple(sample.shape)}, "
-                             f"got {tuple(noise.shape)}")
-        post = planned.posterior if eta is None else planned.with_eta(eta)
-        if noise is None and needs_noise(post, self.config.variance_type):
-            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-        x_s, x0 = posterior_step(model_output, sample, planned, self.config, noise, self.history, eta=eta)
-        if self.config.solver_order > 1:
-            self.history = [x0] + self.history[: self.config.solver_order - 2]
-        self.last_index = index
-        return x_s, x0
-
-
-def _unwrap_model_output(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "sample"):  # diffusers' UNet2DOutput / Transformer2DModelOutput
-        return out.sample
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise TypeError(f"the model must return a tensor (or an object with .sample, or a tuple); got {type(out).__name__}")
+from .tuned_schedules import sampling_settings_from_schedule
 
 
 @torch.no_grad()
@@ -89,7 +38,7 @@ def sample(
     model_kwargs: dict | None = None,
     progress: bool = True,
     callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None,
-    schedule=None,
+    tuned_schedule=None,
 ) -> torch.Tensor:
     """Draw samples with the skipped-step posterior family.
 
@@ -99,19 +48,17 @@ def sample(
 
     Start from ``noise`` (``x_T``) or from ``randn(shape, generator)``. ``generator`` may be a list with one
     generator per sample, which makes each sample independent of the batch it is drawn in.
-    ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.steps.resolve_eta_schedule`).
+    ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`).
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
-    (order 1 is the plain step). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.analytic`).
+    (order 1 is the plain step). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
     ``callback(i, t, x_s, x0_hat)`` runs after every step. Returns ``x_0`` in ``dtype``.
-    ``schedule``: a tuned schedule (:class:`skipstep.tuning.TunedSchedule` or a file path); it fixes the timesteps,
+    ``tuned_schedule``: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule` or a file path); it fixes the timesteps,
     ``eta``, ``solver_order`` and ``variance_type`` (defaults are replaced, conflicting non-defaults refused).
     """
     path = path if path is not None else DiscreteVPPath.from_config({})
-    if schedule is not None:
-        from .tuning import sampling_settings_from_schedule
-
+    if tuned_schedule is not None:
         timesteps, eta, solver_order, variance_type = sampling_settings_from_schedule(
-            schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
+            tuned_schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
     if timesteps is not None:
         ts = validate_timesteps(path, timesteps)
     else:
@@ -137,11 +84,11 @@ def sample(
     stepper = TrajectoryStepper(plan, config)
     for step in tqdm(plan, disable=not progress, desc="sampling", leave=False):
         t_batch = torch.full((batch,), step.t, dtype=time_dtype, device=x.device)
-        out = _unwrap_model_output(model(x, t_batch, **(model_kwargs or {})))
+        out = unwrap_model_output(model(x, t_batch, **(model_kwargs or {})))
         x, x0 = stepper.step(step.index, out, x, generator)
         if callback is not None:
             callback(step.index, step.t, x, x0)
     return x.to(dtype)
 
 
-__all__ = ["DEFAULT_ETA", "DEFAULT_SOLVER_ORDER", "TrajectoryStepper", "sample"]
+__all__ = ["sample"]

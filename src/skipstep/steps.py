@@ -4,7 +4,7 @@ Every rule is the posterior of :func:`skipstep.posterior.gaussian_posterior` wit
 
 * ``eta`` -- the stochasticity of the step, in ``[0, 1]``: 1 is the paper's Markovian skipped-step sampler, 0 is
   DDIM, values between are the DDIM family; a per-step *eta schedule* mixes them along the trajectory
-  (the paper's "integration with DDIM"), see :func:`resolve_eta_schedule`;
+  (the paper's "integration with DDIM"), see :func:`skipstep.plan.resolve_eta_schedule`;
 * the injected noise variance (``variance_type``), scaled by ``eta^2``:
 
   - ``small``: the exact posterior variance ``sigma_s^2 v / sigma_t^2`` (DDPM ``fixed_small``);
@@ -23,17 +23,21 @@ The final step (to the clean time) returns ``x0_hat`` and injects no noise.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
+from .plan import PlannedStep
 from .posterior import Posterior
 from .predictions import X0Clipping, predict_x0_eps, split_learned_variance
 
-if TYPE_CHECKING:
-    from .plan import PlannedStep
+#: The library's default sampler, chosen by measurement on selection seeds disjoint from the reported ones
+#: (docs/results.md, "Choosing the default"): the paper's Markovian skipped-step posterior (eta = 1) with
+#: second-order multistep posterior steps. ``eta=1.0, solver_order=1`` is the paper's sampler as published.
+DEFAULT_ETA = 1.0
+DEFAULT_SOLVER_ORDER = 2
 
 VARIANCE_TYPES = ("small", "large", "learned", "optimal")
 # diffusers' names for the same choices
@@ -61,78 +65,6 @@ def canonical_variance_type(variance_type: str | None) -> str:
         f"variance_type must be one of {allowed}, got {variance_type!r} (diffusers' 'learned' -- a variance "
         "predicted directly for the full chain -- cannot be transferred to a skipped chain; 'learned_range' can)"
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# eta schedules
-# ----------------------------------------------------------------------------------------------------------------
-_SWITCH = re.compile(r"^(skip-ddim|ddim-skip):([0-9]*\.?[0-9]+)$")
-_LINEAR = re.compile(r"^linear:([0-9]*\.?[0-9]+):([0-9]*\.?[0-9]+)$")
-ETA_SCHEDULE_FORMS = (
-    "a number in [0, 1] (constant)",
-    "a list of numbers in [0, 1], one per step",
-    "'linear:A:B' (eta ramps from A at the first step to B at the last)",
-    "'skip-ddim:K' (skipped-step eta=1 for the first K steps, then DDIM eta=0; K an integer, or a fraction in (0,1) "
-    "of the steps)",
-    "'ddim-skip:K' (DDIM for the first K steps, then skipped-step)",
-)
-
-
-def _check_eta(value: float, where: str) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise ValueError(f"eta must lie in [0, 1]; got {value} {where}")
-    return value
-
-
-def _switch_index(k_text: str, num_steps: int) -> int:
-    k = float(k_text)
-    if "." in k_text:
-        if not 0.0 <= k <= 1.0:
-            raise ValueError(f"a fractional eta switch point must lie in [0, 1], got {k}")
-        return int(round(k * num_steps))
-    if k > num_steps:
-        raise ValueError(f"eta switch point K={int(k)} exceeds the number of steps ({num_steps})")
-    return int(k)
-
-
-def resolve_eta_schedule(eta, num_steps: int) -> list[float]:
-    """Per-step eta values (first step first) from any accepted form, see ``ETA_SCHEDULE_FORMS``.
-
-    The last step goes to the clean data and injects no noise whatever its eta; it is still listed.
-    """
-    if num_steps <= 0:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if isinstance(eta, bool):
-        raise ValueError("eta must be a number, a list of numbers or a schedule string, not a bool")
-    if isinstance(eta, (int, float)):
-        return [_check_eta(eta, "(constant eta)")] * num_steps
-    if isinstance(eta, str):
-        text = eta.strip().replace(" ", "")
-        try:
-            return [_check_eta(float(text), "(constant eta)")] * num_steps
-        except ValueError as exc:
-            if "eta must lie" in str(exc):
-                raise
-        m = _LINEAR.match(text)
-        if m:
-            start, end = _check_eta(m.group(1), "at the start of 'linear'"), _check_eta(m.group(2), "at its end")
-            if num_steps == 1:
-                return [start]
-            return [start + (end - start) * i / (num_steps - 1) for i in range(num_steps)]
-        m = _SWITCH.match(text)
-        if m:
-            k = _switch_index(m.group(2), num_steps)
-            first, then = (1.0, 0.0) if m.group(1) == "skip-ddim" else (0.0, 1.0)
-            return [first] * k + [then] * (num_steps - k)
-        raise ValueError(f"unknown eta schedule {eta!r}; accepted forms: " + "; ".join(ETA_SCHEDULE_FORMS))
-    if isinstance(eta, torch.Tensor):
-        eta = eta.detach().cpu().flatten().tolist()
-    if isinstance(eta, Sequence):
-        if len(eta) != num_steps:
-            raise ValueError(f"a per-step eta schedule must have one value per step: {num_steps} values, got {len(eta)}")
-        return [_check_eta(v, f"at step {i}") for i, v in enumerate(eta)]
-    raise ValueError("eta must be one of: " + "; ".join(ETA_SCHEDULE_FORMS) + f"; got {type(eta).__name__}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,7 +121,7 @@ def noise_std(post: Posterior, variance_type: str, variance_values: torch.Tensor
         return 0.0
     if variance_type == "optimal":
         if optimal_var is None:
-            raise ValueError("variance_type 'optimal' needs the model's eps_mse table (see skipstep.analytic)")
+            raise ValueError("variance_type 'optimal' needs the model's eps_mse table (see skipstep.optimal_variance)")
         return math.sqrt(optimal_var)
     if post.eta == 0.0:
         return 0.0
@@ -228,7 +160,7 @@ def check_finite(tensor: torch.Tensor, what: str, step_name: str) -> None:
 def posterior_step(
     model_output: torch.Tensor,
     sample: torch.Tensor,
-    step: "PlannedStep",
+    step: PlannedStep,
     config: StepConfig,
     noise: torch.Tensor | None = None,
     x0_history: Sequence[torch.Tensor] = (),
@@ -268,7 +200,7 @@ def posterior_step(
     optimal_var = None
     if config.variance_type == "optimal":
         if step.eps_mse is None:
-            raise ValueError("variance_type 'optimal' needs the model's eps_mse table (see skipstep.analytic)")
+            raise ValueError("variance_type 'optimal' needs the model's eps_mse table (see skipstep.optimal_variance)")
         optimal_var = optimal_noise_variance(post, step.alpha_t, step.sigma_t, step.eps_mse,
                                              config.data_half_range)
     std = noise_std(post, config.variance_type, variance_values, optimal_var)
@@ -279,9 +211,46 @@ def posterior_step(
     return x_s.to(out_dtype), x0.to(out_dtype)
 
 
+class TrajectoryStepper:
+    """Runs the steps of one plan in order, keeping what a trajectory carries between steps: the multistep
+    history of ``x0_hat`` and the index of the last step taken. The functional sampler and both diffusers
+    schedulers step through this one object.
+
+    A step whose index does not follow the previous one starts a new trajectory (or enters one mid-way, as
+    img2img does): the multistep history is dropped, so the step falls back to first order until it rebuilds.
+    """
+
+    def __init__(self, plan: list, config: StepConfig):
+        self.plan, self.config = plan, config
+        self.history: list[torch.Tensor] = []  # previous x0_hat, most recent first
+        self.last_index: int | None = None
+
+    def step(self, index: int, model_output: torch.Tensor, sample: torch.Tensor, generator=None,
+             noise: torch.Tensor | None = None, eta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``index`` of the plan; returns ``(x_s, x0_hat)``. ``noise`` (else drawn from ``generator``) is
+        the injected noise; ``eta`` overrides the planned eta for this step."""
+        planned = self.plan[index]
+        if self.last_index is None or index != self.last_index + 1:
+            self.history = []
+        if noise is not None and generator is not None:
+            raise ValueError("pass either generator or variance_noise, not both")
+        if noise is not None and tuple(noise.shape) != tuple(sample.shape):
+            raise ValueError(f"variance_noise must have the sample's shape {tuple(sample.shape)}, "
+                             f"got {tuple(noise.shape)}")
+        post = planned.posterior if eta is None else planned.with_eta(eta)
+        if noise is None and needs_noise(post, self.config.variance_type):
+            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
+        x_s, x0 = posterior_step(model_output, sample, planned, self.config, noise, self.history, eta=eta)
+        if self.config.solver_order > 1:
+            self.history = [x0] + self.history[: self.config.solver_order - 2]
+        self.last_index = index
+        return x_s, x0
+
+
 __all__ = [
+    "DEFAULT_ETA",
+    "DEFAULT_SOLVER_ORDER",
     "DIFFUSERS_VARIANCE_TYPES",
-    "ETA_SCHEDULE_FORMS",
     "StepConfig",
     "VARIANCE_TYPES",
     "canonical_variance_type",
@@ -291,5 +260,5 @@ __all__ = [
     "noise_std",
     "optimal_noise_variance",
     "posterior_step",
-    "resolve_eta_schedule",
+    "TrajectoryStepper",
 ]

@@ -25,12 +25,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .schedules import GaussianPath
+from .paths import GaussianPath
 
 SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr")
 
 
-def _make_strictly_descending(ts: np.ndarray, highest: int) -> np.ndarray:
+def make_strictly_descending(ts: np.ndarray, highest: int) -> np.ndarray:
     """Closest strictly descending integers in [0, highest]: colliding neighbours are pushed apart, first up from
     the bottom, then down from the top (always possible when len(ts) <= highest + 1)."""
     ts = ts.astype(np.int64).copy()
@@ -73,7 +73,7 @@ def select_timesteps(
         else:  # log_snr
             lam = _log_snr_grid(path, path.t_max, path.t_min, num_steps)
             ts = np.round(path.time_at_log_snr(torch.as_tensor(lam)).numpy())
-        return torch.as_tensor(_make_strictly_descending(np.asarray(ts), highest=T - 1))
+        return torch.as_tensor(make_strictly_descending(np.asarray(ts), highest=T - 1))
 
     t_max, t_min = float(path.t_max), float(path.t_min)
     i = np.arange(num_steps, dtype=np.float64)
@@ -136,4 +136,4 @@ def validate_timesteps(path: GaussianPath, timesteps: Sequence | torch.Tensor) -
     return ts
 
 
-__all__ = ["SPACINGS", "select_timesteps", "validate_timesteps"]
+__all__ = ["SPACINGS", "make_strictly_descending", "select_timesteps", "validate_timesteps"]

@@ -29,20 +29,31 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from tqdm.auto import tqdm
+
+from ..diffusers_schedulers import SkippedStepScheduler
+from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER
+from ..tuned_schedules import TunedScheduleError, load_tuned_schedule, resolve_tuned_schedule_path
+from .models import LoadedModel, optimal_variance_table
 
 __all__ = [
     "COMMON_SETTINGS",
     "CallCounter",
     "clip_overrides",
     "SamplerError",
-    "SamplerSpec",
+    "SamplerRecipe",
     "available_samplers",
     "build_scheduler",
+    "from_config_accepting",
     "check_sampler_for_model",
     "get_sampler",
+    "scheduler_config_for",
     "register_sampler",
     "run_standard_loop",
+    "sampler_names",
+    "sampler_settings",
     "steps_for_nfe",
+    "tuned_sampler",
 ]
 
 COMMON_SETTINGS = {
@@ -66,7 +77,7 @@ Factory = Callable[[dict, int], Any]
 
 
 @dataclass(frozen=True)
-class SamplerSpec:
+class SamplerRecipe:
     """How to build one sampler.
 
     ``factory(scheduler_config, num_inference_steps)`` returns a fresh scheduler. ``nfe_of_steps(k)`` is the NFE of
@@ -88,17 +99,17 @@ class SamplerSpec:
     max_nfe: int | None = None
 
 
-_SAMPLERS: dict[str, SamplerSpec] = {}
+_SAMPLERS: dict[str, SamplerRecipe] = {}
 
 
 def register_sampler(name: str, factory: Factory, *, min_nfe: int = 1, nfe_of_steps: Callable[[int], int] | None = None,
                      fixed_steps: Callable[[int], int] | None = None, family: str = "other", stochastic: bool = False,
                      description: str = "", settings: dict | None = None, order_reason: str = "",
-                     replace: bool = False) -> SamplerSpec:
-    """Register a sampler under ``name`` (see :class:`SamplerSpec`); refuses to shadow one unless ``replace``."""
+                     replace: bool = False) -> SamplerRecipe:
+    """Register a sampler under ``name`` (see :class:`SamplerRecipe`); refuses to shadow one unless ``replace``."""
     if name in _SAMPLERS and not replace:
         raise ValueError(f"sampler {name!r} is already registered (pass replace=True to override it)")
-    spec = SamplerSpec(name, factory, int(min_nfe), nfe_of_steps or (lambda k: k), fixed_steps, family, stochastic,
+    spec = SamplerRecipe(name, factory, int(min_nfe), nfe_of_steps or (lambda k: k), fixed_steps, family, stochastic,
                        description, dict(settings or {}), order_reason)
     _SAMPLERS[name] = spec
     return spec
@@ -109,19 +120,24 @@ def available_samplers() -> dict[str, str]:
     return {name: spec.description for name, spec in _SAMPLERS.items()}
 
 
-def get_sampler(name: str) -> SamplerSpec:
-    """A registered sampler, or ``tuned:PATH.json`` / ``tuned:NAME`` (a tuned schedule, see skipstep.tuning)."""
-    if name.startswith("tuned:"):
-        from .tuning import tuned_sampler_spec
+def sampler_names(*families: str) -> list[str]:
+    """Registered sampler names (in registration order), all of them or those of the given families
+    (``skipstep``, ``diffusers``, ``reference``, ...)."""
+    return [name for name, recipe in _SAMPLERS.items() if not families or recipe.family in families]
 
-        return tuned_sampler_spec(name)
+
+def get_sampler(name: str) -> SamplerRecipe:
+    """A registered sampler, or ``tuned:PATH.json`` / ``tuned:NAME`` (a tuned schedule file, see
+    :mod:`skipstep.tuned_schedules`)."""
+    if name.startswith(TUNED_PREFIX):
+        return tuned_sampler(name)
     try:
         return _SAMPLERS[name]
     except KeyError:
         raise SamplerError(f"unknown sampler {name!r}; valid samplers: {', '.join(_SAMPLERS)}") from None
 
 
-def steps_for_nfe(spec: SamplerSpec, nfe: int, num_train_timesteps: int) -> tuple[int, int]:
+def steps_for_nfe(spec: SamplerRecipe, nfe: int, num_train_timesteps: int) -> tuple[int, int]:
     """``(num_inference_steps, expected_nfe)`` for a requested NFE: the most steps whose NFE does not exceed it.
 
     Raises :class:`SamplerError` (with the reason) for an NFE below the sampler's order or above ``T``.
@@ -148,7 +164,7 @@ def steps_for_nfe(spec: SamplerSpec, nfe: int, num_train_timesteps: int) -> tupl
     return k, spec.nfe_of_steps(k)
 
 
-def check_sampler_for_model(spec: SamplerSpec, model_fingerprint: str, num_train_timesteps: int) -> None:
+def check_sampler_for_model(spec: SamplerRecipe, model_fingerprint: str, num_train_timesteps: int) -> None:
     """Refuse a sampler made for another model (its settings name ``model_fingerprint`` / ``num_train_timesteps``,
     as tuned schedules do)."""
     want_fp, want_T = spec.settings.get("model_fingerprint"), spec.settings.get("num_train_timesteps")
@@ -160,7 +176,17 @@ def check_sampler_for_model(spec: SamplerSpec, model_fingerprint: str, num_train
                            f"T={num_train_timesteps}")
 
 
-def build_scheduler(spec: SamplerSpec, scheduler_config: dict, num_steps: int):
+def sampler_settings(spec: SamplerRecipe) -> dict[str, Any]:
+    """The settings a run records for a sampler (the default sampler's names resolved to their values)."""
+    settings = {}
+    for k, v in spec.settings.items():
+        if v in ("DEFAULT_ETA", "DEFAULT_SOLVER_ORDER"):  # the 'default' sampler: record what it resolves to
+            v = {"DEFAULT_ETA": DEFAULT_ETA, "DEFAULT_SOLVER_ORDER": DEFAULT_SOLVER_ORDER}[v]
+        settings[k] = v
+    return settings
+
+
+def build_scheduler(spec: SamplerRecipe, scheduler_config: dict, num_steps: int):
     """A fresh scheduler for ``spec`` from the model's scheduler config (diffusers' config warnings silenced)."""
     logger = logging.getLogger("diffusers")
     previous = logger.level
@@ -203,8 +229,6 @@ def run_standard_loop(scheduler, model: Callable, noise: torch.Tensor, num_steps
     ``model(x, t_batch)`` gets ``t`` broadcast to the batch. ``generator`` is passed to ``step`` when the
     scheduler's ``step`` accepts one (UniPC, DEIS, PNDM and Heun are deterministic and do not).
     """
-    from tqdm.auto import tqdm
-
     scheduler.set_timesteps(num_steps, device=noise.device)
     x = noise * scheduler.init_noise_sigma
     step_kwargs = {"generator": generator} if _accepts(scheduler.step, "generator") else {}
@@ -217,9 +241,44 @@ def run_standard_loop(scheduler, model: Callable, noise: torch.Tensor, num_steps
 
 
 # --------------------------------------------------------------------------------------------------------------
+# the sampler registry: tuned:PATH
+# --------------------------------------------------------------------------------------------------------------
+TUNED_PREFIX = "tuned:"
+
+
+def tuned_sampler(name: str) -> SamplerRecipe:
+    """The :class:`SamplerRecipe` of ``tuned:PATH.json`` (or ``tuned:NAME`` for a shipped schedule): a
+    :class:`~skipstep.SkippedStepScheduler` carrying the schedule, runnable at exactly the schedule's NFE; its
+    settings name the model fingerprint and T, which the bench checks."""
+    ref = name[len(TUNED_PREFIX):]
+    if not ref:
+        raise SamplerError("a tuned sampler is named tuned:PATH.json (or tuned:NAME for a shipped schedule)")
+    path = resolve_tuned_schedule_path(ref)
+    try:
+        schedule = load_tuned_schedule(path)
+    except TunedScheduleError as err:
+        raise SamplerError(f"sampler {name!r}: {err}") from None
+
+    def factory(config: dict, steps: int):
+        return from_config_accepting(SkippedStepScheduler, config, timestep_spacing="trailing",
+                            **clip_overrides(config, "clip_sample"), **schedule.scheduler_kwargs())
+
+    return SamplerRecipe(
+        name=name, factory=factory, min_nfe=schedule.nfe, max_nfe=schedule.nfe, family="tuned",
+        stochastic=schedule.stochastic,
+        description=f"tuned schedule {path} (NFE {schedule.nfe}, solver_order {schedule.solver_order})",
+        settings={"class": "SkippedStepScheduler", "tuned_schedule": str(path), "timesteps": schedule.timesteps,
+                  "eta": schedule.eta, "solver_order": schedule.solver_order,
+                  "variance": schedule.variance_type, "model_fingerprint": schedule.model_fingerprint,
+                  "num_train_timesteps": schedule.num_train_timesteps},
+        order_reason=f"a tuned schedule runs at exactly the NFE it was tuned for ({schedule.nfe})",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
 # built-in samplers
 # --------------------------------------------------------------------------------------------------------------
-def _from_config(cls, config: dict, **overrides):
+def from_config_accepting(cls, config: dict, **overrides):
     """``cls.from_config`` with the keys ``cls`` accepts (so no 'unexpected key' noise) plus ``overrides``."""
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     kwargs = {k: v for k, v in config.items() if k in accepted}
@@ -247,33 +306,27 @@ def clip_overrides(config: dict, how: str | None) -> dict:
 
 def _skipstep(eta_fn: Callable[[], Any], solver_order: int | Callable[[], int] = 1):
     def factory(config: dict, steps: int):
-        from .diffusers_schedulers import SkippedStepScheduler
-
         order = solver_order() if callable(solver_order) else solver_order
-        return _from_config(SkippedStepScheduler, config, eta=eta_fn(), solver_order=order,
+        return from_config_accepting(SkippedStepScheduler, config, eta=eta_fn(), solver_order=order,
                             timestep_spacing="trailing", **clip_overrides(config, "clip_sample"))
 
     return factory
 
 
-def scheduler_config_for(sampler: SamplerSpec, spec) -> dict:
+def scheduler_config_for(sampler: SamplerRecipe, spec: LoadedModel) -> dict:
     """The model's scheduler config, plus what this sampler needs from the model itself (the optimal-variance
-    table, estimated once per model and cached; see :func:`skipstep.analytic.eps_mse_for_model`)."""
+    table, estimated once per model and cached; see :func:`skipstep.lab.models.optimal_variance_table`)."""
     config = spec.scheduler_config
     if sampler.settings.get("variance") == "optimal":
-        from .analytic import eps_mse_for_model
-
-        config = {**config, "eps_mse": eps_mse_for_model(spec).tolist()}
+        config = {**config, "eps_mse": optimal_variance_table(spec).tolist()}
     return config
 
 
 def _register_optimal(members: dict[str, tuple[Any, int]]) -> None:
     """``NAME-opt``: the member with the optimal (Analytic-DPM) variance instead of the posterior's."""
-    from .diffusers_schedulers import SkippedStepScheduler
-
     for name, (eta, order) in members.items():
         def factory(config: dict, steps: int, eta=eta, order=order):
-            return _from_config(SkippedStepScheduler, config, eta=eta, solver_order=order,
+            return from_config_accepting(SkippedStepScheduler, config, eta=eta, solver_order=order,
                                 variance_type="optimal", timestep_spacing="trailing",
                                 **clip_overrides(config, "clip_sample"))
 
@@ -298,14 +351,10 @@ def _register_higher_order(members: dict[str, Any]) -> None:
 
 
 def _default_eta():
-    from .sampling import DEFAULT_ETA
-
     return DEFAULT_ETA
 
 
 def _default_order():
-    from .sampling import DEFAULT_SOLVER_ORDER
-
     return DEFAULT_SOLVER_ORDER
 
 
@@ -313,7 +362,7 @@ def _register_ours() -> None:
     common = {"class": "SkippedStepScheduler", "timestep_spacing": "trailing", "variance": "posterior (fixed_small)",
               "x0_clip": "clip_sample"}
     register_sampler("default", _skipstep(_default_eta, _default_order), family="skipstep", stochastic=True,
-                     description="skipstep's default sampler (skipstep.sampling.DEFAULT_ETA, DEFAULT_SOLVER_ORDER)",
+                     description="skipstep's default sampler (skipstep.DEFAULT_ETA, skipstep.DEFAULT_SOLVER_ORDER)",
                      settings={**common, "eta": "DEFAULT_ETA", "solver_order": "DEFAULT_SOLVER_ORDER"})
     register_sampler("skipstep", _skipstep(lambda: 1.0), family="skipstep", stochastic=True,
                      description="skipped-step posterior sampling, eta=1 (the paper's Markovian sampler)",
@@ -354,7 +403,7 @@ def _register_diffusers() -> None:
         def factory(config: dict, steps: int):
             cls = getattr(d, cls_name)
             extra = dynamic(steps) if dynamic is not None else {}
-            return _from_config(cls, config, **{**overrides, **extra, **clip_overrides(config, clip)})
+            return from_config_accepting(cls, config, **{**overrides, **extra, **clip_overrides(config, clip)})
 
         clip_text = {"clip_sample": "clip_sample", "thresholding": "thresholding (sample_max_value = clip range)",
                      None: "not available"}[clip]

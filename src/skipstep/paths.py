@@ -295,6 +295,43 @@ class RectifiedFlowPath(_ContinuousTimePath):
         return torch.sigmoid(-0.5 * _as_time_tensor(lam))
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# which path a diffusers scheduler config describes
+# ----------------------------------------------------------------------------------------------------------------
+#: keys that only a variance-preserving (DDPM-chain) scheduler config has
+VP_CONFIG_KEYS = ("beta_schedule", "beta_start", "beta_end", "trained_betas")
+
+
+def flow_config_reason(config) -> str | None:
+    """Why ``config`` describes a flow-matching (rectified-flow) scheduler, or ``None`` if it does not.
+
+    A config is a flow config if it has ``shift`` (every FlowMatch* scheduler), ``use_flow_sigmas=True``
+    (UniPC/DPM-Solver/DEIS run on flow sigmas, e.g. Wan) or ``prediction_type='flow_prediction'``.
+    """
+    cfg = dict(config or {})
+    if "shift" in cfg:
+        return f"it has the flow-matching key 'shift' (={cfg['shift']!r})"
+    if cfg.get("use_flow_sigmas"):
+        return "it has use_flow_sigmas=True"
+    if cfg.get("prediction_type") in ("flow_prediction", "flow"):
+        return f"it has prediction_type={cfg['prediction_type']!r}"
+    return None
+
+
+def vp_config_reason(config) -> str | None:
+    """Why ``config`` describes a variance-preserving DDPM chain and not a flow, or ``None``."""
+    cfg = dict(config or {})
+    if flow_config_reason(cfg) is not None:
+        return None
+    present = [k for k in VP_CONFIG_KEYS if k in cfg]
+    if present:
+        what = ", ".join(f"{k}={cfg[k]!r}" for k in present if k != "trained_betas")
+        return f"it has the variance-preserving chain key(s) {present}" + (f" ({what})" if what else "")
+    if cfg.get("prediction_type") in ("epsilon", "v_prediction", "sample"):
+        return f"it has prediction_type={cfg['prediction_type']!r} (a diffusion, not a flow, parameterisation)"
+    return None
+
+
 __all__ = [
     "BETA_SCHEDULES",
     "ContinuousVPPath",
@@ -302,5 +339,7 @@ __all__ = [
     "GaussianPath",
     "RectifiedFlowPath",
     "make_betas",
+    "flow_config_reason",
     "rescale_zero_terminal_snr",
+    "vp_config_reason",
 ]

@@ -1,6 +1,6 @@
-"""Model registry for the benchmark and the CLI: a name (or a local diffusers directory) -> :class:`ModelSpec`.
+"""Model registry for the benchmark and the CLI: a name (or a local diffusers directory) -> :class:`LoadedModel`.
 
-A :class:`ModelSpec` bundles everything a side-by-side run needs from a model:
+A :class:`LoadedModel` bundles everything a side-by-side run needs from a model:
 
 * ``model(x_t, t)`` -- a plain callable returning the raw network output as a tensor (diffusers outputs are
   unwrapped from ``.sample``); ``t`` is a scalar or ``(B,)`` tensor of training-chain timesteps;
@@ -29,15 +29,28 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from diffusers import UNet2DModel
+from safetensors import safe_open
+
+from ..optimal_variance import estimate_eps_mse, load_eps_mse, save_eps_mse
+from ..paths import DiscreteVPPath
+from ..predictions import unwrap_model_output
+from ..storage import cache_dir, file_sha256
+from .metrics import mixture_metrics
+from .testbeds.digits import (DIGITS_UNET_DIR, load_digit_classifier, load_digits_images)
+from .testbeds.gmm import GMMDenoiser, digits_mixture
 
 __all__ = [
+    "CLIP_MODES",
     "DEFAULT_GMM_NUM_MEANS",
     "DEFAULT_GMM_STD",
     "ExactMixtureReference",
     "ModelLoadError",
-    "ModelSpec",
+    "apply_clip_mode",
+    "LoadedModel",
     "available_models",
     "load_model",
+    "optimal_variance_table",
     "register_model",
 ]
 
@@ -84,15 +97,13 @@ class ExactMixtureReference:
     def metrics(self, samples: torch.Tensor) -> dict[str, float]:
         """Mixture-exact metrics: ``mode_tv`` (mode-frequency total variation vs the weights) and
         ``spread_ratio`` (RMS distance to the assigned mode mean in units of the mode std; 1 is exact)."""
-        from .metrics import mixture_metrics
-
         out = mixture_metrics(samples.reshape(samples.shape[0], -1), self.mixture.means, self.mixture.weights,
                               self.mixture.std)
         return {"mode_tv": float(out["mode_frequency_tv"]), "spread_ratio": float(out["within_mode_spread_ratio"])}
 
 
 @dataclass
-class ModelSpec:
+class LoadedModel:
     """Everything a benchmark needs from one model (see the module docstring)."""
 
     name: str
@@ -142,14 +153,6 @@ def _short(h) -> str:
     return h.hexdigest()[:12]
 
 
-def _file_sha256(path: Path, h=None):
-    h = h or hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h
-
-
 def _clean_scheduler_config(config: dict[str, Any]) -> dict[str, Any]:
     """The training-chain keys of a scheduler config as a plain JSON-able dict (DDPM defaults filled in)."""
     out = dict(DDPM_LINEAR_CONFIG)
@@ -172,8 +175,7 @@ def _wrap_diffusers_model(net: torch.nn.Module, out_channels_used: int | None = 
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.reshape(1).expand(x.shape[0])
-        out = net(x, t)
-        out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
+        out = unwrap_model_output(net(x, t))
         if out_channels_used is not None:
             out = out[:, :out_channels_used]
         return out
@@ -185,10 +187,8 @@ def _wrap_diffusers_model(net: torch.nn.Module, out_channels_used: int | None = 
 def _digit_feature_fn(device: str):
     """The shipped digit classifier's features, or ``None`` when its weights are not available."""
     try:
-        from .testbeds.digits import load_digit_classifier
-
         clf = load_digit_classifier(device=device)
-    except (ImportError, FileNotFoundError, ValueError, OSError):
+    except (FileNotFoundError, ValueError, OSError):
         return None
 
     @torch.no_grad()
@@ -202,12 +202,9 @@ def _digit_feature_fn(device: str):
 # built-in models
 # --------------------------------------------------------------------------------------------------------------
 def load_gmm(device: str = "cpu", std: float = DEFAULT_GMM_STD, num_means: int | None = DEFAULT_GMM_NUM_MEANS,
-             seed: int = 0) -> ModelSpec:
+             seed: int = 0) -> LoadedModel:
     """The exact denoiser of the digits-mean mixture ``(1/K) sum_k N(image_k, std^2 I)`` (``K = num_means`` train
     digits) on the DDPM linear-beta chain (T=1000), epsilon output. Its samplers' only error is discretisation."""
-    from .schedules import DiscreteVPPath
-    from .testbeds.gmm import GMMDenoiser, digits_mixture
-
     config = dict(DDPM_LINEAR_CONFIG)
     mixture = digits_mixture(std=std, num_means=num_means, split="train", seed=seed)
     net = GMMDenoiser(mixture, DiscreteVPPath.from_config(config), prediction_type="epsilon").to(device)
@@ -222,7 +219,7 @@ def load_gmm(device: str = "cpu", std: float = DEFAULT_GMM_STD, num_means: int |
     h.update(mixture.weights.numpy().tobytes())
     _hash_update_json(h, {"std": mixture.std, "config": config})
     feature_fn = _digit_feature_fn(device)
-    return ModelSpec(
+    return LoadedModel(
         name="gmm",
         model=model,
         scheduler_config=config,
@@ -238,17 +235,15 @@ def load_gmm(device: str = "cpu", std: float = DEFAULT_GMM_STD, num_means: int |
     )
 
 
-def load_digits(device: str = "cpu") -> ModelSpec:
+def load_digits(device: str = "cpu") -> LoadedModel:
     """The project's trained 8x8 digits DDPM UNet (epsilon, linear betas, T=1000) with real-data floors."""
-    from .testbeds import digits as d
-
-    spec = load_diffusers_dir(d.DIGITS_UNET_DIR, device=device, name="digits")
+    spec = load_diffusers_dir(DIGITS_UNET_DIR, device=device, name="digits")
     spec.description = "trained diffusers UNet2DModel on sklearn 8x8 digits (epsilon, linear betas, T=1000)"
-    spec.real_data = {"train": d.load_digits_images("train"), "heldout": d.load_digits_images("heldout")}
+    spec.real_data = {"train": load_digits_images("train"), "heldout": load_digits_images("heldout")}
     return spec
 
 
-def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None = None) -> ModelSpec:
+def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None = None) -> LoadedModel:
     """A local diffusers directory: a ``save_pretrained`` pipeline (``unet/`` + ``scheduler/``) or a bare UNet
     directory (``config.json`` + ``diffusion_pytorch_model.safetensors``) with a ``scheduler_config.json``
     beside it. Only safetensors weights are read (never pickles); errors name the offending file."""
@@ -281,14 +276,10 @@ def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None =
         raise ModelLoadError(f"{config_file}: unsupported model class {class_name!r} (only unconditional "
                              "UNet2DModel directories can be benchmarked)")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(weights_file), framework="pt") as fh:
             _ = list(fh.keys())
     except Exception as err:  # SafetensorError, OSError, ...
         raise ModelLoadError(f"corrupt weights file {weights_file}: {err}") from err
-    from diffusers import UNet2DModel
-
     try:
         net = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, use_safetensors=True,
                                          low_cpu_mem_usage=False)  # no "install accelerate" notice
@@ -309,10 +300,11 @@ def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None =
     elif out_ch != in_ch:
         raise ModelLoadError(f"{config_file}: out_channels={out_ch} must equal in_channels={in_ch} (or twice it)")
     prediction_type = sched_config.get("prediction_type", "epsilon")
-    h = _file_sha256(weights_file)
+    h = hashlib.sha256()
+    file_sha256(weights_file, h)
     _hash_update_json(h, {"unet": unet_config, "scheduler": sched_config})
     feature_fn = _digit_feature_fn(device) if (in_ch, h_, w_) == (1, 8, 8) else None
-    return ModelSpec(
+    return LoadedModel(
         name=name or str(root),
         model=_wrap_diffusers_model(net, used),
         scheduler_config=sched_config,
@@ -327,6 +319,33 @@ def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None =
     )
 
 
+def optimal_variance_table(spec: LoadedModel, directory: str | Path | None = None, num_timesteps: int = 100,
+                           max_samples: int = 2000, seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """The optimal-variance table ``E||eps - eps_hat||^2 / d`` per timestep of a loaded model
+    (:func:`skipstep.optimal_variance.estimate_eps_mse`), estimated once on its data (the training split, or exact
+    draws for analytic models) and cached under ``directory`` (default :func:`skipstep.storage.cache_dir`) by the
+    model's fingerprint."""
+    file = Path(directory or cache_dir()) / "eps_mse" / f"{spec.fingerprint}-n{num_timesteps}.json"
+    if file.is_file():
+        return load_eps_mse(file, spec.fingerprint)
+    if spec.real_data is not None and "train" in spec.real_data:
+        data, source = spec.real_data["train"][:max_samples], "training split"
+    elif spec.reference is not None:
+        data, source = spec.reference.sample(max_samples, seed), "exact data samples"
+    else:
+        raise ValueError(
+            f"model {spec.name!r} has no data to estimate the optimal variance from; compute the table with "
+            "skipstep.optimal_variance.estimate_eps_mse(model, path, data) and pass it as eps_mse"
+        )
+    path = DiscreteVPPath.from_config(spec.scheduler_config)
+    table = estimate_eps_mse(spec.model, path, data.to(spec.device), spec.prediction_type,
+                             num_timesteps=num_timesteps, generator=torch.Generator().manual_seed(seed),
+                             progress=progress)
+    save_eps_mse(file, table, spec.fingerprint, overwrite=True, data=source, num_samples=int(data.shape[0]),
+                 num_timesteps=num_timesteps, seed=seed)
+    return table
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -337,14 +356,32 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+CLIP_MODES = ("model", "on", "off")
+
+
+def apply_clip_mode(spec: LoadedModel, mode: str) -> str:
+    """Set ``clip_sample`` in the model's scheduler config for ``--clip`` (``model`` keeps it); every sampler
+    reads it from there (:func:`skipstep.lab.sampler_registry.clip_overrides`). Returns a description for the outputs."""
+    if mode not in CLIP_MODES:
+        raise ValueError(f"--clip must be one of {CLIP_MODES}, got {mode!r}")
+    if mode != "model":
+        spec.scheduler_config = {**spec.scheduler_config, "clip_sample": mode == "on"}
+    on = bool(spec.scheduler_config.get("clip_sample", False))
+    rng = float(spec.scheduler_config.get("clip_sample_range", 1.0) or 1.0)
+    origin = "the model's scheduler config" if mode == "model" else f"--clip {mode}"
+    return (f"x0_hat clipped to [-{rng:g}, {rng:g}] ({origin}) by every sampler that can clip "
+            "(clip_sample: ours, DDPM, DDIM, Heun; thresholding with sample_max_value: DPM-Solver, UniPC, DEIS; "
+            "Euler, Euler-ancestral and PNDM cannot)") if on else f"no x0_hat clipping ({origin})"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------------------------------------------
-_MODELS: dict[str, tuple[Callable[..., ModelSpec], str]] = {}
+_MODELS: dict[str, tuple[Callable[..., LoadedModel], str]] = {}
 
 
-def register_model(name: str, loader: Callable[..., ModelSpec], description: str = "") -> None:
-    """Register ``loader(device=...) -> ModelSpec`` under ``name``."""
+def register_model(name: str, loader: Callable[..., LoadedModel], description: str = "") -> None:
+    """Register ``loader(device=...) -> LoadedModel`` under ``name``."""
     _MODELS[name] = (loader, description)
 
 
@@ -357,7 +394,7 @@ def available_models() -> dict[str, str]:
     return {name: desc for name, (_, desc) in _MODELS.items()}
 
 
-def load_model(name_or_path: str, device: str = "cpu") -> ModelSpec:
+def load_model(name_or_path: str, device: str = "cpu") -> LoadedModel:
     """A registered model by name, or a local diffusers directory by path."""
     if name_or_path in _MODELS:
         loader, _ = _MODELS[name_or_path]

@@ -36,7 +36,6 @@ features never need to sit in memory at once.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import io
 import json
@@ -51,7 +50,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkabl
 import numpy as np
 import torch
 
+from ..storage import atomic_write_bytes, file_sha256
 from .metrics import GaussianStats, frechet_distance_from_stats
+from .testbeds.digits import CLASSIFIER_WEIGHTS_NAME, DIGIT_CLASSIFIER_DIR, load_digit_classifier
 
 __all__ = [
     "INCEPTION_FILE_NAMES",
@@ -105,14 +106,6 @@ class FeatureExtractor(Protocol):
     fingerprint: str
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
-
-
-def _sha256_file(path: Path, n: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
 
 
 def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
@@ -175,7 +168,7 @@ class TorchScriptFeatures(CallableFeatures):
             net = torch.jit.load(str(path), map_location=device).eval()
         except Exception as err:  # noqa: BLE001
             raise FeatureNetworkError(f"cannot load TorchScript feature network {path}: {err}") from err
-        super().__init__(net, f"torchscript:{path.name}", f"torchscript:{_sha256_file(path)}", device, batch_size)
+        super().__init__(net, f"torchscript:{path.name}", f"torchscript:{file_sha256(path)[:16]}", device, batch_size)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -243,7 +236,7 @@ class InceptionFeatures:
         if path is None:
             raise FeatureNetworkError(MISSING_INCEPTION_MESSAGE.format(looked=", ".join(looked)))
         self.path, self.device, self.batch_size = path, device, int(batch_size)
-        digest = _sha256_file(path)
+        digest = file_sha256(path)[:16]
         with no_network():
             if _is_torchscript(path):
                 self.kind = "torchscript"
@@ -298,13 +291,11 @@ class InceptionFeatures:
 
 def digit_classifier_features(device: str = "cpu") -> CallableFeatures:
     """The shipped 8x8 digit classifier's penultimate features (what ``skipstep bench`` reports as FD)."""
-    from .testbeds.digits import CLASSIFIER_WEIGHTS_NAME, DIGIT_CLASSIFIER_DIR, load_digit_classifier
-
     try:
         clf = load_digit_classifier(device=device)
     except (FileNotFoundError, ValueError, OSError) as err:
         raise FeatureNetworkError(f"the digit classifier is not available: {err}") from err
-    digest = _sha256_file(DIGIT_CLASSIFIER_DIR / CLASSIFIER_WEIGHTS_NAME)
+    digest = file_sha256(DIGIT_CLASSIFIER_DIR / CLASSIFIER_WEIGHTS_NAME)[:16]
     return CallableFeatures(lambda x: clf.features(x.float()), "digit-classifier", f"digit-classifier:{digest}",
                             device, 1000)
 
@@ -321,31 +312,31 @@ def as_feature_extractor(obj: Any, name: str | None = None, fingerprint: str | N
     return CallableFeatures(obj, str(name), str(fingerprint), device)
 
 
-def _from_module_spec(spec: str, device: str) -> FeatureExtractor:
-    module_name, _, attr = spec.partition(":")
+def _from_import_path(text: str, device: str) -> FeatureExtractor:
+    module_name, _, attr = text.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise FeatureNetworkError(f"--fid-features {spec}: cannot import module {module_name!r} ({err})") from err
+        raise FeatureNetworkError(f"--fid-features {text}: cannot import module {module_name!r} ({err})") from err
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise FeatureNetworkError(f"--fid-features {spec}: {module_name!r} has no attribute {attr!r}")
+            raise FeatureNetworkError(f"--fid-features {text}: {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if isinstance(obj, type):
         obj = obj()
     source = getattr(module, "__file__", None)
-    digest = _sha256_file(Path(source), 12) if source and Path(source).is_file() else "nosource"
-    return as_feature_extractor(obj, name=getattr(obj, "name", None) or spec,
-                                fingerprint=getattr(obj, "fingerprint", None) or f"{spec}@{digest}")
+    digest = file_sha256(Path(source))[:12] if source and Path(source).is_file() else "nosource"
+    return as_feature_extractor(obj, name=getattr(obj, "name", None) or text,
+                                fingerprint=getattr(obj, "fingerprint", None) or f"{text}@{digest}")
 
 
-def resolve_feature_extractor(spec: Any, device: str = "cpu", inception_weights: str | Path | None = None
+def resolve_feature_extractor(choice: Any, device: str = "cpu", inception_weights: str | Path | None = None
                               ) -> FeatureExtractor:
     """``inception`` | ``digits`` | a TorchScript file | ``module:attribute`` | a callable -> a feature network."""
-    if not isinstance(spec, (str, Path)):
-        return as_feature_extractor(spec, device=device)
-    text = str(spec)
+    if not isinstance(choice, (str, Path)):
+        return as_feature_extractor(choice, device=device)
+    text = str(choice)
     if text.lower() in ("inception", "inception-v3", "inceptionv3", "fid"):
         return InceptionFeatures(inception_weights, device=device)
     if text.lower() in ("digits", "digit-classifier", "digit_classifier"):
@@ -354,7 +345,7 @@ def resolve_feature_extractor(spec: Any, device: str = "cpu", inception_weights:
     if p.is_file():
         return TorchScriptFeatures(p, device=device)
     if ":" in text and not p.exists():
-        return _from_module_spec(text, device)
+        return _from_import_path(text, device)
     raise FeatureNetworkError(f"unknown feature network {text!r}: use inception (with --inception-weights), digits, "
                               "a TorchScript file, or module:function")
 
@@ -415,8 +406,6 @@ def fid_from_stats(a: GaussianStats | tuple, b: GaussianStats | tuple) -> float:
 def save_stats(path: str | Path, stats: GaussianStats | tuple, extractor: FeatureExtractor | None = None,
                source: str = "", num_samples: int | None = None) -> Path:
     """Write ``mu``/``sigma`` (the pytorch-fid / clean-fid key names) plus the feature fingerprint, atomically."""
-    from .bench import _atomic_write_bytes
-
     path = Path(path)
     buf = io.BytesIO()
     np.savez(buf, mu=np.asarray(stats[0], np.float64), sigma=np.asarray(stats[1], np.float64),
@@ -424,7 +413,7 @@ def save_stats(path: str | Path, stats: GaussianStats | tuple, extractor: Featur
              feature_name=np.array(getattr(extractor, "name", "") or ""),
              feature_fingerprint=np.array(getattr(extractor, "fingerprint", "") or ""),
              num_samples=np.array(-1 if num_samples is None else int(num_samples)))
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -524,9 +513,9 @@ def compute_fid(samples: torch.Tensor | str | Path, reference: torch.Tensor | st
     return fid_from_stats(a, b)
 
 
-def use_feature_network(spec: Any, features: Any, device: str = "cpu",
+def use_feature_network(model: Any, features: Any, device: str = "cpu",
                         inception_weights: str | Path | None = None) -> FeatureExtractor:
-    """Make a :class:`skipstep.models.ModelSpec` report its Fréchet distances in ``features``' space."""
+    """Make a :class:`skipstep.lab.models.LoadedModel` report its Fréchet distances in ``features``' space."""
     extractor = resolve_feature_extractor(features, device=device, inception_weights=inception_weights)
-    spec.feature_fn, spec.feature_name = extractor, extractor.name
+    model.feature_fn, model.feature_name = extractor, extractor.name
     return extractor

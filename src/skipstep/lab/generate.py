@@ -2,7 +2,7 @@
 
 ``skipstep generate --model M --sampler S --nfe N --num-samples 50000 --seed 0 --out DIR``, or on 8 GPUs::
 
-    torchrun --nproc_per_node=8 -m skipstep.cli generate --model M ... --device cuda --out DIR
+    torchrun --nproc_per_node=8 -m skipstep generate --model M ... --device cuda --out DIR
 
 Layout of ``DIR`` (see ``docs/generate.md``)::
 
@@ -35,26 +35,33 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import diffusers
 import torch
+from diffusers.utils.torch_utils import randn_tensor
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+from tqdm.auto import tqdm
 
-from .bench import _atomic_write_bytes, _atomic_write_json, read_pinned_config, sampler_settings
-from .models import ModelSpec, load_model
-from .samplers import (CallCounter, build_scheduler, check_sampler_for_model, get_sampler, run_standard_loop,
-                       scheduler_config_for, steps_for_nfe)
+from .. import __version__
+from ..storage import atomic_write_bytes, atomic_write_json, derived_seed, file_sha256, json_sha256
+from .distributed import DistContext, init_distributed
+from .fid import (fid_from_stats, iter_image_batches, load_reference_stats, resolve_feature_extractor, save_stats,
+                  stats_of_samples)
+from .models import LoadedModel, load_model
+from .run_dirs import read_pinned_config, remove_owned, remove_stale_temp_files
+from .sampler_registry import (CallCounter, available_samplers, build_scheduler, check_sampler_for_model, get_sampler,
+                               run_standard_loop, sampler_settings, scheduler_config_for, steps_for_nfe)
 
 __all__ = [
-    "DistContext",
     "GenerateConfig",
     "GenerateConfigError",
     "GenerateInterrupted",
@@ -78,10 +85,6 @@ DEFAULT_BATCH_SIZE = 250
 #: Set to ``n`` to make every process raise :class:`GenerateInterrupted` after writing ``n`` new shards
 #: (a stand-in for a killed run, to test resumption).
 FAIL_AFTER_ENV = "SKIPSTEP_FAIL_AFTER_SHARDS"
-#: Seconds a process waits in a collective (barrier/broadcast) before giving up; default 3 hours, because a rank
-#: may wait at the final barrier for a slower rank's last shard.
-DIST_TIMEOUT_ENV = "SKIPSTEP_DIST_TIMEOUT_S"
-DEFAULT_DIST_TIMEOUT_S = 3 * 3600
 SEED_FUNCTION = ("sample_seed(seed, i) = int.from_bytes(sha256(f'skipstep-sample:{seed}:{i}').digest()[:8], "
                  "'little') & (2**63 - 1); one CPU torch.Generator per sample, used for x_T and then for every "
                  "step's noise, in order")
@@ -102,8 +105,7 @@ class GenerateInterrupted(RuntimeError):
 def sample_seed(seed: int, index: int) -> int:
     """The seed of sample ``index``'s generator: the first 8 bytes (little endian) of
     ``sha256(f"skipstep-sample:{seed}:{index}")``, masked to 63 bits. Independent streams for every sample."""
-    digest = hashlib.sha256(f"skipstep-sample:{int(seed)}:{int(index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return derived_seed("skipstep-sample", int(seed), int(index))
 
 
 def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
@@ -112,13 +114,11 @@ def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator
 
 
 @torch.no_grad()
-def generate_batch(spec: ModelSpec, sampler_name: str, num_steps: int, seed: int, indices: Sequence[int],
+def generate_batch(spec: LoadedModel, sampler_name: str, num_steps: int, seed: int, indices: Sequence[int],
                    device: str | torch.device = "cpu", counter: CallCounter | None = None) -> torch.Tensor:
     """Samples ``indices`` (one batch) with the standard loop; returns float32 on the CPU.
 
     ``x_T`` is ``randn_tensor`` with the per-sample generators, which then feed every ``step(..., generator=)``."""
-    from diffusers.utils.torch_utils import randn_tensor
-
     sampler = get_sampler(sampler_name)
     sched = build_scheduler(sampler, scheduler_config_for(sampler, spec), num_steps)
     gens = sample_generators(seed, indices)
@@ -129,91 +129,8 @@ def generate_batch(spec: ModelSpec, sampler_name: str, num_steps: int, seed: int
     return x.detach().float().cpu()
 
 
-# --------------------------------------------------------------------------------------------------------------
-# the process group
-# --------------------------------------------------------------------------------------------------------------
-@dataclass
-class DistContext:
-    """This process's place in the run: ``rank`` of ``world_size`` (1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    backend: str | None = None
-    owns_group: bool = False
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            if self.backend == "nccl":
-                dist.barrier(device_ids=[self.local_rank])
-            else:
-                dist.barrier()
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        if not self.distributed:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-            self.owns_group = False
 
 
-def init_distributed(device: str) -> tuple[DistContext, str]:
-    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1), or a world of
-    one. Returns the context and this process's device (``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun).
-    A process group the caller already initialised is used as it is (and left open)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        backend = dist.get_backend()
-        if device == "cuda" and world > 1:
-            device = f"cuda:{local}"
-        return DistContext(rank, world, local, backend, owns_group=False), device
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    if world <= 1:
-        return DistContext(), device
-    if not dist.is_available():
-        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    cuda = str(device).startswith("cuda")
-    backend = "nccl" if cuda else "gloo"
-    kwargs: dict[str, Any] = {}
-    if cuda:
-        if device == "cuda":
-            device = f"cuda:{local}"
-        torch.cuda.set_device(torch.device(device))
-        kwargs["device_id"] = torch.device(device)
-    timeout = _dt.timedelta(seconds=float(os.environ.get(DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_S)))
-    dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
-    return DistContext(dist.get_rank(), dist.get_world_size(), local, backend, owns_group=True), device
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -266,8 +183,6 @@ def provenance_path(out: Path, j: int) -> Path:
 
 def read_shard_metadata(path: str | Path) -> dict[str, Any]:
     """The (deterministic) skipstep metadata of a shard file."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as fh:
         raw = (fh.metadata() or {}).get("skipstep")
     if raw is None:
@@ -275,7 +190,7 @@ def read_shard_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def _identity(cfg: GenerateConfig, spec: ModelSpec, steps: int, nfe: int) -> dict[str, Any]:
+def _identity(cfg: GenerateConfig, spec: LoadedModel, steps: int, nfe: int) -> dict[str, Any]:
     """What every shard of DIR must share (the world size, batch size and device are not part of it)."""
     return {
         "format_version": FORMAT_VERSION,
@@ -285,8 +200,7 @@ def _identity(cfg: GenerateConfig, spec: ModelSpec, steps: int, nfe: int) -> dic
         "sampler": cfg.sampler,
         "sampler_settings": json.loads(json.dumps(sampler_settings(get_sampler(cfg.sampler)), default=str)),
         # the effective scheduler config (e.g. an estimated optimal-variance table): every rank must use the same
-        "scheduler_config_sha256": hashlib.sha256(json.dumps(
-            scheduler_config_for(get_sampler(cfg.sampler), spec), sort_keys=True, default=str).encode()).hexdigest(),
+        "scheduler_config_sha256": json_sha256(scheduler_config_for(get_sampler(cfg.sampler), spec)),
         "nfe": cfg.nfe,
         "actual_nfe": nfe,
         "num_inference_steps": steps,
@@ -325,15 +239,9 @@ def _prepare_dir(cfg: GenerateConfig, identity: dict[str, Any], model_info: dict
                     "discard them, or choose another --out.")
             previous = None
     if cfg.overwrite and previous is None and out.is_dir():
-        for name in _OWNED:  # only what this command writes
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        remove_owned(out, _OWNED)  # only what this command writes
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "shards").glob(".*.tmp"):  # left by a killed writer; never a finished shard
-        stale.unlink(missing_ok=True)
+    remove_stale_temp_files(out / "shards")  # left by killed writers; never a finished shard
     for j in range(cfg.num_shards):  # a sidecar whose shard never landed describes nothing
         if not shard_path(out, j).is_file():
             provenance_path(out, j).unlink(missing_ok=True)
@@ -352,15 +260,11 @@ def _prepare_dir(cfg: GenerateConfig, identity: dict[str, Any], model_info: dict
                 "shard is recorded in index.json)")
     if done:
         log(f"resuming: {done} of {cfg.num_shards} shards already complete (kept as they are)")
-    import diffusers
-
-    from . import __version__
-
     runs.append({"started": _now(), "world_size": world_size, "device": cfg.device, "batch_size": cfg.batch_size,
                  "shards_done_at_start": done, "skipstep": __version__, "torch": torch.__version__,
                  "diffusers": diffusers.__version__, "python": platform.python_version(),
                  "host": platform.node()})
-    _atomic_write_json(config_file, {
+    atomic_write_json(config_file, {
         "identity": identity,
         "model": model_info,
         "num_shards": cfg.num_shards,
@@ -372,26 +276,14 @@ def _prepare_dir(cfg: GenerateConfig, identity: dict[str, Any], model_info: dict
 
 
 def _write_shard(path: Path, samples: torch.Tensor, indices: torch.Tensor, metadata: dict[str, Any]) -> None:
-    from safetensors.torch import save
-
     # one metadata key: safetensors writes several keys in a random order, which would make the bytes differ
     data = save({"samples": samples.contiguous().float().cpu(), "indices": indices.to(torch.int64).contiguous()},
                 metadata={"skipstep": json.dumps(metadata, sort_keys=True)})
-    _atomic_write_bytes(path, data)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    atomic_write_bytes(path, data)
 
 
 def _build_index(cfg: GenerateConfig, identity: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Rank 0, after the barrier: check every shard (metadata and indices) and list it with its sha256."""
-    from safetensors import safe_open
-
     shards = []
     for j in range(cfg.num_shards):
         path = shard_path(cfg.out, j)
@@ -418,7 +310,7 @@ def _build_index(cfg: GenerateConfig, identity: dict[str, Any], extra: dict[str,
         except (json.JSONDecodeError, UnicodeDecodeError):
             prov = {}
         shards.append({"file": str(path.relative_to(cfg.out)), "shard": j, "start": start, "stop": stop,
-                       "num_samples": stop - start, "sha256": _file_sha256(path),
+                       "num_samples": stop - start, "sha256": file_sha256(path),
                        "written_by": {k: prov.get(k) for k in ("rank", "world_size", "batch_size", "device",
                                                                "seconds", "written")}})
     return {
@@ -437,8 +329,6 @@ def load_samples(out: str | Path, verify: bool = False) -> tuple[torch.Tensor, t
     """All samples of a finished generate directory in index order: ``(samples, indices)``.
 
     ``verify=True`` checks every file's sha256 against ``index.json``."""
-    from safetensors.torch import load_file
-
     out = Path(out)
     index_file = out / "index.json"
     if not index_file.is_file():
@@ -447,7 +337,7 @@ def load_samples(out: str | Path, verify: bool = False) -> tuple[torch.Tensor, t
     chunks, idx = [], []
     for entry in index["shards"]:
         path = out / entry["file"]
-        if verify and _file_sha256(path) != entry["sha256"]:
+        if verify and file_sha256(path) != entry["sha256"]:
             raise ValueError(f"{path}: sha256 differs from index.json (the file changed after the run)")
         tensors = load_file(str(path))
         chunks.append(tensors["samples"])
@@ -481,8 +371,6 @@ def generate(cfg: GenerateConfig, log: Callable[[str], None] | None = print) -> 
 
 
 def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[[str], None] | None) -> GenerateResult:
-    from tqdm.auto import tqdm
-
     t_start = time.perf_counter()
     say = (log or (lambda m: None)) if ctx.rank == 0 else (lambda m: None)
     spec = load_model(cfg.model, device=device)
@@ -499,7 +387,7 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
             fid_error = err  # raised below on every rank, so no rank waits for the others in a collective
 
     # every rank must agree on what it is about to compute (same model weights, same code)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    digest = json_sha256(identity)
     digests = ctx.all_gather(digest)
     state: dict[str, Any] | None = None
     error: str | None = None
@@ -551,7 +439,7 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
                 "num_inference_steps": steps}
         provenance = {"shard": j, "batch_size": cfg.batch_size, "device": str(device), "rank": ctx.rank,
                       "world_size": ctx.world_size, "seconds": seconds, "written": _now(), "host": platform.node()}
-        _atomic_write_json(provenance_path(cfg.out, j), provenance)
+        atomic_write_json(provenance_path(cfg.out, j), provenance)
         _write_shard(shard_path(cfg.out, j), torch.cat(chunks), torch.arange(start, stop), meta)
         result.computed.append(j)
         if fail_after and len(result.computed) >= fail_after:
@@ -563,7 +451,7 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
         index = _build_index(cfg, identity, {"seconds_last_run": time.perf_counter() - t_start,
                                              "world_size_last_run": ctx.world_size,
                                              "shards_computed_last_run": len(missing)})
-        _atomic_write_json(cfg.out / "index.json", index)
+        atomic_write_json(cfg.out / "index.json", index)
         result.index = index
         if extractor is not None:
             result.fid = _fid_of_output(cfg, extractor, say)
@@ -580,8 +468,6 @@ def _sync(device: str) -> None:
 # FID of the output
 # --------------------------------------------------------------------------------------------------------------
 def _resolve_fid(cfg: GenerateConfig, device: str):
-    from .fid import load_reference_stats, resolve_feature_extractor
-
     extractor = resolve_feature_extractor(cfg.fid_features, device=device, inception_weights=cfg.inception_weights)
     if cfg.fid_reference:
         ref = Path(cfg.fid_reference)
@@ -594,8 +480,6 @@ def _resolve_fid(cfg: GenerateConfig, device: str):
 
 def _fid_of_output(cfg: GenerateConfig, extractor, say: Callable[[str], None]) -> dict[str, Any]:
     """Features of every sample -> ``DIR/fid/<name>.npz`` statistics; FID against ``--fid-reference`` if given."""
-    from .fid import fid_from_stats, iter_image_batches, load_reference_stats, save_stats, stats_of_samples
-
     batches, _ = iter_image_batches(cfg.out, cfg.batch_size)  # shard by shard: never all samples in memory
     stats = stats_of_samples(batches, extractor, batch_size=cfg.batch_size)
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in extractor.name)
@@ -610,7 +494,7 @@ def _fid_of_output(cfg: GenerateConfig, extractor, say: Callable[[str], None]) -
         say(f"FID ({extractor.name} features) vs {cfg.fid_reference}: {record['fid']:.4f}")
     else:
         say(f"feature statistics ({extractor.name}) written to {stats_file} (pass --fid-reference for an FID)")
-    _atomic_write_json(cfg.out / "fid.json", record)
+    atomic_write_json(cfg.out / "fid.json", record)
     return record
 
 
@@ -618,8 +502,6 @@ def _fid_of_output(cfg: GenerateConfig, extractor, say: Callable[[str], None]) -
 # CLI
 # --------------------------------------------------------------------------------------------------------------
 def add_subcommand(subparsers) -> None:
-    from .samplers import available_samplers
-
     p = subparsers.add_parser(
         "generate", help="generate many samples into resumable shards (multi-GPU with torchrun)",
         description="Draw --num-samples samples with one sampler into DIR/shards/*.safetensors (--shard-size "

@@ -1,13 +1,13 @@
-"""Train the two digits testbeds and write their report: ``python -m skipstep.testbeds.train {unet,classifier,report,all}``.
+"""Train the two digits testbeds and write their report: ``python -m skipstep.lab.testbeds.train {unet,classifier,report,all}``.
 
 * ``unet`` -- a diffusers ``UNet2DModel`` on the 8x8 digits (``"train"`` split of
-  :func:`skipstep.testbeds.digits.load_digits_images`), epsilon prediction, ``DDPMScheduler`` (T=1000, linear
+  :func:`skipstep.lab.testbeds.digits.load_digits_images`), epsilon prediction, ``DDPMScheduler`` (T=1000, linear
   betas 1e-4..0.02) for ``add_noise``, AdamW with linear warm-up and cosine decay, gradient clipping and an EMA of
   the weights. The EMA weights are saved with ``DDPMPipeline(unet, scheduler).save_pretrained(out,
   safe_serialization=True)`` (``model_index.json``, ``unet/``, ``scheduler/``). The loss curve goes to
   ``<docs>/training_digits.csv`` and ``<docs>/training_digits_loss.png``, a summary to
   ``<out>/training_info.json``.
-* ``classifier`` -- :class:`skipstep.testbeds.digits.DigitClassifier` on the same split with random +-1 pixel
+* ``classifier`` -- :class:`skipstep.lab.testbeds.digits.DigitClassifier` on the same split with random +-1 pixel
   shifts, evaluated on the ``"heldout"`` split; saved as ``model.safetensors`` + ``config.json``; curve in
   ``<docs>/training_digits_classifier.csv``.
 * ``report`` -- parameter counts, forward-pass timing (batch 2,000), a grid of 64 samples from 1000-step ancestral
@@ -25,7 +25,6 @@ import copy
 import csv
 import json
 import math
-import os
 import platform
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..metrics import frechet_distance
 from .digits import (
     DIGIT_CLASSIFIER_DIR,
     DIGITS_SPLIT_SEED,
@@ -47,7 +47,7 @@ from .digits import (
     load_digits_unet,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[4]  # src/skipstep/lab/testbeds/train.py
 # docs/ of the source checkout; from an installed (non-editable) package, ./docs of the working directory
 DEFAULT_DOCS = REPO_ROOT / "docs" if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd() / "docs"
 
@@ -440,15 +440,6 @@ def save_grid(x: torch.Tensor, path: Path, title: str, nrow: int = 8) -> None:
     plt.close(fig)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy import linalg
-
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = np.asarray(linalg.sqrtm(ca @ cb)).real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(covmean))
-
-
 def time_forward(unet, batch: int = 2000, threads: int = 2, repeats: int = 10) -> dict[str, float]:
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -521,7 +512,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m skipstep.testbeds.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m skipstep.lab.testbeds.train", description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["unet", "classifier", "report", "all"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -555,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = build_parser().parse_args(argv)
-    args.command_line = "python -m skipstep.testbeds.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command_line = "python -m skipstep.lab.testbeds.train " + " ".join(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     if args.what in ("classifier", "all"):
         train_classifier(args)

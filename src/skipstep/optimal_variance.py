@@ -12,14 +12,13 @@ For a perfect model ``M_t = 1 - Gamma_t`` with Analytic-DPM's ``Gamma_t = E||eps
 used because it stays exact for an imperfect network and its Monte Carlo estimate has far lower variance at high
 noise (where ``sigma_t^2/alpha_t^2`` amplifies any error in ``1 - Gamma_t``). It is estimated once per model over
 data samples (the training set, or any sample of the data distribution) and cached in a small JSON file keyed by
-the model's fingerprint. :func:`skipstep.steps.optimal_noise_variance` turns it into the step variance.
+the model's fingerprint (under :func:`skipstep.storage.cache_dir`). :func:`skipstep.steps.optimal_noise_variance` turns it into the step variance.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,8 +26,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .predictions import check_prediction_type, predict_x0_eps
-from .schedules import DiscreteVPPath
+from .paths import DiscreteVPPath
+from .predictions import check_prediction_type, predict_x0_eps, unwrap_model_output
+from .storage import atomic_write_json
 
 
 @torch.no_grad()
@@ -77,7 +77,7 @@ def estimate_eps_mse(
             eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
             x_t = alpha * x0 + sigma * eps
             out = model(x_t, torch.full((x0.shape[0],), t, dtype=torch.int64, device=x0.device))
-            out = out.sample if hasattr(out, "sample") else out
+            out = unwrap_model_output(out)
             out = out[:, : x0.shape[1]].double()  # a learned-variance model's prediction channels
             _, eps_hat = predict_x0_eps(out, x_t.double(), alpha, sigma, prediction_type)
             total += float((eps.double() - eps_hat).pow(2).flatten(1).mean(1).sum())
@@ -88,18 +88,13 @@ def estimate_eps_mse(
 
 
 def save_eps_mse(file: str | os.PathLike, table: torch.Tensor, fingerprint: str, overwrite: bool = False,
-                     **provenance) -> Path:
+                 **provenance) -> Path:
     """Write the table atomically as JSON ``{"fingerprint", "eps_mse", ...provenance}``."""
     file = Path(file)
     if file.exists() and not overwrite:
         raise FileExistsError(f"{file} exists; pass overwrite=True to replace it")
     payload = {"fingerprint": fingerprint, "eps_mse": [float(v) for v in table.tolist()], **provenance}
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle)
-    os.replace(tmp, file)
-    return file
+    return atomic_write_json(file, payload, indent=None)
 
 
 def load_eps_mse(file: str | os.PathLike, fingerprint: str | None = None) -> torch.Tensor:
@@ -119,39 +114,4 @@ def load_eps_mse(file: str | os.PathLike, fingerprint: str | None = None) -> tor
     return table
 
 
-
-
-def default_cache_dir() -> Path:
-    """``$SKIPSTEP_CACHE`` or ``$XDG_CACHE_HOME/skipstep`` (``~/.cache/skipstep``)."""
-    if os.environ.get("SKIPSTEP_CACHE"):
-        return Path(os.environ["SKIPSTEP_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "skipstep"
-
-
-def eps_mse_for_model(spec, cache_dir: str | os.PathLike | None = None, num_timesteps: int = 100,
-                      max_samples: int = 2000, seed: int = 0, progress: bool = False) -> torch.Tensor:
-    """The optimal-variance table of a registered model (:class:`skipstep.models.ModelSpec`), estimated once on
-    its data (the training split, or exact draws for analytic models) and cached under ``cache_dir`` by the
-    model's fingerprint."""
-    file = Path(cache_dir or default_cache_dir()) / "eps_mse" / f"{spec.fingerprint}-n{num_timesteps}.json"
-    if file.is_file():
-        return load_eps_mse(file, spec.fingerprint)
-    if spec.real_data is not None and "train" in spec.real_data:
-        data, source = spec.real_data["train"][:max_samples], "training split"
-    elif spec.reference is not None:
-        data, source = spec.reference.sample(max_samples, seed), "exact data samples"
-    else:
-        raise ValueError(
-            f"model {spec.name!r} has no data to estimate the optimal variance from; compute the table with "
-            "skipstep.analytic.estimate_eps_mse(model, path, data) and pass it as eps_mse"
-        )
-    path = DiscreteVPPath.from_config(spec.scheduler_config)
-    table = estimate_eps_mse(spec.model, path, data.to(spec.device), spec.prediction_type,
-                             num_timesteps=num_timesteps, generator=torch.Generator().manual_seed(seed),
-                             progress=progress)
-    save_eps_mse(file, table, spec.fingerprint, overwrite=True, data=source, num_samples=int(data.shape[0]),
-                 num_timesteps=num_timesteps, seed=seed)
-    return table
-
-
-__all__ = ["default_cache_dir", "eps_mse_for_model", "estimate_eps_mse", "load_eps_mse", "save_eps_mse"]
+__all__ = ["estimate_eps_mse", "load_eps_mse", "save_eps_mse"]

@@ -37,8 +37,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..predictions import check_prediction_type
-from ..schedules import DiscreteVPPath, GaussianPath, RectifiedFlowPath
+from ...predictions import check_prediction_type
+from ...paths import DiscreteVPPath, GaussianPath, RectifiedFlowPath
+from .digits import load_digits_images, load_digits_labels
 
 #: Default cap on the number of float64 entries of one ``(rows, K)`` block of the responsibility computation.
 DEFAULT_MAX_CHUNK_ELEMENTS = 2**21
@@ -323,9 +324,7 @@ class GMMDenoiser(torch.nn.Module):
 
 def _load_digit_images(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Digit images ``(N, 1, 8, 8)`` in ``[-1, 1]`` of ``split`` and their class labels, from
-    :mod:`skipstep.testbeds.digits` (the project's one definition of the splits)."""
-    from .digits import load_digits_images, load_digits_labels
-
+    :mod:`skipstep.lab.testbeds.digits` (the project's one definition of the splits)."""
     return torch.as_tensor(load_digits_images(split)), torch.as_tensor(load_digits_labels(split)).long()
 
 
@@ -334,7 +333,7 @@ def digits_mixture(std: float = 0.05, num_means: int | None = None, split: str =
     """The mixture with one mode per real digit image: ``p(x) = (1/K) sum_k N(x; image_k, std^2 I)``.
 
     Means are scikit-learn's 8x8 digits scaled to ``[-1, 1]`` (``x / 16 * 2 - 1``) from ``split`` (``"train"``,
-    ``"heldout"`` or ``"all"``, see :mod:`skipstep.testbeds.digits`), reshaped to ``image_shape`` (64 entries),
+    ``"heldout"`` or ``"all"``, see :mod:`skipstep.lab.testbeds.digits`), reshaped to ``image_shape`` (64 entries),
     with equal weights and per-pixel std ``std``; ``labels`` holds each mode's digit class. ``num_means`` keeps
     the first ``num_means`` images of a fixed permutation of the split (``torch.randperm`` seeded with ``seed``)
     for speed; ``None`` keeps all, in the split's order.

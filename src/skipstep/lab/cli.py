@@ -12,22 +12,22 @@ import importlib
 import os
 import sys
 
+from .. import __version__
+
 #: Modules that register subcommands, in the order they appear in ``skipstep --help``.
 SUBCOMMAND_MODULES = [
-    "skipstep.demo",   # demo, sample
-    "skipstep.bench",  # bench
-    "skipstep.generate",  # generate
-    "skipstep.tuning",  # tune
+    "skipstep.lab.demo",  # demo, sample
+    "skipstep.lab.bench",  # bench
+    "skipstep.lab.generate",  # generate
+    "skipstep.lab.tune",  # tune
 ]
 
 #: Errors that are the user's to fix: printed as one line, exit status 2 (no traceback).
 _USER_ERRORS = ("SamplerError", "ModelLoadError", "BenchConfigError", "FileNotFoundError", "ValueError",
-                "GenerateConfigError", "FeatureNetworkError", "ScheduleError")
+                "GenerateConfigError", "FeatureNetworkError", "TunedScheduleError")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="skipstep",
         description="Few-step sampling for pretrained diffusion models: skipped-step posterior sampling and the "

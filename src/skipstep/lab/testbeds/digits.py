@@ -22,7 +22,7 @@ Networks
 
 Everything is read from local files with safetensors (never pickles, never the network). A missing or corrupt
 file raises :class:`FileNotFoundError` / :class:`ValueError` naming the file. See ``docs/training.md`` for how the
-weights were trained (``python -m skipstep.testbeds.train``).
+weights were trained (``python -m skipstep.lab.testbeds.train``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ __all__ = [
     "load_digits_unet",
 ]
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"  # skipstep/assets
 #: Shipped diffusers directory of the digits DDPM (``model_index.json``, ``unet/``, ``scheduler/``).
 DIGITS_UNET_DIR = ASSETS_DIR / "digits-unet"
 #: Shipped directory of the digit classifier (``config.json``, ``model.safetensors``).

@@ -1,7 +1,7 @@
 """Quick-look front ends: ``skipstep demo`` (the main job, a small side-by-side on the shipped digits model) and
 ``skipstep sample`` (draw a grid with one sampler).
 
-``skipstep demo`` runs our default sampler (``skipstep.sampling.DEFAULT_ETA``), DDIM and DPM-Solver++(2M) at
+``skipstep demo`` runs our default sampler (``skipstep.DEFAULT_ETA``, ``skipstep.DEFAULT_SOLVER_ORDER``), DDIM and DPM-Solver++(2M) at
 10 NFE on the digits UNet, scores them against the model's own 1000-step ancestral samples, prints the table and
 writes the plot and grids into ``./skipstep-demo`` (a benchmark directory: rerunning reuses it). Sized to finish
 in about three minutes on two CPU cores; the 1000-step reference is most of that.
@@ -13,8 +13,14 @@ import argparse
 import time
 from pathlib import Path
 
-from .bench import (BenchConfig, add_common_run_args, apply_clip_mode, apply_threads, run_bench, sample_cell,
-                    save_grid)
+import torch
+
+from .bench import BenchConfig, run_bench
+from .bench_report import save_grid
+from .cli_args import add_common_run_args, apply_threads
+from .models import apply_clip_mode, load_model
+from .sample_sets import sample_cell
+from .sampler_registry import get_sampler, steps_for_nfe
 
 __all__ = ["DEMO_NFE", "DEMO_SAMPLERS", "add_subcommand", "main_demo", "main_sample"]
 
@@ -71,11 +77,6 @@ def main_demo(args: argparse.Namespace) -> int:
 
 
 def main_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from .models import load_model
-    from .samplers import build_scheduler, get_sampler, steps_for_nfe  # noqa: F401  (errors name the sampler)
-
     apply_threads(args)
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")

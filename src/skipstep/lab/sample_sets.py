@@ -1,0 +1,107 @@
+"""Sample sets: ``N`` samples of one sampler on one model from one seed, drawn under the benchmark's noise protocol.
+
+* ``x_T`` for a seed is :func:`initial_noise` (``randn`` from a CPU generator seeded with the seed, for all samples
+  at once), so every sampler of a run starts from the same noise;
+* the per-step noise of the batch starting at index ``b`` comes from :func:`step_generator` ``(seed, b)``;
+* every sampler is driven by the one standard diffusers loop (:func:`~skipstep.lab.sampler_registry.run_standard_loop`),
+  its NFE counted by wrapping the model, and only the sampling loop is timed.
+
+The reference sets the benchmark and the tuner score against are such sample sets too (:func:`reference_samples`):
+exact data draws for analytic models, the model's own 1000-step ancestral samples otherwise, cached on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..storage import atomic_write_json, derived_seed
+from .models import LoadedModel
+from .run_dirs import load_tensor, save_tensor
+from .sampler_registry import (CallCounter, SamplerRecipe, build_scheduler, get_sampler, run_standard_loop,
+                               scheduler_config_for, steps_for_nfe)
+
+#: Seed of the reference set (kept apart from the sampler seeds so the comparison is between independent sets).
+REFERENCE_SEED = 1_000_003
+
+
+def initial_noise(seed: int, num_samples: int, shape: Sequence[int]) -> torch.Tensor:
+    """``x_T`` for a seed: ``randn((N, *shape))`` from a CPU generator seeded with ``seed`` (float32)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randn((int(num_samples), *shape), generator=g, dtype=torch.float32)
+
+
+def step_generator(seed: int, batch_start: int) -> torch.Generator:
+    """The per-step noise generator of the batch starting at ``batch_start`` (a CPU generator)."""
+    return torch.Generator().manual_seed(derived_seed("skipstep-steps", int(seed), int(batch_start)))
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+@dataclass
+class SampledCell:
+    samples: torch.Tensor
+    seconds: float
+    actual_nfe: int
+    num_steps: int
+
+def sample_cell(spec: LoadedModel, sampler: SamplerRecipe, num_steps: int, seed: int, num_samples: int,
+                batch_size: int, device: str, progress: bool = False, desc: str = "steps") -> SampledCell:
+    """Draw ``num_samples`` with one sampler (batched); time the sampling loops only and count NFE."""
+    noise = initial_noise(seed, num_samples, spec.sample_shape)
+    counter = CallCounter(spec.model)
+    chunks, seconds, nfes = [], 0.0, []
+    for start in range(0, num_samples, batch_size):
+        sched = build_scheduler(sampler, scheduler_config_for(sampler, spec), num_steps)
+        x_t = noise[start:start + batch_size].to(device)
+        gen = step_generator(seed, start)
+        before = counter.calls
+        _sync(device)
+        t0 = time.perf_counter()
+        x = run_standard_loop(sched, counter, x_t, num_steps, generator=gen, progress=progress, desc=desc)
+        _sync(device)
+        seconds += time.perf_counter() - t0
+        nfes.append(counter.calls - before)
+        chunks.append(x.detach().float().cpu())
+    if len(set(nfes)) != 1:
+        raise RuntimeError(f"sampler {sampler.name} used a different NFE per batch: {nfes}")
+    return SampledCell(torch.cat(chunks), seconds, nfes[0], num_steps)
+
+
+def reference_samples(spec: LoadedModel, num_samples: int, seed: int, directory: Path, batch_size: int,
+                      device: str = "cpu", progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """The reference set of ``spec``: read from ``directory`` if drawn before, else drawn and saved there --
+    exact data samples for analytic models, else ``num_samples`` 1000-step ancestral samples (the sampler
+    ``reference-1000``, x0 clipped as the model's scheduler config says) from ``seed``."""
+    directory = Path(directory)
+    data_file, meta_file = directory / "reference.safetensors", directory / "reference.json"
+    if data_file.is_file() and meta_file.is_file():
+        return load_tensor(data_file), json.loads(meta_file.read_text())
+    t0 = time.perf_counter()
+    if spec.reference is not None:
+        samples = spec.reference.sample(num_samples, seed).float()
+        meta = {"source": "exact data samples", "seconds": time.perf_counter() - t0}
+    else:
+        ref = get_sampler("reference-1000")
+        steps, _ = steps_for_nfe(ref, spec.num_train_timesteps, spec.num_train_timesteps)
+        if progress:
+            print(f"reference: {num_samples} samples with {steps}-step ancestral sampling (cached in {directory})")
+        cell = sample_cell(spec, ref, steps, seed, num_samples, batch_size, device, progress=progress,
+                           desc="reference")
+        samples = cell.samples
+        meta = {"source": f"{steps}-step ancestral samples (reference-1000)", "seconds": cell.seconds,
+                "actual_nfe": cell.actual_nfe}
+    meta.update({"num_samples": int(samples.shape[0]), "seed": int(seed)})
+    save_tensor(data_file, samples)
+    atomic_write_json(meta_file, meta)
+    return samples, meta
+
+
+__all__ = ["REFERENCE_SEED", "SampledCell", "initial_noise", "reference_samples", "sample_cell", "step_generator"]

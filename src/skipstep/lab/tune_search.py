@@ -1,0 +1,430 @@
+"""The search behind ``skipstep tune``: candidate timesteps and per-step eta for one model and NFE, the objective
+they are scored by, the common random numbers they are sampled with, and the search stages.
+
+Objective: the Fréchet distance in the model's feature space (``LoadedModel.feature_fn``) between a candidate's
+few-step samples and a reference set -- the model's own 1000-step ancestral samples (the exact data distribution
+for analytic models), drawn by :func:`skipstep.lab.sample_sets.reference_samples` and cached under
+:func:`skipstep.storage.cache_dir` -- or the sliced Wasserstein distance in pixel space when the model has no
+feature network. Every candidate is sampled from the same initial noise and the same per-step noise (common
+random numbers: noise ``z_i`` of step ``i`` is fixed per fit seed, whatever the timesteps and eta), so
+differences between candidates are differences of the schedules, not of the noise. Stages:
+
+1. the library's spacings with the base eta: trailing (uniform in t), quadratic, uniform in log-SNR;
+2. a pattern search over a smooth family: positions ``u_i = (n-1-i)/(n-1)`` warped by a power ``rho`` and placed
+   uniformly in a coordinate that blends time (``kappa = 0``) and log-SNR (``kappa = 1``) between ``t_start`` and
+   ``t_end`` (trailing, quadratic and log-SNR spacing are members), with eta a linear ramp ``eta_a -> eta_b``;
+3. a coordinate search that moves single timesteps and single etas, accepting improvements.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..paths import DiscreteVPPath
+from ..plan import plan_steps, resolve_eta_schedule
+from ..predictions import X0Clipping
+from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type, needs_noise
+from ..storage import cache_dir, derived_seed
+from ..timesteps import make_strictly_descending, select_timesteps
+from . import metrics as M
+from .sample_sets import REFERENCE_SEED, initial_noise, reference_samples as draw_reference
+from .sampler_registry import CallCounter, get_sampler, sampler_names
+
+#: Relative improvement a move must bring to be accepted (guards against chasing round-off).
+MIN_RELATIVE_IMPROVEMENT = 1e-4
+#: Share of the budget the smooth (parametric) stage may use; the coordinate stage gets the rest.
+SMOOTH_STAGE_SHARE = 0.5
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the base sampler and the search space
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BaseSampler:
+    """The eta-family member being tuned: its starting eta, its order and its noise variance."""
+
+    name: str
+    eta: Any
+    solver_order: int = 1
+    variance_type: str = "small"
+
+    def eta_list(self, n: int) -> list[float]:
+        return resolve_eta_schedule(self.eta, n)
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "eta": self.eta, "solver_order": self.solver_order,
+                "variance_type": self.variance_type}
+
+def base_names() -> list[str]:
+    return sampler_names("skipstep")
+
+def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None = None,
+                 variance_type: str | None = None, eta=None) -> BaseSampler:
+    """A registered skipstep sampler name (its eta), with ``solver_order``/``variance_type``/``eta`` overrides."""
+    if isinstance(base, BaseSampler):
+        b = base
+    else:
+        spec = get_sampler(base) if base in sampler_names("skipstep") else None
+        if spec is None:
+            raise ValueError(f"base sampler must be one of skipstep's own samplers ({', '.join(base_names())}); "
+                             f"got {base!r}")
+        e = spec.settings.get("eta", 1.0)
+        o = spec.settings.get("solver_order", 1)
+        b = BaseSampler(base, DEFAULT_ETA if e == "DEFAULT_ETA" else e,
+                        DEFAULT_SOLVER_ORDER if o == "DEFAULT_SOLVER_ORDER" else int(o))
+    order = b.solver_order if solver_order is None else solver_order
+    if order not in (1, 2, 3):
+        raise ValueError(f"solver_order must be 1, 2 or 3, got {order!r}")
+    vt = canonical_variance_type(b.variance_type if variance_type is None else variance_type)
+    if vt not in ("small", "large"):
+        raise ValueError(f"tuning supports variance_type small or large, got {vt!r}")
+    e = b.eta if eta is None else eta
+    if not isinstance(e, (list, tuple)):
+        resolve_eta_schedule(e, 4)  # validate the form early (per-step lists are checked against the NFE later)
+    return BaseSampler(b.name, e, int(order), vt)
+
+@dataclass(frozen=True)
+class SpacingParams:
+    """A point of the smooth timestep family (see :func:`family_timesteps`)."""
+
+    kappa: float  # 0: uniform in time, 1: uniform in log-SNR
+    rho: float  # power warp of the positions (1: none, 2: quadratic)
+    t_start: int
+    t_end: int
+
+def family_timesteps(path, n: int, p: SpacingParams) -> list[int]:
+    """``n`` strictly descending integer timesteps from ``t_start`` to ``t_end``: positions ``u_i^rho``
+    (``u_i = (n-1-i)/(n-1)``) uniform in ``g(t) = (1-kappa) (t - t_end)/(t_start - t_end) + kappa (lambda(t_end) -
+    lambda(t)) / (lambda(t_end) - lambda(t_start))``. Trailing, quadratic and log-SNR spacing are members."""
+    T = path.t_max + 1
+    t_start, t_end = int(p.t_start), int(p.t_end)
+    if not 0 <= t_end <= t_start - (n - 1) or t_start > T - 1:
+        raise ValueError(f"need 0 <= t_end <= t_start - (n-1) and t_start <= {T - 1}; got {p}")
+    if n == 1:
+        return [t_start]
+    grid = np.arange(t_end, t_start + 1, dtype=np.float64)
+    lam = path.log_snr(torch.as_tensor(grid.astype(np.int64))).numpy().astype(np.float64)
+    finite = np.isfinite(lam)
+    if not finite.all():  # zero terminal SNR: -inf at T-1
+        lam = np.where(finite, lam, lam[finite].min() - 1.0)
+    g_time = (grid - t_end) / max(t_start - t_end, 1)
+    g_lam = (lam[0] - lam) / max(lam[0] - lam[-1], 1e-12)
+    g = (1.0 - p.kappa) * g_time + p.kappa * g_lam
+    u = (n - 1 - np.arange(n)) / (n - 1)
+    ts = np.round(np.interp(u ** p.rho, g, grid))
+    return [int(v) for v in make_strictly_descending(ts, highest=t_start)]
+
+def ramp(a: float, b: float, n: int) -> list[float]:
+    """Eta ramping linearly from ``a`` (first step) to ``b`` (last noisy step); the final step's is unused."""
+    if n == 1:
+        return [round(a, 4)]
+    k = max(n - 2, 1)
+    return [round(min(1.0, max(0.0, a + (b - a) * min(i, k) / k)), 4) for i in range(n)]
+
+def spacing_starts(path, n: int) -> dict[str, tuple[list[int], SpacingParams]]:
+    """The library's spacings (exact) and their nearest members of the family (for the smooth stage)."""
+    T = path.t_max + 1
+    out = {}
+    for name, kappa, rho in (("trailing", 0.0, 1.0), ("quadratic", 0.0, 2.0), ("log_snr", 1.0, 1.0)):
+        ts = [int(v) for v in select_timesteps(path, n, name).tolist()]
+        t_start = min(ts[0], T - 1)
+        t_end = min(ts[-1], t_start - (n - 1))
+        out[name] = (ts, SpacingParams(kappa, rho, t_start, max(t_end, 0)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the reference and the objective
+# --------------------------------------------------------------------------------------------------------------
+
+def reference_samples(spec, num_reference: int, reference_seed: int | None = None, directory: str | Path | None = None,
+                      batch_size: int = 500, device: str = "cpu", progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """The model's reference set, drawn as the benchmark draws it (:func:`skipstep.lab.sample_sets.reference_samples`: 1000-step
+    ancestral samples with the x0 clipping of the model's scheduler config, or exact data samples for analytic
+    models) and cached in ``cache_dir/references/<model>-<fingerprint>/seed<S>_n<N>_bs<B>_clip<on|off>/``."""
+    seed = REFERENCE_SEED if reference_seed is None else int(reference_seed)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)[-40:]
+    out = Path(directory or cache_dir()) / "references" / f"{safe}-{spec.fingerprint}" / \
+        f"seed{seed}_n{int(num_reference)}_bs{int(batch_size)}_clip{'on' if x0_clipping(spec).active else 'off'}"
+    samples, meta = draw_reference(spec, int(num_reference), seed, out / "reference", batch_size, device, progress)
+    meta = dict(meta)
+    meta["cache"] = str(out)
+    return samples, meta
+
+class Objective:
+    """``metric`` ('fd': Fréchet distance in ``spec.feature_fn`` space; 'sw': sliced W2 in pixels) of a sample set
+    against the reference; ``inf`` for non-finite samples."""
+
+    def __init__(self, spec, reference: torch.Tensor, metric: str | None = None, sw_projections: int = 256):
+        metric = metric or ("fd" if spec.feature_fn is not None else "sw")
+        if metric not in ("fd", "sw"):
+            raise ValueError(f"metric must be 'fd' or 'sw', got {metric!r}")
+        if metric == "fd" and spec.feature_fn is None:
+            raise ValueError(f"model {spec.name!r} has no feature network: use metric 'sw'")
+        self.metric, self.spec, self.reference, self.sw_projections = metric, spec, reference.float(), sw_projections
+        if metric == "fd":
+            self.ref_stats = M.gaussian_stats(M.compute_features(self.reference, spec.feature_fn, 1000))
+
+    def __call__(self, samples: torch.Tensor) -> float:
+        samples = samples.float()
+        if not bool(torch.isfinite(samples).all()):
+            return math.inf
+        if self.metric == "fd":
+            feats = M.compute_features(samples, self.spec.feature_fn, 1000)
+            return float(M.frechet_distance_from_stats(*M.gaussian_stats(feats), *self.ref_stats))
+        return float(M.sliced_wasserstein(samples, self.reference, num_projections=self.sw_projections, seed=0))
+
+class CommonNoise:
+    """The common random numbers of one seed: ``x_T`` (the bench's :func:`~skipstep.lab.sample_sets.initial_noise`) and one
+    fixed noise tensor per step index (used by that step whatever its timestep and eta)."""
+
+    def __init__(self, seed: int, num_samples: int, shape: Sequence[int]):
+        self.seed, self.num_samples, self.shape = int(seed), int(num_samples), tuple(shape)
+        self.x_T = initial_noise(seed, num_samples, shape)
+        self._steps: dict[int, torch.Tensor] = {}
+
+    def step(self, index: int) -> torch.Tensor:
+        if index not in self._steps:
+            g = torch.Generator().manual_seed(derived_seed("skipstep-tune-steps", self.seed, index))
+            self._steps[index] = torch.randn((self.num_samples, *self.shape), generator=g)
+        return self._steps[index]
+
+def x0_clipping(spec):
+    """The x0 bound every skipstep sampler of the benchmark applies to this model: ``clip_sample`` and
+    ``clip_sample_range`` of its scheduler config (see :func:`skipstep.samplers.clip_overrides`)."""
+    cfg = spec.scheduler_config
+    return X0Clipping(bool(cfg.get("clip_sample", False)), float(cfg.get("clip_sample_range", 1.0) or 1.0))
+
+@torch.no_grad()
+def draw_samples(spec, model: Callable, timesteps: Sequence[int], eta: Sequence[float], base: BaseSampler,
+                 noise: CommonNoise, batch_size: int = 500, device: str = "cpu") -> torch.Tensor:
+    """Few-step samples of one candidate (the skipstep posterior step, x0 clipped as the model's scheduler config
+    says, as in the benchmark) from the common random numbers ``noise``; ``model`` is called once per step per
+    batch."""
+    path = DiscreteVPPath.from_config(spec.scheduler_config)
+    plan = plan_steps(path, torch.as_tensor(list(timesteps), dtype=torch.int64), list(eta))
+    config = StepConfig(prediction_type=spec.prediction_type, variance_type=base.variance_type,
+                        solver_order=base.solver_order, check_finite=False, clipping=x0_clipping(spec))
+    chunks = []
+    for start in range(0, noise.num_samples, batch_size):
+        x = noise.x_T[start:start + batch_size].to(device)
+        stepper = TrajectoryStepper(plan, config)
+        for step in plan:
+            t = torch.full((x.shape[0],), int(step.t), dtype=torch.int64, device=device)
+            out = model(x, t)
+            z = None
+            if needs_noise(step.posterior, config.variance_type):
+                z = noise.step(step.index)[start:start + batch_size].to(device)
+            x, _ = stepper.step(step.index, out, x, noise=z)
+        chunks.append(x.float().cpu())
+    return torch.cat(chunks)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the search
+# --------------------------------------------------------------------------------------------------------------
+
+class BudgetExhausted(Exception):
+    pass
+
+class StageLimit(BudgetExhausted):
+    """The current stage used its share of the budget (the search goes on with the next stage)."""
+
+class Search:
+    """Evaluates candidates (memoised) within the NFE and time budgets and keeps the best one."""
+
+    def __init__(self, spec, base, objective, noises, batch_size, device, budget_nfe, budget_seconds,
+                 estimate_seconds, log, val_noises=()):
+        self.spec, self.base, self.objective, self.noises = spec, base, objective, noises
+        self.val_noises = list(val_noises)
+        self.batch_size, self.device, self.log = batch_size, device, log
+        self.counter = CallCounter(spec.model)
+        self.n_batches = sum(math.ceil(nz.num_samples / batch_size) for nz in noises)
+        self.n_val_batches = sum(math.ceil(nz.num_samples / batch_size) for nz in self.val_noises)
+        self.val_memo: dict[tuple, float] = {}
+        self.budget_nfe, self.budget_seconds = budget_nfe, budget_seconds
+        self.estimate = estimate_seconds
+        self.memo: dict[tuple, float] = {}
+        self.t0 = time.perf_counter()
+        self.seconds: list[float] = []
+        self.best: tuple[float, list[int], list[float]] | None = None
+        self.improvements: list[list] = []
+        self.stopped_by = "converged"
+        self.stage_limit_nfe = budget_nfe
+        self.stage_limit_seconds = budget_seconds
+
+    def limit_stage(self, share: float | None) -> None:
+        """Let the next stage spend ``share`` of what is left (``None``: all of it)."""
+        if share is None:
+            self.stage_limit_nfe, self.stage_limit_seconds = self.budget_nfe, self.budget_seconds
+            return
+        self.stage_limit_nfe = self.counter.calls + int(share * (self.budget_nfe - self.counter.calls))
+        self.stage_limit_seconds = self.elapsed() + share * (self.budget_seconds - self.elapsed())
+
+    def cost(self, nfe: int) -> int:
+        return nfe * self.n_batches
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def check_affordable(self, nfe: int) -> None:
+        """Raise :class:`BudgetExhausted` (or :class:`StageLimit`) when the next candidate does not fit, keeping
+        a reserve for two validations (a stage's result and the candidate it would replace)."""
+        per = float(np.mean(self.seconds)) if self.seconds else self.estimate
+        reserve_nfe = 2 * nfe * self.n_val_batches
+        need = self.counter.calls + self.cost(nfe) + reserve_nfe
+        per += 2 * per * self.n_val_batches / self.n_batches
+        if need > self.budget_nfe:
+            self.stopped_by = "NFE budget"
+            raise BudgetExhausted
+        if self.elapsed() + per > self.budget_seconds:
+            self.stopped_by = "time budget"
+            raise BudgetExhausted
+        if need > self.stage_limit_nfe or self.elapsed() + per > self.stage_limit_seconds:
+            raise StageLimit
+
+    def validate(self, ts: Sequence[int], eta: Sequence[float]) -> float:
+        """The objective on the validation seeds (memoised); :class:`BudgetExhausted` when it does not fit."""
+        key = (tuple(int(t) for t in ts), tuple(round(float(e), 6) for e in eta[:-1]))
+        if key not in self.val_memo:
+            per = (float(np.mean(self.seconds)) if self.seconds else self.estimate) * self.n_val_batches / \
+                self.n_batches
+            if (self.counter.calls + len(ts) * self.n_val_batches > self.budget_nfe
+                    or self.elapsed() + per > self.budget_seconds):
+                raise BudgetExhausted
+            values = [self.objective(draw_samples(self.spec, self.counter, ts, eta, self.base, nz, self.batch_size,
+                                                  self.device)) for nz in self.val_noises]
+            self.val_memo[key] = float(np.mean(values))
+        return self.val_memo[key]
+
+    def __call__(self, ts: Sequence[int], eta: Sequence[float], label: str = "") -> float:
+        key = (tuple(int(t) for t in ts), tuple(round(float(e), 6) for e in eta[:-1]))
+        if key in self.memo:
+            return self.memo[key]
+        self.check_affordable(len(ts))
+        t0 = time.perf_counter()
+        values = []
+        for nz in self.noises:
+            x = draw_samples(self.spec, self.counter, ts, eta, self.base, nz, self.batch_size, self.device)
+            values.append(self.objective(x))
+        value = float(np.mean(values))
+        self.seconds.append(time.perf_counter() - t0)
+        self.memo[key] = value
+        if self.best is None or value < self.best[0]:
+            self.best = (value, [int(t) for t in ts], [float(e) for e in eta])
+            self.improvements.append([len(self.memo), round(value, 6)])
+            self.log(f"  candidate {len(self.memo):4d}{(' ' + label) if label else ''}: {self.objective.metric} "
+                     f"{value:.5g} (best)")
+        return value
+
+def is_better(new: float, old: float) -> bool:
+    return new < old - MIN_RELATIVE_IMPROVEMENT * abs(old)
+
+def smooth_stage(search: Search, path, n: int, p0: SpacingParams, eta0: tuple[float, float], search_eta: bool,
+                  fixed_eta: list[float], holder: dict) -> None:
+    """Pattern search over (kappa, log rho, t_start, t_end[, eta_a, eta_b]); ``holder`` always holds the stage's
+    incumbent (``ts``, ``eta``, ``f``), also when the budget stops it."""
+    T = path.t_max + 1
+    x = {"kappa": p0.kappa, "log_rho": math.log(p0.rho), "t_start": p0.t_start, "t_end": p0.t_end,
+         "eta_a": eta0[0], "eta_b": eta0[1]}
+    steps = {"kappa": 0.25, "log_rho": 0.35, "t_start": max(1, T // 20), "t_end": max(1, T // (4 * n)),
+             "eta_a": 0.25, "eta_b": 0.25}
+    min_steps = {"kappa": 0.03, "log_rho": 0.04, "t_start": 1, "t_end": 1, "eta_a": 0.03, "eta_b": 0.03}
+    keys = ["kappa", "log_rho", "t_start", "t_end"] + (["eta_a", "eta_b"] if search_eta else [])
+
+    def clip(v):
+        v = dict(v)
+        v["kappa"] = min(1.0, max(0.0, v["kappa"]))
+        v["log_rho"] = min(math.log(4.0), max(math.log(0.5), v["log_rho"]))
+        v["t_start"] = int(min(T - 1, max(T // 2, round(v["t_start"]))))
+        v["t_end"] = int(min(v["t_start"] - (n - 1), T // 2, max(0, round(v["t_end"]))))
+        v["eta_a"], v["eta_b"] = (min(1.0, max(0.0, v[k])) for k in ("eta_a", "eta_b"))
+        return v
+
+    def candidate(v):
+        ts = family_timesteps(path, n, SpacingParams(v["kappa"], math.exp(v["log_rho"]), v["t_start"], v["t_end"]))
+        eta = ramp(v["eta_a"], v["eta_b"], n) if search_eta else fixed_eta
+        return ts, eta
+
+    x = clip(x)
+    f = search(*candidate(x), label="smooth start")
+    holder.update(zip(("ts", "eta"), candidate(x)), f=f)
+    while any(steps[k] >= min_steps[k] for k in keys):
+        improved = False
+        for k in keys:
+            if steps[k] < min_steps[k]:
+                continue
+            for sign in (1, -1):
+                y = clip({**x, k: x[k] + sign * steps[k]})
+                if y == x:
+                    continue
+                fy = search(*candidate(y), label=f"smooth {k}")
+                if is_better(fy, f):
+                    x, f, improved = y, fy, True
+                    holder.update(zip(("ts", "eta"), candidate(x)), f=f)
+                    break
+        if not improved:
+            for k in keys:
+                steps[k] = steps[k] / 2 if isinstance(steps[k], float) else (steps[k] // 2 if steps[k] > 1 else 0)
+
+def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], search_eta: bool,
+                      holder: dict) -> None:
+    """Move single timesteps (and single etas), accepting improvements; per-coordinate steps halve on failure.
+    ``holder`` always holds the stage's incumbent."""
+    T = path.t_max + 1
+    n = len(ts)
+    ts, eta = list(ts), list(eta)
+    f = search(ts, eta)
+    holder.update(ts=ts, eta=eta, f=f)
+    bounds = [T - 1] + ts[:-1]
+    dt = [max(1, (bounds[i] - (ts[i + 1] if i + 1 < n else -1)) // 4) for i in range(n)]
+    de = [0.25 if search_eta else 0.0] * (n - 1)
+    while any(d >= 1 for d in dt) or any(d >= 1 / 32 for d in de):
+        for i in range(n):
+            if dt[i] < 1:
+                continue
+            upper = T - 1 if i == 0 else ts[i - 1] - 1
+            lower = 0 if i == n - 1 else ts[i + 1] + 1
+            moved = False
+            for sign in (1, -1):
+                v = min(upper, max(lower, ts[i] + sign * dt[i]))
+                if v == ts[i]:
+                    continue
+                cand = ts[:i] + [v] + ts[i + 1:]
+                fc = search(cand, eta, label=f"t[{i}]")
+                if is_better(fc, f):
+                    ts, f, moved = cand, fc, True
+                    holder.update(ts=ts, eta=eta, f=f)
+                    break
+            if not moved:
+                dt[i] //= 2
+        for i in range(n - 1):
+            if de[i] < 1 / 32:
+                continue
+            moved = False
+            for sign in (1, -1):
+                v = round(min(1.0, max(0.0, eta[i] + sign * de[i])), 4)
+                if v == eta[i]:
+                    continue
+                cand = eta[:i] + [v] + eta[i + 1:]
+                fc = search(ts, cand, label=f"eta[{i}]")
+                if is_better(fc, f):
+                    eta, f, moved = cand, fc, True
+                    holder.update(ts=ts, eta=eta, f=f)
+                    break
+            if not moved:
+                de[i] /= 2
+
+
+__all__ = ["BaseSampler", "BudgetExhausted", "CommonNoise", "MIN_RELATIVE_IMPROVEMENT", "Objective", "SMOOTH_STAGE_SHARE",
+           "Search", "SpacingParams", "StageLimit", "base_names", "coordinate_stage", "draw_samples",
+           "family_timesteps", "ramp", "reference_samples", "resolve_base", "smooth_stage", "spacing_starts",
+           "x0_clipping"]
