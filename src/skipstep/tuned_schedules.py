@@ -288,7 +288,7 @@ def scheduler_settings_from_schedule(tuned_schedule, num_train_timesteps: int, e
 
 def sampling_settings_from_schedule(schedule, path, timesteps=None, num_steps=None, eta=DEFAULT_ETA,
                                     solver_order: int = DEFAULT_SOLVER_ORDER, variance_type: str = "small"):
-    """For ``skipstep.sample(..., schedule=...)``: ``(timesteps, eta, solver_order, variance_type)``."""
+    """For ``skipstep.sample(..., tuned_schedule=...)``: ``(timesteps, eta, solver_order, variance_type)``."""
     if not getattr(path, "discrete", False):
         raise TunedScheduleError("tuned schedules are made for discrete (DDPM-type) chains; this path is continuous")
     schedule, source = _as_schedule(schedule, path.t_max + 1)

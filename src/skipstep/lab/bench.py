@@ -7,7 +7,7 @@ Protocol (see ``docs/bench.md``):
 * every (sampler, NFE, seed) cell starts from the same ``x_T`` for a seed (``randn`` from a CPU generator seeded
   with the seed, drawn for all samples at once) and gets the same per-step noise seeding (one CPU generator per
   batch, seeded from the seed and the batch's first index);
-* every sampler is driven by the one standard diffusers loop (:func:`skipstep.samplers.run_standard_loop`) and
+* every sampler is driven by the one standard diffusers loop (:func:`skipstep.lab.sampler_registry.run_standard_loop`) and
   its NFE is counted by wrapping the model;
 * quality is measured against a reference set drawn once per output directory with its own seed: exact data
   samples for analytic models (``gmm``), the model's own 1000-step ancestral samples otherwise;
@@ -93,7 +93,7 @@ class BenchConfig:
     progress: bool = True
     overwrite: bool = False
     clip: str = "model"  # x0_hat clipping: "model" (the model's scheduler config), "on" or "off"
-    fid_features: str | None = None  # a feature network for FD (skipstep.fid.resolve_feature_extractor)
+    fid_features: str | None = None  # a feature network for FD (skipstep.lab.fid.resolve_feature_extractor)
     fid_reference: str | None = None  # external reference for the fid_ref metric (stats .npz or samples)
     inception_weights: str | None = None
 

@@ -507,7 +507,7 @@ def add_subcommand(subparsers) -> None:
         description="Draw --num-samples samples with one sampler into DIR/shards/*.safetensors (--shard-size "
                     "samples each) and write DIR/index.json. Sample i depends only on (--seed, i), so the result "
                     "is the same for any number of processes. Resumable: rerun the same command; finished shards "
-                    "are kept. Multi-process: torchrun --nproc_per_node=K -m skipstep.cli generate ...",
+                    "are kept. Multi-process: torchrun --nproc_per_node=K -m skipstep generate ...",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory")
     p.add_argument("--sampler", default="default", help="sampler name. Available: " + ", ".join(available_samplers()))

@@ -87,7 +87,7 @@ class ModelLoadError(ValueError):
 class ExactMixtureReference:
     """The exact data distribution of an analytic model: draw exact samples and score samples exactly."""
 
-    mixture: Any  # skipstep.testbeds.gmm.GaussianMixture
+    mixture: Any  # skipstep.lab.testbeds.gmm.GaussianMixture
 
     def sample(self, n: int, seed: int) -> torch.Tensor:
         """``n`` exact draws (float32, ``(n, *event_shape)``) from a CPU generator seeded with ``seed``."""

@@ -199,7 +199,7 @@ class CommonNoise:
 
 def x0_clipping(spec):
     """The x0 bound every skipstep sampler of the benchmark applies to this model: ``clip_sample`` and
-    ``clip_sample_range`` of its scheduler config (see :func:`skipstep.samplers.clip_overrides`)."""
+    ``clip_sample_range`` of its scheduler config (see :func:`skipstep.lab.sampler_registry.clip_overrides`)."""
     cfg = spec.scheduler_config
     return X0Clipping(bool(cfg.get("clip_sample", False)), float(cfg.get("clip_sample_range", 1.0) or 1.0))
 
