@@ -26,7 +26,7 @@ from .plan import PlannedStep, plan_steps, resolve_eta_schedule
 from .predictions import X0Clipping, check_prediction_type
 from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps
-from .tuned_schedules import scheduler_settings_from_schedule
+from .tuned_schedules import scheduler_settings_from_tuned_schedule
 
 _STEP_KWARGS = ("eta", "variance_noise", "use_clipped_model_output")
 
@@ -119,7 +119,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         check_prediction_type(prediction_type)
         self._tuned = None
         if tuned_schedule is not None:  # it fixes eta, solver_order, variance_type and the timesteps
-            self._tuned, fixed = scheduler_settings_from_schedule(tuned_schedule, num_train_timesteps, eta,
+            self._tuned, fixed = scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps, eta,
                                                                   solver_order, variance_type)
             eta, solver_order, variance_type = fixed["eta"], fixed["solver_order"], fixed["variance_type"]
             self.register_to_config(**fixed)

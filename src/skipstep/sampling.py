@@ -13,7 +13,7 @@ from .plan import plan_steps
 from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
 from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type
 from .timesteps import select_timesteps, validate_timesteps
-from .tuned_schedules import sampling_settings_from_schedule
+from .tuned_schedules import sampling_settings_from_tuned_schedule
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ def sample(
     """
     path = path if path is not None else DiscreteVPPath.from_config({})
     if tuned_schedule is not None:
-        timesteps, eta, solver_order, variance_type = sampling_settings_from_schedule(
+        timesteps, eta, solver_order, variance_type = sampling_settings_from_tuned_schedule(
             tuned_schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
     if timesteps is not None:
         ts = validate_timesteps(path, timesteps)

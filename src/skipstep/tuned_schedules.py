@@ -235,7 +235,7 @@ def load_tuned_schedule(path: str | Path, model_fingerprint: str | None = None, 
     return schedule.check(model_fingerprint, num_train_timesteps, nfe, source=f"file {path}")
 
 
-def _as_schedule(schedule, num_train_timesteps: int | None = None) -> tuple[TunedSchedule, str]:
+def _as_tuned_schedule(schedule, num_train_timesteps: int | None = None) -> tuple[TunedSchedule, str]:
     if isinstance(schedule, TunedSchedule):
         source = "(given)"
     elif isinstance(schedule, dict):
@@ -275,10 +275,10 @@ def _adopt(schedule: TunedSchedule, source: str, eta, solver_order, variance_typ
             f"{'; '.join(conflicts)} was asked: leave these at their defaults or set them to the schedule's values")
 
 
-def scheduler_settings_from_schedule(tuned_schedule, num_train_timesteps: int, eta, solver_order: int,
+def scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: int, eta, solver_order: int,
                                      variance_type: str) -> tuple[TunedSchedule, dict[str, Any]]:
     """For ``SkippedStepScheduler(tuned_schedule=...)``: the schedule and the config keys it fixes."""
-    schedule, source = _as_schedule(tuned_schedule, num_train_timesteps)
+    schedule, source = _as_tuned_schedule(tuned_schedule, num_train_timesteps)
     _adopt(schedule, source, eta, solver_order, variance_type)
     vt = variance_type if canonical_variance_type(variance_type) == schedule.variance_type else \
         _DIFFUSERS_NAME[schedule.variance_type]
@@ -286,12 +286,12 @@ def scheduler_settings_from_schedule(tuned_schedule, num_train_timesteps: int, e
                       "solver_order": schedule.solver_order, "variance_type": vt}
 
 
-def sampling_settings_from_schedule(schedule, path, timesteps=None, num_steps=None, eta=DEFAULT_ETA,
+def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_steps=None, eta=DEFAULT_ETA,
                                     solver_order: int = DEFAULT_SOLVER_ORDER, variance_type: str = "small"):
     """For ``skipstep.sample(..., tuned_schedule=...)``: ``(timesteps, eta, solver_order, variance_type)``."""
     if not getattr(path, "discrete", False):
         raise TunedScheduleError("tuned schedules are made for discrete (DDPM-type) chains; this path is continuous")
-    schedule, source = _as_schedule(schedule, path.t_max + 1)
+    schedule, source = _as_tuned_schedule(schedule, path.t_max + 1)
     if timesteps is not None:
         raise TunedScheduleError(f"pass either timesteps or a tuned schedule, not both (tuned schedule {source} fixes "
                             "the timesteps)")
@@ -313,6 +313,6 @@ __all__ = [
     "load_schedule",
     "load_tuned_schedule",
     "resolve_tuned_schedule_path",
-    "sampling_settings_from_schedule",
-    "scheduler_settings_from_schedule",
+    "sampling_settings_from_tuned_schedule",
+    "scheduler_settings_from_tuned_schedule",
 ]
