@@ -157,18 +157,18 @@ def expand_sampler_names(names: Sequence[str]) -> list[str]:
 class MetricContext:
     """Reference-side quantities computed once per run (features, Gaussian statistics)."""
 
-    def __init__(self, spec: LoadedModel, reference: torch.Tensor):
-        self.spec = spec
+    def __init__(self, loaded: LoadedModel, reference: torch.Tensor):
+        self.loaded = loaded
         self.reference = reference
-        self.dim = int(np.prod(spec.sample_shape))
-        self.ref_feats = self._features(reference) if spec.feature_fn is not None else None
+        self.dim = int(np.prod(loaded.sample_shape))
+        self.ref_feats = self._features(reference) if loaded.feature_fn is not None else None
         self.ref_stats = M.gaussian_stats(self.ref_feats) if self.ref_feats is not None else None
         self.heldout_stats = None
-        if spec.real_data is not None and spec.feature_fn is not None and "heldout" in spec.real_data:
-            self.heldout_stats = M.gaussian_stats(self._features(spec.real_data["heldout"]))
+        if loaded.real_data is not None and loaded.feature_fn is not None and "heldout" in loaded.real_data:
+            self.heldout_stats = M.gaussian_stats(self._features(loaded.real_data["heldout"]))
 
     def _features(self, x: torch.Tensor) -> np.ndarray:
-        return M.compute_features(x, self.spec.feature_fn, batch_size=1000)
+        return M.compute_features(x, self.loaded.feature_fn, batch_size=1000)
 
     @property
     def main_metric(self) -> str:
@@ -191,15 +191,15 @@ class MetricContext:
         elif self.dim <= PR_PIXEL_MAX_DIM:
             out["precision"], out["recall"] = M.precision_recall(self.reference, samples, k=PR_K)
         out["sw"] = M.sliced_wasserstein(samples, self.reference, num_projections=SW_PROJECTIONS, seed=0)
-        if self.spec.reference is not None:
-            out.update(self.spec.reference.metrics(samples))
+        if self.loaded.reference is not None:
+            out.update(self.loaded.reference.metrics(samples))
         return {k: float(v) for k, v in out.items()}
 
-def _pair_metrics(spec: LoadedModel, a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+def _pair_metrics(loaded: LoadedModel, a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     out = {"sw": M.sliced_wasserstein(a, b, num_projections=SW_PROJECTIONS, seed=0)}
-    if spec.feature_fn is not None:
-        fa = M.compute_features(a, spec.feature_fn, 1000)
-        fb = M.compute_features(b, spec.feature_fn, 1000)
+    if loaded.feature_fn is not None:
+        fa = M.compute_features(a, loaded.feature_fn, 1000)
+        fb = M.compute_features(b, loaded.feature_fn, 1000)
         out["fd"] = M.frechet_distance(fa, fb)
     return out
 
@@ -214,27 +214,27 @@ def _cell_key(sampler: str, nfe: int, seed: int) -> str:
 _OWNED = ("cells", "reference", "grids", "results.json", "results.md", "quality_vs_nfe.png", "floors.json",
           "config.json")
 
-def _identity(cfg: BenchConfig, spec: LoadedModel) -> dict[str, Any]:
+def _identity(cfg: BenchConfig, loaded: LoadedModel) -> dict[str, Any]:
     """What must match for cells to be reused (samplers, NFEs and seeds may be added)."""
     return {
         "protocol_version": PROTOCOL_VERSION,
-        "model": spec.name,
-        "model_fingerprint": spec.fingerprint,
+        "model": loaded.name,
+        "model_fingerprint": loaded.fingerprint,
         "num_samples": cfg.num_samples,
         "batch_size": cfg.batch_size,  # fixes the per-step noise streams
         "num_reference": cfg.num_reference,
         "reference_seed": cfg.reference_seed,
-        "x0_clip": bool(spec.scheduler_config.get("clip_sample", False)),
+        "x0_clip": bool(loaded.scheduler_config.get("clip_sample", False)),
         # the chosen feature network changes every FD (present only when chosen: older directories stay valid)
-        **({"fid_features": getattr(spec.feature_fn, "fingerprint", cfg.fid_features)} if cfg.fid_features else {}),
+        **({"fid_features": getattr(loaded.feature_fn, "fingerprint", cfg.fid_features)} if cfg.fid_features else {}),
         **({"fid_reference": str(cfg.fid_reference)} if cfg.fid_reference else {}),
     }
 
 
-def _prepare_dir(cfg: BenchConfig, spec: LoadedModel, skipped: dict[str, str] | None = None) -> dict[str, Any]:
+def _prepare_dir(cfg: BenchConfig, loaded: LoadedModel, skipped: dict[str, str] | None = None) -> dict[str, Any]:
     """Check ``cfg.out`` against its config.json; return the merged config to write."""
     out = cfg.out
-    identity = _identity(cfg, spec)
+    identity = _identity(cfg, loaded)
     settings = {name: sampler_settings(get_sampler(name)) for name in cfg.samplers}
     config_file = out / "config.json"
     previous = read_pinned_config(config_file, cfg.overwrite, BenchConfigError)
@@ -271,17 +271,17 @@ def _prepare_dir(cfg: BenchConfig, spec: LoadedModel, skipped: dict[str, str] | 
 
     merged = {
         "identity": identity,
-        "model": spec.info(),
+        "model": loaded.info(),
         "samplers": union("samplers", cfg.samplers),
         "nfes": sorted(set(union("nfes", cfg.nfes))),
         "seeds": union("seeds", cfg.seeds),
         "sampler_settings": {**(previous or {}).get("sampler_settings", {}), **settings},
         "skipped": {**(previous or {}).get("skipped", {}), **(skipped or {})},
-        "common_settings": {**COMMON_SETTINGS, "x0_clipping": spec.clip_description
+        "common_settings": {**COMMON_SETTINGS, "x0_clipping": loaded.clip_description
                             or COMMON_SETTINGS["x0_clipping"]},
         "noise": "x_T = randn((N, C, H, W)) from torch.Generator().manual_seed(seed) on the CPU, for all samples "
                  "at once; per-step noise from one CPU generator per batch seeded from (seed, first index)",
-        "reference": ("exact data samples" if spec.reference is not None else
+        "reference": ("exact data samples" if loaded.reference is not None else
                       "1000-step ancestral samples (sampler reference-1000)")
                      + f", {cfg.num_reference} samples, seed {cfg.reference_seed}",
         "created": (previous or {}).get("created", now),
@@ -298,11 +298,11 @@ def _prepare_dir(cfg: BenchConfig, spec: LoadedModel, skipped: dict[str, str] | 
 # the engine
 # --------------------------------------------------------------------------------------------------------------
 
-def _plan(cfg: BenchConfig, spec: LoadedModel) -> tuple[list[tuple[str, int, int, int, int]], dict[str, str]]:
+def _plan(cfg: BenchConfig, loaded: LoadedModel) -> tuple[list[tuple[str, int, int, int, int]], dict[str, str]]:
     """Cells ``(sampler, nfe, seed, steps, expected_nfe)`` in run order, and the refused (sampler, NFE) pairs.
 
     Order: seed, then NFE, then sampler -- samplers of one NFE run back to back, which keeps timing fair."""
-    T = spec.num_train_timesteps
+    T = loaded.num_train_timesteps
     too_big = [n for n in cfg.nfes if n > T]
     if too_big:
         raise SamplerError(f"NFE {too_big} exceed the model's {T} training timesteps")
@@ -310,47 +310,47 @@ def _plan(cfg: BenchConfig, spec: LoadedModel) -> tuple[list[tuple[str, int, int
     for seed in cfg.seeds:
         for nfe in cfg.nfes:
             for name in cfg.samplers:
-                spec_s = get_sampler(name)
-                check_sampler_for_model(spec_s, spec.fingerprint, T)
-                if spec_s.fixed_steps is not None:
+                recipe = get_sampler(name)
+                check_sampler_for_model(recipe, loaded.fingerprint, T)
+                if recipe.fixed_steps is not None:
                     if (name, seed) in fixed_done:
                         continue
                     fixed_done.add((name, seed))
-                    steps, expected = steps_for_nfe(spec_s, T, T)
+                    steps, expected = steps_for_nfe(recipe, T, T)
                     cells.append((name, expected, seed, steps, expected))
                     continue
                 try:
-                    steps, expected = steps_for_nfe(spec_s, nfe, T)
+                    steps, expected = steps_for_nfe(recipe, nfe, T)
                 except SamplerError as err:
                     skipped[f"{name} @ NFE {nfe}"] = str(err)
                     continue
                 cells.append((name, nfe, seed, steps, expected))
     return cells, skipped
 
-def _warm_up(spec: LoadedModel, cfg: BenchConfig) -> None:
+def _warm_up(loaded: LoadedModel, cfg: BenchConfig) -> None:
     """One untimed short run, so that lazy initialisation does not land in the first timed cell."""
     ddim = get_sampler("ddim")
-    sample_cell(spec, ddim, 2, 0, min(cfg.batch_size, cfg.num_samples), cfg.batch_size, cfg.device)
+    sample_cell(loaded, ddim, 2, 0, min(cfg.batch_size, cfg.num_samples), cfg.batch_size, cfg.device)
 
-def _floors(cfg: BenchConfig, spec: LoadedModel, reference: torch.Tensor, ctx: MetricContext) -> list[dict]:
+def _floors(cfg: BenchConfig, loaded: LoadedModel, reference: torch.Tensor, ctx: MetricContext) -> list[dict]:
     """What a perfect sampler would score: exact samples vs the reference (analytic models), and real-data
     comparisons (digits)."""
     rows = []
-    if spec.reference is not None:
-        per_seed = [ctx(spec.reference.sample(cfg.num_samples, seed)) for seed in cfg.seeds]
+    if loaded.reference is not None:
+        per_seed = [ctx(loaded.reference.sample(cfg.num_samples, seed)) for seed in cfg.seeds]
         rows.append({"name": f"exact data samples ({cfg.num_samples} per seed) vs reference",
                      "what": "finite-sample floor: a perfect sampler scores this",
                      "metrics": _mean_std_dicts(per_seed)})
-    if spec.real_data is not None:
-        train, heldout = spec.real_data.get("train"), spec.real_data.get("heldout")
+    if loaded.real_data is not None:
+        train, heldout = loaded.real_data.get("train"), loaded.real_data.get("heldout")
         if train is not None and heldout is not None:
             rows.append({"name": f"real train ({len(train)}) vs real held-out ({len(heldout)})",
                          "what": "data floor: FD between two real digit sets",
-                         "metrics": {k: [v, None] for k, v in _pair_metrics(spec, train, heldout).items()}})
+                         "metrics": {k: [v, None] for k, v in _pair_metrics(loaded, train, heldout).items()}})
         if heldout is not None:
             rows.append({"name": f"reference ({len(reference)}) vs real held-out ({len(heldout)})",
                          "what": "how far the model's 1000-step samples are from real data",
-                         "metrics": {k: [v, None] for k, v in _pair_metrics(spec, reference, heldout).items()}})
+                         "metrics": {k: [v, None] for k, v in _pair_metrics(loaded, reference, heldout).items()}})
     return rows
 
 def _mean_std_dicts(dicts: list[dict]) -> dict[str, list[float]]:
@@ -366,21 +366,21 @@ def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = No
     """Run (or resume) a benchmark and write all outputs into ``cfg.out``; returns the records."""
     log = log or (lambda msg: None)
     t_start = time.perf_counter()
-    spec = load_model(cfg.model, device=cfg.device)
-    spec.clip_description = apply_clip_mode(spec, cfg.clip)
+    loaded = load_model(cfg.model, device=cfg.device)
+    loaded.clip_description = apply_clip_mode(loaded, cfg.clip)
     if cfg.fid_features:
-        use_feature_network(spec, cfg.fid_features, cfg.device, cfg.inception_weights)
-    cells, skipped = _plan(cfg, spec)
-    _prepare_dir(cfg, spec, skipped)
+        use_feature_network(loaded, cfg.fid_features, cfg.device, cfg.inception_weights)
+    cells, skipped = _plan(cfg, loaded)
+    _prepare_dir(cfg, loaded, skipped)
     for key, reason in skipped.items():
         log(f"skipped {key}: {reason}")
-    reference, ref_meta = reference_samples(spec, cfg.num_reference, cfg.reference_seed, cfg.out / "reference",
+    reference, ref_meta = reference_samples(loaded, cfg.num_reference, cfg.reference_seed, cfg.out / "reference",
                                              cfg.batch_size, cfg.device, cfg.progress)
-    ctx = MetricContext(spec, reference)
+    ctx = MetricContext(loaded, reference)
     if cfg.fid_reference:
         if not cfg.fid_features:
             raise BenchConfigError("--fid-reference needs --fid-features (the feature network to compare in)")
-        ctx.fid_reference_stats, _ = load_reference_stats(cfg.fid_reference, spec.feature_fn)
+        ctx.fid_reference_stats, _ = load_reference_stats(cfg.fid_reference, loaded.feature_fn)
     run_id = uuid.uuid4().hex[:8]
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     result = BenchResult(records=[], skipped=skipped, out=cfg.out)
@@ -391,17 +391,17 @@ def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = No
         (result.reused if json_path.is_file() else todo).append(cell)
     result.reused = [_cell_key(c[0], c[1], c[2]) for c in result.reused]
     if todo:
-        _warm_up(spec, cfg)
+        _warm_up(loaded, cfg)
     bar = tqdm(todo, disable=not cfg.progress, desc="cells", unit="cell")
     for name, nfe, seed, steps, expected in bar:
         sampler = get_sampler(name)
         bar.set_postfix_str(f"{name} nfe={nfe} seed={seed}")
-        cell = sample_cell(spec, sampler, steps, seed, cfg.num_samples, cfg.batch_size, cfg.device,
+        cell = sample_cell(loaded, sampler, steps, seed, cfg.num_samples, cfg.batch_size, cfg.device,
                            progress=cfg.progress and steps >= 200, desc=name)
         if cell.actual_nfe != expected:
             raise RuntimeError(f"{name}: expected {expected} NFE for {steps} steps, counted {cell.actual_nfe}")
         record = {
-            "model": spec.name,
+            "model": loaded.name,
             "sampler": name,
             "nfe": int(nfe),
             "seed": int(seed),
@@ -413,7 +413,7 @@ def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = No
             "seconds_per_sample": cell.seconds / cfg.num_samples,
             "family": sampler.family,
             "stochastic": sampler.stochastic,
-            "model_fingerprint": spec.fingerprint,
+            "model_fingerprint": loaded.fingerprint,
             "batch_size": cfg.batch_size,
             "device": cfg.device,
             "run_id": run_id,
@@ -428,7 +428,7 @@ def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = No
         if stop_after and len(result.computed) >= stop_after:
             raise BenchInterrupted(f"stopped after {len(result.computed)} cells ({STOP_AFTER_ENV}={stop_after})")
     bar.close()
-    floors = _floors(cfg, spec, reference, ctx)
+    floors = _floors(cfg, loaded, reference, ctx)
     atomic_write_json(cfg.out / "floors.json", {"reference": ref_meta, "floors": floors,
                                                  "main_metric": ctx.main_metric})
     result.records = write_outputs(cfg.out, log=log)

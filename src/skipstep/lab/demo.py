@@ -83,16 +83,16 @@ def main_sample(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file, got {args.out}")
     sampler = get_sampler(args.sampler)
-    spec = load_model(args.model, device=args.device)
-    clip = apply_clip_mode(spec, args.clip)
-    steps, expected = steps_for_nfe(sampler, args.nfe, spec.num_train_timesteps)
-    cell = sample_cell(spec, sampler, steps, args.seed, args.num_samples, args.batch_size, args.device,
+    loaded = load_model(args.model, device=args.device)
+    clip = apply_clip_mode(loaded, args.clip)
+    steps, expected = steps_for_nfe(sampler, args.nfe, loaded.num_train_timesteps)
+    cell = sample_cell(loaded, sampler, steps, args.seed, args.num_samples, args.batch_size, args.device,
                        progress=not args.no_progress, desc=args.sampler)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(cell.samples, args.out)
     x = cell.samples
     finite = bool(torch.isfinite(x).all())
-    print(f"model    {spec.name} (fingerprint {spec.fingerprint}, {spec.prediction_type}, shape {spec.sample_shape})")
+    print(f"model    {loaded.name} (fingerprint {loaded.fingerprint}, {loaded.prediction_type}, shape {loaded.sample_shape})")
     print(f"sampler  {args.sampler}: {sampler.description}")
     print(f"steps    {steps} (NFE requested {args.nfe}, counted {cell.actual_nfe})")
     print(f"clipping {clip.split(' by every sampler')[0]}")
@@ -101,8 +101,8 @@ def main_sample(args: argparse.Namespace) -> int:
     if finite:
         print(f"values   min {x.min().item():.3f}, max {x.max().item():.3f}, mean {x.mean().item():.3f}, "
               f"std {x.std().item():.3f}")
-        if spec.reference is not None and x.shape[0] >= 2:
-            m = spec.reference.metrics(x)
+        if loaded.reference is not None and x.shape[0] >= 2:
+            m = loaded.reference.metrics(x)
             print(f"exact    mode-frequency TV {m['mode_tv']:.3f}, within-mode spread ratio {m['spread_ratio']:.3f} "
                   "(exact samples: 1)")
     else:

@@ -95,7 +95,7 @@ _PREPROCESS_VERSION = "uint8-png-quantised-v1"
 
 
 class FeatureNetworkError(ValueError):
-    """A feature network cannot be built (missing weights or package, bad spec) or does not match statistics."""
+    """A feature network cannot be built (missing weights or package, a bad --fid-features value) or does not match statistics."""
 
 
 @runtime_checkable

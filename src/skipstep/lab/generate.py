@@ -114,17 +114,17 @@ def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator
 
 
 @torch.no_grad()
-def generate_batch(spec: LoadedModel, sampler_name: str, num_steps: int, seed: int, indices: Sequence[int],
+def generate_batch(loaded: LoadedModel, sampler_name: str, num_steps: int, seed: int, indices: Sequence[int],
                    device: str | torch.device = "cpu", counter: CallCounter | None = None) -> torch.Tensor:
     """Samples ``indices`` (one batch) with the standard loop; returns float32 on the CPU.
 
     ``x_T`` is ``randn_tensor`` with the per-sample generators, which then feed every ``step(..., generator=)``."""
     sampler = get_sampler(sampler_name)
-    sched = build_scheduler(sampler, scheduler_config_for(sampler, spec), num_steps)
+    sched = build_scheduler(sampler, scheduler_config_for(sampler, loaded), num_steps)
     gens = sample_generators(seed, indices)
-    noise = randn_tensor((len(gens), *spec.sample_shape), generator=gens, device=torch.device(device),
+    noise = randn_tensor((len(gens), *loaded.sample_shape), generator=gens, device=torch.device(device),
                          dtype=torch.float32)
-    model = counter if counter is not None else spec.model
+    model = counter if counter is not None else loaded.model
     x = run_standard_loop(sched, model, noise, num_steps, generator=gens)
     return x.detach().float().cpu()
 
@@ -190,17 +190,17 @@ def read_shard_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def _identity(cfg: GenerateConfig, spec: LoadedModel, steps: int, nfe: int) -> dict[str, Any]:
+def _identity(cfg: GenerateConfig, loaded: LoadedModel, steps: int, nfe: int) -> dict[str, Any]:
     """What every shard of DIR must share (the world size, batch size and device are not part of it)."""
     return {
         "format_version": FORMAT_VERSION,
-        "model": spec.name,
-        "model_fingerprint": spec.fingerprint,
-        "sample_shape": list(spec.sample_shape),
+        "model": loaded.name,
+        "model_fingerprint": loaded.fingerprint,
+        "sample_shape": list(loaded.sample_shape),
         "sampler": cfg.sampler,
         "sampler_settings": json.loads(json.dumps(sampler_settings(get_sampler(cfg.sampler)), default=str)),
         # the effective scheduler config (e.g. an estimated optimal-variance table): every rank must use the same
-        "scheduler_config_sha256": json_sha256(scheduler_config_for(get_sampler(cfg.sampler), spec)),
+        "scheduler_config_sha256": json_sha256(scheduler_config_for(get_sampler(cfg.sampler), loaded)),
         "nfe": cfg.nfe,
         "actual_nfe": nfe,
         "num_inference_steps": steps,
@@ -373,11 +373,11 @@ def generate(cfg: GenerateConfig, log: Callable[[str], None] | None = print) -> 
 def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[[str], None] | None) -> GenerateResult:
     t_start = time.perf_counter()
     say = (log or (lambda m: None)) if ctx.rank == 0 else (lambda m: None)
-    spec = load_model(cfg.model, device=device)
+    loaded = load_model(cfg.model, device=device)
     sampler = get_sampler(cfg.sampler)
-    check_sampler_for_model(sampler, spec.fingerprint, spec.num_train_timesteps)
-    steps, expected_nfe = steps_for_nfe(sampler, cfg.nfe, spec.num_train_timesteps)
-    identity = _identity(cfg, spec, steps, expected_nfe)
+    check_sampler_for_model(sampler, loaded.fingerprint, loaded.num_train_timesteps)
+    steps, expected_nfe = steps_for_nfe(sampler, cfg.nfe, loaded.num_train_timesteps)
+    identity = _identity(cfg, loaded, steps, expected_nfe)
 
     extractor, fid_error = None, None
     if cfg.fid_features and ctx.rank == 0:
@@ -399,7 +399,7 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
                      "on different nodes?)")
         else:
             try:
-                state = _prepare_dir(cfg, identity, spec.info(), ctx.world_size, say)
+                state = _prepare_dir(cfg, identity, loaded.info(), ctx.world_size, say)
             except GenerateConfigError as err:
                 error = str(err)
     error, state = ctx.broadcast((error, state))
@@ -415,7 +415,7 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
         f"over {ctx.world_size} process(es); {sampler.name} with {steps} steps ({expected_nfe} NFE); device {device}")
 
     fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
-    counter = CallCounter(spec.model)
+    counter = CallCounter(loaded.model)
     bar = tqdm(mine, disable=not (cfg.progress and ctx.rank == 0), desc=f"shards (rank 0 of {ctx.world_size})",
                unit="shard")
     for j in bar:
@@ -426,7 +426,7 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
         for b in range(start, stop, cfg.batch_size):
             idx = list(range(b, min(b + cfg.batch_size, stop)))
             before = counter.calls
-            chunks.append(generate_batch(spec, cfg.sampler, steps, cfg.seed, idx, device, counter))
+            chunks.append(generate_batch(loaded, cfg.sampler, steps, cfg.seed, idx, device, counter))
             if counter.calls - before != expected_nfe:
                 raise RuntimeError(f"{cfg.sampler}: expected {expected_nfe} NFE, counted {counter.calls - before}")
         _sync(device)
@@ -435,7 +435,7 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
         # the shard's own metadata is deterministic (so equal runs give byte-identical files, whatever the world
         # size); who/where/how fast goes into a sidecar JSON, written first: the shard file marks completion
         meta = {"format": SHARD_FORMAT, "shard": j, "start": start, "stop": stop, "seed": cfg.seed,
-                "model_fingerprint": spec.fingerprint, "sampler": cfg.sampler, "nfe": cfg.nfe,
+                "model_fingerprint": loaded.fingerprint, "sampler": cfg.sampler, "nfe": cfg.nfe,
                 "num_inference_steps": steps}
         provenance = {"shard": j, "batch_size": cfg.batch_size, "device": str(device), "rank": ctx.rank,
                       "world_size": ctx.world_size, "seconds": seconds, "written": _now(), "host": platform.node()}

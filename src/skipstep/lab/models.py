@@ -237,10 +237,10 @@ def load_gmm(device: str = "cpu", std: float = DEFAULT_GMM_STD, num_means: int |
 
 def load_digits(device: str = "cpu") -> LoadedModel:
     """The project's trained 8x8 digits DDPM UNet (epsilon, linear betas, T=1000) with real-data floors."""
-    spec = load_diffusers_dir(DIGITS_UNET_DIR, device=device, name="digits")
-    spec.description = "trained diffusers UNet2DModel on sklearn 8x8 digits (epsilon, linear betas, T=1000)"
-    spec.real_data = {"train": load_digits_images("train"), "heldout": load_digits_images("heldout")}
-    return spec
+    loaded = load_diffusers_dir(DIGITS_UNET_DIR, device=device, name="digits")
+    loaded.description = "trained diffusers UNet2DModel on sklearn 8x8 digits (epsilon, linear betas, T=1000)"
+    loaded.real_data = {"train": load_digits_images("train"), "heldout": load_digits_images("heldout")}
+    return loaded
 
 
 def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None = None) -> LoadedModel:
@@ -319,29 +319,29 @@ def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None =
     )
 
 
-def optimal_variance_table(spec: LoadedModel, directory: str | Path | None = None, num_timesteps: int = 100,
+def optimal_variance_table(loaded: LoadedModel, directory: str | Path | None = None, num_timesteps: int = 100,
                            max_samples: int = 2000, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """The optimal-variance table ``E||eps - eps_hat||^2 / d`` per timestep of a loaded model
     (:func:`skipstep.optimal_variance.estimate_eps_mse`), estimated once on its data (the training split, or exact
     draws for analytic models) and cached under ``directory`` (default :func:`skipstep.storage.cache_dir`) by the
     model's fingerprint."""
-    file = Path(directory or cache_dir()) / "eps_mse" / f"{spec.fingerprint}-n{num_timesteps}.json"
+    file = Path(directory or cache_dir()) / "eps_mse" / f"{loaded.fingerprint}-n{num_timesteps}.json"
     if file.is_file():
-        return load_eps_mse(file, spec.fingerprint)
-    if spec.real_data is not None and "train" in spec.real_data:
-        data, source = spec.real_data["train"][:max_samples], "training split"
-    elif spec.reference is not None:
-        data, source = spec.reference.sample(max_samples, seed), "exact data samples"
+        return load_eps_mse(file, loaded.fingerprint)
+    if loaded.real_data is not None and "train" in loaded.real_data:
+        data, source = loaded.real_data["train"][:max_samples], "training split"
+    elif loaded.reference is not None:
+        data, source = loaded.reference.sample(max_samples, seed), "exact data samples"
     else:
         raise ValueError(
-            f"model {spec.name!r} has no data to estimate the optimal variance from; compute the table with "
+            f"model {loaded.name!r} has no data to estimate the optimal variance from; compute the table with "
             "skipstep.optimal_variance.estimate_eps_mse(model, path, data) and pass it as eps_mse"
         )
-    path = DiscreteVPPath.from_config(spec.scheduler_config)
-    table = estimate_eps_mse(spec.model, path, data.to(spec.device), spec.prediction_type,
+    path = DiscreteVPPath.from_config(loaded.scheduler_config)
+    table = estimate_eps_mse(loaded.model, path, data.to(loaded.device), loaded.prediction_type,
                              num_timesteps=num_timesteps, generator=torch.Generator().manual_seed(seed),
                              progress=progress)
-    save_eps_mse(file, table, spec.fingerprint, overwrite=True, data=source, num_samples=int(data.shape[0]),
+    save_eps_mse(file, table, loaded.fingerprint, overwrite=True, data=source, num_samples=int(data.shape[0]),
                  num_timesteps=num_timesteps, seed=seed)
     return table
 
@@ -359,15 +359,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 CLIP_MODES = ("model", "on", "off")
 
 
-def apply_clip_mode(spec: LoadedModel, mode: str) -> str:
+def apply_clip_mode(loaded: LoadedModel, mode: str) -> str:
     """Set ``clip_sample`` in the model's scheduler config for ``--clip`` (``model`` keeps it); every sampler
     reads it from there (:func:`skipstep.lab.sampler_registry.clip_overrides`). Returns a description for the outputs."""
     if mode not in CLIP_MODES:
         raise ValueError(f"--clip must be one of {CLIP_MODES}, got {mode!r}")
     if mode != "model":
-        spec.scheduler_config = {**spec.scheduler_config, "clip_sample": mode == "on"}
-    on = bool(spec.scheduler_config.get("clip_sample", False))
-    rng = float(spec.scheduler_config.get("clip_sample_range", 1.0) or 1.0)
+        loaded.scheduler_config = {**loaded.scheduler_config, "clip_sample": mode == "on"}
+    on = bool(loaded.scheduler_config.get("clip_sample", False))
+    rng = float(loaded.scheduler_config.get("clip_sample_range", 1.0) or 1.0)
     origin = "the model's scheduler config" if mode == "model" else f"--clip {mode}"
     return (f"x0_hat clipped to [-{rng:g}, {rng:g}] ({origin}) by every sampler that can clip "
             "(clip_sample: ours, DDPM, DDIM, Heun; thresholding with sample_max_value: DPM-Solver, UniPC, DEIS; "

@@ -52,14 +52,14 @@ class SampledCell:
     actual_nfe: int
     num_steps: int
 
-def sample_cell(spec: LoadedModel, sampler: SamplerRecipe, num_steps: int, seed: int, num_samples: int,
+def sample_cell(loaded: LoadedModel, sampler: SamplerRecipe, num_steps: int, seed: int, num_samples: int,
                 batch_size: int, device: str, progress: bool = False, desc: str = "steps") -> SampledCell:
     """Draw ``num_samples`` with one sampler (batched); time the sampling loops only and count NFE."""
-    noise = initial_noise(seed, num_samples, spec.sample_shape)
-    counter = CallCounter(spec.model)
+    noise = initial_noise(seed, num_samples, loaded.sample_shape)
+    counter = CallCounter(loaded.model)
     chunks, seconds, nfes = [], 0.0, []
     for start in range(0, num_samples, batch_size):
-        sched = build_scheduler(sampler, scheduler_config_for(sampler, spec), num_steps)
+        sched = build_scheduler(sampler, scheduler_config_for(sampler, loaded), num_steps)
         x_t = noise[start:start + batch_size].to(device)
         gen = step_generator(seed, start)
         before = counter.calls
@@ -75,9 +75,9 @@ def sample_cell(spec: LoadedModel, sampler: SamplerRecipe, num_steps: int, seed:
     return SampledCell(torch.cat(chunks), seconds, nfes[0], num_steps)
 
 
-def reference_samples(spec: LoadedModel, num_samples: int, seed: int, directory: Path, batch_size: int,
+def reference_samples(loaded: LoadedModel, num_samples: int, seed: int, directory: Path, batch_size: int,
                       device: str = "cpu", progress: bool = False) -> tuple[torch.Tensor, dict]:
-    """The reference set of ``spec``: read from ``directory`` if drawn before, else drawn and saved there --
+    """The reference set of ``loaded``: read from ``directory`` if drawn before, else drawn and saved there --
     exact data samples for analytic models, else ``num_samples`` 1000-step ancestral samples (the sampler
     ``reference-1000``, x0 clipped as the model's scheduler config says) from ``seed``."""
     directory = Path(directory)
@@ -85,15 +85,15 @@ def reference_samples(spec: LoadedModel, num_samples: int, seed: int, directory:
     if data_file.is_file() and meta_file.is_file():
         return load_tensor(data_file), json.loads(meta_file.read_text())
     t0 = time.perf_counter()
-    if spec.reference is not None:
-        samples = spec.reference.sample(num_samples, seed).float()
+    if loaded.reference is not None:
+        samples = loaded.reference.sample(num_samples, seed).float()
         meta = {"source": "exact data samples", "seconds": time.perf_counter() - t0}
     else:
         ref = get_sampler("reference-1000")
-        steps, _ = steps_for_nfe(ref, spec.num_train_timesteps, spec.num_train_timesteps)
+        steps, _ = steps_for_nfe(ref, loaded.num_train_timesteps, loaded.num_train_timesteps)
         if progress:
             print(f"reference: {num_samples} samples with {steps}-step ancestral sampling (cached in {directory})")
-        cell = sample_cell(spec, ref, steps, seed, num_samples, batch_size, device, progress=progress,
+        cell = sample_cell(loaded, ref, steps, seed, num_samples, batch_size, device, progress=progress,
                            desc="reference")
         samples = cell.samples
         meta = {"source": f"{steps}-step ancestral samples (reference-1000)", "seconds": cell.seconds,

@@ -109,15 +109,15 @@ def register_sampler(name: str, factory: Factory, *, min_nfe: int = 1, nfe_of_st
     """Register a sampler under ``name`` (see :class:`SamplerRecipe`); refuses to shadow one unless ``replace``."""
     if name in _SAMPLERS and not replace:
         raise ValueError(f"sampler {name!r} is already registered (pass replace=True to override it)")
-    spec = SamplerRecipe(name, factory, int(min_nfe), nfe_of_steps or (lambda k: k), fixed_steps, family, stochastic,
+    recipe = SamplerRecipe(name, factory, int(min_nfe), nfe_of_steps or (lambda k: k), fixed_steps, family, stochastic,
                        description, dict(settings or {}), order_reason)
-    _SAMPLERS[name] = spec
-    return spec
+    _SAMPLERS[name] = recipe
+    return recipe
 
 
 def available_samplers() -> dict[str, str]:
     """Registered sampler names and their descriptions."""
-    return {name: spec.description for name, spec in _SAMPLERS.items()}
+    return {name: recipe.description for name, recipe in _SAMPLERS.items()}
 
 
 def sampler_names(*families: str) -> list[str]:
@@ -137,62 +137,62 @@ def get_sampler(name: str) -> SamplerRecipe:
         raise SamplerError(f"unknown sampler {name!r}; valid samplers: {', '.join(_SAMPLERS)}") from None
 
 
-def steps_for_nfe(spec: SamplerRecipe, nfe: int, num_train_timesteps: int) -> tuple[int, int]:
+def steps_for_nfe(recipe: SamplerRecipe, nfe: int, num_train_timesteps: int) -> tuple[int, int]:
     """``(num_inference_steps, expected_nfe)`` for a requested NFE: the most steps whose NFE does not exceed it.
 
     Raises :class:`SamplerError` (with the reason) for an NFE below the sampler's order or above ``T``.
     """
     T = int(num_train_timesteps)
-    if spec.fixed_steps is not None:
-        k = spec.fixed_steps(T)
-        return k, spec.nfe_of_steps(k)
+    if recipe.fixed_steps is not None:
+        k = recipe.fixed_steps(T)
+        return k, recipe.nfe_of_steps(k)
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise SamplerError(f"NFE must be a positive integer, got {nfe!r}")
-    if nfe < spec.min_nfe:
-        reason = spec.order_reason or f"it is a method of order {spec.min_nfe}"
-        raise SamplerError(f"sampler {spec.name!r} needs NFE >= {spec.min_nfe} ({reason}); got NFE={nfe}")
-    if spec.max_nfe is not None and nfe > spec.max_nfe:
-        raise SamplerError(f"sampler {spec.name!r} needs NFE <= {spec.max_nfe} ({spec.order_reason}); got NFE={nfe}")
+    if nfe < recipe.min_nfe:
+        reason = recipe.order_reason or f"it is a method of order {recipe.min_nfe}"
+        raise SamplerError(f"sampler {recipe.name!r} needs NFE >= {recipe.min_nfe} ({reason}); got NFE={nfe}")
+    if recipe.max_nfe is not None and nfe > recipe.max_nfe:
+        raise SamplerError(f"sampler {recipe.name!r} needs NFE <= {recipe.max_nfe} ({recipe.order_reason}); got NFE={nfe}")
     if nfe > T:
-        raise SamplerError(f"sampler {spec.name!r}: NFE={nfe} exceeds the model's {T} training timesteps "
+        raise SamplerError(f"sampler {recipe.name!r}: NFE={nfe} exceeds the model's {T} training timesteps "
                            f"(a sampler cannot visit more than T={T} distinct noise levels)")
     k = nfe
-    while k > 1 and spec.nfe_of_steps(k) > nfe:
+    while k > 1 and recipe.nfe_of_steps(k) > nfe:
         k -= 1
-    if spec.nfe_of_steps(k) > nfe or k > T:
-        raise SamplerError(f"sampler {spec.name!r} cannot run with NFE={nfe}")
-    return k, spec.nfe_of_steps(k)
+    if recipe.nfe_of_steps(k) > nfe or k > T:
+        raise SamplerError(f"sampler {recipe.name!r} cannot run with NFE={nfe}")
+    return k, recipe.nfe_of_steps(k)
 
 
-def check_sampler_for_model(spec: SamplerRecipe, model_fingerprint: str, num_train_timesteps: int) -> None:
+def check_sampler_for_model(recipe: SamplerRecipe, model_fingerprint: str, num_train_timesteps: int) -> None:
     """Refuse a sampler made for another model (its settings name ``model_fingerprint`` / ``num_train_timesteps``,
     as tuned schedules do)."""
-    want_fp, want_T = spec.settings.get("model_fingerprint"), spec.settings.get("num_train_timesteps")
+    want_fp, want_T = recipe.settings.get("model_fingerprint"), recipe.settings.get("num_train_timesteps")
     if want_fp is not None and want_fp != model_fingerprint:
-        raise SamplerError(f"sampler {spec.name!r} was tuned for the model with fingerprint {want_fp}, not this "
+        raise SamplerError(f"sampler {recipe.name!r} was tuned for the model with fingerprint {want_fp}, not this "
                            f"model ({model_fingerprint}): a tuned schedule is not valid for another model")
     if want_T is not None and int(want_T) != int(num_train_timesteps):
-        raise SamplerError(f"sampler {spec.name!r} was made for T={want_T} training timesteps, but the model has "
+        raise SamplerError(f"sampler {recipe.name!r} was made for T={want_T} training timesteps, but the model has "
                            f"T={num_train_timesteps}")
 
 
-def sampler_settings(spec: SamplerRecipe) -> dict[str, Any]:
+def sampler_settings(recipe: SamplerRecipe) -> dict[str, Any]:
     """The settings a run records for a sampler (the default sampler's names resolved to their values)."""
     settings = {}
-    for k, v in spec.settings.items():
+    for k, v in recipe.settings.items():
         if v in ("DEFAULT_ETA", "DEFAULT_SOLVER_ORDER"):  # the 'default' sampler: record what it resolves to
             v = {"DEFAULT_ETA": DEFAULT_ETA, "DEFAULT_SOLVER_ORDER": DEFAULT_SOLVER_ORDER}[v]
         settings[k] = v
     return settings
 
 
-def build_scheduler(spec: SamplerRecipe, scheduler_config: dict, num_steps: int):
-    """A fresh scheduler for ``spec`` from the model's scheduler config (diffusers' config warnings silenced)."""
+def build_scheduler(recipe: SamplerRecipe, scheduler_config: dict, num_steps: int):
+    """A fresh scheduler for ``recipe`` from the model's scheduler config (diffusers' config warnings silenced)."""
     logger = logging.getLogger("diffusers")
     previous = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        return spec.factory(dict(scheduler_config), int(num_steps))
+        return recipe.factory(dict(scheduler_config), int(num_steps))
     finally:
         logger.setLevel(previous)
 
@@ -313,12 +313,12 @@ def _skipstep(eta_fn: Callable[[], Any], solver_order: int | Callable[[], int] =
     return factory
 
 
-def scheduler_config_for(sampler: SamplerRecipe, spec: LoadedModel) -> dict:
+def scheduler_config_for(sampler: SamplerRecipe, loaded: LoadedModel) -> dict:
     """The model's scheduler config, plus what this sampler needs from the model itself (the optimal-variance
     table, estimated once per model and cached; see :func:`skipstep.lab.models.optimal_variance_table`)."""
-    config = spec.scheduler_config
+    config = loaded.scheduler_config
     if sampler.settings.get("variance") == "optimal":
-        config = {**config, "eps_mse": optimal_variance_table(spec).tolist()}
+        config = {**config, "eps_mse": optimal_variance_table(loaded).tolist()}
     return config
 
 

@@ -42,12 +42,12 @@ from .tune_search import (SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, Comm
 DEFAULT_NUM_VAL_SEEDS = 2
 
 
-def _time_one_call(spec, batch: int, device: str) -> float:
+def _time_one_call(loaded, batch: int, device: str) -> float:
     """Seconds of one model call on a batch of ``batch`` noise samples (the budget check's estimate)."""
-    x = torch.randn((batch, *spec.sample_shape)).to(device)
-    t = torch.full((batch,), spec.num_train_timesteps // 2, dtype=torch.int64, device=device)
+    x = torch.randn((batch, *loaded.sample_shape)).to(device)
+    t = torch.full((batch,), loaded.num_train_timesteps // 2, dtype=torch.int64, device=device)
     t0 = time.perf_counter()
-    spec.model(x, t)
+    loaded.model(x, t)
     if str(device).startswith("cuda") and torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -63,7 +63,7 @@ def _check_seeds(fit_seeds, eval_seeds, reference_seed):
         raise ValueError(f"seed {reference_seed} is the reference set's seed; choose other fit/eval seeds")
     return list(dict.fromkeys(fit)), list(dict.fromkeys(ev))
 
-def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solver_order: int | None = None,
+def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, solver_order: int | None = None,
                   variance_type: str | None = None, eta=None, num_samples: int = 1000,
                   fit_seeds: Sequence[int] = (0,), eval_seeds: Sequence[int] = (),
                   val_seeds: Sequence[int] | None = None, budget_nfe: int = 2000,
@@ -72,7 +72,7 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
                   device: str = "cpu", search_eta: bool = True, clip: str = "model",
                   eval_reference_seed: int | None = None, progress: bool = False,
                   log: Callable[[str], None] | None = None) -> TunedSchedule:
-    """Search the timesteps and per-step eta of ``base`` at ``nfe`` for ``spec`` (a ModelSpec or a model name);
+    """Search the timesteps and per-step eta of ``base`` at ``nfe`` for ``loaded`` (a LoadedModel or a model name);
     see the module docstring. ``budget_nfe`` counts batched model calls spent on candidates (one candidate costs
     ``nfe * ceil(num_samples / batch_size) * len(fit_seeds)``); ``budget_minutes`` bounds the search's wall time
     (the cached reference and the held-out comparison come on top and are reported separately). With
@@ -83,12 +83,12 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
     the sampler noise nor the reference set of the fit is reused), and record the finite-sample floor -- the
     distance between the two reference sets."""
     log = log or (lambda msg: None)
-    if isinstance(spec, str):
-        spec = load_model(spec, device=device)
-    spec = copy.copy(spec)  # apply_clip_mode rebinds scheduler_config on the copy only
-    clip_description = apply_clip_mode(spec, clip)
+    if isinstance(loaded, str):
+        loaded = load_model(loaded, device=device)
+    loaded = copy.copy(loaded)  # apply_clip_mode rebinds scheduler_config on the copy only
+    clip_description = apply_clip_mode(loaded, clip)
     base = resolve_base(base, solver_order, variance_type, eta)
-    T = spec.num_train_timesteps
+    T = loaded.num_train_timesteps
     if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= T:
         raise ValueError(f"nfe must be an integer in [1, {T}], got {nfe!r}")
     base_eta = base.eta_list(nfe)
@@ -110,9 +110,9 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
     val_seeds = list(dict.fromkeys(int(s) for s in val_seeds))
     if taken & set(val_seeds):
         raise ValueError(f"validation seeds {sorted(taken & set(val_seeds))} are also fit, eval or reference seeds")
-    metric = metric or ("fd" if spec.feature_fn is not None else "sw")
-    if metric not in ("fd", "sw") or (metric == "fd" and spec.feature_fn is None):
-        raise ValueError(f"metric must be 'sw' or (with a feature network) 'fd'; got {metric!r} for {spec.name!r}")
+    metric = metric or ("fd" if loaded.feature_fn is not None else "sw")
+    if metric not in ("fd", "sw") or (metric == "fd" and loaded.feature_fn is None):
+        raise ValueError(f"metric must be 'sw' or (with a feature network) 'fd'; got {metric!r} for {loaded.name!r}")
     # -- budgets: refuse before any work ------------------------------------------------------------------------
     cost = nfe * math.ceil(num_samples / batch_size) * len(fit_seeds)
     if budget_nfe < cost:
@@ -120,7 +120,7 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
                          f"(nfe {nfe} x {math.ceil(num_samples / batch_size)} batches x {len(fit_seeds)} fit seed(s))")
     if not budget_minutes > 0:
         raise ValueError(f"budget_minutes must be > 0, got {budget_minutes}")
-    per_call = _time_one_call(spec, min(batch_size, num_samples), device)
+    per_call = _time_one_call(loaded, min(batch_size, num_samples), device)
     estimate = cost * per_call
     if budget_minutes * 60 < estimate:
         raise ValueError(f"budget_minutes={budget_minutes} cannot pay for one candidate: one model call took "
@@ -130,14 +130,14 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
     num_reference = int(num_reference or num_samples)
     log(f"reference: {num_reference} samples (seed {reference_seed}), cached under "
         f"{Path(cache_dir or default_cache_root()) / 'references'}")
-    reference, ref_meta = reference_samples(spec, num_reference, reference_seed, cache_dir, batch_size, device,
+    reference, ref_meta = reference_samples(loaded, num_reference, reference_seed, cache_dir, batch_size, device,
                                             progress)
-    objective = Objective(spec, reference, metric)
+    objective = Objective(loaded, reference, metric)
     reference_seconds = time.perf_counter() - t_ref
-    noises = [CommonNoise(s, num_samples, spec.sample_shape) for s in fit_seeds]
-    val_noises = [CommonNoise(s, num_samples, spec.sample_shape) for s in val_seeds]
-    path = DiscreteVPPath.from_config(spec.scheduler_config)
-    search = Search(spec, base, objective, noises, batch_size, device, int(budget_nfe), 60.0 * budget_minutes,
+    noises = [CommonNoise(s, num_samples, loaded.sample_shape) for s in fit_seeds]
+    val_noises = [CommonNoise(s, num_samples, loaded.sample_shape) for s in val_seeds]
+    path = DiscreteVPPath.from_config(loaded.scheduler_config)
+    search = Search(loaded, base, objective, noises, batch_size, device, int(budget_nfe), 60.0 * budget_minutes,
                      estimate, log, val_noises)
     stages: list[dict] = []
     starts = spacing_starts(path, nfe)
@@ -224,8 +224,8 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
     value, ts, eta_best = accepted["f"], accepted["ts"], accepted["eta"]
     uniform = start_values.get("trailing")
     provenance = {
-        "model": spec.name,
-        "model_description": spec.description,
+        "model": loaded.name,
+        "model_description": loaded.description,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "skipstep_version": __version__,
         "base": base.info(),
@@ -261,7 +261,7 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
     }
     schedule = TunedSchedule(timesteps=ts, eta=eta_best, nfe=nfe, num_train_timesteps=T,
                              solver_order=base.solver_order, variance_type=base.variance_type,
-                             model_fingerprint=spec.fingerprint, metric=metric, fit_seeds=fit_seeds,
+                             model_fingerprint=loaded.fingerprint, metric=metric, fit_seeds=fit_seeds,
                              provenance=provenance)
     log(f"search: {len(search.memo)} candidates, {search.counter.calls} NFE, {search_seconds:.1f} s "
         f"(stopped by {search.stopped_by}); {metric} {uniform:.5g} (uniform) -> {value:.5g} (tuned)"
@@ -272,12 +272,12 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
         ref_info = {k: ref_meta.get(k) for k in ("source", "num_samples", "seed")}
         if eval_reference_seed is not None:
             log(f"held-out reference: {num_reference} samples (seed {eval_reference_seed})")
-            reference2, meta2 = reference_samples(spec, num_reference, eval_reference_seed, cache_dir, batch_size,
+            reference2, meta2 = reference_samples(loaded, num_reference, eval_reference_seed, cache_dir, batch_size,
                                                   device, progress)
-            eval_objective = Objective(spec, reference2, metric)
+            eval_objective = Objective(loaded, reference2, metric)
             floor = eval_objective(reference)  # two independent sets of the reference distribution
             ref_info = {k: meta2.get(k) for k in ("source", "num_samples", "seed")}
-        table = compare_schedules(spec, schedule, eval_seeds, num_samples=num_samples, base=base,
+        table = compare_schedules(loaded, schedule, eval_seeds, num_samples=num_samples, base=base,
                                   objective=eval_objective, batch_size=batch_size, device=device)
         table["reference"] = ref_info
         table["floor"] = floor
@@ -285,7 +285,7 @@ def tune_schedule(spec, nfe: int, base: str | BaseSampler = "skipstep", *, solve
         provenance["timing"]["heldout_seconds"] = round(time.perf_counter() - t_eval, 2)
     return schedule
 
-def compare_schedules(spec, schedule: TunedSchedule, eval_seeds: Sequence[int], *, num_samples: int = 1000,
+def compare_schedules(loaded, schedule: TunedSchedule, eval_seeds: Sequence[int], *, num_samples: int = 1000,
                       base: BaseSampler | None = None, objective: Objective | None = None, metric: str | None = None,
                       num_reference: int | None = None, reference_seed: int | None = None, cache_dir=None,
                       batch_size: int = 500, device: str = "cpu") -> dict[str, Any]:
@@ -296,10 +296,10 @@ def compare_schedules(spec, schedule: TunedSchedule, eval_seeds: Sequence[int], 
         b = schedule.provenance.get("base", {})
         base = BaseSampler(b.get("name", "?"), b.get("eta", 1.0), schedule.solver_order, schedule.variance_type)
     if objective is None:
-        reference, _ = reference_samples(spec, int(num_reference or num_samples), reference_seed, cache_dir,
+        reference, _ = reference_samples(loaded, int(num_reference or num_samples), reference_seed, cache_dir,
                                          batch_size, device)
-        objective = Objective(spec, reference, metric or schedule.metric)
-    path = DiscreteVPPath.from_config(spec.scheduler_config)
+        objective = Objective(loaded, reference, metric or schedule.metric)
+    path = DiscreteVPPath.from_config(loaded.scheduler_config)
     n = schedule.nfe
     base_eta = base.eta_list(n)
     candidates = {"tuned": (schedule.timesteps, schedule.eta)}
@@ -308,9 +308,9 @@ def compare_schedules(spec, schedule: TunedSchedule, eval_seeds: Sequence[int], 
     for name, label in (("trailing", "uniform (trailing)"), ("quadratic", "quadratic"), ("log_snr", "log-SNR")):
         candidates[label] = ([int(v) for v in select_timesteps(path, n, name).tolist()], base_eta)
     rows = []
-    noises = [CommonNoise(s, num_samples, spec.sample_shape) for s in eval_seeds]
+    noises = [CommonNoise(s, num_samples, loaded.sample_shape) for s in eval_seeds]
     for name, (ts, eta) in candidates.items():
-        values = [objective(draw_samples(spec, spec.model, ts, eta, base, nz, batch_size, device)) for nz in noises]
+        values = [objective(draw_samples(loaded, loaded.model, ts, eta, base, nz, batch_size, device)) for nz in noises]
         rows.append({"name": name, "timesteps": list(ts), "eta": [round(e, 4) for e in eta], "values": values,
                      "mean": float(np.mean(values)),
                      "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0})
@@ -394,9 +394,9 @@ def main_tune(args: argparse.Namespace) -> int:
         raise TunedScheduleError(f"{args.out} already exists; pass --overwrite to replace it")
     t0 = time.perf_counter()
     verbose = not args.no_progress
-    spec = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=args.device)
     schedule = tune_schedule(
-        spec, args.nfe, args.base, solver_order=args.solver_order, variance_type=args.variance_type, eta=args.eta,
+        loaded, args.nfe, args.base, solver_order=args.solver_order, variance_type=args.variance_type, eta=args.eta,
         num_samples=args.num_samples, fit_seeds=args.fit_seeds, eval_seeds=args.eval_seeds, val_seeds=args.val_seeds,
         budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, metric=args.metric,
         num_reference=args.num_reference, cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
@@ -406,7 +406,7 @@ def main_tune(args: argparse.Namespace) -> int:
     schedule.provenance["timing"]["total_seconds"] = round(total, 2)
     schedule.save(args.out, overwrite=args.overwrite)
     prov = schedule.provenance
-    print(f"\n{spec.name} (fingerprint {spec.fingerprint}), NFE {schedule.nfe}, base {prov['base']['name']} "
+    print(f"\n{loaded.name} (fingerprint {loaded.fingerprint}), NFE {schedule.nfe}, base {prov['base']['name']} "
           f"(eta {prov['base']['eta']}, solver_order {schedule.solver_order}, variance {schedule.variance_type})")
     print(f"tuned timesteps: {schedule.timesteps}")
     print(f"tuned eta:       {[round(e, 4) for e in schedule.eta]}")

@@ -72,12 +72,12 @@ def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None 
     if isinstance(base, BaseSampler):
         b = base
     else:
-        spec = get_sampler(base) if base in sampler_names("skipstep") else None
-        if spec is None:
+        if base not in sampler_names("skipstep"):
             raise ValueError(f"base sampler must be one of skipstep's own samplers ({', '.join(base_names())}); "
                              f"got {base!r}")
-        e = spec.settings.get("eta", 1.0)
-        o = spec.settings.get("solver_order", 1)
+        recipe = get_sampler(base)
+        e = recipe.settings.get("eta", 1.0)
+        o = recipe.settings.get("solver_order", 1)
         b = BaseSampler(base, DEFAULT_ETA if e == "DEFAULT_ETA" else e,
                         DEFAULT_SOLVER_ORDER if o == "DEFAULT_SOLVER_ORDER" else int(o))
     order = b.solver_order if solver_order is None else solver_order
@@ -145,40 +145,40 @@ def spacing_starts(path, n: int) -> dict[str, tuple[list[int], SpacingParams]]:
 # the reference and the objective
 # --------------------------------------------------------------------------------------------------------------
 
-def reference_samples(spec, num_reference: int, reference_seed: int | None = None, directory: str | Path | None = None,
+def reference_samples(loaded, num_reference: int, reference_seed: int | None = None, directory: str | Path | None = None,
                       batch_size: int = 500, device: str = "cpu", progress: bool = False) -> tuple[torch.Tensor, dict]:
     """The model's reference set, drawn as the benchmark draws it (:func:`skipstep.lab.sample_sets.reference_samples`: 1000-step
     ancestral samples with the x0 clipping of the model's scheduler config, or exact data samples for analytic
     models) and cached in ``cache_dir/references/<model>-<fingerprint>/seed<S>_n<N>_bs<B>_clip<on|off>/``."""
     seed = REFERENCE_SEED if reference_seed is None else int(reference_seed)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.name)[-40:]
-    out = Path(directory or cache_dir()) / "references" / f"{safe}-{spec.fingerprint}" / \
-        f"seed{seed}_n{int(num_reference)}_bs{int(batch_size)}_clip{'on' if x0_clipping(spec).active else 'off'}"
-    samples, meta = draw_reference(spec, int(num_reference), seed, out / "reference", batch_size, device, progress)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in loaded.name)[-40:]
+    out = Path(directory or cache_dir()) / "references" / f"{safe}-{loaded.fingerprint}" / \
+        f"seed{seed}_n{int(num_reference)}_bs{int(batch_size)}_clip{'on' if x0_clipping(loaded).active else 'off'}"
+    samples, meta = draw_reference(loaded, int(num_reference), seed, out / "reference", batch_size, device, progress)
     meta = dict(meta)
     meta["cache"] = str(out)
     return samples, meta
 
 class Objective:
-    """``metric`` ('fd': Fréchet distance in ``spec.feature_fn`` space; 'sw': sliced W2 in pixels) of a sample set
+    """``metric`` ('fd': Fréchet distance in ``loaded.feature_fn`` space; 'sw': sliced W2 in pixels) of a sample set
     against the reference; ``inf`` for non-finite samples."""
 
-    def __init__(self, spec, reference: torch.Tensor, metric: str | None = None, sw_projections: int = 256):
-        metric = metric or ("fd" if spec.feature_fn is not None else "sw")
+    def __init__(self, loaded, reference: torch.Tensor, metric: str | None = None, sw_projections: int = 256):
+        metric = metric or ("fd" if loaded.feature_fn is not None else "sw")
         if metric not in ("fd", "sw"):
             raise ValueError(f"metric must be 'fd' or 'sw', got {metric!r}")
-        if metric == "fd" and spec.feature_fn is None:
-            raise ValueError(f"model {spec.name!r} has no feature network: use metric 'sw'")
-        self.metric, self.spec, self.reference, self.sw_projections = metric, spec, reference.float(), sw_projections
+        if metric == "fd" and loaded.feature_fn is None:
+            raise ValueError(f"model {loaded.name!r} has no feature network: use metric 'sw'")
+        self.metric, self.loaded, self.reference, self.sw_projections = metric, loaded, reference.float(), sw_projections
         if metric == "fd":
-            self.ref_stats = M.gaussian_stats(M.compute_features(self.reference, spec.feature_fn, 1000))
+            self.ref_stats = M.gaussian_stats(M.compute_features(self.reference, loaded.feature_fn, 1000))
 
     def __call__(self, samples: torch.Tensor) -> float:
         samples = samples.float()
         if not bool(torch.isfinite(samples).all()):
             return math.inf
         if self.metric == "fd":
-            feats = M.compute_features(samples, self.spec.feature_fn, 1000)
+            feats = M.compute_features(samples, self.loaded.feature_fn, 1000)
             return float(M.frechet_distance_from_stats(*M.gaussian_stats(feats), *self.ref_stats))
         return float(M.sliced_wasserstein(samples, self.reference, num_projections=self.sw_projections, seed=0))
 
@@ -197,22 +197,22 @@ class CommonNoise:
             self._steps[index] = torch.randn((self.num_samples, *self.shape), generator=g)
         return self._steps[index]
 
-def x0_clipping(spec):
+def x0_clipping(loaded):
     """The x0 bound every skipstep sampler of the benchmark applies to this model: ``clip_sample`` and
     ``clip_sample_range`` of its scheduler config (see :func:`skipstep.lab.sampler_registry.clip_overrides`)."""
-    cfg = spec.scheduler_config
+    cfg = loaded.scheduler_config
     return X0Clipping(bool(cfg.get("clip_sample", False)), float(cfg.get("clip_sample_range", 1.0) or 1.0))
 
 @torch.no_grad()
-def draw_samples(spec, model: Callable, timesteps: Sequence[int], eta: Sequence[float], base: BaseSampler,
+def draw_samples(loaded, model: Callable, timesteps: Sequence[int], eta: Sequence[float], base: BaseSampler,
                  noise: CommonNoise, batch_size: int = 500, device: str = "cpu") -> torch.Tensor:
     """Few-step samples of one candidate (the skipstep posterior step, x0 clipped as the model's scheduler config
     says, as in the benchmark) from the common random numbers ``noise``; ``model`` is called once per step per
     batch."""
-    path = DiscreteVPPath.from_config(spec.scheduler_config)
+    path = DiscreteVPPath.from_config(loaded.scheduler_config)
     plan = plan_steps(path, torch.as_tensor(list(timesteps), dtype=torch.int64), list(eta))
-    config = StepConfig(prediction_type=spec.prediction_type, variance_type=base.variance_type,
-                        solver_order=base.solver_order, check_finite=False, clipping=x0_clipping(spec))
+    config = StepConfig(prediction_type=loaded.prediction_type, variance_type=base.variance_type,
+                        solver_order=base.solver_order, check_finite=False, clipping=x0_clipping(loaded))
     chunks = []
     for start in range(0, noise.num_samples, batch_size):
         x = noise.x_T[start:start + batch_size].to(device)
@@ -241,12 +241,12 @@ class StageLimit(BudgetExhausted):
 class Search:
     """Evaluates candidates (memoised) within the NFE and time budgets and keeps the best one."""
 
-    def __init__(self, spec, base, objective, noises, batch_size, device, budget_nfe, budget_seconds,
+    def __init__(self, loaded, base, objective, noises, batch_size, device, budget_nfe, budget_seconds,
                  estimate_seconds, log, val_noises=()):
-        self.spec, self.base, self.objective, self.noises = spec, base, objective, noises
+        self.loaded, self.base, self.objective, self.noises = loaded, base, objective, noises
         self.val_noises = list(val_noises)
         self.batch_size, self.device, self.log = batch_size, device, log
-        self.counter = CallCounter(spec.model)
+        self.counter = CallCounter(loaded.model)
         self.n_batches = sum(math.ceil(nz.num_samples / batch_size) for nz in noises)
         self.n_val_batches = sum(math.ceil(nz.num_samples / batch_size) for nz in self.val_noises)
         self.val_memo: dict[tuple, float] = {}
@@ -300,7 +300,7 @@ class Search:
             if (self.counter.calls + len(ts) * self.n_val_batches > self.budget_nfe
                     or self.elapsed() + per > self.budget_seconds):
                 raise BudgetExhausted
-            values = [self.objective(draw_samples(self.spec, self.counter, ts, eta, self.base, nz, self.batch_size,
+            values = [self.objective(draw_samples(self.loaded, self.counter, ts, eta, self.base, nz, self.batch_size,
                                                   self.device)) for nz in self.val_noises]
             self.val_memo[key] = float(np.mean(values))
         return self.val_memo[key]
@@ -313,7 +313,7 @@ class Search:
         t0 = time.perf_counter()
         values = []
         for nz in self.noises:
-            x = draw_samples(self.spec, self.counter, ts, eta, self.base, nz, self.batch_size, self.device)
+            x = draw_samples(self.loaded, self.counter, ts, eta, self.base, nz, self.batch_size, self.device)
             values.append(self.objective(x))
         value = float(np.mean(values))
         self.seconds.append(time.perf_counter() - t0)
