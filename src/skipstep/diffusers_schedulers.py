@@ -187,7 +187,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
                                   self.config.steps_offset)
             self.custom_timesteps = False
         self._sync_clipping_with_config()  # before every trajectory, not every step: it is config, not state
-        self._plan = plan_steps(self.path, ts, self.config.eta, self.config.eps_mse)
+        self._plan = plan_steps(self.path, ts, self.config.eta, self.config.eps_mse,
+                                 solver_order=self.step_config.solver_order)
         self._stepper = TrajectoryStepper(self._plan, self.step_config)
         self._index_of = {int(v): i for i, v in enumerate(ts.tolist())}
         self.num_inference_steps = len(ts)

@@ -218,7 +218,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         ts = src.timesteps.detach().cpu()
         if bool((ts[1:] == ts[:-1]).any()):
             raise ValueError(f"timesteps must not repeat, got {ts.tolist()}")
-        self._plan = plan_steps(self.path, noisy, self.config.eta)
+        self._plan = plan_steps(self.path, noisy, self.config.eta, solver_order=self.step_config.solver_order)
         self.timesteps = src.timesteps
         self.sigmas = src.sigmas
         self.num_inference_steps = len(self._plan)

@@ -73,6 +73,27 @@ def predict_x0_eps(
     raise AssertionError("unreachable")
 
 
+def predict_x0(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha_t: float,
+    sigma_t: float,
+    prediction_type: str,
+) -> torch.Tensor:
+    """``x0_hat`` alone (the step's need), in as few tensor operations as :func:`predict_x0_eps` allows."""
+    if prediction_type == "epsilon":
+        if alpha_t == 0:
+            predict_x0_eps(model_output, sample, alpha_t, sigma_t, prediction_type)  # raises with the reason
+        return torch.sub(sample, model_output, alpha=sigma_t).mul_(1.0 / alpha_t)
+    if prediction_type == "sample":
+        return model_output
+    if prediction_type == "v_prediction" and alpha_t * alpha_t + sigma_t * sigma_t == 1.0:
+        return torch.mul(sample, alpha_t).sub_(model_output, alpha=sigma_t)
+    if prediction_type == "flow" and abs(alpha_t + sigma_t - 1.0) <= 1e-9:
+        return torch.sub(sample, model_output, alpha=sigma_t)
+    return predict_x0_eps(model_output, sample, alpha_t, sigma_t, prediction_type)[0]
+
+
 @dataclass(frozen=True)
 class X0Clipping:
     """How the x0 prediction is bounded, with diffusers' semantics and key names.
@@ -132,6 +153,7 @@ __all__ = [
     "X0Clipping",
     "check_prediction_type",
     "dynamic_threshold",
+    "predict_x0",
     "predict_x0_eps",
     "split_learned_variance",
     "unwrap_model_output",
