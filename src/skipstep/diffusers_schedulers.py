@@ -359,7 +359,9 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         return [p.posterior.eta for p in self._plan]
 
     def _timestep_value(self, timestep) -> int:
-        if isinstance(timestep, torch.Tensor):
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 0 and timestep.device.type != "meta":
+            value = timestep.item()  # the loop's usual case: one element of scheduler.timesteps
+        elif isinstance(timestep, torch.Tensor):
             if timestep.device.type == "meta":
                 raise ValueError("timestep is a tensor on the meta device (no value); pass a value of "
                                  "scheduler.timesteps")

@@ -154,7 +154,7 @@ def check_model_output(model_output: torch.Tensor, sample: torch.Tensor, varianc
 def check_finite(tensor: torch.Tensor, what: str, step_name: str) -> None:
     # A NaN/inf anywhere makes the sum non-finite: one reduction instead of an elementwise mask (the mask cost more
     # than the whole step on large latents). Only a finite sum overflow can false-alarm; the full check confirms.
-    if not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
+    if not math.isfinite(tensor.sum().item()) and not bool(torch.isfinite(tensor).all()):
         raise FloatingPointError(f"{what} at {step_name} contains NaN or inf")
 
 
@@ -216,8 +216,9 @@ def apply_step(
         check_finite(model_output, "the model output", _step_name(step))
     out_dtype = sample.dtype
     compute_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
-    x_t = sample.to(compute_dtype)
-    model_output = model_output.to(compute_dtype)
+    x_t = sample if out_dtype == compute_dtype else sample.to(compute_dtype)
+    if model_output.dtype != compute_dtype:
+        model_output = model_output.to(compute_dtype)
     variance_values = None
     if config.variance_type == "learned":
         check_model_output(model_output, sample, "learned", _step_name(step))
@@ -226,7 +227,7 @@ def apply_step(
     if config.clipping.active:
         x0 = config.clipping(x0)
     if coefs.posterior.is_final:
-        x0_out = x0.to(out_dtype)
+        x0_out = x0 if out_dtype == compute_dtype else x0.to(out_dtype)
         return x0_out, x0_out, x0
     data = coefs.data[min(len(coefs.data), 1 + len(x0_history)) - 1]
     x_s = x_t * coefs.coef_xt
@@ -240,11 +241,14 @@ def apply_step(
         if noise is None:
             raise ValueError(f"{_step_name(step)} injects noise (eta={coefs.posterior.eta}) but no noise tensor "
                              "was given")
-        noise = noise.to(compute_dtype)
+        if noise.dtype != compute_dtype:
+            noise = noise.to(compute_dtype)
         if isinstance(std, torch.Tensor):
             x_s.add_(std * noise)
         else:
             x_s.add_(noise, alpha=std)
+    if out_dtype == compute_dtype:
+        return x_s, x0, x0
     return x_s.to(out_dtype), x0.to(out_dtype), x0
 
 
