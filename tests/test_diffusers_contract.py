@@ -402,3 +402,11 @@ def test_compatible_names_resolve():
     names = set(SkippedStepScheduler._compatibles)
     assert {c.__name__ for c in VP_COMPATIBLES} - {"SASolverScheduler"} <= names
     assert all(hasattr(diffusers, n) for n in names)
+
+
+def test_flow_scheduler_accepts_numpy_step_counts():
+    ours = SkippedStepFlowScheduler()
+    ours.set_timesteps(np.int64(5))
+    assert ours.num_inference_steps == 5
+    with pytest.raises(ValueError, match="num_inference_steps must be a positive integer"):
+        ours.set_timesteps(5.0)

@@ -48,6 +48,7 @@ from diffusers.utils import BaseOutput
 from .paths import RectifiedFlowPath, vp_config_reason
 from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
 from .steps import DEFAULT_ETA, StepConfig, TrajectoryStepper
+from .timesteps import check_num_steps
 
 logger = logging.getLogger(__name__)
 
@@ -203,11 +204,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
     ):
         """Same arguments and the same ``sigmas``/``timesteps`` as ``FlowMatchEulerDiscreteScheduler``
         (``mu`` is required with ``use_dynamic_shifting``); then plans the posterior steps through them."""
-        if num_inference_steps is not None and (
-            isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if num_inference_steps is not None:
+            num_inference_steps = check_num_steps(num_inference_steps)  # numpy integers too, as diffusers
         if num_inference_steps is None and sigmas is None and timesteps is None:
             raise ValueError("give num_inference_steps, sigmas or timesteps")
         src = self._sigma_source
