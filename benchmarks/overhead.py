@@ -10,7 +10,7 @@ drives it. Each skipstep configuration is paired with the diffusers scheduler th
 | order 1, eta 0 | ``eta=0, solver_order=1`` | ``DDIMScheduler`` |
 | order 1, eta 1 | ``eta=1, solver_order=1`` | ``DDPMScheduler`` (respaced, ``fixed_small``) |
 | order 2, eta 0 | ``eta=0, solver_order=2`` | ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2) |
-| order 2, eta 1 (the default) | ``SkippedStepScheduler()`` | ``DPMSolverMultistepScheduler`` (``sde-dpmsolver++``, order 2) |
+| order 2, eta 1 (default) | ``SkippedStepScheduler()`` | ``DPMSolverMultistepScheduler`` (``sde-dpmsolver++``, 2) |
 | order 3, eta 0 | ``eta=0, solver_order=3`` | ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 3) |
 
 skipstep runs with its defaults otherwise, including ``check_finite=True`` (one reduction per model output that
@@ -156,7 +156,8 @@ def main(argv=None) -> int:
                        "load_average_after": load, "results": results}, fh, indent=2)
         print(f"wrote {args.out}")
     if args.profile:
-        print(f"\n--- profile: SkippedStepScheduler() (the default), shape {shapes[0]}, {args.steps} steps x 5 loops ---")
+        print(f"\n--- profile: SkippedStepScheduler() (the default), shape {shapes[0]}, "
+              f"{args.steps} steps x 5 loops ---")
         print(profile_default(shapes[0], args.steps, args.device))
     return 0
 

@@ -3,18 +3,18 @@
 diffusers' own ``from_config`` drops, without a word, every key that the target class does not take but a compatible
 class does (``use_karras_sigmas``, ``algorithm_type``, ...). skipstep looks at every key the incoming config *chose*
 (keys the source left at its own defaults -- ``_use_default_values`` -- are not choices, and diffusers replaces them
-by the target's defaults; so does skipstep) and every keyword override, and does one of four things:
+by the target's defaults; so does skipstep) and every keyword override, and does one of these:
 
 * **honour** it -- it is a ``SkippedStepScheduler`` config key with diffusers' meaning (the training chain,
   ``prediction_type``, spacings, ``use_karras_sigmas``, ``final_sigmas_type``, ``solver_type``, ...);
-* **map** it onto a key with the same effect (no key needs it today; the rule type exists for such keys);
 * **accept** it without effect when its value asks for what skipstep does anyway (``use_flow_sigmas=False``,
   ``predict_x0=True``, ``timestep_type="discrete"``, ...);
 * **refuse** it (``ValueError`` naming the key and what to use instead) when it changes the model's contract
   (EDM preconditioning, continuous timesteps, flow sigmas), or
 * **log one warning** naming the key, its value, what skipstep does instead and the closest setting, for keys
   that describe the replaced scheduler's own algorithm (``algorithm_type``, ``skip_prk_steps``, UniPC's corrector,
-  ``set_alpha_to_one=False``, ...). Those keys stay in the config as diffusers' "hidden" keys, so the config still converts back.
+  ``set_alpha_to_one=False``, ...). Those keys stay in the config as diffusers' "hidden" keys, so the config still
+  converts back.
 
 The class that was replaced is recorded as ``replaced_scheduler``: its linspace/leading grid formulas are used.
 """
@@ -97,16 +97,16 @@ def _set_alpha_to_one(v, cfg):
 
 
 #: every key a diffusers VP scheduler (the KarrasDiffusionSchedulers and their relatives) takes that skipstep does
-#: not: key -> rule(value, merged config) returning None (accepted, no effect), ("warn", msg), ("refuse", msg) or
-#: ("map", {our_key: value}, msg).
+#: not: key -> rule(value, merged config) returning None (accepted, no effect), ("warn", msg) or ("refuse", msg).
 FOREIGN_KEY_RULES = {
     "algorithm_type": _algorithm_type,
     "predictor_order": _always_warn(lambda v: f"predictor_order={v!r} (SA-Solver's stochastic Adams predictor) is not "
                                               "used: skipstep's multistep order is solver_order"),
     "corrector_order": _always_warn(lambda v: f"corrector_order={v!r} (SA-Solver's corrector) is not used: skipstep "
                                               "has no corrector; use solver_order for the multistep order"),
-    "tau_func": _inert_unless(None, "warn", "tau_func (SA-Solver's stochasticity per timestep) is not used: skipstep's "
-                                            "per-step stochasticity is eta, which may be a list with one value per step"),
+    "tau_func": _inert_unless(None, "warn", "tau_func (SA-Solver's stochasticity per timestep) is not used: "
+                                            "skipstep's per-step stochasticity is eta, which may be a list with one "
+                                            "value per step"),
     "disable_corrector": _always_warn(lambda v: f"disable_corrector={v!r}: UniPC's corrector (UniC) has no "
                                                 "counterpart in skipstep, which runs predictor steps only (like "
                                                 "disable_corrector covering every step)"),
@@ -219,7 +219,7 @@ def translate_config(config: dict, overrides: dict, own_keys: set[str], our_clas
                                merged[key], source or "another scheduler")
             continue  # not a scheduler key at all: diffusers' ConfigMixin warns about it
         verdict = rule(merged[key], merged)
-        _act(verdict, key, merged, config, overrides, source)
+        _act(verdict, key, merged, overrides, source)
     if "solver_type" in merged and foreign and "solver_type" not in overrides:
         verdict = _foreign_solver_type(merged["solver_type"], source)
         if verdict is not None:
@@ -231,23 +231,16 @@ def translate_config(config: dict, overrides: dict, own_keys: set[str], our_clas
     return config, overrides
 
 
-def _act(verdict, key, merged, config, overrides, source) -> None:
+def _act(verdict, key, merged, overrides, source) -> None:
     if verdict is None:
         return
     action, *rest = verdict
     where = f" (in the config of {source})" if source and key not in overrides else ""
     if action == "refuse":
         raise ValueError(f"{key}={merged[key]!r}{where}: {rest[0]}")
-    if action == "warn":
-        if key == "algorithm_type" and "eta" in overrides:
-            return  # the caller chose eta, which is what the warning would suggest
-        logger.warning("SkippedStepScheduler: %s%s", rest[0], where)
-        return
-    mapped, message = rest
-    for target, value in mapped.items():
-        if target not in merged:
-            overrides[target] = value
-    logger.info("SkippedStepScheduler: %s", message)
+    if key == "algorithm_type" and "eta" in overrides:
+        return  # the caller chose eta, which is what the warning would suggest
+    logger.warning("SkippedStepScheduler: %s%s", rest[0], where)
 
 
 __all__ = [

@@ -184,7 +184,8 @@ def step_coefficients(step: PlannedStep, config: StepConfig, eta: float | None =
         optimal_var = None
         if config.variance_type == "optimal" and not post.is_final:
             if step.eps_mse is None:
-                raise ValueError("variance_type 'optimal' needs the model's eps_mse table (see skipstep.optimal_variance)")
+                raise ValueError("variance_type 'optimal' needs the model's eps_mse table "
+                                 "(see skipstep.optimal_variance)")
             optimal_var = optimal_noise_variance(post, step.alpha_t, step.sigma_t, step.eps_mse,
                                                  config.data_half_range)
         std = float(noise_std(post, config.variance_type, None, optimal_var))
