@@ -1,19 +1,26 @@
-"""Scheduler overhead: the sampling loop with a zero-cost model, skipstep vs diffusers, same steps, same batch.
+"""Scheduler overhead: the sampling loop with a zero-cost model, skipstep against its diffusers counterpart.
 
-The model returns a preallocated tensor, so the loop time is the schedulers' own cost (set_timesteps + step).
-Pairs, each run the same number of steps with trailing spacing:
+The model is free (it returns a preallocated tensor), so a loop's time is the scheduler's own cost:
+``set_timesteps(steps)`` plus ``steps`` calls of ``step(model_output, t, x, generator=g)``, exactly as a pipeline
+drives it. Each skipstep configuration is paired with the diffusers scheduler that computes the same kind of step
+(both with trailing spacing, a clean final step and no x0 clipping):
 
-* ``eta=0``: ``SkippedStepScheduler(eta=0)`` vs ``DDIMScheduler`` (set_alpha_to_one=True) -- identical math;
-* ``eta=1``: ``SkippedStepScheduler(eta=1)`` vs ``DDPMScheduler`` (respaced) -- identical math, both draw noise.
+| pair | skipstep | diffusers |
+|---|---|---|
+| order 1, eta 0 | ``eta=0, solver_order=1`` | ``DDIMScheduler`` |
+| order 1, eta 1 | ``eta=1, solver_order=1`` | ``DDPMScheduler`` (respaced, ``fixed_small``) |
+| order 2, eta 0 | ``eta=0, solver_order=2`` | ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2) |
+| order 2, eta 1 (default) | ``SkippedStepScheduler()`` | ``DPMSolverMultistepScheduler`` (``sde-dpmsolver++``, 2) |
+| order 3, eta 0 | ``eta=0, solver_order=3`` | ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 3) |
 
-Ours is measured with its default ``check_finite=True`` (a NaN/inf scan of every model output, which diffusers
-does not do) and with ``check_finite=False``.
+skipstep runs with its defaults otherwise, including ``check_finite=True`` (one reduction per model output that
+diffusers does not do). Loops are repeated A B A B ... (skipstep, diffusers) after warm-up loops, so drifts in
+machine load hit both; the ratio reported is the median over repeats of (skipstep loop / diffusers loop) -- target
+<= 1.0. One torch thread by default. Timings are machine-dependent: they are never asserted in tests.
 
-Runs are repeated and interleaved (ours, theirs, theirs, ours, ...) so that drifts in machine load hit both; the
-reported ratio is median(ours) / median(theirs) (target <= 1.0x). ``--profile`` prints where our step's time goes.
-
-    python benchmarks/overhead.py                      # 50 steps, batches 64x4x64x64 and 1x4x64x64
-    python benchmarks/overhead.py --steps 50 --repeats 15 --out overhead.json
+    python benchmarks/overhead.py                                    # all pairs, 4 shapes, 50 steps, 9 repeats
+    python benchmarks/overhead.py --shapes 1x4x64x64 --pairs default --repeats 5    # a quick look
+    python benchmarks/overhead.py --profile                          # where the default's step spends its time
 """
 
 from __future__ import annotations
@@ -22,139 +29,136 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import platform
 import pstats
 import statistics
 import time
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from skipstep import SkippedStepScheduler
 
-BASE = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-            prediction_type="epsilon", clip_sample=False, timestep_spacing="trailing")
+CHAIN = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+             prediction_type="epsilon", timestep_spacing="trailing")
+
+#: name -> (label, our config, their label, their scheduler)
+PAIRS = {
+    "o1-eta0": ("order 1, eta 0", dict(eta=0.0, solver_order=1), "DDIMScheduler",
+                lambda: DDIMScheduler(**CHAIN, clip_sample=False, set_alpha_to_one=True)),
+    "o1-eta1": ("order 1, eta 1", dict(eta=1.0, solver_order=1), "DDPMScheduler",
+                lambda: DDPMScheduler(**CHAIN, clip_sample=False, variance_type="fixed_small")),
+    "o2-eta0": ("order 2, eta 0", dict(eta=0.0, solver_order=2), "DPM-Solver++(2M)",
+                lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="dpmsolver++", solver_order=2)),
+    "default": ("order 2, eta 1 (the default)", dict(), "SDE-DPM-Solver++(2M)",
+                lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="sde-dpmsolver++", solver_order=2)),
+    "o3-eta0": ("order 3, eta 0", dict(eta=0.0, solver_order=3), "DPM-Solver++(3M)",
+                lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="dpmsolver++", solver_order=3)),
+}
 
 
-def make_pair(eta: float, check_finite: bool = True):
-    ours = SkippedStepScheduler(**BASE, eta=eta, check_finite=check_finite)
-    if eta == 0.0:
-        theirs = DDIMScheduler(**BASE, set_alpha_to_one=True)
-    else:
-        theirs = DDPMScheduler(**BASE)
-    return ours, theirs
-
-
-def run_loop(sched, x_T: torch.Tensor, eps: torch.Tensor, steps: int, seed: int = 0) -> float:
-    """One full loop; returns seconds. The model is free: it returns the preallocated ``eps``."""
+def run_loop(sched, x_T: torch.Tensor, model_output: torch.Tensor, steps: int, seed: int = 0) -> float:
+    """One full loop (set_timesteps + every step); returns seconds."""
     g = torch.Generator(device=x_T.device).manual_seed(seed)
-    sync = x_T.is_cuda
-    if sync:
+    if x_T.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     sched.set_timesteps(steps, device=x_T.device)
     x = x_T
     for t in sched.timesteps:
-        out = eps  # zero-cost model
-        x = sched.step(out, t, x, generator=g).prev_sample
-    if sync:
+        x = sched.step(model_output, t, x, generator=g).prev_sample
+    if x_T.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
-def measure(shape, eta: float, steps: int, repeats: int, device: str, warmup: int = 2,
-            check_finite: bool = True) -> dict:
+def measure(pair: str, shape, steps: int, repeats: int, device: str, warmup: int = 2) -> dict:
+    label, ours_kwargs, theirs_name, make_theirs = PAIRS[pair]
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(shape, generator=g).to(device)
-    eps = (0.1 * torch.randn(shape, generator=g)).to(device)
-    ours, theirs = make_pair(eta, check_finite)
+    model_output = (0.1 * torch.randn(shape, generator=g)).to(device)
+    ours, theirs = SkippedStepScheduler(**CHAIN, **ours_kwargs), make_theirs()
     for _ in range(warmup):
-        run_loop(ours, x_T, eps, steps)
-        run_loop(theirs, x_T, eps, steps)
+        run_loop(ours, x_T, model_output, steps)
+        run_loop(theirs, x_T, model_output, steps)
     t_ours, t_theirs = [], []
-    for rep in range(repeats):
-        order = [(ours, t_ours), (theirs, t_theirs)]
-        if rep % 2:
-            order.reverse()
-        for sched, sink in order:
-            sink.append(run_loop(sched, x_T, eps, steps, seed=rep))
-    m_ours, m_theirs = statistics.median(t_ours), statistics.median(t_theirs)
-    pair_ratios = [a / b for a, b in zip(t_ours, t_theirs)]
+    for rep in range(repeats):  # A B A B ...
+        t_ours.append(run_loop(ours, x_T, model_output, steps, seed=rep))
+        t_theirs.append(run_loop(theirs, x_T, model_output, steps, seed=rep))
+    ratios = [a / b for a, b in zip(t_ours, t_theirs)]
     return {
-        "shape": list(shape),
-        "eta": eta,
-        "check_finite": check_finite,
-        "steps": steps,
-        "repeats": repeats,
-        "ours": type(ours).__name__,
-        "theirs": type(theirs).__name__,
-        "ours_median_s": m_ours,
-        "theirs_median_s": m_theirs,
-        "ours_per_step_us": 1e6 * m_ours / steps,
-        "theirs_per_step_us": 1e6 * m_theirs / steps,
-        "ratio": m_ours / m_theirs,
-        "ratio_of_pairs_median": statistics.median(pair_ratios),
-        "ours_all_s": t_ours,
-        "theirs_all_s": t_theirs,
+        "pair": label, "shape": list(shape), "steps": steps, "repeats": repeats, "theirs": theirs_name,
+        "ours_config": ours_kwargs, "ours_median_s": statistics.median(t_ours),
+        "theirs_median_s": statistics.median(t_theirs), "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios), "ratio_max": max(ratios), "ours_all_s": t_ours, "theirs_all_s": t_theirs,
     }
 
 
-def profile_ours(shape, eta: float, steps: int, device: str, loops: int = 5) -> str:
-    g = torch.Generator().manual_seed(0)
-    x_T = torch.randn(shape, generator=g).to(device)
-    eps = (0.1 * torch.randn(shape, generator=g)).to(device)
-    ours, _ = make_pair(eta)
+def markdown_table(results: list[dict]) -> str:
+    lines = ["| skipstep | diffusers | batch | skipstep ms/loop | diffusers ms/loop | ratio (median) | ratio range |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for r in results:
+        lines.append(
+            f"| {r['pair']} | {r['theirs']} | {'x'.join(map(str, r['shape']))} | {1e3 * r['ours_median_s']:.2f} | "
+            f"{1e3 * r['theirs_median_s']:.2f} | {r['ratio']:.2f} | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def profile_default(shape, steps: int, device: str, loops: int = 5) -> str:
+    x_T = torch.randn(shape).to(device)
+    model_output = (0.1 * torch.randn(shape)).to(device)
+    sched = SkippedStepScheduler(**CHAIN)
+    run_loop(sched, x_T, model_output, steps)
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(loops):
-        run_loop(ours, x_T, eps, steps)
+        run_loop(sched, x_T, model_output, steps)
     prof.disable()
     buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(18)
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(20)
     return buf.getvalue()
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--repeats", type=int, default=11)
-    p.add_argument("--shapes", default="64x4x64x64,1x4x64x64",
-                   help="comma-separated batch shapes, e.g. 64x4x64x64,1x4x64x64")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--shapes", default="1x4x64x64,64x4x64x64,1x4x32x32,64x4x32x32",
+                   help="comma-separated sample shapes (batch x channels x height x width)")
+    p.add_argument("--pairs", default=",".join(PAIRS),
+                   help="comma-separated subset of: " + ", ".join(f"{k} ({v[0]} vs {v[2]})" for k, v in PAIRS.items()))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--profile", action="store_true", help="print a profile of our scheduler's loop")
-    p.add_argument("--out", default="overhead.json", help="JSON file to write")
+    p.add_argument("--profile", action="store_true", help="also print a profile of the default's loop")
+    p.add_argument("--out", default=None, help="write all timings to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
+    pairs = [name.strip() for name in args.pairs.split(",") if name.strip()]
+    unknown = [name for name in pairs if name not in PAIRS]
+    if unknown:
+        p.error(f"unknown pairs {unknown}; choose from {list(PAIRS)}")
     results = []
-    print(f"{'shape':>14} {'eta':>3} {'finite-check':>12}  {'skipstep':>22}  {'diffusers':>24}  ratio (ours/theirs)")
     for shape in shapes:
-        for eta in (0.0, 1.0):
-            for check in (True, False):
-                r = measure(shape, eta, args.steps, args.repeats, args.device, check_finite=check)
-                results.append(r)
-                print(f"{'x'.join(map(str, shape)):>14} {eta:>3.0f} {'on' if check else 'off':>12}  "
-                      f"{r['ours_median_s'] * 1e3:9.2f} ms "
-                      f"({r['ours_per_step_us']:7.0f} us/step)  {r['theirs']:>14} {r['theirs_median_s'] * 1e3:8.2f} ms  "
-                      f"{r['ratio']:.3f}x (pairs {r['ratio_of_pairs_median']:.3f}x)")
-    report = {
-        "what": "sampling loop with a zero-cost model; median over interleaved repeats; ratio = ours / diffusers",
-        "steps": args.steps,
-        "device": args.device,
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "results": results,
-    }
-    with open(args.out, "w") as fh:
-        json.dump(report, fh, indent=2)
-    print(f"wrote {args.out}")
+        for pair in pairs:
+            results.append(measure(pair, shape, args.steps, args.repeats, args.device))
+            print(markdown_table(results[-1:]).splitlines()[-1], flush=True)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"\n{args.steps} steps, {args.repeats} interleaved repeats, {args.threads} thread(s), device {args.device}, "
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average after the run {load}\n")
+    print(markdown_table(results))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"steps": args.steps, "threads": args.threads, "device": args.device,
+                       "torch": torch.__version__, "python": platform.python_version(),
+                       "load_average_after": load, "results": results}, fh, indent=2)
+        print(f"wrote {args.out}")
     if args.profile:
-        for shape in shapes:
-            for eta in (0.0, 1.0):
-                print(f"\n--- profile: SkippedStepScheduler eta={eta}, shape {shape}, {args.steps} steps x 5 loops ---")
-                print(profile_ours(shape, eta, args.steps, args.device))
+        print(f"\n--- profile: SkippedStepScheduler() (the default), shape {shapes[0]}, "
+              f"{args.steps} steps x 5 loops ---")
+        print(profile_default(shapes[0], args.steps, args.device))
     return 0
 
 

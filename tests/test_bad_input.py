@@ -177,11 +177,15 @@ def test_check_finite_false_lets_non_finite_through():
     assert bool(torch.isnan(res.prev_sample).any())
 
 
-def test_step_before_set_timesteps():
+def test_step_before_set_timesteps_runs_the_full_chain():
+    """As DDPMScheduler: without set_timesteps the schedule is every training timestep, t -> t - 1 (this used to be
+    refused; the drop-in issue asked for DDPM's behaviour)."""
     s = SkippedStepScheduler(num_train_timesteps=100)
     x = torch.randn(SHAPE)
-    with pytest.raises(RuntimeError, match=r"set_timesteps\(\) before step\(\)"):
-        s.step(x, 99, x)
+    out = s.step(x, 99, x, generator=torch.Generator().manual_seed(0))
+    assert out.prev_sample.shape == x.shape
+    assert int(s.previous_timestep(99)) == 98 and int(s.previous_timestep(0)) == -1
+    assert s.num_inference_steps is None
 
 
 @pytest.mark.parametrize("t", [5, 100, -1, torch.tensor(50)])
@@ -219,3 +223,104 @@ def test_diffusers_learned_variance_is_refused_with_the_alternative():
     with pytest.raises(ValueError, match="learned_range"):
         SkippedStepScheduler.from_config(DDPMScheduler(variance_type="learned").config)
     SkippedStepScheduler.from_config(DDPMScheduler(variance_type="learned_range").config)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the drop-in issue's bad-input sweep: every error names the parameter and the allowed values
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", [2.0, True, "2", 0, 4])
+def test_solver_order_must_be_an_int_1_2_3(order):
+    with pytest.raises(ValueError, match=r"solver_order must be the integer 1, 2 or 3"):
+        SkippedStepScheduler(solver_order=order)
+    from skipstep import sample
+
+    with pytest.raises(ValueError, match=r"solver_order must be the integer 1, 2 or 3"):
+        sample(lambda x, t: x, (1, 1, 2, 2), num_steps=3, solver_order=order, progress=False)
+
+
+def test_numpy_integers_are_accepted():
+    import numpy as np
+
+    s = SkippedStepScheduler(num_train_timesteps=np.int64(100), solver_order=np.int64(2))
+    s.set_timesteps(np.int64(5))
+    assert len(s.timesteps) == 5
+
+
+@pytest.mark.parametrize("t", [99.6, 99.5, torch.tensor(99.5), float("nan")])
+def test_off_schedule_timestep_is_refused_naming_value_and_schedule(sched, t):
+    x = torch.randn(SHAPE)
+    with pytest.raises(ValueError, match=r"timestep .* is not one of the scheduled timesteps \[99, 79, 59, 39, 19\]"):
+        sched.step(x, t, x)
+
+
+def test_integral_float_timestep_is_the_integer(sched):
+    x = torch.randn(SHAPE)
+    a = sched.step(x, 99.0, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    b = sched.step(x, torch.tensor(99), x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("T", [0, -1, 10.0, True, "1000"])
+def test_num_train_timesteps_is_named(T):
+    with pytest.raises(ValueError, match=r"num_train_timesteps must be an integer >= 1"):
+        SkippedStepScheduler(num_train_timesteps=T)
+
+
+def test_zero_dimensional_sample(sched):
+    x = torch.tensor(1.0)
+    with pytest.raises(ValueError, match=r"sample must be a tensor with a leading batch axis"):
+        sched.step(x, sched.timesteps[0], x)
+
+
+def test_generator_list_must_match_the_batch(sched):
+    x = torch.randn(SHAPE)
+    with pytest.raises(ValueError, match=r"one torch.Generator per sample: the batch has 2 samples, got 1"):
+        sched.step(x, sched.timesteps[0], x, generator=[torch.Generator()])
+
+
+def test_a_number_in_the_generator_slot_names_ddim_eta(sched):
+    x = torch.randn(SHAPE)
+    with pytest.raises(ValueError, match=r"generator must be a torch.Generator.*got float 0.0.*eta by keyword"):
+        sched.step(x, sched.timesteps[0], x, 0.0)
+
+
+def test_model_on_the_meta_device(sched):
+    x = torch.randn(SHAPE)
+    with pytest.raises(ValueError, match=r"model_output at step 0 .* is on the meta device"):
+        sched.step(torch.empty(SHAPE, device="meta"), sched.timesteps[0], x)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"final_sigmas_type": "sigma_max"}, r"final_sigmas_type must be one of \('zero', 'sigma_min'\)"),
+        ({"use_karras_sigmas": True, "use_exponential_sigmas": True}, r"at most one of"),
+        ({"replaced_scheduler": "FooScheduler"}, r"replaced_scheduler must name a diffusers scheduler class"),
+        ({"lambda_min_clipped": float("nan")}, r"lambda_min_clipped must be a number"),
+        ({"sigma_min": -1.0}, r"sigma_min must be None .* or a positive number"),
+        ({"solver_type": "bh2"}, r"solver_type must be one of \('heun', 'midpoint'\)"),
+        ({"lower_order_final": "yes"}, r"lower_order_final must be True or False"),
+        ({"dynamic_thresholding_ratio": 1.5}, r"dynamic_thresholding_ratio must lie in \[0, 1\]"),
+        ({"sample_max_value": 0.0}, r"sample_max_value must be > 0"),
+    ],
+)
+def test_new_options_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SkippedStepScheduler(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"sample_max_value": 0.5, "thresholding": True},
+                                    {"dynamic_thresholding_ratio": 0.0, "thresholding": True}])
+def test_thresholding_values_diffusers_accepts(kwargs):
+    s = SkippedStepScheduler(**kwargs)
+    s.set_timesteps(3)
+    x = torch.randn(SHAPE)
+    assert s.step(x, s.timesteps[0], x).prev_sample.shape == SHAPE
+
+
+def test_set_timesteps_takes_exactly_one_source():
+    s = SkippedStepScheduler()
+    with pytest.raises(ValueError, match=r"exactly one of num_inference_steps, timesteps or sigmas"):
+        s.set_timesteps(5, sigmas=[1.0, 0.0])
+    with pytest.raises(ValueError, match=r"exactly one of num_inference_steps, timesteps or sigmas"):
+        s.set_timesteps()

@@ -8,7 +8,7 @@ library never imports.
 
 from .diffusers_schedulers import SkippedStepScheduler, SkippedStepSchedulerOutput
 from .flow_schedulers import SkippedStepFlowScheduler, SkippedStepFlowSchedulerOutput
-from .paths import ContinuousVPPath, DiscreteVPPath, GaussianPath, RectifiedFlowPath, make_betas
+from .paths import ContinuousVPPath, DiscreteVPPath, GaussianPath, RectifiedFlowPath, VESigmaPath, make_betas
 from .plan import plan_steps, resolve_eta_schedule
 from .posterior import Posterior, gaussian_posterior
 from .predictions import PREDICTION_TYPES, X0Clipping
@@ -36,6 +36,7 @@ __all__ = [
     "TunedSchedule",
     "TunedScheduleError",
     "VARIANCE_TYPES",
+    "VESigmaPath",
     "X0Clipping",
     "gaussian_posterior",
     "load_schedule",

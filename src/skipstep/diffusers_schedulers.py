@@ -1,9 +1,15 @@
 """diffusers-compatible schedulers on top of the skipstep core (no math of their own).
 
-``SkippedStepScheduler`` follows the contract of diffusers' DDPM/DDIM schedulers, so it can replace
-``pipe.scheduler`` in any pipeline that works with ``DDIMScheduler``::
+``SkippedStepScheduler`` follows the contract of diffusers' DDPM/DDIM/DPM-Solver schedulers, so it can replace
+``pipe.scheduler`` in any pipeline that works with them::
 
     pipe.scheduler = SkippedStepScheduler.from_config(pipe.scheduler.config, eta=1.0)
+
+``from_config`` looks at every key of the incoming config (:mod:`skipstep.diffusers_config`): it honours diffusers'
+keys with diffusers' meaning (the training chain, spacings of the replaced class, Karras/exponential/beta/Lu sigmas,
+``final_sigmas_type``, ``lower_order_final``, ``solver_type``, ``lambda_min_clipped``, ...), maps, refuses, or logs
+one warning for keys that describe the replaced scheduler's own algorithm. docs/drop_in.md lists every intended
+difference from the scheduler being replaced.
 
 How ``eta`` is chosen. The configured ``eta`` (constant, per-step list or schedule string) is authoritative.
 ``step()`` accepts ``eta=`` only through ``**kwargs``, which diffusers pipelines do not inspect: pipelines such as
@@ -14,21 +20,32 @@ caller may still pass ``step(..., eta=x)`` to override the schedule for that one
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass, replace
 
+import diffusers
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from .paths import DiscreteVPPath, flow_config_reason
-from .plan import PlannedStep, plan_steps, resolve_eta_schedule
+from .diffusers_config import DROP_ZERO_GRID_SCHEDULERS, TRUNCATES_KARRAS_ON_COSINE, translate_config
+from .paths import DiscreteVPPath, check_num_train_timesteps, flow_config_reason, make_betas, trained_alphas_cumprod
+from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
 from .predictions import X0Clipping, check_prediction_type
-from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type
-from .timesteps import SPACINGS, select_timesteps, validate_timesteps
+from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type,
+                    check_generator)
+from .timesteps import (SPACINGS, check_num_steps, select_timesteps, sigma_spaced_timesteps, timesteps_from_sigmas,
+                        validate_timesteps, vp_sigmas)
 from .tuned_schedules import scheduler_settings_from_tuned_schedule
 
 _STEP_KWARGS = ("eta", "variance_noise", "use_clipped_model_output")
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+#: config flag -> sigma spacing of :func:`skipstep.timesteps.sigma_spaced_timesteps`
+SIGMA_SPACING_FLAGS = {"use_karras_sigmas": "karras", "use_exponential_sigmas": "exponential",
+                       "use_beta_sigmas": "beta", "use_lu_lambdas": "lu"}
 
 
 @dataclass
@@ -39,38 +56,86 @@ class SkippedStepSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
+def _schedule_text(ts: torch.Tensor) -> str:
+    values = ts.tolist()
+    if len(values) <= 12:
+        return str(values)
+    return f"[{', '.join(map(str, values[:6]))}, ..., {', '.join(map(str, values[-3:]))}] ({len(values)} timesteps)"
+
+
+def _check_options(c) -> str | None:
+    """Validate the keys added for diffusers' options; returns the sigma spacing in use (or None)."""
+    if c.final_sigmas_type not in FINAL_SIGMAS_TYPES:
+        raise ValueError(f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES} ('zero': the last step goes to clean "
+                         f"data; 'sigma_min': it stops at abar_0, as DPM-Solver's), got {c.final_sigmas_type!r}")
+    for key in ("lower_order_final", "euler_at_final", "check_finite", "clip_sample", "thresholding",
+                "rescale_betas_zero_snr", *SIGMA_SPACING_FLAGS):
+        if not isinstance(getattr(c, key), (bool, np.bool_)):
+            raise ValueError(f"{key} must be True or False, got {getattr(c, key)!r}")
+    lmc = c.lambda_min_clipped
+    if isinstance(lmc, bool) or not isinstance(lmc, (int, float)) or math.isnan(lmc):
+        raise ValueError(f"lambda_min_clipped must be a number (-inf: no clipping), got {lmc!r}")
+    chosen = [key for key in SIGMA_SPACING_FLAGS if getattr(c, key)]
+    if len(chosen) > 1:
+        raise ValueError(f"at most one of {list(SIGMA_SPACING_FLAGS)} may be True, got {chosen}")
+    for key in ("sigma_min", "sigma_max"):
+        v = getattr(c, key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf):
+            raise ValueError(f"{key} must be None (the chain's own) or a positive number, got {v!r}")
+    if c.replaced_scheduler is not None and not (
+        isinstance(c.replaced_scheduler, str) and hasattr(diffusers, c.replaced_scheduler)
+    ):
+        raise ValueError(f"replaced_scheduler must name a diffusers scheduler class (e.g. "
+                         f"'DPMSolverMultistepScheduler') or be None, got {c.replaced_scheduler!r}")
+    if c.tuned_schedule is not None and (chosen or lmc != -math.inf):
+        raise ValueError("a tuned schedule fixes the timesteps: it cannot be combined with "
+                         f"{chosen[0] if chosen else 'lambda_min_clipped'}")
+    return SIGMA_SPACING_FLAGS[chosen[0]] if chosen else None
+
+
 class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
     """Skipped-step posterior sampling (Xu 2025) and its DDIM family as a diffusers scheduler.
 
     Each step draws ``x_s ~ q(x_s | x_t, x0_hat)``, the exact DDPM posterior across the skipped steps
-    (``eta = 1``), or its DDIM-family relaxation (``0 <= eta < 1``; ``eta = 0`` is DDIM). With ``eta = 1`` and
-    ``variance_type="fixed_small"`` it equals ``DDPMScheduler`` run with fewer steps ("respacing"); with ``eta = 0``
-    it equals ``DDIMScheduler``. The final step returns ``x0_hat`` (alpha = 1).
+    (``eta = 1``), or its DDIM-family relaxation (``0 <= eta < 1``; ``eta = 0`` is DDIM). With ``eta = 1``,
+    ``solver_order=1`` and ``variance_type="fixed_small"`` it equals ``DDPMScheduler`` run with fewer steps
+    ("respacing"); with ``eta = 0, solver_order=1`` it equals ``DDIMScheduler``; with ``solver_order=2`` and
+    ``solver_type="midpoint"`` it equals DPM-Solver++(2M) (``eta=0``) and SDE-DPM-Solver++(2M) (``eta=1``).
 
     Args:
         num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr:
-            the model's training chain, as in diffusers.
+            the model's training chain, as in diffusers (``trained_betas`` of any length define the chain).
         prediction_type: ``epsilon`` | ``v_prediction`` | ``sample``.
         variance_type: ``fixed_small``/``small`` (posterior variance), ``fixed_large``/``large`` (the jump's
             beta), ``learned_range``/``learned`` (ADM/DiT models with 2C output channels; interpolated on the
-            skipped chain), ``optimal`` (Analytic-DPM; needs ``eps_mse``).
-        solver_order: 1 (the posterior step), 2 or 3 (multistep posterior steps over the previous ``x0_hat``;
-            still one model evaluation per step, so the class attribute ``order`` stays 1 as for diffusers'
-            multistep solvers).
-        eps_mse: the model's ``E||eps - eps_hat(x_t, t)||^2 / d`` per training timestep, for the optimal variance
-            (:func:`skipstep.optimal_variance.estimate_eps_mse`).
-        data_half_range: half-width of the data range, bounding the optimal variance (1.0 for data in [-1, 1]).
-        tuned_schedule: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule`, its dict or a file path; stored
-            as its dict). It fixes the timesteps (``set_timesteps`` accepts only its NFE and no explicit list),
-            ``eta``, ``solver_order`` and ``variance_type``: config values left at their defaults are rewritten to
-            the schedule's, non-default conflicting ones are refused, as is another ``num_train_timesteps``.
+            skipped chain), ``optimal`` (Analytic-DPM; needs ``eps_mse``); ``None`` (DPM-Solver's) = small.
         eta: stochasticity in [0, 1]: a number, a list with one value per step, or a schedule string
             (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``; see :mod:`skipstep.steps`).
-        timestep_spacing: ``trailing`` | ``leading`` | ``linspace`` | ``quadratic`` | ``log_snr``.
-        steps_offset: added to ``leading`` timesteps, as in diffusers.
+        solver_order: the integer 1 (the posterior step), 2 or 3 (multistep posterior steps over the previous
+            ``x0_hat``; still one model evaluation per step, so the class attribute ``order`` stays 1).
+        solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form
+            of the order-2 steps; order-3 steps use the exact weights under both).
+        lower_order_final: DPM-Solver's rule: with fewer than 15 steps the last step is first order and the one
+            before it at most second order. euler_at_final: the last step is first order. (A last step to clean
+            data is always first order.)
+        final_sigmas_type: ``zero`` (the last step goes to clean data and returns ``x0_hat``) or ``sigma_min``
+            (it stops at ``abar_0``, DPM-Solver's ``sigma_min``, DDIM's ``set_alpha_to_one=False``).
+        timestep_spacing: ``trailing`` | ``leading`` | ``linspace`` | ``quadratic`` | ``log_snr``; linspace and
+            leading use the formulas of ``replaced_scheduler``'s family (DDIM/DDPM's, or the DPM-Solver family's).
+        steps_offset: added to ``leading`` timesteps, as in diffusers. lambda_min_clipped: DPM-Solver's clipping of
+            the noisiest timesteps by half-log-SNR, applied before the spacing (default ``-inf``: none).
+        use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas, sigma_min, sigma_max: sigma
+            spacings as DPMSolverMultistepScheduler computes them, converted to integer timesteps
+            (:func:`skipstep.timesteps.sigma_spaced_timesteps`).
+        replaced_scheduler: the diffusers class this config came from (set by ``from_config``); decides the
+            linspace/leading grid formulas.
         clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value: bounds on
-            ``x0_hat``, as in diffusers.
+            ``x0_hat``, exactly as in diffusers.
         check_finite: raise (naming the step) when the model output holds NaN or inf.
+        eps_mse, data_half_range: the optimal variance's table (:func:`skipstep.optimal_variance.estimate_eps_mse`)
+            and the data's half-range (1.0 for data in [-1, 1]).
+        tuned_schedule: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule`, its dict or a file path;
+            stored as its dict). It fixes the timesteps, ``eta``, ``solver_order`` and ``variance_type``.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -78,9 +143,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """As diffusers' ``from_config``, but a flow-matching config (``shift``, ``use_flow_sigmas=True``,
-        ``prediction_type='flow_prediction'``) is refused with the reason instead of silently becoming a default
-        DDPM chain (diffusers drops the keys it does not know); use :class:`skipstep.SkippedStepFlowScheduler`."""
+        """As diffusers' ``from_config``, but every key of a foreign config is honoured, mapped, refused or warned
+        about once (:func:`skipstep.diffusers_config.translate_config`), and a flow-matching config (``shift``,
+        ``use_flow_sigmas=True``, ``prediction_type='flow_prediction'``) is refused with the reason; use
+        :class:`skipstep.SkippedStepFlowScheduler` for those."""
         if isinstance(config, dict):
             reason = flow_config_reason({**config, **kwargs})
             if reason is not None:
@@ -89,6 +155,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
                     f"of {config.get('_class_name', 'this scheduler')} describes a flow-matching model: {reason}. "
                     "Use skipstep.SkippedStepFlowScheduler for flow-matching models (SD3, Flux, Wan, LTX, ...)."
                 )
+            own = set(inspect.signature(cls.__init__).parameters) - {"self"}
+            passthrough = {k: kwargs.pop(k) for k in list(kwargs) if k == "dtype" or k.startswith("_")}
+            config, kwargs = translate_config(config, kwargs, own, cls.__name__)
+            kwargs.update(passthrough)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @register_to_config
@@ -115,12 +185,31 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         eps_mse=None,
         data_half_range: float = 1.0,
         tuned_schedule=None,
+        solver_type: str = "heun",
+        lower_order_final: bool = False,
+        euler_at_final: bool = False,
+        final_sigmas_type: str = "zero",
+        lambda_min_clipped: float = -math.inf,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        replaced_scheduler: str | None = None,
     ):
+        # replaced_scheduler is always written out, even at its default, so that a config that went through another
+        # class and back keeps it (diffusers drops keys a config left at their defaults)
+        used_defaults = self.config.get("_use_default_values") or []
+        if "replaced_scheduler" in used_defaults:
+            self.register_to_config(_use_default_values=[k for k in used_defaults if k != "replaced_scheduler"])
+        check_num_train_timesteps(num_train_timesteps)
         check_prediction_type(prediction_type)
+        check_solver_type(solver_type)
         self._tuned = None
         if tuned_schedule is not None:  # it fixes eta, solver_order, variance_type and the timesteps
             self._tuned, fixed = scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps, eta,
-                                                                  solver_order, variance_type)
+                                                                        solver_order, variance_type)
             eta, solver_order, variance_type = fixed["eta"], fixed["solver_order"], fixed["variance_type"]
             self.register_to_config(**fixed)
         if variance_type == "learned":
@@ -135,9 +224,19 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("prediction_type 'flow' belongs to the rectified-flow scheduler, not the VP chain")
         if timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {timestep_spacing!r}")
+        self._sigma_spacing = _check_options(self.config)
+        if self._sigma_spacing == "beta":
+            import importlib.util
+
+            if importlib.util.find_spec("scipy") is None:
+                raise ImportError("use_beta_sigmas=True needs scipy (pip install scipy), as in diffusers")
         # validate early; a per-step list is checked against the step count again in set_timesteps
         resolve_eta_schedule(eta, len(eta) if isinstance(eta, (list, tuple)) else num_train_timesteps)
-        self.path = DiscreteVPPath.from_config(dict(self.config))
+        betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                           rescale_betas_zero_snr)
+        self.path = DiscreteVPPath(trained_alphas_cumprod(betas))
+        self.betas = betas.float()
+        self.alphas = 1.0 - self.betas
         self.alphas_cumprod = self.path.alphas_cumprod.float()
         self.step_config = StepConfig(
             prediction_type=prediction_type,
@@ -150,68 +249,175 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         )
         if self.step_config.variance_type == "optimal" and eps_mse is None:
             raise ValueError("variance_type 'optimal' needs eps_mse (see skipstep.optimal_variance.estimate_eps_mse)")
+        self._vp_sigmas = vp_sigmas(self.path)
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.custom_timesteps = False
-        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
+        T = self.path.num_train_timesteps
+        self.timesteps = torch.arange(T - 1, -1, -1, dtype=torch.int64)
+        self.sigmas = torch.cat([torch.from_numpy(self._vp_sigmas[::-1].copy()), torch.zeros(1)])
         self._plan: list[PlannedStep] = []
         self._index_of: dict[int, int] = {}
         self._stepper: TrajectoryStepper | None = None
+        self._cached = (None, None, None)  # (key, plan, coefficients) of the last plan
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
 
     # ------------------------------------------------------------------------------------------------------------
+    # timesteps
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def final_time(self) -> int:
+        """Where the last step goes: ``-1`` (clean data) or ``0`` (``final_sigmas_type="sigma_min"``)."""
+        return 0 if self.config.final_sigmas_type == "sigma_min" else self.path.clean_time
+
+    def spaced_timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        """The configured grid for ``num_inference_steps`` (spacing of the replaced class, or a sigma spacing)."""
+        c = self.config
+        n = check_num_steps(num_inference_steps, self.path.num_train_timesteps)
+        if self._sigma_spacing is not None:
+            rounding = None
+            if (self._sigma_spacing in ("karras", "lu") and c.beta_schedule == "squaredcos_cap_v2"
+                    and c.replaced_scheduler in (None, *TRUNCATES_KARRAS_ON_COSINE)):
+                rounding = "truncate"
+            return sigma_spaced_timesteps(self.path, n, self._sigma_spacing, c.sigma_min, c.sigma_max, rounding)
+        grid = "drop_zero" if c.replaced_scheduler in DROP_ZERO_GRID_SCHEDULERS else "points"
+        return select_timesteps(self.path, n, c.timestep_spacing, c.steps_offset, grid=grid,
+                                lambda_min_clipped=c.lambda_min_clipped)
+
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
     ):
-        """Choose the visited timesteps: ``num_inference_steps`` with the configured spacing, or an explicit
-        strictly descending list ``timesteps``."""
-        if num_inference_steps is not None and timesteps is not None:
-            raise ValueError("pass either num_inference_steps or timesteps, not both")
+        """Choose the visited timesteps -- exactly one of: ``num_inference_steps`` with the configured spacing, an
+        explicit strictly descending list ``timesteps`` (e.g. ``AysSchedules["StableDiffusionTimesteps"]``), or
+        ``sigmas``, diffusers' VE sigmas of the chain with the final sigma last (as
+        ``EulerDiscreteScheduler``'s; mapped to the nearest integer timesteps, see
+        :func:`skipstep.timesteps.timesteps_from_sigmas`)."""
+        given = [k for k, v in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
+                                ("sigmas", sigmas)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"pass exactly one of num_inference_steps, timesteps or sigmas; got {given or 'none'}")
+        final = self.final_time
+        if (timesteps is not None or sigmas is not None) and self._sigma_spacing is not None:
+            flag = next(k for k, v in SIGMA_SPACING_FLAGS.items() if v == self._sigma_spacing)
+            raise ValueError(f"{given[0]}= cannot be combined with {flag}=True (which computes the timesteps)")
         if self._tuned is not None:
+            if sigmas is not None:
+                raise ValueError("sigmas= is refused while a tuned schedule is configured (it fixes the timesteps)")
             ts = self._tuned.timesteps_for(num_inference_steps, timesteps)
-            self.custom_timesteps = False
         elif timesteps is not None:
             ts = validate_timesteps(self.path, timesteps)
-            self.custom_timesteps = True
+        elif sigmas is not None:
+            ts, final = timesteps_from_sigmas(self.path, sigmas)
         else:
-            if num_inference_steps is None:
-                raise ValueError("num_inference_steps or timesteps must be given")
-            T = self.config.num_train_timesteps
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or not (
-                1 <= num_inference_steps <= T
-            ):
-                raise ValueError(f"num_inference_steps must be an integer in [1, {T}], got {num_inference_steps!r}")
-            ts = select_timesteps(self.path, num_inference_steps, self.config.timestep_spacing,
-                                  self.config.steps_offset)
-            self.custom_timesteps = False
+            ts = self.spaced_timesteps(num_inference_steps)
+        if final > int(ts[-1]):
+            raise ValueError(f"final_sigmas_type={self.config.final_sigmas_type!r} stops at t={final}, above the last "
+                             f"timestep {int(ts[-1])}")
         self._sync_clipping_with_config()  # before every trajectory, not every step: it is config, not state
-        self._plan = plan_steps(self.path, ts, self.config.eta, self.config.eps_mse)
-        self._stepper = TrajectoryStepper(self._plan, self.step_config)
-        self._index_of = {int(v): i for i, v in enumerate(ts.tolist())}
+        self._install_plan(ts, final)
+        self.custom_timesteps = given[0] != "num_inference_steps"
         self.num_inference_steps = len(ts)
         self.timesteps = ts.to(device=device)
+        final_sigma = 0.0 if final == self.path.clean_time else float(self._vp_sigmas[final])
+        self.sigmas = torch.cat([torch.from_numpy(self._vp_sigmas[ts.numpy()]), torch.tensor([final_sigma])]).float()
+        self._step_index, self._begin_index = None, None
+
+    def _install_plan(self, ts: torch.Tensor, final: int) -> None:
+        """Plan the trajectory (reusing the last plan when the timesteps and settings are the same)."""
+        c = self.config
+        key = (tuple(ts.tolist()), final, repr(c.eta), id(c.eps_mse), c.solver_type, c.lower_order_final,
+               c.euler_at_final)
+        if key == self._cached[0]:
+            plan, coefficients = self._cached[1], self._cached[2]
+        else:
+            plan = plan_steps(self.path, ts, c.eta, c.eps_mse, solver_order=self.step_config.solver_order,
+                              solver_type=c.solver_type, final_time=final, lower_order_final=c.lower_order_final,
+                              euler_at_final=c.euler_at_final)
+            coefficients = None
+        self._plan = plan
+        self._stepper = TrajectoryStepper(plan, self.step_config, coefficients)
+        self._cached = (key, plan, self._stepper.coefficients)
+        self._index_of = {int(v): i for i, v in enumerate(key[0])}
+
+    def _ensure_plan(self) -> None:
+        """``step()`` before ``set_timesteps()`` runs the full training chain (every timestep), as DDPM does."""
+        if self._plan:
+            return
+        if self._tuned is not None:
+            raise RuntimeError("call set_timesteps() before step(): the tuned schedule fixes the timesteps")
+        self._sync_clipping_with_config()
+        self._install_plan(self.timesteps.cpu(), self.final_time)
 
     @property
     def eta_schedule(self) -> list[float]:
         """The per-step eta in use (after :meth:`set_timesteps`)."""
         return [p.posterior.eta for p in self._plan]
 
-    def _planned(self, timestep) -> PlannedStep:
-        if not self._plan:
-            raise RuntimeError("call set_timesteps() before step()")
-        key = int(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
-        try:
-            return self._plan[self._index_of[key]]
-        except KeyError:
-            raise ValueError(
-                f"timestep {key} is not one of the scheduled timesteps {self.timesteps.tolist()}"
-            ) from None
+    def _timestep_value(self, timestep) -> int:
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 0 and timestep.device.type != "meta":
+            value = timestep.item()  # the loop's usual case: one element of scheduler.timesteps
+        elif isinstance(timestep, torch.Tensor):
+            if timestep.device.type == "meta":
+                raise ValueError("timestep is a tensor on the meta device (no value); pass a value of "
+                                 "scheduler.timesteps")
+            flat = timestep.detach().reshape(-1)
+            if flat.numel() == 0:
+                raise ValueError("timestep is an empty tensor")
+            if flat.numel() > 1 and not bool((flat == flat[0]).all()):
+                raise ValueError(f"per-sample timesteps that differ are not supported: every row of a batch must be "
+                                 f"at the same timestep, got {flat.tolist()}")
+            value = flat[0].item()
+        else:
+            value = timestep
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"timestep must be a number or a tensor holding one, got {type(value).__name__}")
+        if isinstance(value, (float, np.floating)) and not (math.isfinite(value) and value == round(value)):
+            raise ValueError(f"timestep {value} is not one of the scheduled timesteps {_schedule_text(self.timesteps)}"
+                             " (timesteps of a discrete chain are integers)")
+        return int(value)
 
-    def previous_timestep(self, timestep) -> int:
-        """The time the step from ``timestep`` goes to (``-1`` = clean data)."""
-        return int(self._planned(timestep).s)
+    def index_for_timestep(self, timestep, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """Position of ``timestep`` (a value of ``timesteps``, not an index) in the schedule."""
+        value = self._timestep_value(timestep)
+        if schedule_timesteps is not None:
+            hits = (schedule_timesteps.detach().cpu() == value).nonzero().flatten()
+            if hits.numel():
+                return int(hits[0])
+        else:
+            self._ensure_plan()
+            if value in self._index_of:
+                return self._index_of[value]
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        raise ValueError(f"timestep {value} is not one of the scheduled timesteps {_schedule_text(schedule)} "
+                         "(step() takes values of scheduler.timesteps, and steps to the next one)")
+
+    def previous_timestep(self, timestep) -> torch.Tensor:
+        """The time the step from ``timestep`` goes to (``-1`` = clean data), as a tensor like DDPM's."""
+        step = self._plan[self.index_for_timestep(timestep)]
+        return torch.tensor(int(step.s), dtype=torch.int64, device=self.timesteps.device)
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next step (advances by one per :meth:`step`; ``None`` before the first), as in diffusers."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """The index set by :meth:`set_begin_index` (``None`` until then), as in diffusers."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Record where the pipeline starts in ``timesteps`` (img2img starts mid-way), as diffusers' pipelines call
+        it. Steps are found by their timestep value (unique in every skipstep schedule) and ``add_noise`` works on
+        the given timesteps, so this only sets :attr:`begin_index`."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or begin_index < 0:
+            raise ValueError(f"begin_index must be a non-negative integer, got {begin_index!r}")
+        self._begin_index = int(begin_index)
 
     def _sync_clipping_with_config(self) -> None:
         """Follow the current config's x0 bounds. Pipelines edit a scheduler's config after construction
@@ -224,6 +430,9 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         if clipping != self.step_config.clipping:
             self.step_config = replace(self.step_config, clipping=clipping)
 
+    # ------------------------------------------------------------------------------------------------------------
+    # the step
+    # ------------------------------------------------------------------------------------------------------------
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         return sample
 
@@ -236,25 +445,32 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         return_dict: bool = True,
         **ddim_kwargs,
     ) -> SkippedStepSchedulerOutput | tuple:
-        """One reverse step from ``timestep`` to the next scheduled time.
+        """One reverse step from ``timestep`` (a value of ``timesteps``) to the next scheduled time.
 
-        ``ddim_kwargs`` accepts DDIM's ``eta`` (overrides the configured schedule for this step),
-        ``variance_noise`` (the noise to inject, instead of drawing it from ``generator``) and
+        DDPMScheduler's positional order. ``ddim_kwargs`` accepts DDIM's ``eta`` (overrides the configured schedule
+        for this step), ``variance_noise`` (the noise to inject, instead of drawing it from ``generator``) and
         ``use_clipped_model_output`` (skipstep always uses the epsilon consistent with the clipped ``x0_hat``,
         i.e. ``True``; ``False`` is refused when clipping is on, because it would break the posterior).
         """
         unknown = set(ddim_kwargs) - set(_STEP_KWARGS)
         if unknown:
             raise TypeError(f"step() got unexpected keyword arguments {sorted(unknown)}; accepted: {_STEP_KWARGS}")
-        planned = self._planned(timestep)
+        if not isinstance(sample, torch.Tensor) or sample.ndim == 0:
+            raise ValueError(f"sample must be a tensor with a leading batch axis, got "
+                             f"{'a 0-d tensor' if isinstance(sample, torch.Tensor) else type(sample).__name__}")
+        check_generator(generator, sample.shape[0])
+        index = self.index_for_timestep(timestep)
         if ddim_kwargs.get("use_clipped_model_output") is False and self.step_config.clipping.active:
             raise ValueError("use_clipped_model_output=False with clip_sample/thresholding is not supported")
-        prev_sample, x0 = self._stepper.step(planned.index, model_output, sample, generator,
+        prev_sample, x0 = self._stepper.step(index, model_output, sample, generator,
                                              ddim_kwargs.get("variance_noise"), ddim_kwargs.get("eta"))
+        self._step_index = index + 1
         if not return_dict:
             return prev_sample, x0
         return SkippedStepSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
+    # ------------------------------------------------------------------------------------------------------------
+    # the forward process
     # ------------------------------------------------------------------------------------------------------------
     def _alpha_sigma_like(self, timesteps, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(timesteps).reshape(-1).cpu()
@@ -277,4 +493,4 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         return self.config.num_train_timesteps
 
 
-__all__ = ["SkippedStepScheduler", "SkippedStepSchedulerOutput"]
+__all__ = ["FINAL_SIGMAS_TYPES", "SIGMA_SPACING_FLAGS", "SkippedStepScheduler", "SkippedStepSchedulerOutput"]

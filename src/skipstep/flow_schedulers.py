@@ -46,8 +46,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from .paths import RectifiedFlowPath, vp_config_reason
-from .plan import PlannedStep, plan_steps, resolve_eta_schedule
+from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
 from .steps import DEFAULT_ETA, StepConfig, TrajectoryStepper
+from .timesteps import check_num_steps
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             one value per step, or a schedule string (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``).
         solver_order: 1 (the posterior step), 2 or 3 (multistep posterior steps over the previous ``x0_hat``, one
             model evaluation per step; ``order`` stays 1).
+        solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form
+            of the order-2 steps), as for :class:`skipstep.SkippedStepScheduler`.
         check_finite: raise (naming the step) when the model output holds NaN or inf.
     """
 
@@ -109,6 +112,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         eta=DEFAULT_ETA,
         solver_order: int = 1,
         check_finite: bool = True,
+        solver_type: str = "heun",
     ):
         if invert_sigmas:
             raise ValueError(
@@ -121,6 +125,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
                 "`eta` (now %r)", eta,
             )
         resolve_eta_schedule(eta, len(eta) if isinstance(eta, (list, tuple)) else num_train_timesteps)
+        check_solver_type(solver_type)
         self.step_config = StepConfig(prediction_type="flow", variance_type="small", check_finite=check_finite,
                                       solver_order=solver_order)
         cfg = dict(self.config)
@@ -199,11 +204,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
     ):
         """Same arguments and the same ``sigmas``/``timesteps`` as ``FlowMatchEulerDiscreteScheduler``
         (``mu`` is required with ``use_dynamic_shifting``); then plans the posterior steps through them."""
-        if num_inference_steps is not None and (
-            isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if num_inference_steps is not None:
+            num_inference_steps = check_num_steps(num_inference_steps)  # numpy integers too, as diffusers
         if num_inference_steps is None and sigmas is None and timesteps is None:
             raise ValueError("give num_inference_steps, sigmas or timesteps")
         src = self._sigma_source
@@ -218,7 +220,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         ts = src.timesteps.detach().cpu()
         if bool((ts[1:] == ts[:-1]).any()):
             raise ValueError(f"timesteps must not repeat, got {ts.tolist()}")
-        self._plan = plan_steps(self.path, noisy, self.config.eta)
+        self._plan = plan_steps(self.path, noisy, self.config.eta, solver_order=self.step_config.solver_order,
+                                 solver_type=self.config.solver_type)
         self.timesteps = src.timesteps
         self.sigmas = src.sigmas
         self.num_inference_steps = len(self._plan)

@@ -30,6 +30,18 @@ def _as_time_tensor(t) -> torch.Tensor:
     return torch.as_tensor(t, dtype=torch.float64)
 
 
+def check_num_train_timesteps(num_train_timesteps) -> int:
+    """An integer >= 1 (numpy integers too; bools and floats such as 10.0 are refused)."""
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)) or (
+        num_train_timesteps < 1
+    ):
+        raise ValueError(
+            f"num_train_timesteps must be an integer >= 1 (the length of the model's training chain), "
+            f"got {num_train_timesteps!r}"
+        )
+    return int(num_train_timesteps)
+
+
 def make_betas(
     num_train_timesteps: int = 1000,
     beta_start: float = 0.0001,
@@ -56,9 +68,7 @@ def make_betas(
         if betas.ndim != 1 or betas.numel() == 0:
             raise ValueError("trained_betas must be a non-empty 1-D sequence of floats")
     else:
-        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
-            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
-        n = num_train_timesteps
+        n = check_num_train_timesteps(num_train_timesteps)
         if beta_schedule == "linear":
             betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
         elif beta_schedule == "scaled_linear":
@@ -72,11 +82,37 @@ def make_betas(
             )
         else:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
-    if not torch.all((betas > 0) & (betas <= 1)):
-        raise ValueError("betas must lie in (0, 1]")
+    bad = ~((betas > 0) & (betas <= 1))
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise ValueError(
+            f"betas must lie in (0, 1] (beta_start, beta_end, beta_schedule or trained_betas); beta[{first}] = "
+            f"{float(betas[first])}"
+        )
     if rescale_betas_zero_snr:
         betas = rescale_zero_terminal_snr(betas)
     return betas.double()
+
+
+def trained_alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """``abar_t`` as the model was trained with it, in float64.
+
+    diffusers accumulates the product in float32, so those are the model's own noise levels to the last bit and we
+    keep them -- as long as they are valid: normal float32 numbers that fall strictly. Where float32 underflows
+    (long or steep chains, e.g. betas 0.01 -> 0.2 reach 0 at t = 959) or stalls, the float64 product of the same
+    betas continues the table, so the chain stays strictly falling. Zero terminal SNR keeps ``abar_{T-1} = 0``
+    exactly, as DDIM/DDPM do (only v/sample predictions work there).
+    """
+    betas = torch.as_tensor(betas, dtype=torch.float64)  # float64 holding the float32 values of make_betas
+    abar32 = torch.cumprod(1.0 - betas.float(), dim=0).double()
+    abar64 = torch.cumprod(1.0 - betas, dim=0)
+    valid = abar32 >= torch.finfo(torch.float32).tiny
+    valid[1:] &= abar32[1:] < abar32[:-1]
+    invalid = (~valid).nonzero()
+    if invalid.numel() == 0:
+        return abar32
+    first = int(invalid[0])
+    return torch.cat([abar32[:first], abar64[first:]])
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
@@ -142,10 +178,18 @@ class DiscreteVPPath(GaussianPath):
 
     def __init__(self, alphas_cumprod: torch.Tensor | np.ndarray | Sequence[float]):
         abar = torch.as_tensor(np.asarray(alphas_cumprod, dtype=np.float64))
-        if abar.ndim != 1 or abar.numel() < 2:
-            raise ValueError("alphas_cumprod must be a 1-D sequence with at least 2 entries")
-        if not torch.all(abar[1:] < abar[:-1]) or not (0 <= float(abar[-1]) and float(abar[0]) < 1):
-            raise ValueError("alphas_cumprod must fall strictly with t and lie in [0, 1) (signal-to-noise must fall)")
+        if abar.ndim != 1 or abar.numel() < 1:
+            raise ValueError("alphas_cumprod must be a non-empty 1-D sequence")
+        if not (0 <= float(abar.min()) and float(abar.max()) < 1):
+            raise ValueError(f"alphas_cumprod must lie in [0, 1), got values in [{float(abar.min())}, "
+                             f"{float(abar.max())}]")
+        rises = (abar[1:] >= abar[:-1]).nonzero()
+        if rises.numel():
+            t = int(rises[0]) + 1
+            raise ValueError(
+                f"alphas_cumprod must fall strictly with t (signal-to-noise must fall), but abar[{t}] = "
+                f"{float(abar[t])} >= abar[{t - 1}] = {float(abar[t - 1])}"
+            )
         self.alphas_cumprod = abar
         # index t+1 into this table, so that t = -1 maps to the clean state
         self._abar_with_clean = torch.cat([torch.ones(1, dtype=torch.float64), abar])
@@ -161,18 +205,14 @@ class DiscreteVPPath(GaussianPath):
         cfg = dict(config or {})
         cfg.update(overrides)
         betas = make_betas(
-            num_train_timesteps=int(cfg.get("num_train_timesteps", 1000)),
+            num_train_timesteps=cfg.get("num_train_timesteps", 1000),
             beta_start=float(cfg.get("beta_start", 0.0001)),
             beta_end=float(cfg.get("beta_end", 0.02)),
             beta_schedule=cfg.get("beta_schedule", "linear"),
             trained_betas=cfg.get("trained_betas"),
             rescale_betas_zero_snr=bool(cfg.get("rescale_betas_zero_snr", False)),
         )
-        # The table is accumulated in float32 exactly as diffusers does when it trains and samples, so our
-        # alpha/sigma are the model's own to the last bit; all later arithmetic is float64.
-        # Zero terminal SNR keeps abar_{T-1} = 0 exactly, as DDIM/DDPM do; only v/sample predictions work there.
-        abar = torch.cumprod(1.0 - betas.float(), dim=0).double()  # betas hold float32 values
-        return cls(abar)
+        return cls(trained_alphas_cumprod(betas))
 
     @property
     def num_train_timesteps(self) -> int:
@@ -295,6 +335,29 @@ class RectifiedFlowPath(_ContinuousTimePath):
         return torch.sigmoid(-0.5 * _as_time_tensor(lam))
 
 
+class VESigmaPath(_ContinuousTimePath):
+    """k-diffusion's variance-exploding convention as a Gaussian path: the time is the noise level ``s`` of
+    ``x_ve = x_0 + s eps`` (k-diffusion's ``sigma``), and ``x_ve`` scaled by ``alpha`` is a VP sample::
+
+        alpha(s) = 1 / sqrt(1 + s^2),     sigma(s) = s / sqrt(1 + s^2),     x_vp = alpha(s) x_ve,
+
+    so ``alpha^2 + sigma^2 = 1`` and the half-log-SNR is ``log(alpha / sigma) = -log s``. ``s = 0`` is clean.
+    """
+
+    def __init__(self, sigma_min: float, sigma_max: float):
+        if not (0 < sigma_min <= sigma_max and math.isfinite(sigma_max)):
+            raise ValueError(f"need 0 < sigma_min <= sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        self._t_min, self._t_max = float(sigma_min), float(sigma_max)
+
+    def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        s = _as_time_tensor(t)
+        alpha = torch.rsqrt(1.0 + s * s)
+        return alpha, s * alpha
+
+    def time_at_log_snr(self, lam) -> torch.Tensor:
+        return torch.exp(-0.5 * _as_time_tensor(lam))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # which path a diffusers scheduler config describes
 # ----------------------------------------------------------------------------------------------------------------
@@ -338,8 +401,11 @@ __all__ = [
     "DiscreteVPPath",
     "GaussianPath",
     "RectifiedFlowPath",
+    "VESigmaPath",
+    "check_num_train_timesteps",
     "make_betas",
     "flow_config_reason",
     "rescale_zero_terminal_snr",
+    "trained_alphas_cumprod",
     "vp_config_reason",
 ]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .paths import GaussianPath
-from .posterior import Posterior, gaussian_posterior, multistep_x0_weights
+from .posterior import SOLVER_TYPES, Posterior, gaussian_posterior, x0_weight_rows
 
 # ----------------------------------------------------------------------------------------------------------------
 # eta schedules
@@ -96,15 +97,38 @@ MAX_SOLVER_ORDER = 3
 #: (e.g. the jump to sigma = 1/T that ends a flow-matching schedule is ~6x its predecessor), so such steps fall
 #: back to a lower order, like diffusers' ``lower_order_final``.
 MIN_SPAN_RATIO = 0.5
+#: DPM-Solver's ``lower_order_final`` applies below this many steps (diffusers: "stabilises < 15 steps").
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def check_solver_order(solver_order) -> int:
+    """An int 1, 2 or 3 (numpy ints too; bools and floats such as 2.0 are refused)."""
+    if isinstance(solver_order, bool) or not isinstance(solver_order, (int, np.integer)) or not (
+        1 <= int(solver_order) <= MAX_SOLVER_ORDER
+    ):
+        raise ValueError(f"solver_order must be the integer 1, 2 or 3, got {solver_order!r}")
+    return int(solver_order)
+
+
+def check_solver_type(solver_type) -> str:
+    if solver_type not in SOLVER_TYPES:
+        raise ValueError(
+            f"solver_type must be one of {SOLVER_TYPES} ('heun': exact exponential-integrator weights; 'midpoint': "
+            f"DPM-Solver++'s midpoint form), got {solver_type!r}"
+        )
+    return solver_type
 
 
 @dataclass(frozen=True)
 class PlannedStep:
-    """Step ``index`` goes from time ``t`` to ``s`` (``s`` is the clean time on the last step).
+    """Step ``index`` goes from time ``t`` to ``s`` (``s`` is the clean time on the last step, unless the plan was
+    given another final time).
 
     ``lambdas`` holds ``log(alpha/sigma)`` at ``t`` and at up to ``MAX_SOLVER_ORDER - 1`` earlier visited times
     (most recent first); ``lambda_s`` the target's. ``eps_mse`` is ``M_t`` when an optimal-variance table
-    was given.
+    was given. ``order_limit`` is the highest multistep order this step may use, and ``data_weights[k - 1]`` the
+    weights of the current and earlier ``x0_hat`` at order ``k`` for the planned eta (precomputed for every
+    order up to the plan's ``solver_order`` and ``order_limit``).
     """
 
     index: int
@@ -118,7 +142,9 @@ class PlannedStep:
     lambdas: tuple[float, ...] = ()
     lambda_s: float = math.inf
     eps_mse: float | None = None
-    _weights: dict = field(default_factory=dict, compare=False, repr=False)
+    order_limit: int = 1
+    solver_type: str = "heun"
+    data_weights: tuple[tuple[float, ...], ...] = ((1.0,),)
 
     @property
     def is_final(self) -> bool:
@@ -132,26 +158,20 @@ class PlannedStep:
 
     def max_order(self) -> int:
         """Orders above 1 need finite log-SNRs at every node, earlier spans of at least ``MIN_SPAN_RATIO`` times
-        this step's span, and never apply to the final (to clean) step."""
-        if self.is_final or not self.lambdas or not math.isfinite(self.lambdas[0]):
-            return 1
-        h = self.lambda_s - self.lambdas[0]
-        order = 1
-        for newer, older in zip(self.lambdas, self.lambdas[1:]):
-            if not math.isfinite(older) or (newer - older) < MIN_SPAN_RATIO * h:
-                break
-            order += 1
-        return order
+        this step's span, a step of positive span, and never apply to the final (to clean) step; the plan may
+        lower it further (``lower_order_final``, ``euler_at_final``)."""
+        return self.order_limit
 
-    def x0_weights(self, order: int, eta: float) -> tuple[float, ...]:
-        """Weights of the current and earlier ``x0_hat`` (see :func:`multistep_x0_weights`)."""
-        order = min(order, self.max_order())
+    def x0_weights(self, order: int, eta: float | None = None) -> tuple[float, ...]:
+        """Weights of the current and earlier ``x0_hat`` at ``order`` (capped at :meth:`max_order`): the
+        precomputed ones for the planned eta, computed now for another ``eta``."""
+        order = min(order, self.order_limit)
         if order == 1:
             return (1.0,)
-        key = (order, eta)
-        if key not in self._weights:
-            self._weights[key] = tuple(multistep_x0_weights(list(self.lambdas[:order]), self.lambda_s, eta))
-        return self._weights[key]
+        if (eta is None or eta == self.posterior.eta) and order <= len(self.data_weights):
+            return self.data_weights[order - 1]
+        eta = self.posterior.eta if eta is None else eta
+        return tuple(x0_weight_rows(self.solver_type, [list(self.lambdas[:order])], [self.lambda_s], [eta])[0])
 
 
 def _half_log_snr(alpha: float, sigma: float) -> float:
@@ -162,38 +182,93 @@ def _half_log_snr(alpha: float, sigma: float) -> float:
     return math.log(alpha) - math.log(sigma)
 
 
+def _order_limit(history: tuple, lambda_s: float, is_final: bool) -> int:
+    if is_final or not history or not math.isfinite(history[0]):
+        return 1
+    h = lambda_s - history[0]
+    if not h > 0:  # a zero-length step (e.g. a final target equal to the last listed time)
+        return 1
+    order = 1
+    for newer, older in zip(history, history[1:]):
+        if not math.isfinite(older) or (newer - older) < MIN_SPAN_RATIO * h:
+            break
+        order += 1
+    return order
+
+
 def plan_steps(
     path: GaussianPath,
     timesteps: torch.Tensor,
     eta=1.0,
     eps_mse: Sequence[float] | torch.Tensor | None = None,
+    *,
+    solver_order: int = MAX_SOLVER_ORDER,
+    solver_type: str = "heun",
+    final_time: float | None = None,
+    lower_order_final: bool = False,
+    euler_at_final: bool = False,
 ) -> list[PlannedStep]:
-    """Plan the trajectory through ``timesteps`` (descending) and then to the clean time.
+    """Plan the trajectory through ``timesteps`` (descending) and then to ``final_time`` (default: the path's
+    clean time; a noisy final time leaves the last step's output at that noise level, as DPM-Solver's
+    ``final_sigmas_type="sigma_min"`` and DDIM's ``set_alpha_to_one=False`` do).
+
+    Everything that depends only on the timesteps is computed here, once: each step's posterior coefficients,
+    its order limit and its multistep weights for every order up to ``solver_order``.
 
     ``eps_mse``: the optimal-variance table ``M`` indexed by training timestep (discrete paths) -- only
-    needed for ``variance_type='optimal'``.
+    needed for ``variance_type='optimal'``. ``solver_type``: ``heun`` (exact weights) or ``midpoint``
+    (DPM-Solver++'s midpoint form for order-2 steps). ``lower_order_final`` (DPM-Solver's rule): with fewer than
+    ``LOWER_ORDER_FINAL_BELOW`` steps the last step is first order and the one before it at most second order.
+    ``euler_at_final``: the last step is first order.
     """
+    solver_order = check_solver_order(solver_order)
+    check_solver_type(solver_type)
     ts = [float(v) for v in timesteps.tolist()]
     etas = resolve_eta_schedule(eta, len(ts))
-    targets = ts[1:] + [float(path.clean_time)]
-    alphas, sigmas = path.alpha_sigma(torch.as_tensor(ts + [float(path.clean_time)]))
+    final = float(path.clean_time) if final_time is None else float(final_time)
+    targets = ts[1:] + [final]
+    alphas, sigmas = path.alpha_sigma(torch.as_tensor(ts + [final], dtype=torch.float64))
     alphas, sigmas = alphas.tolist(), sigmas.tolist()
     lambdas = [_half_log_snr(a, s) for a, s in zip(alphas, sigmas)]
     if path.discrete:
         ts, targets = [int(v) for v in ts], [int(v) for v in targets]
     gammas = _gamma_at(path, ts, eps_mse)
-    plan = []
-    for i, (t, s) in enumerate(zip(ts, targets)):
-        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+    n = len(ts)
+    posteriors, histories, limits = [], [], []
+    for i in range(n):
+        post = gaussian_posterior(alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1], etas[i])
         history = tuple(lambdas[max(0, i - MAX_SOLVER_ORDER + 1): i + 1][::-1])
-        plan.append(
-            PlannedStep(
-                index=i, t=t, s=s, alpha_t=a_t, sigma_t=s_t, alpha_s=a_s, sigma_s=s_s,
-                posterior=gaussian_posterior(a_t, s_t, a_s, s_s, etas[i]),
-                lambdas=history, lambda_s=lambdas[i + 1], eps_mse=gammas[i],
-            )
+        limit = min(solver_order, _order_limit(history, lambdas[i + 1], post.is_final))
+        if i == n - 1 and (euler_at_final or (lower_order_final and n < LOWER_ORDER_FINAL_BELOW)):
+            limit = 1
+        if i == n - 2 and lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
+            limit = min(limit, 2)
+        posteriors.append(post)
+        histories.append(history)
+        limits.append(limit)
+    weights = _weights_by_order(histories, lambdas[1:], etas, limits, solver_type)
+    return [
+        PlannedStep(
+            index=i, t=ts[i], s=targets[i], alpha_t=alphas[i], sigma_t=sigmas[i], alpha_s=alphas[i + 1],
+            sigma_s=sigmas[i + 1], posterior=posteriors[i], lambdas=histories[i], lambda_s=lambdas[i + 1],
+            eps_mse=gammas[i], order_limit=limits[i], solver_type=solver_type, data_weights=weights[i],
         )
-    return plan
+        for i in range(n)
+    ]
+
+
+def _weights_by_order(histories, lambda_s, etas, limits, solver_type) -> list[tuple]:
+    """Per step, the weights at orders 1..limit; one vectorised quadrature per order for the whole plan."""
+    out = [[(1.0,)] for _ in histories]
+    for order in range(2, MAX_SOLVER_ORDER + 1):
+        rows = [i for i, limit in enumerate(limits) if limit >= order]
+        if not rows:
+            break
+        table = x0_weight_rows(solver_type, [histories[i][:order] for i in rows], [lambda_s[i] for i in rows],
+                               [etas[i] for i in rows])
+        for i, w in zip(rows, table.tolist()):
+            out[i].append(tuple(w))
+    return [tuple(w) for w in out]
 
 
 def _gamma_at(path: GaussianPath, ts: list, table) -> list:
@@ -209,4 +284,14 @@ def _gamma_at(path: GaussianPath, ts: list, table) -> list:
     raise ValueError("an eps_mse table is supported on discrete chains only")
 
 
-__all__ = ["ETA_SCHEDULE_FORMS", "MAX_SOLVER_ORDER", "MIN_SPAN_RATIO", "PlannedStep", "plan_steps", "resolve_eta_schedule"]
+__all__ = [
+    "ETA_SCHEDULE_FORMS",
+    "LOWER_ORDER_FINAL_BELOW",
+    "MAX_SOLVER_ORDER",
+    "MIN_SPAN_RATIO",
+    "PlannedStep",
+    "check_solver_order",
+    "check_solver_type",
+    "plan_steps",
+    "resolve_eta_schedule",
+]

@@ -26,6 +26,7 @@ marginal ``q(x_s | x_0)`` for any ``eta in [0, 1]``: ``eta = 1`` is the Markovia
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -94,9 +95,6 @@ def gaussian_posterior(alpha_t: float, sigma_t: float, alpha_s: float, sigma_s: 
     )
 
 
-
-
-
 def x0_coefficient_growth(u, eta: float):
     """``C(u) / alpha_s = 1 - g(u) e^{-u}``, with ``g(u) = sqrt((1 - eta^2) + eta^2 e^{-2u})``: the weight of
     ``x0_hat`` in a family step spanning ``u = lambda_s - lambda_t`` of half-log-SNR ``lambda = log(alpha/sigma)``
@@ -106,41 +104,119 @@ def x0_coefficient_growth(u, eta: float):
     return 1.0 - g * np.exp(-u)
 
 
-def multistep_x0_weights(lambdas: list[float], lambda_s: float, eta: float, num_nodes: int = 48) -> list[float]:
-    r"""Weights ``w_j`` of the effective data prediction ``D = sum_j w_j x0_hat(lambda_j)`` of a multistep
-    (higher-order) posterior step from ``lambda_0`` (the current time, listed first, then earlier times) to
-    ``lambda_s``.
+#: How a multistep step turns the ``x0_hat`` history into its data prediction ``D`` (diffusers' name and values):
+#: ``heun`` -- the exact exponential-integrator weights of :func:`exact_x0_weight_rows` (skipstep's default);
+#: ``midpoint`` -- DPM-Solver++'s midpoint form, :func:`midpoint_x0_weight_rows`.
+SOLVER_TYPES = ("heun", "midpoint")
+
+
+@functools.lru_cache(maxsize=4)
+def _gauss_legendre(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    nodes, weights = np.polynomial.legendre.leggauss(num_nodes)
+    nodes.flags.writeable = False
+    weights.flags.writeable = False
+    return nodes, weights
+
+
+def _check_spans(lams: np.ndarray, lambda_s: np.ndarray) -> np.ndarray:
+    h = lambda_s - lams[:, 0]
+    if not (np.all(np.isfinite(h)) and np.all(h > 0) and np.all(np.isfinite(lams))):
+        raise ValueError("multistep weights need finite, increasing half-log-SNR values")
+    return h
+
+
+def _lagrange_basis(lams: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``L_j(at)`` for the nodes ``lams`` (rows: steps, columns: nodes); ``at`` has shape (rows, points).
+    Returns (rows, nodes, points)."""
+    k = lams.shape[1]
+    basis = np.ones((lams.shape[0], k, at.shape[1]))
+    for j in range(k):
+        for m in range(k):
+            if m != j:
+                basis[:, j] *= (at - lams[:, m:m + 1]) / (lams[:, j:j + 1] - lams[:, m:m + 1])
+    return basis
+
+
+def exact_x0_weight_rows(lambdas, lambda_s, eta, num_nodes: int = 48) -> np.ndarray:
+    r"""Exact ("heun") weights ``w_j`` of the effective data prediction ``D = sum_j w_j x0_hat(lambda_j)`` of a
+    multistep posterior step, for many steps at once: row ``i`` has the nodes ``lambdas[i]`` (the current time
+    first, then earlier times), the target ``lambda_s[i]`` and its ``eta[i]``.
 
     The family step ``x_s = coef_xt x_t + C(h) x0_hat + noise`` treats ``x0_hat`` as constant over the step. Its
     exact integral form is ``x_s = coef_xt x_t + int_0^h C'(u) x0(lambda_s - u) du + noise`` (exact for
     ``eta in {0, 1}``: the probability-flow ODE and the reverse SDE in exponential-integrator form), with
     ``C(u) = alpha_s (1 - g(u) e^{-u})`` of :func:`x0_coefficient_growth`. Interpolating ``x0(lambda)`` through the
-    last ``k`` predictions with Lagrange polynomials ``L_j`` gives
+    ``k`` nodes with Lagrange polynomials ``L_j`` gives
 
         w_j = int_0^h C'(u) L_j(lambda_s - u) du / C(h),        sum_j w_j = 1,
 
-    computed by Gauss-Legendre quadrature. One node gives ``w = [1]``: the first-order step. Two nodes at
-    ``eta = 0`` give DPM-Solver++(2M) with its exact ("heun"-type) coefficient, at ``eta = 1`` SDE-DPM-Solver++(2M).
+    computed by Gauss-Legendre quadrature (nodes cached). Two nodes at ``eta = 0`` give DPM-Solver++(2M) with its
+    exact ("heun") coefficient, at ``eta = 1`` SDE-DPM-Solver++(2M) in its heun form; three nodes integrate the
+    quadratic interpolant exactly.
     """
-    lams = np.asarray(lambdas, dtype=np.float64)
-    if lams.size == 1:
-        return [1.0]
-    h = lambda_s - lams[0]
-    if not (np.isfinite(h) and h > 0 and np.all(np.isfinite(lams))):
-        raise ValueError("multistep weights need finite, increasing half-log-SNR values")
-    nodes, quad_w = np.polynomial.legendre.leggauss(num_nodes)
-    u = 0.5 * h * (nodes + 1.0)
+    lams = np.atleast_2d(np.asarray(lambdas, dtype=np.float64))
+    lam_s = np.asarray(lambda_s, dtype=np.float64).reshape(-1)
+    eta = np.broadcast_to(np.asarray(eta, dtype=np.float64).reshape(-1), lam_s.shape)[:, None]
+    if lams.shape[1] == 1:
+        return np.ones((lams.shape[0], 1))
+    h = _check_spans(lams, lam_s)[:, None]
+    nodes, quad_w = _gauss_legendre(num_nodes)
+    u = 0.5 * h * (nodes[None, :] + 1.0)
     # C'(u) / alpha_s = e^{-u} (g + eta^2 e^{-2u} / g)
-    g = np.sqrt((1.0 - eta * eta) + eta * eta * np.exp(-2.0 * u))
-    kernel = np.exp(-u) * (g + eta * eta * np.exp(-2.0 * u) / g)
-    lam = lambda_s - u
-    total = float(x0_coefficient_growth(h, eta))
-    weights = []
-    for j in range(lams.size):
-        basis = np.ones_like(lam)
-        for m in range(lams.size):
-            if m != j:
-                basis *= (lam - lams[m]) / (lams[j] - lams[m])
-        weights.append(float(0.5 * h * np.sum(quad_w * kernel * basis)) / total)
-    return weights
-__all__ = ["Posterior", "gaussian_posterior", "multistep_x0_weights", "x0_coefficient_growth"]
+    e2 = np.exp(-2.0 * u)
+    g = np.sqrt((1.0 - eta * eta) + eta * eta * e2)
+    kernel = np.exp(-u) * (g + eta * eta * e2 / g) * quad_w[None, :]
+    basis = _lagrange_basis(lams, lam_s[:, None] - u)
+    total = x0_coefficient_growth(h[:, 0], eta[:, 0])
+    return 0.5 * h * np.einsum("rjp,rp->rj", basis, kernel) / total[:, None]
+
+
+def midpoint_x0_weight_rows(lambdas, lambda_s) -> np.ndarray:
+    r"""DPM-Solver++'s midpoint form: ``D`` is the interpolant of the ``x0_hat`` history evaluated at the middle
+    of the step in half-log-SNR, ``lambda_0 + h/2``. For two nodes, with ``r = (lambda_0 - lambda_1) / h``,
+
+        w_0 = 1 + 1/(2r),      w_1 = -1/(2r),
+
+    which is diffusers' / k-diffusion's ``solver_type="midpoint"`` update, ``D = x0_0 + (x0_0 - x0_1)/(2r)``,
+    whatever the step's eta (their ODE and SDE updates share it). Used for order-2 steps only: order-3 steps use
+    :func:`exact_x0_weight_rows` under either solver type.
+    """
+    lams = np.atleast_2d(np.asarray(lambdas, dtype=np.float64))
+    lam_s = np.asarray(lambda_s, dtype=np.float64).reshape(-1)
+    if lams.shape[1] == 1:
+        return np.ones((lams.shape[0], 1))
+    h = _check_spans(lams, lam_s)
+    return _lagrange_basis(lams, (lams[:, 0] + 0.5 * h)[:, None])[:, :, 0]
+
+
+def x0_weight_rows(solver_type: str, lambdas, lambda_s, eta) -> np.ndarray:
+    """Multistep weights for ``solver_type`` (see ``SOLVER_TYPES``), one row per step."""
+    lams = np.atleast_2d(np.asarray(lambdas, dtype=np.float64))
+    if solver_type == "midpoint" and lams.shape[1] == 2:
+        return midpoint_x0_weight_rows(lams, lambda_s)
+    if solver_type not in SOLVER_TYPES:
+        raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
+    return exact_x0_weight_rows(lams, lambda_s, eta)
+
+
+def multistep_x0_weights(lambdas: list[float], lambda_s: float, eta: float, num_nodes: int = 48,
+                         solver_type: str = "heun") -> list[float]:
+    """Weights ``w_j`` of ``D = sum_j w_j x0_hat(lambda_j)`` for one step from ``lambdas[0]`` (the current time,
+    then earlier times) to ``lambda_s`` (see :func:`exact_x0_weight_rows`, :func:`midpoint_x0_weight_rows`)."""
+    if len(lambdas) == 1:
+        return [1.0]
+    if solver_type == "heun":
+        return exact_x0_weight_rows([list(lambdas)], [lambda_s], [eta], num_nodes)[0].tolist()
+    return x0_weight_rows(solver_type, [list(lambdas)], [lambda_s], [eta])[0].tolist()
+
+
+__all__ = [
+    "Posterior",
+    "SOLVER_TYPES",
+    "exact_x0_weight_rows",
+    "gaussian_posterior",
+    "midpoint_x0_weight_rows",
+    "multistep_x0_weights",
+    "x0_coefficient_growth",
+    "x0_weight_rows",
+]

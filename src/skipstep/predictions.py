@@ -73,11 +73,34 @@ def predict_x0_eps(
     raise AssertionError("unreachable")
 
 
+def predict_x0(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha_t: float,
+    sigma_t: float,
+    prediction_type: str,
+) -> torch.Tensor:
+    """``x0_hat`` alone (the step's need), in as few tensor operations as :func:`predict_x0_eps` allows."""
+    if prediction_type == "epsilon":
+        if alpha_t == 0:
+            predict_x0_eps(model_output, sample, alpha_t, sigma_t, prediction_type)  # raises with the reason
+        return torch.sub(sample, model_output, alpha=sigma_t).mul_(1.0 / alpha_t)
+    if prediction_type == "sample":
+        return model_output
+    if prediction_type == "v_prediction" and alpha_t * alpha_t + sigma_t * sigma_t == 1.0:
+        return torch.mul(sample, alpha_t).sub_(model_output, alpha=sigma_t)
+    if prediction_type == "flow" and abs(alpha_t + sigma_t - 1.0) <= 1e-9:
+        return torch.sub(sample, model_output, alpha=sigma_t)
+    return predict_x0_eps(model_output, sample, alpha_t, sigma_t, prediction_type)[0]
+
+
 @dataclass(frozen=True)
 class X0Clipping:
     """How the x0 prediction is bounded, with diffusers' semantics and key names.
 
-    ``thresholding`` (Imagen's dynamic thresholding) takes precedence over ``clip_sample``.
+    ``thresholding`` (Imagen's dynamic thresholding) takes precedence over ``clip_sample``. As in diffusers, any
+    ``dynamic_thresholding_ratio`` in [0, 1] and any ``sample_max_value > 0`` are accepted (see
+    :func:`dynamic_threshold` for what values below 1 do).
     """
 
     clip_sample: bool = False
@@ -89,10 +112,10 @@ class X0Clipping:
     def __post_init__(self):
         if self.clip_sample_range <= 0:
             raise ValueError(f"clip_sample_range must be > 0, got {self.clip_sample_range}")
-        if not 0 < self.dynamic_thresholding_ratio <= 1:
-            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {self.dynamic_thresholding_ratio}")
-        if self.sample_max_value < 1:
-            raise ValueError(f"sample_max_value must be >= 1, got {self.sample_max_value}")
+        if not 0 <= self.dynamic_thresholding_ratio <= 1:
+            raise ValueError(f"dynamic_thresholding_ratio must lie in [0, 1], got {self.dynamic_thresholding_ratio}")
+        if not self.sample_max_value > 0:
+            raise ValueError(f"sample_max_value must be > 0, got {self.sample_max_value}")
 
     @property
     def active(self) -> bool:
@@ -107,12 +130,20 @@ class X0Clipping:
 
 
 def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Imagen's dynamic thresholding: per sample, ``s = clamp(quantile(|x0|, ratio), 1, max_value)``;
-    ``x0 <- clamp(x0, -s, s) / s``."""
+    """Imagen's dynamic thresholding exactly as diffusers' ``_threshold_sample``: per sample (in float32 for
+    half-precision inputs), ``s = torch.clamp(quantile(|x0|, ratio), min=1, max=max_value)``;
+    ``x0 <- clamp(x0, -s, s) / s``.
+
+    ``torch.clamp`` with ``min > max`` returns ``max``, so a ``max_value < 1`` gives ``s = max_value``: ``x0`` is
+    clipped to ``[-max_value, max_value]`` and divided by ``max_value`` (range ``[-1, 1]``). ``ratio = 0`` makes
+    ``s`` the smallest ``|x0|`` clamped to ``[1, max_value]``: plain clipping to ``[-1, 1]`` when ``max_value >= 1``.
+    """
+    dtype = x0.dtype
     flat = x0.reshape(x0.shape[0], -1)
-    s = torch.quantile(flat.abs().float(), ratio, dim=1).clamp(min=1.0, max=max_value).to(flat.dtype)
-    s = s.unsqueeze(1)
-    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
+    if dtype not in (torch.float32, torch.float64):
+        flat = flat.float()  # quantile (and clamp on CPU) are not implemented for half
+    s = torch.clamp(torch.quantile(flat.abs(), ratio, dim=1), min=1, max=max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
 
 
 def unwrap_model_output(out) -> torch.Tensor:
@@ -132,6 +163,7 @@ __all__ = [
     "X0Clipping",
     "check_prediction_type",
     "dynamic_threshold",
+    "predict_x0",
     "predict_x0_eps",
     "split_learned_variance",
     "unwrap_model_output",

@@ -71,7 +71,7 @@ def sample(
         clipping=clipping or X0Clipping(),
         solver_order=solver_order,
     )
-    plan = plan_steps(path, ts, eta, eps_mse)
+    plan = plan_steps(path, ts, eta, eps_mse, solver_order=config.solver_order)
     if noise is None:
         if shape is None:
             raise ValueError("give shape or noise")

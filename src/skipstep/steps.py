@@ -29,9 +29,9 @@ from typing import Sequence
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from .plan import PlannedStep
+from .plan import PlannedStep, check_solver_order
 from .posterior import Posterior
-from .predictions import X0Clipping, predict_x0_eps, split_learned_variance
+from .predictions import X0Clipping, predict_x0, split_learned_variance
 
 #: The library's default sampler, chosen by measurement on selection seeds disjoint from the reported ones
 #: (docs/results.md, "Choosing the default"): the paper's Markovian skipped-step posterior (eta = 1) with
@@ -83,8 +83,7 @@ class StepConfig:
     data_half_range: float = 1.0
 
     def __post_init__(self):
-        if self.solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
+        object.__setattr__(self, "solver_order", check_solver_order(self.solver_order))
         if not self.data_half_range > 0:
             raise ValueError(f"data_half_range must be > 0, got {self.data_half_range}")
 
@@ -141,6 +140,8 @@ def noise_std(post: Posterior, variance_type: str, variance_values: torch.Tensor
 
 def check_model_output(model_output: torch.Tensor, sample: torch.Tensor, variance_type: str, step_name: str):
     """Shape checks with messages naming the step."""
+    if sample.ndim == 0:
+        raise ValueError(f"sample at {step_name} must have a leading batch axis, got a 0-d tensor")
     expected_channels = 2 * sample.shape[1] if variance_type == "learned" else sample.shape[1]
     expected = (sample.shape[0], expected_channels, *sample.shape[2:])
     if tuple(model_output.shape) != expected:
@@ -153,8 +154,103 @@ def check_model_output(model_output: torch.Tensor, sample: torch.Tensor, varianc
 def check_finite(tensor: torch.Tensor, what: str, step_name: str) -> None:
     # A NaN/inf anywhere makes the sum non-finite: one reduction instead of an elementwise mask (the mask cost more
     # than the whole step on large latents). Only a finite sum overflow can false-alarm; the full check confirms.
-    if not bool(torch.isfinite(tensor.sum())) and not bool(torch.isfinite(tensor).all()):
+    if not math.isfinite(tensor.sum().item()) and not bool(torch.isfinite(tensor).all()):
         raise FloatingPointError(f"{what} at {step_name} contains NaN or inf")
+
+
+@dataclass(frozen=True)
+class StepCoefficients:
+    """What one step multiplies, for a given eta: ``x_s = coef_xt x_t + sum_j data[j] x0_hat_j + std z``.
+
+    ``data[k - 1]`` holds ``coef_x0 * w_j`` for order ``k`` (:meth:`~skipstep.plan.PlannedStep.x0_weights`);
+    ``std`` is ``None`` for the learned variance (it depends on the model output); ``injects_noise`` says whether
+    the step needs ``z``.
+    """
+
+    posterior: Posterior
+    coef_xt: float
+    data: tuple[tuple[float, ...], ...]
+    std: float | None
+    injects_noise: bool
+
+
+def step_coefficients(step: PlannedStep, config: StepConfig, eta: float | None = None) -> StepCoefficients:
+    """The coefficients of ``step`` for the planned eta (``eta=None``) or a call-time override."""
+    post = step.posterior if eta is None else step.with_eta(eta)
+    orders = min(config.solver_order, step.max_order())
+    data = tuple(tuple(post.coef_x0 * w for w in step.x0_weights(k, post.eta)) for k in range(1, orders + 1))
+    std = None
+    if config.variance_type != "learned":
+        optimal_var = None
+        if config.variance_type == "optimal" and not post.is_final:
+            if step.eps_mse is None:
+                raise ValueError("variance_type 'optimal' needs the model's eps_mse table "
+                                 "(see skipstep.optimal_variance)")
+            optimal_var = optimal_noise_variance(post, step.alpha_t, step.sigma_t, step.eps_mse,
+                                                 config.data_half_range)
+        std = float(noise_std(post, config.variance_type, None, optimal_var))
+    return StepCoefficients(post, post.coef_xt, data, std, needs_noise(post, config.variance_type))
+
+
+def _step_name(step: PlannedStep) -> str:
+    return f"step {step.index} (t={step.t})"
+
+
+def apply_step(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    step: PlannedStep,
+    coefs: StepCoefficients,
+    config: StepConfig,
+    noise: torch.Tensor | None = None,
+    x0_history: Sequence[torch.Tensor] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x_s = coef_xt x_t + sum_j coef_x0 w_j x0_hat_j + std z`` with ``coefs`` of :func:`step_coefficients`;
+    returns ``(x_s, x0_hat)`` in the sample's dtype and ``x0_hat`` in the compute dtype (the next step's history).
+    Computed in float32 (float64 for float64 inputs)."""
+    if model_output.shape != sample.shape and config.variance_type != "learned" or sample.ndim == 0:
+        check_model_output(model_output, sample, config.variance_type, _step_name(step))
+    if model_output.device.type == "meta":
+        raise ValueError(f"model_output at {_step_name(step)} is on the meta device (no data): the model's weights "
+                         "were not loaded; move the model to a real device ('cpu', 'cuda', ...)")
+    if config.check_finite:
+        check_finite(model_output, "the model output", _step_name(step))
+    out_dtype = sample.dtype
+    compute_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    x_t = sample if out_dtype == compute_dtype else sample.to(compute_dtype)
+    if model_output.dtype != compute_dtype:
+        model_output = model_output.to(compute_dtype)
+    variance_values = None
+    if config.variance_type == "learned":
+        check_model_output(model_output, sample, "learned", _step_name(step))
+        model_output, variance_values = split_learned_variance(model_output, x_t)
+    x0 = predict_x0(model_output, x_t, step.alpha_t, step.sigma_t, config.prediction_type)
+    if config.clipping.active:
+        x0 = config.clipping(x0)
+    if coefs.posterior.is_final:
+        x0_out = x0 if out_dtype == compute_dtype else x0.to(out_dtype)
+        return x0_out, x0_out, x0
+    data = coefs.data[min(len(coefs.data), 1 + len(x0_history)) - 1]
+    x_s = x_t * coefs.coef_xt
+    x_s.add_(x0, alpha=data[0])
+    for c, previous in zip(data[1:], x0_history):
+        x_s.add_(previous, alpha=c)
+    std = coefs.std
+    if std is None:  # learned variance: a tensor
+        std = noise_std(coefs.posterior, "learned", variance_values)
+    if coefs.injects_noise and (isinstance(std, torch.Tensor) or std > 0.0):
+        if noise is None:
+            raise ValueError(f"{_step_name(step)} injects noise (eta={coefs.posterior.eta}) but no noise tensor "
+                             "was given")
+        if noise.dtype != compute_dtype:
+            noise = noise.to(compute_dtype)
+        if isinstance(std, torch.Tensor):
+            x_s.add_(std * noise)
+        else:
+            x_s.add_(noise, alpha=std)
+    if out_dtype == compute_dtype:
+        return x_s, x0, x0
+    return x_s.to(out_dtype), x0.to(out_dtype), x0
 
 
 def posterior_step(
@@ -172,58 +268,52 @@ def posterior_step(
     model's ``x0_hat`` (order 1) or its multistep extrapolation ``D = sum_j w_j x0_hat_j`` over ``x0_history``
     (the previous steps' ``x0_hat``, most recent first; :func:`~skipstep.posterior.multistep_x0_weights`).
     Computed in float32 (float64 for float64 inputs). ``noise`` is required when the step injects noise;
-    ``eta`` overrides the planned eta for this step.
+    ``eta`` overrides the planned eta for this step. (:class:`TrajectoryStepper` runs the same arithmetic with the
+    coefficients computed once per plan.)
     """
-    step_name = f"step {step.index} (t={step.t})"
-    check_model_output(model_output, sample, config.variance_type, step_name)
-    if config.check_finite:
-        check_finite(model_output, "the model output", step_name)
-    post = step.posterior if eta is None else step.with_eta(eta)
-    out_dtype = sample.dtype
-    compute_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
-    x_t = sample.to(compute_dtype)
-    model_output = model_output.to(compute_dtype)
-    variance_values = None
-    if config.variance_type == "learned":
-        model_output, variance_values = split_learned_variance(model_output, x_t)
-    x0, _ = predict_x0_eps(model_output, x_t, step.alpha_t, step.sigma_t, config.prediction_type)
-    x0 = config.clipping(x0)
-    if post.is_final:
-        return x0.to(out_dtype), x0.to(out_dtype)
-    weights = step.x0_weights(min(config.solver_order, 1 + len(x0_history)), post.eta)
-    data = x0
-    if len(weights) > 1:
-        data = weights[0] * x0
-        for w, previous in zip(weights[1:], x0_history):
-            data = data + w * previous.to(compute_dtype)
-    x_s = post.coef_xt * x_t + post.coef_x0 * data
-    optimal_var = None
-    if config.variance_type == "optimal":
-        if step.eps_mse is None:
-            raise ValueError("variance_type 'optimal' needs the model's eps_mse table (see skipstep.optimal_variance)")
-        optimal_var = optimal_noise_variance(post, step.alpha_t, step.sigma_t, step.eps_mse,
-                                             config.data_half_range)
-    std = noise_std(post, config.variance_type, variance_values, optimal_var)
-    if isinstance(std, torch.Tensor) or std > 0.0:
-        if noise is None:
-            raise ValueError(f"{step_name} injects noise (eta={post.eta}) but no noise tensor was given")
-        x_s = x_s + std * noise.to(compute_dtype)
-    return x_s.to(out_dtype), x0.to(out_dtype)
+    x_s, x0, _ = apply_step(model_output, sample, step, step_coefficients(step, config, eta), config, noise,
+                            x0_history)
+    return x_s, x0
+
+
+def check_generator(generator, batch: int) -> None:
+    """``None``, a ``torch.Generator`` or a list with one per sample (diffusers' ``randn_tensor`` convention)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch or not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError(f"a list of generators must hold one torch.Generator per sample: the batch has {batch} "
+                             f"samples, got {len(generator)} entries")
+        return
+    raise ValueError(
+        f"generator must be a torch.Generator, a list of them (one per sample) or None, got "
+        f"{type(generator).__name__} {generator!r} (step() takes diffusers DDPMScheduler's positional order "
+        "(model_output, timestep, sample, generator); pass DDIM's eta by keyword, step(..., eta=x))"
+    )
 
 
 class TrajectoryStepper:
     """Runs the steps of one plan in order, keeping what a trajectory carries between steps: the multistep
     history of ``x0_hat`` and the index of the last step taken. The functional sampler and both diffusers
-    schedulers step through this one object.
+    schedulers step through this one object. The coefficients of every step (for the planned eta) are computed
+    once, when the stepper is built.
 
     A step whose index does not follow the previous one starts a new trajectory (or enters one mid-way, as
     img2img does): the multistep history is dropped, so the step falls back to first order until it rebuilds.
     """
 
-    def __init__(self, plan: list, config: StepConfig):
+    def __init__(self, plan: list, config: StepConfig, coefficients: Sequence[StepCoefficients] | None = None):
+        """``coefficients``: those of an earlier stepper over the same plan and config (a scheduler that
+        re-plans the same timesteps reuses them), else computed here."""
         self.plan, self.config = plan, config
-        self.history: list[torch.Tensor] = []  # previous x0_hat, most recent first
+        self.history: list[torch.Tensor] = []  # previous x0_hat (compute dtype), most recent first
         self.last_index: int | None = None
+        if coefficients is None:
+            coefficients = [step_coefficients(step, config) for step in plan]
+        elif len(coefficients) != len(plan):
+            raise ValueError(f"coefficients must have one entry per planned step ({len(plan)}), "
+                             f"got {len(coefficients)}")
+        self.coefficients = list(coefficients)
 
     def step(self, index: int, model_output: torch.Tensor, sample: torch.Tensor, generator=None,
              noise: torch.Tensor | None = None, eta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,17 +322,21 @@ class TrajectoryStepper:
         planned = self.plan[index]
         if self.last_index is None or index != self.last_index + 1:
             self.history = []
-        if noise is not None and generator is not None:
-            raise ValueError("pass either generator or variance_noise, not both")
-        if noise is not None and tuple(noise.shape) != tuple(sample.shape):
-            raise ValueError(f"variance_noise must have the sample's shape {tuple(sample.shape)}, "
-                             f"got {tuple(noise.shape)}")
-        post = planned.posterior if eta is None else planned.with_eta(eta)
-        if noise is None and needs_noise(post, self.config.variance_type):
+        if noise is not None:
+            if generator is not None:
+                raise ValueError("pass either generator or variance_noise, not both")
+            if noise.shape != sample.shape:
+                raise ValueError(f"variance_noise must have the sample's shape {tuple(sample.shape)}, "
+                                 f"got {tuple(noise.shape)}")
+        coefs = self.coefficients[index] if eta is None else step_coefficients(planned, self.config, eta)
+        if noise is None and coefs.injects_noise:
+            if sample.ndim == 0:
+                raise ValueError(f"sample at {_step_name(planned)} must have a leading batch axis, got a 0-d tensor")
+            check_generator(generator, sample.shape[0])
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-        x_s, x0 = posterior_step(model_output, sample, planned, self.config, noise, self.history, eta=eta)
+        x_s, x0, x0_compute = apply_step(model_output, sample, planned, coefs, self.config, noise, self.history)
         if self.config.solver_order > 1:
-            self.history = [x0] + self.history[: self.config.solver_order - 2]
+            self.history = [x0_compute] + self.history[: self.config.solver_order - 2]
         self.last_index = index
         return x_s, x0
 
@@ -251,14 +345,18 @@ __all__ = [
     "DEFAULT_ETA",
     "DEFAULT_SOLVER_ORDER",
     "DIFFUSERS_VARIANCE_TYPES",
+    "StepCoefficients",
     "StepConfig",
     "VARIANCE_TYPES",
+    "apply_step",
     "canonical_variance_type",
     "check_finite",
+    "check_generator",
     "check_model_output",
     "needs_noise",
     "noise_std",
     "optimal_noise_variance",
     "posterior_step",
+    "step_coefficients",
     "TrajectoryStepper",
 ]

@@ -11,6 +11,19 @@ Spacings for a discrete chain of ``T`` steps (``n`` model evaluations), matching
 * ``log_snr``:   ``lambda(t_i)`` uniform between ``lambda(t_max)`` and ``lambda(t_min)`` (Lu et al., DPM-Solver),
   rounded to the nearest index
 
+Grid families. diffusers' DPM-Solver family (DPMSolverMultistep/-Singlestep, UniPC, DEIS, SA-Solver) computes
+``linspace`` and ``leading`` differently (``n + 1`` points with the last, ``t = 0``, dropped; ``leading`` multiples
+of ``T // (n + 1)``); ``grid="drop_zero"`` reproduces those, ``grid="points"`` (the default) DDIM/DDPM's.
+``trailing`` is the same in both. ``lambda_min_clipped`` (DPM-Solver's option, default ``-inf``) truncates the chain
+to the ``last_t`` timesteps whose half-log-SNR is at least that value before any spacing is applied
+(``trailing`` keeps its step ``T / n``, as DPM-Solver does).
+
+Sigma spacings (:func:`sigma_spaced_timesteps`): Karras, exponential, beta and Lu (uniform log-SNR) grids over
+diffusers' VE sigmas ``sqrt((1 - abar_t) / abar_t)`` of the whole training table, converted to timesteps with
+diffusers' ``_sigma_to_t`` and rounded as DPM-Solver does (nearest for Karras and Lu, truncated for exponential
+and beta). Custom ``sigmas`` lists map to timesteps the same way, rounded to the nearest integer
+(:func:`timesteps_from_sigmas`).
+
 On continuous paths (``t`` in ``[t_min, t_max]``): ``linspace`` includes both ends, ``trailing`` is
 ``t_max (n - i) / n``, ``quadratic`` is ``t_max ((n - i) / n)^2``, ``log_snr`` as above; ``leading`` is
 discrete only. Rounding on a discrete chain can make neighbours collide when ``n`` is close to ``T``; colliding
@@ -28,6 +41,9 @@ import torch
 from .paths import GaussianPath
 
 SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr")
+#: ``points``: DDIM/DDPM's formulas; ``drop_zero``: the DPM-Solver family's (``n + 1`` points, ``t = 0`` dropped)
+GRID_FAMILIES = ("points", "drop_zero")
+SIGMA_SPACINGS = ("karras", "exponential", "beta", "lu")
 
 
 def make_strictly_descending(ts: np.ndarray, highest: int) -> np.ndarray:
@@ -44,36 +60,74 @@ def make_strictly_descending(ts: np.ndarray, highest: int) -> np.ndarray:
     return ts
 
 
+def check_num_steps(num_steps, highest: int | None = None, name: str = "num_inference_steps") -> int:
+    """A positive integer (numpy integers too; bools and floats refused), at most ``highest``."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps <= 0:
+        bound = f" in [1, {highest}]" if highest is not None else ""
+        raise ValueError(f"{name} must be a positive integer{bound}, got {num_steps!r}")
+    if highest is not None and num_steps > highest:
+        raise ValueError(f"{name} must lie in [1, {highest}] (num_train_timesteps), got {num_steps}")
+    return int(num_steps)
+
+
+def clipped_chain_length(path: GaussianPath, lambda_min_clipped: float = -np.inf) -> int:
+    """DPM-Solver's ``last_t = T - clipped_idx``: the number of training timesteps, counted from ``t = 0``, whose
+    half-log-SNR ``log(alpha_t) - log(sigma_t)`` (float32, as diffusers computes it) is not below
+    ``lambda_min_clipped``."""
+    if lambda_min_clipped is None or float(lambda_min_clipped) == -np.inf:
+        return path.num_train_timesteps
+    abar = path.alphas_cumprod.float()
+    lambda_t = torch.log(torch.sqrt(abar)) - torch.log(torch.sqrt(1 - abar))
+    clipped = int(torch.searchsorted(torch.flip(lambda_t, [0]), float(lambda_min_clipped)))
+    last_t = path.num_train_timesteps - clipped
+    if last_t < 1:
+        raise ValueError(f"lambda_min_clipped={lambda_min_clipped} clips every timestep of the chain (its largest "
+                         f"half-log-SNR is {float(lambda_t[0]):.4g})")
+    return last_t
+
+
 def select_timesteps(
     path: GaussianPath,
     num_steps: int,
     spacing: str = "trailing",
     steps_offset: int = 0,
+    *,
+    grid: str = "points",
+    lambda_min_clipped: float = -np.inf,
 ) -> torch.Tensor:
-    """``num_steps`` noisy times, strictly descending (int64 on discrete paths, float64 otherwise)."""
+    """``num_steps`` noisy times, strictly descending (int64 on discrete paths, float64 otherwise); ``grid`` and
+    ``lambda_min_clipped`` (discrete chains only) as in the module docstring."""
     if spacing not in SPACINGS:
-        raise ValueError(f"timestep spacing must be one of {SPACINGS}, got {spacing!r}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps <= 0:
-        raise ValueError(f"num_inference_steps must be a positive integer, got {num_steps!r}")
-    num_steps = int(num_steps)
+        raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
+    if grid not in GRID_FAMILIES:
+        raise ValueError(f"grid must be one of {GRID_FAMILIES}, got {grid!r}")
     if path.discrete:
         T = path.t_max + 1
-        if num_steps > T:
-            raise ValueError(f"num_inference_steps must lie in [1, {T}] (num_train_timesteps), got {num_steps}")
+        n = check_num_steps(num_steps, T)
+        last_t = clipped_chain_length(path, lambda_min_clipped)
+        drop_zero = grid == "drop_zero"
         if spacing == "linspace":
-            ts = np.linspace(0, T - 1, num_steps).round()[::-1]
+            ts = (np.linspace(0, last_t - 1, n + 1).round()[::-1][:-1] if drop_zero
+                  else np.linspace(0, last_t - 1, n).round()[::-1])
         elif spacing == "leading":
-            ts = (np.arange(0, num_steps) * (T // num_steps)).round()[::-1] + steps_offset
+            ratio = last_t // (n + 1) if drop_zero else last_t // n
+            ts = (np.arange(0, n + 1 if drop_zero else n) * ratio).round()[::-1][: n] + steps_offset
             if ts[0] > T - 1:
                 raise ValueError(f"steps_offset={steps_offset} pushes the first timestep past T-1={T - 1}")
         elif spacing == "trailing":
-            ts = np.round(np.arange(T, 0, -T / num_steps)) - 1
+            ts = np.round(np.arange(last_t, 0, -T / n)) - 1
+            if len(ts) != n:
+                raise ValueError(f"lambda_min_clipped={lambda_min_clipped} leaves {last_t} of {T} timesteps: too few "
+                                 f"for {n} trailing steps of {T / n:g}")
         elif spacing == "quadratic":
-            ts = np.floor(np.linspace(0, np.sqrt(T * 0.8), num_steps) ** 2)[::-1]
+            ts = np.floor(np.linspace(0, np.sqrt(last_t * 0.8), n) ** 2)[::-1]
         else:  # log_snr
-            lam = _log_snr_grid(path, path.t_max, path.t_min, num_steps)
+            lam = _log_snr_grid(path, last_t - 1, path.t_min, n)
             ts = np.round(path.time_at_log_snr(torch.as_tensor(lam)).numpy())
-        return torch.as_tensor(make_strictly_descending(np.asarray(ts), highest=T - 1))
+        return torch.as_tensor(make_strictly_descending(np.asarray(ts), highest=last_t - 1))
+    num_steps = check_num_steps(num_steps)
+    if grid != "points" or float(lambda_min_clipped) != -np.inf:
+        raise ValueError("grid and lambda_min_clipped apply to discrete (DDPM-type) chains only")
 
     t_max, t_min = float(path.t_max), float(path.t_min)
     i = np.arange(num_steps, dtype=np.float64)
@@ -106,6 +160,128 @@ def _log_snr_grid(path: GaussianPath, t_hi, t_lo, n: int) -> np.ndarray:
     return grid
 
 
+def vp_sigmas(path: GaussianPath) -> np.ndarray:
+    """diffusers' VE sigmas of a discrete VP chain, ``sqrt((1 - abar_t) / abar_t)`` for ``t = 0..T-1``, computed in
+    float32 from the float32 table as diffusers does (a zero terminal SNR's ``abar = 0`` is read as ``2^-24``, as
+    DPM-Solver, UniPC and Euler do, so the largest sigma is finite: 4096)."""
+    abar = path.alphas_cumprod.float().clone()
+    if float(abar[-1]) == 0.0:
+        abar[-1] = 2.0**-24
+    return (((1 - abar) / abar) ** 0.5).numpy()
+
+
+def sigma_to_timestep(sigma, log_sigmas: np.ndarray) -> np.ndarray:
+    """diffusers' ``_sigma_to_t``: the fractional timestep where the piecewise-linear interpolation of
+    ``log sigma_t`` (ascending in ``t``) equals ``log sigma``; clipped to ``[0, T-1]``."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    return ((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
+
+
+def sigma_spaced_timesteps(
+    path: GaussianPath,
+    num_steps: int,
+    kind: str,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    rounding: str | None = None,
+) -> torch.Tensor:
+    """Integer timesteps of a sigma-spaced grid on a discrete VP chain, as DPMSolverMultistepScheduler computes them
+    (``n`` sigmas between ``sigma_max`` and ``sigma_min``, by default the training table's largest and smallest):
+
+    * ``karras``: ``(s_max^(1/7) + r (s_min^(1/7) - s_max^(1/7)))^7``, ``r = linspace(0, 1, n)`` (Karras et al.);
+    * ``exponential``: ``exp(linspace(log s_max, log s_min, n))``;
+    * ``beta``: ``s_min + ppf_Beta(0.6, 0.6)(1 - linspace(0, 1, n)) (s_max - s_min)`` (needs scipy);
+    * ``lu``: uniform in ``log sigma`` over the whole table (DPM-Solver's ``use_lu_lambdas``; the same sigmas as
+      ``exponential`` with the table's range).
+
+    Each sigma maps to a fractional timestep (:func:`sigma_to_timestep`), then ``rounding`` (``nearest``,
+    ``truncate``; default: nearest for karras and lu, truncate for exponential and beta -- diffusers' casts). The
+    list is made strictly descending (colliding neighbours pushed apart, see :func:`make_strictly_descending`).
+    """
+    if kind not in SIGMA_SPACINGS:
+        raise ValueError(f"sigma spacing must be one of {SIGMA_SPACINGS}, got {kind!r}")
+    if not path.discrete:
+        raise ValueError("sigma spacings (use_karras_sigmas, ...) apply to discrete (DDPM-type) chains")
+    T = path.num_train_timesteps
+    n = check_num_steps(num_steps, T)
+    sigmas = vp_sigmas(path)
+    log_sigmas = np.log(sigmas)
+    table = np.flip(sigmas).copy()
+    lo = float(table[-1].item()) if sigma_min is None else float(sigma_min)
+    hi = float(table[0].item()) if sigma_max is None else float(sigma_max)
+    if not 0 < lo < hi:
+        raise ValueError(f"sigma spacings need 0 < sigma_min < sigma_max, got sigma_min={lo}, sigma_max={hi}")
+    ramp = np.linspace(0, 1, n)
+    if kind == "karras":
+        rho = 7.0
+        grid = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    elif kind == "exponential":
+        grid = np.exp(np.linspace(np.log(hi), np.log(lo), n))
+    elif kind == "lu":
+        lambdas = np.flip(log_sigmas.copy())
+        grid = np.exp(lambdas[0].item() + ramp * (lambdas[-1].item() - lambdas[0].item()))
+    else:
+        try:
+            import scipy.stats
+        except ImportError:  # pragma: no cover - scipy is a test dependency
+            raise ImportError("use_beta_sigmas needs scipy (pip install scipy), as in diffusers") from None
+        grid = np.array([lo + ppf * (hi - lo) for ppf in scipy.stats.beta.ppf(1 - ramp, 0.6, 0.6)])
+    t = sigma_to_timestep(grid, log_sigmas)
+    rounding = rounding or ("nearest" if kind in ("karras", "lu") else "truncate")
+    if rounding not in ("nearest", "truncate"):
+        raise ValueError(f"rounding must be 'nearest' or 'truncate', got {rounding!r}")
+    t = t.round() if rounding == "nearest" else np.trunc(t)
+    return torch.as_tensor(make_strictly_descending(t, highest=T - 1))
+
+
+#: relative slack when matching a custom sigma to the chain's range (lists are printed with 3-4 digits, e.g.
+#: AysSchedules' 14.615 for Stable Diffusion's sigma_max 14.6146)
+SIGMA_MATCH_TOLERANCE = 1e-3
+
+
+def timesteps_from_sigmas(path: GaussianPath, sigmas) -> tuple[torch.Tensor, int]:
+    """A custom ``sigmas`` list (diffusers' VE sigmas of the chain, descending, the last one the final target as in
+    ``EulerDiscreteScheduler.set_timesteps(sigmas=...)``) as integer timesteps: each sigma maps to its fractional
+    timestep (:func:`sigma_to_timestep`) and is rounded to the nearest integer, because a discrete chain's model is
+    evaluated at integer timesteps (Euler evaluates at the fractional one with an interpolated sigma). A final
+    sigma of 0 is the clean data (time -1); a positive final sigma is the noise level the last step stops at.
+    Returns ``(timesteps, final_time)``."""
+    if not path.discrete:
+        raise ValueError("sigmas= maps VP sigmas to timesteps of a discrete (DDPM-type) chain")
+    values = np.asarray(torch.as_tensor(sigmas).detach().cpu().double().flatten().tolist() if isinstance(
+        sigmas, torch.Tensor) else list(sigmas), dtype=np.float64)
+    if values.ndim != 1 or values.size < 2:
+        raise ValueError("sigmas must list at least one noisy sigma and the final sigma (0 for clean data), "
+                         f"got {values.tolist()}")
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values[:-1] == 0):
+        raise ValueError(f"sigmas must be finite, the noisy ones > 0 and only the last one may be 0, got "
+                         f"{values.tolist()}")
+    if np.any(np.diff(values) >= 0):
+        raise ValueError(f"sigmas must be strictly descending (noisiest first), got {values.tolist()}")
+    table = vp_sigmas(path)
+    lo, hi = float(table[0]), float(table[-1])
+    positive = values[values > 0]
+    if positive.max() > hi * (1 + SIGMA_MATCH_TOLERANCE) or positive.min() < lo * (1 - SIGMA_MATCH_TOLERANCE):
+        raise ValueError(f"sigmas must lie in the chain's range [{lo:.6g}, {hi:.6g}] (its VE sigmas "
+                         f"sqrt((1 - abar_t) / abar_t)), or be 0 last; got {values.tolist()}")
+    ts = np.round(sigma_to_timestep(positive, np.log(table))).astype(np.int64)
+    noisy = ts[: values.size - 1]
+    final = int(path.clean_time) if values[-1] == 0 else int(ts[-1])
+    if np.any(np.diff(noisy) >= 0):
+        raise ValueError(f"sigmas {values.tolist()} map to repeated timesteps {noisy.tolist()} after rounding to "
+                         "integers; give sigmas that are at least one training step apart")
+    if values[-1] > 0 and final > noisy[-1]:
+        raise ValueError(f"the final sigma {values[-1]} maps to timestep {final}, above the last noisy one "
+                         f"{int(noisy[-1])}")
+    return torch.as_tensor(noisy, dtype=torch.int64), final
+
+
 def validate_timesteps(path: GaussianPath, timesteps: Sequence | torch.Tensor) -> torch.Tensor:
     """Check an explicit list: non-empty, strictly descending, no duplicates, inside the path's noisy range
     (integers on a discrete chain). Returns it as a tensor."""
@@ -136,4 +312,18 @@ def validate_timesteps(path: GaussianPath, timesteps: Sequence | torch.Tensor) -
     return ts
 
 
-__all__ = ["SPACINGS", "make_strictly_descending", "select_timesteps", "validate_timesteps"]
+__all__ = [
+    "GRID_FAMILIES",
+    "SIGMA_MATCH_TOLERANCE",
+    "SIGMA_SPACINGS",
+    "SPACINGS",
+    "check_num_steps",
+    "clipped_chain_length",
+    "make_strictly_descending",
+    "select_timesteps",
+    "sigma_spaced_timesteps",
+    "sigma_to_timestep",
+    "timesteps_from_sigmas",
+    "validate_timesteps",
+    "vp_sigmas",
+]
