@@ -283,8 +283,8 @@ def tuned_sampler(name: str) -> SamplerRecipe:
     ref = name[len(TUNED_PREFIX):]
     if not ref:
         raise SamplerError("a tuned sampler is named tuned:PATH.json (or tuned:NAME for a shipped schedule)")
-    path = resolve_tuned_schedule_path(ref)
     try:
+        path = resolve_tuned_schedule_path(ref)
         schedule = load_tuned_schedule(path)
     except TunedScheduleError as err:
         raise SamplerError(f"sampler {name!r}: {err}") from None
