@@ -129,7 +129,7 @@ class BenchConfig:
         self.batch_size = int(self.batch_size)
         self.num_reference = int(self.num_reference or self.num_samples)
         if self.num_reference < 4:
-            raise ValueError("the reference set needs >= 4 samples")
+            raise ValueError(f"--num-reference must be >= 4 (the reference set's size), got {self.num_reference}")
         if self.clip not in CLIP_MODES:
             raise ValueError(f"--clip must be one of {CLIP_MODES}, got {self.clip!r}")
         if self.reference_seed in self.seeds:
@@ -349,7 +349,8 @@ def _plan(cfg: BenchConfig, loaded: LoadedModel) -> tuple[list[tuple[str, int, i
     T = loaded.num_train_timesteps
     too_big = [n for n in cfg.nfes if n > T]
     if too_big:
-        raise SamplerError(f"NFE {too_big} exceed the model's {T} training timesteps")
+        raise SamplerError(f"--nfe {','.join(map(str, too_big))}: NFE {too_big} exceed the model's {T} training "
+                           "timesteps")
     cells, skipped, fixed_done = [], {}, set()
     for seed in cfg.seeds:
         for nfe in cfg.nfes:

@@ -48,13 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).add_subcommand(subparsers)
+    parser.subcommand_parsers = subparsers.choices  # type: ignore[attr-defined]
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the CLI never downloads models
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the subcommand's parser: `skipstep <command>: error: ...`
+        command_parser = parser.subcommand_parsers.get(getattr(args, "command", None), parser)
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 1

@@ -100,6 +100,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     num_samples, batch_size = int(num_samples), int(batch_size)
+    if num_reference is not None and int(num_reference) < 4:
+        raise ValueError(f"--num-reference must be >= 4 (the reference set's size), got {num_reference}")
     reference_seed = REFERENCE_SEED if reference_seed is None else int(reference_seed)
     fit_seeds, eval_seeds = _check_seeds(fit_seeds, eval_seeds, reference_seed)
     if eval_reference_seed is not None:
