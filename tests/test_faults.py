@@ -146,6 +146,15 @@ def test_tune_killed_in_its_cache_and_output_writes_leaves_nothing_behind(tmp_pa
         assert _temp_files(tmp_path / f"cache-{name}") == [] and list(tmp_path.glob(".*.tmp")) == [], k
 
 
+def test_sample_killed_in_its_png_write_leaves_nothing_behind(tmp_path):
+    args = ["sample", "--model", "gmm", "--nfe", "2", "--num-samples", "4", "--out", str(tmp_path / "g.png"),
+            "--no-progress"]
+    assert _killed_cli(args, 1) == -signal.SIGKILL
+    assert not (tmp_path / "g.png").exists() and len(list(tmp_path.glob(".g.png.*.tmp"))) == 1
+    assert cli.main(args) == 0
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG" and list(tmp_path.glob(".*.tmp")) == []
+
+
 def test_a_run_killed_at_its_first_write_is_resumed_not_refused(tmp_path):
     """What a kill during the first config.json write leaves (its temporary file, an empty shards/) is no
     reason to refuse the directory."""

@@ -106,3 +106,31 @@ def test_seals_detect_any_change():
     assert seal_intact({**record, "a": 2}) is False
     assert seal_intact({"a": 1}) is None  # unsealed: written by an older skipstep
     assert seal_intact([1]) is False
+
+
+def test_planted_symlinks_are_never_written_through(tmp_path):
+    """A symlink where skipstep puts its lock or a temporary file must not make it truncate the link's target."""
+    import os
+
+    from skipstep.storage import atomic_write_bytes, temp_path_for
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(RunDirectoryError, match="cannot open its lock file"):
+        RunDirectory(out, "generate", ("shards",), "seed_function").claim(overwrite=False)
+    target = tmp_path / "file.json"
+    temp_path_for(target).symlink_to(victim)
+    atomic_write_bytes(target, b"new")
+    assert victim.read_text() == "precious" and target.read_bytes() == b"new"
+    assert not os.path.lexists(temp_path_for(target))
+
+
+def test_an_index_cannot_name_files_outside_its_directory(tmp_path):
+    from skipstep.lab.shards import load_samples
+
+    (tmp_path / "index.json").write_text(json.dumps({"shards": [{"file": "../elsewhere.safetensors"}]}))
+    with pytest.raises(ValueError, match="outside"):
+        load_samples(tmp_path)

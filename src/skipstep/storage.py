@@ -28,6 +28,8 @@ TEMP_GLOB = ".*.tmp"
 KILL_AT_WRITE_ENV = "SKIPSTEP_KILL_AT_WRITE"
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.tmp$")
 _SEED_MASK = (1 << 63) - 1
+#: Flags of a temporary file: a new file, never an existing one or the target of a symlink.
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 _writes_in_process = {"pid": None, "count": 0}
 
 
@@ -75,7 +77,8 @@ def _kill_hook(tmp: Path, data: bytes) -> None:
         _writes_in_process.update(pid=os.getpid(), count=0)
     _writes_in_process["count"] += 1
     if _writes_in_process["count"] == kill_at:
-        with open(tmp, "wb") as fh:
+        tmp.unlink(missing_ok=True)
+        with open(os.open(tmp, _CREATE_NEW, 0o666), "wb") as fh:
             fh.write(data[: len(data) // 2])
             fh.flush()
             os.fsync(fh.fileno())
@@ -88,8 +91,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     _kill_hook(tmp, data)
+    tmp.unlink(missing_ok=True)  # a leftover of this pid, or a planted symlink: never written through
     try:
-        with open(tmp, "wb") as fh:
+        with open(os.open(tmp, _CREATE_NEW, 0o666), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -116,11 +116,11 @@ class BenchConfig:
         self.seeds = list(dict.fromkeys(check_seed(s, "--seed") for s in self.seeds))
         self.device = check_device(self.device)
         if not self.samplers:
-            raise ValueError("give at least one sampler")
+            raise ValueError("--samplers: give at least one sampler")
         if not self.nfes:
-            raise ValueError("give at least one NFE")
+            raise ValueError("--nfe: give at least one NFE")
         if not self.seeds:
-            raise ValueError("give at least one seed")
+            raise ValueError("--seed: give at least one seed")
         if int(self.num_samples) < 4:
             raise ValueError(f"--num-samples must be >= 4 (metrics need several samples), got {self.num_samples}")
         self.num_samples = int(self.num_samples)

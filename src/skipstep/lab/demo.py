@@ -19,7 +19,7 @@ from .bench import BenchConfig, run_bench
 from .bench_report import save_grid
 from .cli_args import HelpFormatter, add_common_run_args, apply_threads, check_device, check_seed, positive_int
 from .models import apply_clip_mode, load_model
-from .run_dirs import RunDirectoryError, check_writable_file
+from .run_dirs import RunDirectoryError, check_writable_file, remove_stale_temp_files
 from .sample_sets import sample_cell
 from .sampler_registry import get_sampler, steps_for_nfe
 
@@ -91,6 +91,7 @@ def main_sample(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file, got {args.out}")
     check_writable_file(args.out, "--out", args.overwrite)  # before any sampling
+    remove_stale_temp_files(args.out.parent, targets=[args.out.name])  # of killed sample runs only
     device = check_device(args.device)
     sampler = get_sampler(args.sampler)
     loaded = load_model(args.model, device=device)

@@ -363,7 +363,7 @@ def resolve_feature_extractor(choice: Any, device: str = "cpu", inception_weight
         return TorchScriptFeatures(p, device=device)
     if ":" in text and not p.exists():
         return _from_import_path(text, device)
-    raise FeatureNetworkError(f"unknown feature network {text!r}: use inception (with --inception-weights), digits, "
+    raise FeatureNetworkError(f"--fid-features: unknown feature network {text!r}: use inception (with --inception-weights), digits, "
                               "a TorchScript file, or module:function")
 
 

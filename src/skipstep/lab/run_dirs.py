@@ -46,6 +46,7 @@ MARKER_FORMAT = "skipstep-run-directory"
 CONFIG_NAME = "config.json"
 SEAL_KEY = "record_sha256"
 PROBE_NAME = ".write-probe"
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class RunDirectoryError(ValueError):
@@ -104,8 +105,8 @@ def check_writable_dir(folder: Path, what: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = temp_path_for(folder / PROBE_NAME)
-        with open(probe, "wb"):
-            pass
+        probe.unlink(missing_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o644))
         probe.unlink()
     except OSError as err:
         raise RunDirectoryError(f"{what} {folder} is not writable ({err.strerror or err})") from None
@@ -181,7 +182,11 @@ class DirectoryLock:
             if fcntl is None:  # pragma: no cover - exclusive create; a dead holder's file is taken over
                 stale = self._acquire_without_flock(what)
                 return stale
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a symlink: a planted link would have us truncate its target
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NO_FOLLOW, 0o644)
+            except OSError as err:
+                raise RunDirectoryError(f"{what}: cannot open its lock file {self.path.name} ({err.strerror}); "
+                                        "if it is a symbolic link, remove it") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -209,7 +214,7 @@ class DirectoryLock:
 
     def _acquire_without_flock(self, what: str) -> str | None:  # pragma: no cover - Windows
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o644)
         except FileExistsError:
             raw = self.path.read_text(errors="replace")
             try:
@@ -220,7 +225,7 @@ class DirectoryLock:
                 raise RunDirectoryError(f"{what} is in use by another skipstep run: {self._holder_text(raw)}. "
                                         "Wait for it to finish, or choose another --out") from None
             self.path.unlink(missing_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o644)
             self._write_holder(fd)
             self.fd = fd
             return self._holder_text(raw)

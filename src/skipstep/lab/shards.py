@@ -53,6 +53,8 @@ def load_samples(out: str | Path, verify: bool = False) -> tuple[torch.Tensor, t
     chunks, idx = [], []
     for entry in index["shards"]:
         path = out / entry["file"]
+        if not path.resolve().is_relative_to(out.resolve()):  # an index names files of its own directory only
+            raise ValueError(f"{index_file} names {entry['file']!r}, which lies outside {out}")
         if verify and file_sha256(path) != entry["sha256"]:
             raise ValueError(f"{path}: sha256 differs from index.json (the file changed after the run)")
         tensors = load_file(str(path))

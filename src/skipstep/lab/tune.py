@@ -58,10 +58,10 @@ def _time_one_call(loaded, batch: int, device: str) -> float:
 def _check_seeds(fit_seeds, eval_seeds, reference_seed):
     fit, ev = [int(s) for s in fit_seeds], [int(s) for s in eval_seeds]
     if not fit:
-        raise ValueError("give at least one fit seed")
+        raise ValueError("--fit-seeds: give at least one fit seed")
     overlap = sorted(set(fit) & set(ev))
     if overlap:
-        raise ValueError(f"eval seeds must be held out: {overlap} are also fit seeds")
+        raise ValueError(f"--eval-seeds must be held out: {overlap} are also --fit-seeds")
     if reference_seed in fit + ev:
         raise ValueError(f"seed {reference_seed} is the reference set's seed; choose other fit/eval seeds")
     return list(dict.fromkeys(fit)), list(dict.fromkeys(ev))
@@ -114,7 +114,7 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
         val_seeds = [s for s in range(len(taken) + 2) if s not in taken][:DEFAULT_NUM_VAL_SEEDS]
     val_seeds = list(dict.fromkeys(int(s) for s in val_seeds))
     if taken & set(val_seeds):
-        raise ValueError(f"validation seeds {sorted(taken & set(val_seeds))} are also fit, eval or reference seeds")
+        raise ValueError(f"--val-seeds {sorted(taken & set(val_seeds))} are also fit, eval or reference seeds")
     metric = metric or ("fd" if loaded.feature_fn is not None else "sw")
     if metric not in ("fd", "sw") or (metric == "fd" and loaded.feature_fn is None):
         raise ValueError(f"metric must be 'sw' or (with a feature network) 'fd'; got {metric!r} for {loaded.name!r}")
