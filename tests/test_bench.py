@@ -148,10 +148,11 @@ def test_refuses_a_foreign_non_empty_directory(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(BenchConfigError, match="no config.json"):
+    with pytest.raises(ValueError, match="no skipstep-run.json marker.*it holds notes.txt"):
         run_bench(cfg(tmp_path), log=quiet)
-    run_bench(cfg(tmp_path, nfes=[2], samplers=["ddim"], overwrite=True), log=quiet)
-    assert (out / "notes.txt").read_text() == "mine"  # never deletes files it did not write
+    with pytest.raises(ValueError, match="it holds notes.txt"):  # --overwrite too: never a directory it did not make
+        run_bench(cfg(tmp_path, nfes=[2], samplers=["ddim"], overwrite=True), log=quiet)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
 
 
 def test_reference_seed_must_differ_from_sampler_seeds(tmp_path):

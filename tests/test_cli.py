@@ -94,3 +94,108 @@ def test_bench_command_resumes_and_refuses_other_configs(tmp_path, monkeypatch, 
     assert cli.main(other) == 2
     assert "different configuration" in capsys.readouterr().err
     assert cli.main(other + ["--overwrite"]) == 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the command line itself: python -m skipstep, the sampler list, help texts, outputs
+# ------------------------------------------------------------------------------------------------------------
+def test_python_dash_m_skipstep_runs_and_lists_the_samplers():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "skipstep", "bench", "--samplers"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "skipstep-eta0.5-o2" in proc.stdout and "dpmpp-2m" in proc.stdout
+
+
+def test_bench_samplers_alone_lists_every_sampler_with_its_meaning(capsys):
+    from skipstep.lab.sampler_registry import available_samplers
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--samplers"])  # no --model needed to list them
+    assert exc.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, description in available_samplers().items():
+        assert any(line.split()[:1] == [name] and description in line for line in lines), name
+    assert any(line.strip().startswith("tuned:FILE.json") for line in lines)
+
+
+def _subparsers():
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+def test_help_gives_every_option_a_meaning_and_only_real_defaults(capsys):
+    for command, sub in _subparsers().items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help and len(action.help) > 8, f"{command} {action.option_strings} has no help"
+        text = sub.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, command
+    order = next(a for a in _subparsers()["tune"]._actions if a.dest == "solver_order")
+    assert "default 1" not in order.help and "the base sampler's own order" in order.help
+    assert "--threads" in _subparsers()["generate"].format_help()
+
+
+def test_generate_sets_the_torch_threads(tmp_path, monkeypatch):
+    import torch
+
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    args = ["generate", "--model", "tiny-gmm", "--nfe", "2", "--num-samples", "2", "--no-progress"]
+    assert cli.main(args + ["--out", str(tmp_path / "a"), "--threads", "2"]) == 0
+    assert cli.main(args + ["--out", str(tmp_path / "b")]) == 0  # default: 1, as bench
+    assert seen == [2, 1]
+
+
+def test_sample_refuses_to_replace_a_png_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"my picture")
+    args = ["sample", "--model", "tiny-gmm", "--nfe", "2", "--num-samples", "2", "--out", str(out), "--no-progress"]
+    assert cli.main(args) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and out.read_bytes() == b"my picture"
+    assert cli.main(args + ["--overwrite"]) == 0 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tune_and_sample_check_their_outputs_before_any_work_and_print_before_writing(tmp_path, capsys,
+                                                                                      monkeypatch):
+    import skipstep.lab.demo as demo
+    import skipstep.lab.tune as tune
+    from skipstep.tuned_schedules import TunedSchedule
+
+    tune_args = ["tune", "--model", "tiny-gmm", "--nfe", "3", "--base", "skipstep-ddim", "--num-samples", "16",
+                 "--fit-seeds", "0", "--eval-seeds", "1", "--budget-nfe", "20", "--cache-dir", str(tmp_path / "c"),
+                 "--no-progress"]
+    # an output that cannot be written is refused before the model is even loaded
+    real_load = tune.load_model
+    monkeypatch.setattr(tune, "load_model", lambda *a, **k: pytest.fail("work started"))
+    (tmp_path / "afile").write_text("x")  # --out inside a file: its folder cannot be created
+    assert cli.main(tune_args + ["--out", str(tmp_path / "afile" / "s.json")]) == 2
+    assert "--out" in capsys.readouterr().err
+    monkeypatch.setattr(tune, "load_model", real_load)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "s.json")
+
+    # a write that fails at the very end loses nothing: the schedule was printed, and is printed as JSON
+    monkeypatch.setattr(TunedSchedule, "save", refuse)
+    assert cli.main(tune_args + ["--out", str(tmp_path / "s.json")]) == 2
+    captured = capsys.readouterr()
+    assert "tuned timesteps:" in captured.out and '"format": "skipstep-tuned-schedule"' in captured.out
+    assert captured.err.count("\n") == 1 and "--out" in captured.err and "printed above as JSON" in captured.err
+    monkeypatch.setattr(demo, "save_grid", refuse)
+    assert cli.main(["sample", "--model", "tiny-gmm", "--nfe", "2", "--num-samples", "2", "--out",
+                     str(tmp_path / "g.png"), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "values   min" in captured.out and "--out" in captured.err
+
+
+def test_the_license_is_apache_2():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    assert 'license = { text = "Apache-2.0" }' in (root / "pyproject.toml").read_text()

@@ -245,7 +245,9 @@ def test_a_different_configuration_is_refused_unless_overwrite(reference_run, tm
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "x.txt").write_text("mine")
-    with pytest.raises(G.GenerateConfigError, match="holds no skipstep generate output"):
-        _run(foreign)
+    for overwrite in (False, True):
+        with pytest.raises(G.GenerateConfigError, match="not a skipstep generate directory.*it holds x.txt"):
+            _run(foreign, overwrite=overwrite)
+    assert [p.name for p in foreign.iterdir()] == ["x.txt"]
     with pytest.raises(G.GenerateConfigError, match="positive integer"):
         _cfg(tmp_path / "bad", shard_size=0)

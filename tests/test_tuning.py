@@ -215,11 +215,14 @@ def test_family_contains_the_library_spacings():
 
 def test_too_small_budget_is_refused_before_any_model_call(gmm, tmp_path):
     spec, counter = counted(gmm)
-    # one candidate: 3 steps x 2 batches x 1 fit seed = 6 NFE
-    with pytest.raises(ValueError, match=r"budget_nfe=5 cannot pay for one candidate: each costs 6 NFE"):
-        tune_schedule(spec, 3, "skipstep-ddim", num_samples=40, batch_size=20, budget_nfe=5, cache_dir=tmp_path)
+    # one candidate: 3 steps x 2 batches x 1 fit seed = 6 NFE, plus two validations on 2 seeds kept in reserve: 24
+    for budget in (5, 12):  # 12 paid for a candidate but not its reserve: the search crashed on an empty result
+        with pytest.raises(ValueError, match=rf"--budget-nfe {budget} cannot pay for one candidate: it needs at "
+                                             r"least 30 NFE \(a candidate costs 6"):
+            tune_schedule(spec, 3, "skipstep-ddim", num_samples=40, batch_size=20, budget_nfe=budget,
+                          cache_dir=tmp_path)
     assert counter.calls == 0
-    with pytest.raises(ValueError, match=r"budget_minutes=1e-09 cannot pay for one candidate"):
+    with pytest.raises(ValueError, match=r"--budget-minutes 1e-09 cannot pay for one candidate"):
         tune_schedule(spec, 3, "skipstep-ddim", num_samples=40, batch_size=20, budget_nfe=100,
                       budget_minutes=1e-9, cache_dir=tmp_path)
     assert counter.calls == 1  # the single timed call of the estimate; no reference, no candidate

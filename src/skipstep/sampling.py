@@ -11,9 +11,36 @@ from tqdm.auto import tqdm
 from .paths import DiscreteVPPath, GaussianPath
 from .plan import plan_steps
 from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
-from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type
+from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type,
+                    check_finite)
 from .timesteps import select_timesteps, validate_timesteps
 from .tuned_schedules import sampling_settings_from_tuned_schedule
+
+
+def infer_model_dtype(model: Callable) -> torch.dtype | None:
+    """The floating dtype of a ``torch.nn.Module``'s parameters (also of a bound method such as ``unet.forward``);
+    ``None`` for any other callable (a lambda or function hides its module: pass ``model_dtype=``)."""
+    module = model if isinstance(model, torch.nn.Module) else getattr(model, "__self__", None)
+    if isinstance(module, torch.nn.Module):
+        for p in module.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
+def _check_inputs(model: Callable, shape: tuple, device: torch.device, generator) -> None:
+    """Refuse, with the reason, what would otherwise fail deep inside the loop."""
+    if len(shape) == 0 or shape[0] == 0:
+        raise ValueError(f"a sample batch needs a leading batch dimension of at least 1, got shape {shape}")
+    if isinstance(generator, (list, tuple)) and len(generator) != shape[0]:
+        raise ValueError(f"generator is a list of {len(generator)} generator(s) for a batch of {shape[0]} "
+                         "samples: pass one generator per sample, or a single generator")
+    if device.type == "meta":
+        raise ValueError("samples cannot be drawn on the meta device (it holds no data); use a real device")
+    module = model if isinstance(model, torch.nn.Module) else getattr(model, "__self__", None)
+    if isinstance(module, torch.nn.Module) and any(p.device.type == "meta" for p in module.parameters()):
+        raise ValueError("the model's weights are on the meta device (never loaded, e.g. built with "
+                         "device='meta'): load them or move the model to a real device")
 
 
 @torch.no_grad()
@@ -24,7 +51,7 @@ def sample(
     path: GaussianPath | None = None,
     num_steps: int | None = 10,
     timesteps: Sequence | torch.Tensor | None = None,
-    spacing: str = "trailing",
+    spacing: str | Sequence | torch.Tensor = "trailing",
     eta=DEFAULT_ETA,
     variance_type: str = "small",
     solver_order: int = DEFAULT_SOLVER_ORDER,
@@ -35,6 +62,8 @@ def sample(
     generator: torch.Generator | list[torch.Generator] | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    model_dtype: torch.dtype | None = None,
+    check_finite_values: bool = True,
     model_kwargs: dict | None = None,
     progress: bool = True,
     callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None,
@@ -47,11 +76,19 @@ def sample(
     ``v_prediction``/``flow`` outputs (plus ``C`` variance channels for ``variance_type='learned'``).
 
     Start from ``noise`` (``x_T``) or from ``randn(shape, generator)``. ``generator`` may be a list with one
-    generator per sample, which makes each sample independent of the batch it is drawn in.
+    generator per sample (exactly one per sample), which makes each sample independent of the batch it is drawn in.
+    ``spacing`` is a spacing name or an explicit descending list of timesteps (the same as ``timesteps=``).
     ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`).
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
     (order 1 is the plain step). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
     ``callback(i, t, x_s, x0_hat)`` runs after every step. Returns ``x_0`` in ``dtype``.
+
+    Precision: the model is called with ``x_t`` in ``model_dtype`` -- by default the dtype of its parameters when
+    it is a ``torch.nn.Module`` or a bound method of one (``unet.forward``), else float32; a lambda or function
+    hides the module, so ``lambda x, t: unet(x, t).sample`` around a half-precision UNet needs
+    ``model_dtype=torch.float16``. The step arithmetic stays in float32 whatever the model's dtype.
+    ``check_finite_values``: raise ``FloatingPointError`` naming the step when the model output or the sample
+    becomes NaN or inf (one reduction per tensor and step).
     ``tuned_schedule``: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule` or a file path); it fixes the timesteps,
     ``eta``, ``solver_order`` and ``variance_type`` (defaults are replaced, conflicting non-defaults refused).
     """
@@ -59,6 +96,10 @@ def sample(
     if tuned_schedule is not None:
         timesteps, eta, solver_order, variance_type = sampling_settings_from_tuned_schedule(
             tuned_schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
+    if not isinstance(spacing, str):  # an explicit list
+        if timesteps is not None:
+            raise ValueError("give the timesteps either as spacing=[...] or as timesteps=[...], not both")
+        timesteps, spacing = spacing, "trailing"
     if timesteps is not None:
         ts = validate_timesteps(path, timesteps)
     else:
@@ -70,25 +111,35 @@ def sample(
         variance_type=canonical_variance_type(variance_type),
         clipping=clipping or X0Clipping(),
         solver_order=solver_order,
+        check_finite=check_finite_values,
     )
     plan = plan_steps(path, ts, eta, eps_mse, solver_order=config.solver_order)
     if noise is None:
         if shape is None:
             raise ValueError("give shape or noise")
-        noise = randn_tensor(tuple(shape), generator=generator, device=torch.device(device or "cpu"), dtype=torch.float32)
+        shape = tuple(shape)
+        _check_inputs(model, shape, torch.device(device or "cpu"), generator)  # before drawing the noise
+        noise = randn_tensor(shape, generator=generator, device=torch.device(device or "cpu"), dtype=torch.float32)
     elif device is not None:
         noise = noise.to(device)
+    _check_inputs(model, tuple(noise.shape), noise.device, generator)
     x = noise.to(torch.float32)
     batch = x.shape[0]
+    model_dtype = model_dtype or infer_model_dtype(model) or torch.float32
     time_dtype = torch.int64 if path.discrete else torch.float64
     stepper = TrajectoryStepper(plan, config)
     for step in tqdm(plan, disable=not progress, desc="sampling", leave=False):
         t_batch = torch.full((batch,), step.t, dtype=time_dtype, device=x.device)
-        out = unwrap_model_output(model(x, t_batch, **(model_kwargs or {})))
+        out = unwrap_model_output(model(x.to(model_dtype), t_batch, **(model_kwargs or {})))
+        if step.index == 0 and isinstance(out, torch.Tensor) and out.device.type == "meta":
+            raise ValueError("the model returned a tensor on the meta device: its weights were never loaded "
+                             "(e.g. built with device='meta'); load them or move the model to a real device")
         x, x0 = stepper.step(step.index, out, x, generator)
+        if check_finite_values:  # the step arithmetic can overflow even when the model output is finite
+            check_finite(x, "the sample", f"step {step.index} (t={step.t})")
         if callback is not None:
             callback(step.index, step.t, x, x0)
     return x.to(dtype)
 
 
-__all__ = ["sample"]
+__all__ = ["infer_model_dtype", "sample"]

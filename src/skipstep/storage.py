@@ -3,7 +3,11 @@
 Every file skipstep writes goes through :func:`atomic_write_bytes`: the bytes land in a temporary file beside the
 target (``.<name>.<pid>.tmp``, a name no other writer uses), are flushed to disk, then ``os.replace`` moves them
 into place -- so a file that exists is complete, whatever kills the writer. Leftover temporary files of killed
-writers match :data:`TEMP_GLOB`.
+writers match :data:`TEMP_GLOB` (:func:`temp_file_owner` reads the writer's pid back from the name).
+
+Testing hook: ``SKIPSTEP_KILL_AT_WRITE=k`` (:data:`KILL_AT_WRITE_ENV`) makes the process SIGKILL itself in the
+middle of its ``k``-th atomic write (counted from 1 in each process), leaving a half-written temporary file, as a
+crash or an out-of-memory kill would. It exists to test resumption; never set it otherwise.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +24,13 @@ from typing import Any
 CACHE_DIR_ENV = "SKIPSTEP_CACHE_DIR"
 #: Pattern of the temporary files :func:`atomic_write_bytes` writes (and removes, unless killed).
 TEMP_GLOB = ".*.tmp"
+#: Testing hook: SIGKILL this process during its k-th atomic write (see the module docstring).
+KILL_AT_WRITE_ENV = "SKIPSTEP_KILL_AT_WRITE"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.tmp$")
 _SEED_MASK = (1 << 63) - 1
+#: Flags of a temporary file: a new file, never an existing one or the target of a symlink.
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+_writes_in_process = {"pid": None, "count": 0}
 
 
 def cache_dir() -> Path:
@@ -29,9 +41,48 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "skipstep"
 
 
+def env_int(name: str, default: int = 0, minimum: int = 0) -> int:
+    """An integer environment variable (``default`` when unset or empty); a bad value raises ``ValueError``
+    naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} must be an integer >= {minimum}") from None
+    if value < minimum:
+        raise ValueError(f"environment variable {name}={raw!r} must be an integer >= {minimum}")
+    return value
+
+
 def temp_path_for(path: Path) -> Path:
     """The temporary file :func:`atomic_write_bytes` uses for ``path`` in this process."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def temp_file_owner(path: str | os.PathLike) -> tuple[str, int] | None:
+    """``(target file name, writer pid)`` if ``path`` is named like a temporary file of :func:`atomic_write_bytes`,
+    else ``None``."""
+    match = _TEMP_NAME.match(Path(path).name)
+    return (match["target"], int(match["pid"])) if match else None
+
+
+def _kill_hook(tmp: Path, data: bytes) -> None:
+    """The :data:`KILL_AT_WRITE_ENV` testing hook: at the k-th write, leave half of it and SIGKILL this process."""
+    kill_at = env_int(KILL_AT_WRITE_ENV, 0)
+    if not kill_at:
+        return
+    if _writes_in_process["pid"] != os.getpid():  # a forked child counts its own writes
+        _writes_in_process.update(pid=os.getpid(), count=0)
+    _writes_in_process["count"] += 1
+    if _writes_in_process["count"] == kill_at:
+        tmp.unlink(missing_ok=True)
+        with open(os.open(tmp, _CREATE_NEW, 0o666), "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -39,8 +90,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
+    _kill_hook(tmp, data)
+    tmp.unlink(missing_ok=True)  # a leftover of this pid, or a planted symlink: never written through
     try:
-        with open(tmp, "wb") as fh:
+        with open(os.open(tmp, _CREATE_NEW, 0o666), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -98,13 +151,16 @@ def derived_seed(tag: str, *parts: Any) -> int:
 
 __all__ = [
     "CACHE_DIR_ENV",
+    "KILL_AT_WRITE_ENV",
     "TEMP_GLOB",
     "atomic_write_bytes",
     "atomic_write_json",
     "cache_dir",
     "derived_seed",
+    "env_int",
     "file_sha256",
     "json_sha256",
+    "temp_file_owner",
     "temp_path_for",
     "to_json",
 ]

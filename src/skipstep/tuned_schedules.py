@@ -10,6 +10,11 @@ It is used by
 * the functional sampler: ``skipstep.sample(model, shape, tuned_schedule=schedule_or_path)``;
 * the benchmark: ``skipstep bench --samplers tuned:PATH.json`` (or ``tuned:digits-nfe10`` for a shipped schedule).
 
+Names (:func:`resolve_tuned_schedule_path`): a name with a ``.json`` suffix or a folder separator is a file path; a
+bare ``NAME`` is the shipped schedule ``NAME`` -- and if a file ``NAME`` or ``NAME.json`` also exists in the working
+directory, the name is ambiguous and refused, naming both (write ``NAME.json`` or ``./NAME.json`` for the file).
+A bare name that is not shipped is the file ``NAME`` or ``NAME.json`` in the working directory.
+
 Precedence (the same in all three). A tuned schedule fixes the timesteps, the per-step eta, ``solver_order`` and
 ``variance_type`` -- it was fitted for exactly that sampler and is not valid for another. Arguments or config keys
 left at their defaults are replaced by the schedule's values (the scheduler rewrites its config, so that
@@ -20,6 +25,7 @@ the one it was tuned for (model fingerprint, ``num_train_timesteps``).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -156,8 +162,14 @@ class TunedSchedule:
         if missing:
             raise TunedScheduleError(f"corrupt {where}: missing {', '.join(missing)}")
         known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:  # a typo would otherwise silently fall back to a default
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k)
+                     for k in unknown]
+            raise TunedScheduleError(f"corrupt {where}: unknown key(s) {', '.join(hints)}; known keys: format, "
+                                     f"version, {', '.join(sorted(known))}")
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            return cls(**data)
         except TunedScheduleError as err:
             raise TunedScheduleError(f"corrupt {where}: {err}") from None
 
@@ -211,11 +223,23 @@ class TunedSchedule:
 
 
 def resolve_tuned_schedule_path(name_or_path: str | Path) -> Path:
-    """A path as given, or the shipped schedule ``assets/schedules/NAME.json`` for a bare name."""
-    p = Path(name_or_path)
-    if p.exists() or p.suffix == ".json" or os.sep in str(name_or_path):
+    """The file a schedule name means (the rule is in the module docstring): a path as given (a ``Path``, or a
+    name with a ``.json`` suffix or a folder separator); for a bare ``NAME``, the shipped schedule
+    ``assets/schedules/NAME.json``, refused as ambiguous if ``NAME`` or ``NAME.json`` also exists here."""
+    text = str(name_or_path)
+    p = Path(text)
+    if isinstance(name_or_path, Path) or p.suffix == ".json" or os.sep in text or "/" in text:
         return p
-    return TUNED_SCHEDULES_DIR / f"{name_or_path}.json"
+    shipped = TUNED_SCHEDULES_DIR / f"{text}.json"
+    local = [c for c in (p, Path(f"{text}.json")) if c.is_file()]
+    if shipped.is_file() and local:
+        raise TunedScheduleError(
+            f"tuned schedule name {text!r} is ambiguous: the shipped schedule {shipped} and the file "
+            f"./{local[0]} in the working directory both match it; name the file as a path (./{local[0]}), or "
+            "rename the file to use the shipped schedule")
+    if shipped.is_file() or not local:
+        return shipped  # a missing one is reported by load_tuned_schedule, with the shipped names
+    return local[0]
 
 
 def load_tuned_schedule(path: str | Path, model_fingerprint: str | None = None, num_train_timesteps: int | None = None,

@@ -20,9 +20,7 @@ samples for grids), so an interrupted run resumes where it stopped. ``DIR/config
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
 import platform
 import time
 import uuid
@@ -36,15 +34,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..storage import atomic_write_json
+from ..storage import atomic_write_json, env_int, file_sha256
 from . import metrics as M
-from .bench_report import GRID_COUNT, cell_paths, write_outputs
-from .cli_args import DEFAULT_BATCH_SIZE, add_common_run_args, apply_threads, int_list, name_list
+from .bench_report import GRID_COUNT, cell_paths, check_cell_record, write_outputs
+from .cli_args import (DEFAULT_BATCH_SIZE, HelpFormatter, add_common_run_args, apply_threads, check_device, check_seed,
+                       name_list, positive_int, positive_int_list, seed_list)
 from .fid import load_reference_stats, use_feature_network
 from .models import CLIP_MODES, LoadedModel, apply_clip_mode, load_model
-from .run_dirs import read_pinned_config, remove_owned, save_tensor
+from .run_dirs import RunDirectory, RunDirectoryError, identity_differences, now_utc, read_json_record, save_tensor, seal
 from .sample_sets import REFERENCE_SEED, reference_samples, sample_cell
-from .sampler_registry import (COMMON_SETTINGS, SamplerError, available_samplers, check_sampler_for_model,
+from .sampler_registry import (COMMON_SETTINGS, SamplerError, check_sampler_for_model, format_sampler_list,
                                get_sampler, sampler_names, sampler_settings, steps_for_nfe)
 
 
@@ -75,6 +74,16 @@ PR_PIXEL_MAX_DIM = 4096
 class BenchConfigError(ValueError):
     """The output directory holds results of a different configuration (or is not a benchmark directory)."""
 
+
+#: What the benchmark writes into its directory (``--overwrite`` removes these and nothing else).
+OWNED_NAMES = ("cells", "reference", "grids", "results.json", "results.md", "quality_vs_nfe.png", "floors.json",
+               "config.json")
+
+
+def run_directory(out: Path) -> RunDirectory:
+    """The run directory of a benchmark (marker, lock, owned names: :mod:`skipstep.lab.run_dirs`)."""
+    return RunDirectory(out, "bench", OWNED_NAMES, legacy_identity_key="protocol_version")
+
 class BenchInterrupted(RuntimeError):
     """Raised (by the stop-after hook) to simulate a killed run; finished cells are kept."""
 
@@ -100,14 +109,18 @@ class BenchConfig:
     def __post_init__(self):
         self.out = Path(self.out)
         self.samplers = expand_sampler_names(self.samplers)
+        bad = [n for n in self.nfes if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1]
+        if bad:
+            raise ValueError(f"--nfe: every NFE must be a positive integer, got {bad}")
         self.nfes = sorted({int(n) for n in self.nfes})
-        self.seeds = list(dict.fromkeys(int(s) for s in self.seeds))
+        self.seeds = list(dict.fromkeys(check_seed(s, "--seed") for s in self.seeds))
+        self.device = check_device(self.device)
         if not self.samplers:
-            raise ValueError("give at least one sampler")
+            raise ValueError("--samplers: give at least one sampler")
         if not self.nfes:
-            raise ValueError("give at least one NFE")
+            raise ValueError("--nfe: give at least one NFE")
         if not self.seeds:
-            raise ValueError("give at least one seed")
+            raise ValueError("--seed: give at least one seed")
         if int(self.num_samples) < 4:
             raise ValueError(f"--num-samples must be >= 4 (metrics need several samples), got {self.num_samples}")
         self.num_samples = int(self.num_samples)
@@ -116,12 +129,14 @@ class BenchConfig:
         self.batch_size = int(self.batch_size)
         self.num_reference = int(self.num_reference or self.num_samples)
         if self.num_reference < 4:
-            raise ValueError("the reference set needs >= 4 samples")
+            raise ValueError(f"--num-reference must be >= 4 (the reference set's size), got {self.num_reference}")
         if self.clip not in CLIP_MODES:
             raise ValueError(f"--clip must be one of {CLIP_MODES}, got {self.clip!r}")
         if self.reference_seed in self.seeds:
             raise ValueError(f"seed {self.reference_seed} is the reference set's seed; choose other seeds so the "
                              "samples are independent of the reference")
+        if self.fid_reference and not self.fid_features:
+            raise BenchConfigError("--fid-reference needs --fid-features (the feature network to compare in)")
 
 @dataclass
 class BenchResult:
@@ -211,9 +226,6 @@ def _pair_metrics(loaded: LoadedModel, a: torch.Tensor, b: torch.Tensor) -> dict
 def _cell_key(sampler: str, nfe: int, seed: int) -> str:
     return f"{sampler}/nfe{nfe}_seed{seed}"
 
-_OWNED = ("cells", "reference", "grids", "results.json", "results.md", "quality_vs_nfe.png", "floors.json",
-          "config.json")
-
 def _identity(cfg: BenchConfig, loaded: LoadedModel) -> dict[str, Any]:
     """What must match for cells to be reused (samplers, NFEs and seeds may be added)."""
     return {
@@ -231,22 +243,19 @@ def _identity(cfg: BenchConfig, loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
-def _prepare_dir(cfg: BenchConfig, loaded: LoadedModel, skipped: dict[str, str] | None = None) -> dict[str, Any]:
-    """Check ``cfg.out`` against its config.json; return the merged config to write."""
-    out = cfg.out
+def _prepare_dir(cfg: BenchConfig, loaded: LoadedModel, rundir: RunDirectory, cells: list[tuple],
+                 skipped: dict[str, str], log: Callable[[str], None]) -> tuple[list[tuple], list[tuple]]:
+    """Claim ``cfg.out`` (refuse a foreign or busy directory, lock it, remove stale temporary files), check it
+    against its config.json and verify its finished cells; write the merged config; return the planned cells
+    as (reused, todo)."""
     identity = _identity(cfg, loaded)
     settings = {name: sampler_settings(get_sampler(name)) for name in cfg.samplers}
-    config_file = out / "config.json"
-    previous = read_pinned_config(config_file, cfg.overwrite, BenchConfigError)
-    if not config_file.is_file() and out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise BenchConfigError(f"{out} is not empty and holds no skipstep benchmark (no config.json); choose "
-                               "another --out or pass --overwrite")
+    try:
+        previous = rundir.claim(cfg.overwrite, log)
+    except RunDirectoryError as err:
+        raise BenchConfigError(str(err)) from None
     if previous is not None:
-        diffs = []
-        old_id = previous.get("identity", {})
-        for key, value in identity.items():
-            if old_id.get(key) != value:
-                diffs.append(f"{key}: {old_id.get(key)!r} -> {value!r}")
+        diffs = identity_differences(previous["identity"], identity)
         old_settings = previous.get("sampler_settings", {})
         for name, s in settings.items():
             if name in old_settings and json.loads(json.dumps(old_settings[name], default=str)) != json.loads(
@@ -255,15 +264,14 @@ def _prepare_dir(cfg: BenchConfig, loaded: LoadedModel, skipped: dict[str, str] 
         if diffs:
             if not cfg.overwrite:
                 raise BenchConfigError(
-                    f"{out} holds results of a different configuration ({'; '.join(diffs)}). Pass --overwrite to "
-                    "discard them, or choose another --out. (Adding samplers, NFEs or seeds to the same "
-                    "model/num-samples is allowed and reuses finished cells.)")
+                    f"--out {cfg.out} holds results of a different configuration ({'; '.join(diffs)}). Pass "
+                    "--overwrite to discard them (only the benchmark's own files are removed), or choose another "
+                    "--out. (Adding samplers, NFEs or seeds to the same model/num-samples is allowed and reuses "
+                    "finished cells.)")
+            rundir.discard_results()
             previous = None
-    if cfg.overwrite and previous is None and config_file.is_file():
-        # only a directory we wrote (it has our config.json) is cleaned, and only of the files we write
-        remove_owned(out, _OWNED)
-    out.mkdir(parents=True, exist_ok=True)
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    verified = _verify_cells(cfg, loaded, cells, log)  # before config.json is rewritten: refusals change nothing
+    now = now_utc()
 
     def union(key, new):
         old = (previous or {}).get(key, [])
@@ -290,8 +298,44 @@ def _prepare_dir(cfg: BenchConfig, loaded: LoadedModel, skipped: dict[str, str] 
                         "python": platform.python_version(), "machine": platform.machine(),
                         "device": cfg.device, "torch_threads": torch.get_num_threads()},
     }
-    atomic_write_json(config_file, merged)
-    return merged
+    rundir.write_config(seal(merged))
+    return verified
+
+
+def _verify_cells(cfg: BenchConfig, loaded: LoadedModel, cells: list[tuple], log: Callable[[str], None]
+                  ) -> tuple[list[tuple], list[tuple]]:
+    """Split the planned cells into (reused, todo): a finished cell is reused only if its record and samples
+    match what was recorded when it was written; a damaged one is recomputed. A damaged or foreign file under
+    ``cells/`` that this run would not rewrite is refused, naming it (it would silently vanish from the tables)."""
+    reused, todo, planned = [], [], set()
+    for cell in cells:
+        name, nfe, seed = cell[:3]
+        json_path, tensor_path = cell_paths(cfg.out, name, nfe, seed)
+        planned.add(json_path)
+        if not json_path.exists():
+            todo.append(cell)
+            continue
+        record, reason = read_json_record(json_path)
+        problem = reason or check_cell_record(record, json_path, cfg.num_samples, loaded.fingerprint)
+        recorded = (record or {}).get("samples_sha256")
+        if not problem and recorded and (not tensor_path.is_file() or file_sha256(tensor_path) != recorded):
+            problem = f"{tensor_path.name} is missing or differs from the sha256 recorded when it was written"
+        if problem:
+            log(f"cell {json_path.relative_to(cfg.out)}: {problem}; recomputing it")
+            todo.append(cell)
+        else:
+            reused.append(cell)
+    for path in sorted((cfg.out / "cells").glob("*/*.json")):
+        if path in planned:
+            continue
+        record, reason = read_json_record(path)
+        problem = reason or check_cell_record(record, path, None, None)
+        if problem:
+            raise BenchConfigError(f"--out {cfg.out}: {path.relative_to(cfg.out)} is not a finished benchmark "
+                                   f"cell ({problem}) and this run would not "
+                                   "recompute it; remove the file, or rerun with the sampler, NFE and seed it "
+                                   "names")
+    return reused, todo
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -305,7 +349,8 @@ def _plan(cfg: BenchConfig, loaded: LoadedModel) -> tuple[list[tuple[str, int, i
     T = loaded.num_train_timesteps
     too_big = [n for n in cfg.nfes if n > T]
     if too_big:
-        raise SamplerError(f"NFE {too_big} exceed the model's {T} training timesteps")
+        raise SamplerError(f"--nfe {','.join(map(str, too_big))}: NFE {too_big} exceed the model's {T} training "
+                           "timesteps")
     cells, skipped, fixed_done = [], {}, set()
     for seed in cfg.seeds:
         for nfe in cfg.nfes:
@@ -366,30 +411,38 @@ def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = No
     """Run (or resume) a benchmark and write all outputs into ``cfg.out``; returns the records."""
     log = log or (lambda msg: None)
     t_start = time.perf_counter()
+    stop_after = env_int(STOP_AFTER_ENV, 0)
     loaded = load_model(cfg.model, device=cfg.device)
     loaded.clip_description = apply_clip_mode(loaded, cfg.clip)
+    for note in loaded.notes:
+        log(f"note: {note}")
     if cfg.fid_features:
         use_feature_network(loaded, cfg.fid_features, cfg.device, cfg.inception_weights)
     cells, skipped = _plan(cfg, loaded)
-    _prepare_dir(cfg, loaded, skipped)
+    if not cells:
+        raise BenchConfigError("nothing to compute: every requested cell is below its sampler's order ("
+                               + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + "); choose a larger --nfe")
+    rundir = run_directory(cfg.out)
+    try:
+        reused, todo = _prepare_dir(cfg, loaded, rundir, cells, skipped, log)  # refusals before any sampling
+        return _run_cells(cfg, loaded, reused, todo, skipped, on_cell_done, log, t_start, stop_after)
+    finally:
+        rundir.release()
+
+
+def _run_cells(cfg: BenchConfig, loaded: LoadedModel, reused: list[tuple], todo: list[tuple],
+               skipped: dict[str, str], on_cell_done, log: Callable[[str], None], t_start: float,
+               stop_after: int) -> BenchResult:
     for key, reason in skipped.items():
         log(f"skipped {key}: {reason}")
     reference, ref_meta = reference_samples(loaded, cfg.num_reference, cfg.reference_seed, cfg.out / "reference",
-                                             cfg.batch_size, cfg.device, cfg.progress)
+                                             cfg.batch_size, cfg.device, cfg.progress, log)
     ctx = MetricContext(loaded, reference)
     if cfg.fid_reference:
-        if not cfg.fid_features:
-            raise BenchConfigError("--fid-reference needs --fid-features (the feature network to compare in)")
         ctx.fid_reference_stats, _ = load_reference_stats(cfg.fid_reference, loaded.feature_fn)
     run_id = uuid.uuid4().hex[:8]
-    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     result = BenchResult(records=[], skipped=skipped, out=cfg.out)
-    todo = []
-    for cell in cells:
-        name, nfe, seed, steps, expected = cell
-        json_path, _ = cell_paths(cfg.out, name, nfe, seed)
-        (result.reused if json_path.is_file() else todo).append(cell)
-    result.reused = [_cell_key(c[0], c[1], c[2]) for c in result.reused]
+    result.reused = [_cell_key(c[0], c[1], c[2]) for c in reused]
     if todo:
         _warm_up(loaded, cfg)
     bar = tqdm(todo, disable=not cfg.progress, desc="cells", unit="cell")
@@ -417,10 +470,11 @@ def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = No
             "batch_size": cfg.batch_size,
             "device": cfg.device,
             "run_id": run_id,
-            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": now_utc(),
         }
         json_path, tensor_path = cell_paths(cfg.out, name, nfe, seed)
-        save_tensor(tensor_path, cell.samples[:GRID_COUNT])
+        record["samples_sha256"] = save_tensor(tensor_path, cell.samples[:GRID_COUNT])
+        record = seal(record)
         atomic_write_json(json_path, record)
         result.computed.append(_cell_key(name, nfe, seed))
         if on_cell_done is not None:
@@ -441,33 +495,55 @@ def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = No
 # CLI
 # --------------------------------------------------------------------------------------------------------------
 
+class ListOrChooseSamplers(argparse.Action):
+    """``--samplers LIST`` chooses samplers; ``--samplers`` alone prints every sampler with its meaning and exits."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is None:
+            print(format_sampler_list())
+            parser.exit(0)
+        setattr(namespace, self.dest, name_list(values))
+
+
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="side-by-side benchmark of samplers on one model",
         description="Run every (sampler, NFE, seed) cell with the same initial noise, score it against a reference "
                     "set and write results.json, results.md, quality_vs_nfe.png and sample grids into --out. "
-                    "Resumable: finished cells are reused.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory")
-    p.add_argument("--samplers", type=name_list, default=["skipstep", "skipstep-ddim", "ddim", "dpmpp-2m", "unipc"],
-                   help="comma-separated sampler names, or the groups all / ours / peers. Available: "
-                        + ", ".join(available_samplers()))
-    p.add_argument("--nfe", type=int_list, default=[5, 10, 20, 50, 100], help="comma-separated NFE values")
-    p.add_argument("--num-samples", type=int, default=1000, help="samples per cell")
-    p.add_argument("--seed", "--seeds", dest="seeds", type=int_list, default=[0], help="comma-separated seeds")
-    p.add_argument("--num-reference", type=int, default=None, help="reference-set size (default: --num-samples)")
-    p.add_argument("--out", type=Path, default=Path("skipstep-bench"), help="output directory")
+                    "Resumable: finished cells are verified and reused. `skipstep bench --samplers` lists every "
+                    "sampler.",
+        formatter_class=HelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="gmm, digits, or a path to a local diffusers directory (required)")
+    p.add_argument("--samplers", nargs="?", action=ListOrChooseSamplers,
+                   default=["skipstep", "skipstep-ddim", "ddim", "dpmpp-2m", "unipc"],
+                   help="comma-separated sampler names, the groups all / ours / peers, or tuned:FILE.json; alone "
+                        "(no value) it lists every sampler with its meaning")
+    p.add_argument("--nfe", type=positive_int_list, default=[5, 10, 20, 50, 100],
+                   help="comma-separated network evaluations per sample (positive; cells below a sampler's order "
+                        "are skipped with the reason)")
+    p.add_argument("--num-samples", type=positive_int, default=1000, help="samples per cell (at least 4)")
+    p.add_argument("--seed", "--seeds", dest="seeds", type=seed_list, default=[0],
+                   help="comma-separated seeds, 0 <= seed < 2**63 (tables show mean ± std over seeds)")
+    p.add_argument("--num-reference", type=positive_int, default=None,
+                   help="reference-set size (default: --num-samples)")
+    p.add_argument("--out", type=Path, default=Path("skipstep-bench"),
+                   help="output directory: new or empty, or an earlier benchmark directory to resume or extend")
     p.add_argument("--overwrite", action="store_true",
-                   help="discard results of a different configuration in --out")
+                   help="discard results of a different configuration in --out (only files the benchmark wrote "
+                        "there are removed; a directory skipstep did not create is always refused)")
     add_common_run_args(p)
     p.add_argument("--fid-features", default=None,
                    help="feature network for FD: inception (local weights only), digits, a TorchScript file or "
                         "module:function (default: the model's own, the digit classifier for 8x8 models)")
     p.add_argument("--fid-reference", default=None,
                    help="also report fid_ref: FD vs this reference (statistics .npz, generate output directory, "
-                        "image folder or .safetensors samples) in the --fid-features space")
-    p.add_argument("--inception-weights", default=None, help="local Inception-v3 weights (never downloaded)")
+                        "image folder or .safetensors samples) in the --fid-features space (default: none)")
+    p.add_argument("--inception-weights", default=None,
+                   help="local Inception-v3 weights (never downloaded; default: $SKIPSTEP_INCEPTION_WEIGHTS or "
+                        "torch's hub cache)")
     p.set_defaults(func=main_bench)
+
 
 def main_bench(args: argparse.Namespace) -> int:
     apply_threads(args)

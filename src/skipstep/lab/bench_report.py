@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..storage import atomic_write_bytes, atomic_write_json
-from .run_dirs import load_tensor
+from .run_dirs import load_tensor, read_json_record
 from .sampler_registry import available_samplers, get_sampler
 
 GRID_COUNT = 64
@@ -45,6 +45,30 @@ def fs_name(sampler: str) -> str:
 def cell_paths(out: Path, sampler: str, nfe: int, seed: int) -> tuple[Path, Path]:
     base = out / "cells" / fs_name(sampler) / f"nfe{nfe}_seed{seed}"
     return base.with_suffix(".json"), base.with_suffix(".safetensors")
+
+
+#: Keys every finished cell record has.
+CELL_KEYS = ("sampler", "nfe", "seed", "num_samples", "metrics", "model_fingerprint")
+
+
+def check_cell_record(record: dict, json_path: Path, num_samples: int | None = None,
+                      fingerprint: str | None = None) -> str:
+    """'' if ``record`` is a finished cell that belongs at ``json_path`` (and, when given, has this sample count
+    and model fingerprint); otherwise the reason."""
+    missing = [k for k in CELL_KEYS if k not in record]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    name, nfe, seed = record["sampler"], record["nfe"], record["seed"]
+    if not (isinstance(name, str) and isinstance(nfe, int) and isinstance(seed, int)
+            and isinstance(record["metrics"], dict)):
+        return "its sampler, nfe, seed or metrics have the wrong type"
+    if (json_path.parent.name, json_path.name) != (fs_name(name), f"nfe{nfe}_seed{seed}.json"):
+        return f"it describes {name} at NFE {nfe}, seed {seed}, which belongs elsewhere"
+    if num_samples is not None and record["num_samples"] != num_samples:
+        return f"it has {record['num_samples']} samples, not {num_samples}"
+    if fingerprint is not None and record["model_fingerprint"] != fingerprint:
+        return f"it was made with model {record['model_fingerprint']}, not {fingerprint}"
+    return ""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -101,10 +125,11 @@ def load_records(out: Path) -> list[dict]:
     order = {name: i for i, name in enumerate(config.get("samplers", []))}
     records = []
     for path in sorted((out / "cells").glob("*/*.json")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue  # a torn file cannot exist (atomic writes); ignore foreign junk
+        record, reason = read_json_record(path)
+        reason = reason or check_cell_record(record, path)
+        if reason:  # never a silent gap in the tables (run_bench recomputes or refuses such files first)
+            raise ValueError(f"{path} is not a finished benchmark cell ({reason}); remove it")
+        records.append(record)
     records.sort(key=lambda r: (order.get(r["sampler"], len(order)), r["nfe"], r["seed"]))
     return records
 
@@ -376,5 +401,5 @@ def write_outputs(out: Path, log: Callable[[str], None] | None = None) -> list[d
     return records
 
 
-__all__ = ["GRID_COUNT", "LOWER_IS_BETTER", "METRIC_TITLES", "cell_paths", "format_value", "fs_name", "load_records",
+__all__ = ["CELL_KEYS", "GRID_COUNT", "LOWER_IS_BETTER", "METRIC_TITLES", "cell_paths", "check_cell_record", "format_value", "fs_name", "load_records",
            "plot_quality", "render_markdown", "save_grid", "to_image_grid", "write_grids", "write_outputs"]

@@ -17,8 +17,9 @@ import torch
 
 from .bench import BenchConfig, run_bench
 from .bench_report import save_grid
-from .cli_args import add_common_run_args, apply_threads
+from .cli_args import HelpFormatter, add_common_run_args, apply_threads, check_device, check_seed, positive_int
 from .models import apply_clip_mode, load_model
+from .run_dirs import RunDirectoryError, check_writable_file, remove_stale_temp_files
 from .sample_sets import sample_cell
 from .sampler_registry import get_sampler, steps_for_nfe
 
@@ -35,29 +36,36 @@ def add_subcommand(subparsers) -> None:
         "demo", help="small side-by-side on the shipped digits model (about 3 minutes on 2 CPU cores)",
         description="Our default sampler, DDIM and DPM-Solver++(2M) at 10 NFE on the shipped digits UNet, scored "
                     "against the model's 1000-step ancestral samples. Prints the table; writes results.md, "
-                    "results.json, quality_vs_nfe.png and grids/ into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("skipstep-demo"), help="output directory")
+                    "results.json, quality_vs_nfe.png and grids/ into --out (a benchmark directory: a rerun "
+                    "reuses it).",
+        formatter_class=HelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("skipstep-demo"),
+                   help="output directory (new or empty, or an earlier demo to reuse)")
     p.add_argument("--model", default="digits", help="model name or path (the demo is sized for digits)")
-    p.add_argument("--num-samples", type=int, default=DEMO_NUM_SAMPLES, help="samples per sampler")
-    p.add_argument("--num-reference", type=int, default=DEMO_NUM_REFERENCE,
+    p.add_argument("--num-samples", type=positive_int, default=DEMO_NUM_SAMPLES, help="samples per sampler")
+    p.add_argument("--num-reference", type=positive_int, default=DEMO_NUM_REFERENCE,
                    help="1000-step reference samples (the dominant cost)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="discard results of a different configuration in --out")
+    p.add_argument("--seed", type=check_seed, default=0,
+                   help="seed of the initial noise and the per-step noise (0 <= seed < 2**63)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard results of a different configuration in --out (only files skipstep wrote there)")
     add_common_run_args(p)
     p.set_defaults(func=main_demo)
 
     s = subparsers.add_parser(
         "sample", help="draw samples with one sampler and write a PNG grid",
-        description="Draw --num-samples samples from --model with --sampler at --nfe network evaluations and write "
-                    "them as a PNG grid.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory")
-    s.add_argument("--sampler", default="default", help="sampler name (see `skipstep bench --help`)")
-    s.add_argument("--nfe", type=int, default=10, help="network evaluations")
-    s.add_argument("--num-samples", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+        description="Draw --num-samples samples from --model with --sampler at --nfe network evaluations, print a "
+                    "summary, then write them as a PNG grid.",
+        formatter_class=HelpFormatter)
+    s.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory (required)")
+    s.add_argument("--sampler", default="default",
+                   help="sampler name; `skipstep bench --samplers` lists them all with their meanings")
+    s.add_argument("--nfe", type=positive_int, default=10, help="network evaluations per sample")
+    s.add_argument("--num-samples", type=positive_int, default=64, help="how many samples to draw (the grid's tiles)")
+    s.add_argument("--seed", type=check_seed, default=0,
+                   help="seed of the initial noise and the per-step noise (0 <= seed < 2**63)")
     s.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG file to write")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_common_run_args(s)
     s.set_defaults(func=main_sample)
 
@@ -82,14 +90,15 @@ def main_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file, got {args.out}")
+    check_writable_file(args.out, "--out", args.overwrite)  # before any sampling
+    remove_stale_temp_files(args.out.parent, targets=[args.out.name])  # of killed sample runs only
+    device = check_device(args.device)
     sampler = get_sampler(args.sampler)
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=device)
     clip = apply_clip_mode(loaded, args.clip)
     steps, expected = steps_for_nfe(sampler, args.nfe, loaded.num_train_timesteps)
-    cell = sample_cell(loaded, sampler, steps, args.seed, args.num_samples, args.batch_size, args.device,
+    cell = sample_cell(loaded, sampler, steps, args.seed, args.num_samples, args.batch_size, device,
                        progress=not args.no_progress, desc=args.sampler)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_grid(cell.samples, args.out)
     x = cell.samples
     finite = bool(torch.isfinite(x).all())
     print(f"model    {loaded.name} (fingerprint {loaded.fingerprint}, {loaded.prediction_type}, shape {loaded.sample_shape})")
@@ -107,5 +116,12 @@ def main_sample(args: argparse.Namespace) -> int:
                   "(exact samples: 1)")
     else:
         print("values   contain NaN/inf")
+    for note in loaded.notes:
+        print(f"note     {note}")
+    try:
+        save_grid(cell.samples, args.out)
+    except OSError as err:
+        raise RunDirectoryError(f"--out {args.out} could not be written ({err.strerror or err}); the summary "
+                                "above is all that is left of this run") from None
     print(f"wrote    {args.out}")
     return 0

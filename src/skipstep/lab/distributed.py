@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..storage import env_int
+
 #: Seconds a process waits in a collective (barrier/broadcast) before giving up; default 3 hours, because a rank
 #: may wait at the final barrier for a slower rank's last shard.
 DIST_TIMEOUT_ENV = "SKIPSTEP_DIST_TIMEOUT_S"
@@ -74,9 +76,7 @@ def init_distributed(device: str) -> tuple[DistContext, str]:
         if device == "cuda" and world > 1:
             device = f"cuda:{local}"
         return DistContext(rank, world, local, backend, owns_group=False), device
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    world, rank, local = env_int("WORLD_SIZE", 1), env_int("RANK", 0), env_int("LOCAL_RANK", 0)
     if world <= 1:
         return DistContext(), device
     if not dist.is_available():
@@ -89,7 +89,11 @@ def init_distributed(device: str) -> tuple[DistContext, str]:
             device = f"cuda:{local}"
         torch.cuda.set_device(torch.device(device))
         kwargs["device_id"] = torch.device(device)
-    timeout = _dt.timedelta(seconds=float(os.environ.get(DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_S)))
+    raw_timeout = os.environ.get(DIST_TIMEOUT_ENV) or str(DEFAULT_DIST_TIMEOUT_S)
+    try:
+        timeout = _dt.timedelta(seconds=float(raw_timeout))
+    except ValueError:
+        raise ValueError(f"environment variable {DIST_TIMEOUT_ENV}={raw_timeout!r} must be a number of seconds") from None
     dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     return DistContext(dist.get_rank(), dist.get_world_size(), local, backend, owns_group=True), device
 

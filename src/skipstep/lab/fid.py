@@ -69,6 +69,7 @@ __all__ = [
     "fid_from_stats",
     "find_inception_weights",
     "iter_image_batches",
+    "load_plain_state_dict",
     "load_reference_stats",
     "resolve_feature_extractor",
     "save_stats",
@@ -252,6 +253,7 @@ class InceptionFeatures:
 
     @staticmethod
     def _build_torch_fidelity(path: Path) -> torch.nn.Module:
+        state = load_plain_state_dict(path)  # first, and safely: never an arbitrary unpickle, on any torch
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError as err:
@@ -259,25 +261,20 @@ class InceptionFeatures:
                 f"{path} is an Inception state dict; building the network needs torch-fidelity: "
                 "pip install 'torchmetrics[image]' (or torch-fidelity). A TorchScript inception-2015-12-05.pt "
                 "needs no extra package.") from err
-        tmp = None
+        fd, tmp = tempfile.mkstemp(suffix=".pth")
+        os.close(fd)
         try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                fd, tmp = tempfile.mkstemp(suffix=".pth")
-                os.close(fd)
-                torch.save(load_file(str(path)), tmp)
+            # torch-fidelity torch.load()s a path itself; hand it a file of the plain tensors read above, so its
+            # load is safe whatever torch's weights_only default is
+            torch.save(state, tmp)
             # the explicit local path: torch-fidelity only downloads when it is None
             return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                               feature_extractor_weights_path=str(tmp or path)).eval()
-        except FeatureNetworkError:
-            raise
-        except Exception as err:  # noqa: BLE001 - wrong keys, a pickle torch refuses, ...
+                                               feature_extractor_weights_path=tmp).eval()
+        except Exception as err:  # noqa: BLE001 - wrong keys, ...
             raise FeatureNetworkError(f"cannot load Inception weights {path} into torch-fidelity's "
                                       f"FeatureExtractorInceptionV3: {err}") from err
         finally:
-            if tmp is not None:
-                os.unlink(tmp)
+            os.unlink(tmp)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -287,6 +284,26 @@ class InceptionFeatures:
             out = self.net(x, return_features=True) if self.kind == "torchscript" else self.net(x)
             outs.append(_as_rows(out, x.shape[0], self.name).cpu())
         return torch.cat(outs)
+
+
+def load_plain_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A ``{name: tensor}`` state dict from a ``.safetensors`` file or a ``.pth`` read with
+    ``torch.load(weights_only=True)`` (tensors and plain containers only: no code runs, on any torch version);
+    anything else raises :class:`FeatureNetworkError`."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError for a pickle of objects, corrupt files, ...
+        raise FeatureNetworkError(f"{path} is not a plain tensor state dict (torch.load with weights_only=True "
+                                  f"refused it: {str(err).splitlines()[0]}); skipstep never unpickles objects") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FeatureNetworkError(f"{path} is not a state dict of tensors")
+    return state
 
 
 def digit_classifier_features(device: str = "cpu") -> CallableFeatures:
@@ -346,7 +363,7 @@ def resolve_feature_extractor(choice: Any, device: str = "cpu", inception_weight
         return TorchScriptFeatures(p, device=device)
     if ":" in text and not p.exists():
         return _from_import_path(text, device)
-    raise FeatureNetworkError(f"unknown feature network {text!r}: use inception (with --inception-weights), digits, "
+    raise FeatureNetworkError(f"--fid-features: unknown feature network {text!r}: use inception (with --inception-weights), digits, "
                               "a TorchScript file, or module:function")
 
 

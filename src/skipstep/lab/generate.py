@@ -34,9 +34,8 @@ atomically by rank 0 after a barrier, once every shard exists.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import hashlib
 import json
-import os
 import platform
 import sys
 import time
@@ -48,17 +47,19 @@ import diffusers
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors import safe_open
-from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..storage import atomic_write_bytes, atomic_write_json, derived_seed, file_sha256, json_sha256
+from ..storage import atomic_write_bytes, atomic_write_json, derived_seed, env_int, file_sha256, json_sha256
+from .cli_args import (HelpFormatter, add_threads_arg, apply_threads, check_device, check_seed, positive_int)
 from .distributed import DistContext, init_distributed
 from .fid import (fid_from_stats, iter_image_batches, load_reference_stats, resolve_feature_extractor, save_stats,
                   stats_of_samples)
 from .models import LoadedModel, load_model
-from .run_dirs import read_pinned_config, remove_owned, remove_stale_temp_files
-from .sampler_registry import (CallCounter, available_samplers, build_scheduler, check_sampler_for_model, get_sampler,
+from .run_dirs import RunDirectory, RunDirectoryError, identity_differences, now_utc, read_json_record, seal
+from .shards import (INDEX_FORMAT, SHARD_FORMAT, load_samples, provenance_path, read_shard_metadata, shard_bytes,
+                     shard_path)
+from .sampler_registry import (CallCounter, build_scheduler, check_sampler_for_model, get_sampler,
                                run_standard_loop, sampler_settings, scheduler_config_for, steps_for_nfe)
 
 __all__ = [
@@ -78,21 +79,25 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-SHARD_FORMAT = "skipstep-shard-v1"
-INDEX_FORMAT = "skipstep-generate-index-v1"
 DEFAULT_SHARD_SIZE = 1000
 DEFAULT_BATCH_SIZE = 250
 #: Set to ``n`` to make every process raise :class:`GenerateInterrupted` after writing ``n`` new shards
-#: (a stand-in for a killed run, to test resumption).
+#: (a stand-in for a killed run, to test resumption; ``SKIPSTEP_KILL_AT_WRITE`` kills for real).
 FAIL_AFTER_ENV = "SKIPSTEP_FAIL_AFTER_SHARDS"
 SEED_FUNCTION = ("sample_seed(seed, i) = int.from_bytes(sha256(f'skipstep-sample:{seed}:{i}').digest()[:8], "
                  "'little') & (2**63 - 1); one CPU torch.Generator per sample, used for x_T and then for every "
                  "step's noise, in order")
-_OWNED = ("shards", "index.json", "config.json", "fid", "fid.json")
+#: What generate writes into its directory (``--overwrite`` removes these and nothing else).
+OWNED_NAMES = ("shards", "index.json", "config.json", "fid", "fid.json")
 
 
 class GenerateConfigError(ValueError):
     """``--out`` holds samples of a different configuration (or is not a generate directory), or bad options."""
+
+
+def run_directory(out: Path) -> RunDirectory:
+    """The run directory of a generate output (marker, lock, owned names: :mod:`skipstep.lab.run_dirs`)."""
+    return RunDirectory(out, "generate", OWNED_NAMES, legacy_identity_key="seed_function")
 
 
 class GenerateInterrupted(RuntimeError):
@@ -159,7 +164,8 @@ class GenerateConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise GenerateConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        self.seed = int(self.seed)
+        self.seed = check_seed(self.seed, "--seed")
+        self.device = check_device(self.device)
         get_sampler(self.sampler)  # unknown names fail here, with the list of valid ones
         if self.fid_reference and not self.fid_features:
             raise GenerateConfigError("--fid-reference needs --fid-features (the feature network to compare in)")
@@ -170,24 +176,6 @@ class GenerateConfig:
 
     def shard_range(self, j: int) -> tuple[int, int]:
         return j * self.shard_size, min((j + 1) * self.shard_size, self.num_samples)
-
-
-def shard_path(out: Path, j: int) -> Path:
-    return Path(out) / "shards" / f"shard-{j:05d}.safetensors"
-
-
-def provenance_path(out: Path, j: int) -> Path:
-    """Sidecar of shard ``j``: which rank wrote it, with which batch size and device, how fast."""
-    return Path(out) / "shards" / f"shard-{j:05d}.json"
-
-
-def read_shard_metadata(path: str | Path) -> dict[str, Any]:
-    """The (deterministic) skipstep metadata of a shard file."""
-    with safe_open(str(path), framework="pt") as fh:
-        raw = (fh.metadata() or {}).get("skipstep")
-    if raw is None:
-        raise ValueError(f"{path} is not a skipstep shard (no 'skipstep' metadata)")
-    return json.loads(raw)
 
 
 def _identity(cfg: GenerateConfig, loaded: LoadedModel, steps: int, nfe: int) -> dict[str, Any]:
@@ -212,41 +200,78 @@ def _identity(cfg: GenerateConfig, loaded: LoadedModel, steps: int, nfe: int) ->
     }
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def _recorded_hash(out: Path, j: int, index_hashes: dict[int, str]) -> tuple[str | None, str]:
+    """The sha256 recorded for shard ``j`` when it was written (its sidecar; for shards of an older skipstep, the
+    index), or ``(None, reason)`` when the sidecar that should hold it is damaged."""
+    prov, reason = read_json_record(provenance_path(out, j))
+    if prov is None and reason != "missing":
+        return None, f"its sidecar {provenance_path(out, j).name} is {reason}"
+    recorded = (prov or {}).get("sha256") or index_hashes.get(j)
+    return recorded, "" if recorded else "no-hash"
 
 
-def _prepare_dir(cfg: GenerateConfig, identity: dict[str, Any], model_info: dict[str, Any], world_size: int,
-                 log: Callable[[str], None]) -> dict:
-    """Rank 0: check DIR against its config.json (refuse a different configuration unless --overwrite), clean
-    stale temporary files, log this run, and return ``{"missing": [...], "done": n}``."""
+def _check_shard(cfg: GenerateConfig, identity: dict[str, Any], j: int, recorded: str | None = None) -> None:
+    """Raise GenerateConfigError unless shard ``j`` is readable, belongs to this configuration and (when a hash
+    was recorded) has exactly the recorded bytes."""
+    path = shard_path(cfg.out, j)
+    start, stop = cfg.shard_range(j)
+    if recorded is not None:
+        actual = file_sha256(path)
+        if actual != recorded:
+            raise GenerateConfigError(f"shard {path}: its sha256 ({actual[:16]}...) differs from the one recorded "
+                                      f"when it was written ({recorded[:16]}...): the file was damaged or changed")
+    try:
+        meta = read_shard_metadata(path)
+        with safe_open(str(path), framework="pt") as fh:
+            indices = fh.get_tensor("indices")
+            shape = tuple(fh.get_slice("samples").get_shape())
+    except Exception as err:  # noqa: BLE001 - a foreign or damaged file
+        raise GenerateConfigError(f"shard {path} cannot be read ({err})") from err
+    expected = {"format": SHARD_FORMAT, "model_fingerprint": identity["model_fingerprint"], "sampler": cfg.sampler,
+                "seed": cfg.seed, "num_inference_steps": identity["num_inference_steps"], "start": start,
+                "stop": stop}
+    bad = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+    if bad or not torch.equal(indices, torch.arange(start, stop)) or shape[0] != stop - start:
+        raise GenerateConfigError(f"shard {path} does not belong to this configuration ({bad or 'wrong indices'})")
+
+
+def _prepare_dir(cfg: GenerateConfig, rundir: RunDirectory, identity: dict[str, Any], model_info: dict[str, Any],
+                 world_size: int, log: Callable[[str], None]) -> dict:
+    """Rank 0: claim DIR (refuse a foreign or busy one, lock it, remove stale temporary files), check it against
+    its config.json (refuse a different configuration unless --overwrite), verify every finished shard against
+    its recorded hash (a damaged one is recomputed), log this run, and return ``{"missing": [...], "done": n}``."""
     out = cfg.out
-    config_file = out / "config.json"
-    previous = read_pinned_config(config_file, cfg.overwrite, GenerateConfigError)
-    if out.exists() and not out.is_dir():
-        raise GenerateConfigError(f"--out {out} is not a directory")
-    if not config_file.is_file() and out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise GenerateConfigError(f"{out} is not empty and holds no skipstep generate output (no config.json); "
-                                  "choose another --out or pass --overwrite")
+    previous = rundir.claim(cfg.overwrite, log)
     if previous is not None:
-        old = previous.get("identity", {})
-        diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in identity.items() if old.get(k) != v]
-        diffs += [f"{k}: {old[k]!r} -> (absent)" for k in old if k not in identity]
+        diffs = identity_differences(previous["identity"], identity)
         if diffs:
             if not cfg.overwrite:
                 raise GenerateConfigError(
-                    f"{out} holds samples of a different configuration ({'; '.join(diffs)}). Pass --overwrite to "
-                    "discard them, or choose another --out.")
+                    f"--out {out} holds samples of a different configuration ({'; '.join(diffs)}). Pass --overwrite "
+                    "to discard them (only skipstep's own files are removed), or choose another --out.")
+            rundir.discard_results()
             previous = None
-    if cfg.overwrite and previous is None and out.is_dir():
-        remove_owned(out, _OWNED)  # only what this command writes
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out / "shards")  # left by killed writers; never a finished shard
-    for j in range(cfg.num_shards):  # a sidecar whose shard never landed describes nothing
+    index_hashes: dict[int, str] = {}
+    index, _ = read_json_record(out / "index.json") if previous is not None else (None, "")
+    for entry in (index or {}).get("shards", []):
+        if isinstance(entry, dict) and isinstance(entry.get("shard"), int) and entry.get("sha256"):
+            index_hashes[entry["shard"]] = entry["sha256"]
+    missing = []
+    for j in range(cfg.num_shards):
         if not shard_path(out, j).is_file():
-            provenance_path(out, j).unlink(missing_ok=True)
+            provenance_path(out, j).unlink(missing_ok=True)  # a sidecar whose shard never landed describes nothing
+            missing.append(j)
+            continue
+        recorded, reason = _recorded_hash(out, j, index_hashes)
+        try:
+            if recorded is None and reason != "no-hash":
+                raise GenerateConfigError(f"shard {shard_path(out, j)}: {reason}")
+            _check_shard(cfg, identity, j, recorded)
+        except GenerateConfigError as err:
+            log(f"{err}; recomputing it")
+            missing.append(j)
     runs = list((previous or {}).get("runs", []))
-    missing = [j for j in range(cfg.num_shards) if not shard_path(out, j).is_file()]
     done = cfg.num_shards - len(missing)
     if runs and done:
         last = runs[-1].get("world_size")
@@ -259,58 +284,39 @@ def _prepare_dir(cfg: GenerateConfig, identity: dict[str, Any], model_info: dict
                 "but a network's floating-point round-off can depend on the batch size (the batch size of each "
                 "shard is recorded in index.json)")
     if done:
-        log(f"resuming: {done} of {cfg.num_shards} shards already complete (kept as they are)")
-    runs.append({"started": _now(), "world_size": world_size, "device": cfg.device, "batch_size": cfg.batch_size,
+        log(f"resuming: {done} of {cfg.num_shards} shards already complete and verified (kept as they are)")
+    runs.append({"started": now_utc(), "world_size": world_size, "device": cfg.device, "batch_size": cfg.batch_size,
                  "shards_done_at_start": done, "skipstep": __version__, "torch": torch.__version__,
                  "diffusers": diffusers.__version__, "python": platform.python_version(),
                  "host": platform.node()})
-    atomic_write_json(config_file, {
+    rundir.write_config(seal({
         "identity": identity,
         "model": model_info,
         "num_shards": cfg.num_shards,
         "layout": "shards/shard-{j:05d}.safetensors holds samples [j*shard_size, min((j+1)*shard_size, num_samples))",
-        "created": (previous or {}).get("created", _now()),
+        "created": (previous or {}).get("created", now_utc()),
         "runs": runs,
-    })
+    }))
     return {"missing": missing, "done": done}
 
 
-def _write_shard(path: Path, samples: torch.Tensor, indices: torch.Tensor, metadata: dict[str, Any]) -> None:
-    # one metadata key: safetensors writes several keys in a random order, which would make the bytes differ
-    data = save({"samples": samples.contiguous().float().cpu(), "indices": indices.to(torch.int64).contiguous()},
-                metadata={"skipstep": json.dumps(metadata, sort_keys=True)})
-    atomic_write_bytes(path, data)
-
-
 def _build_index(cfg: GenerateConfig, identity: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Rank 0, after the barrier: check every shard (metadata and indices) and list it with its sha256."""
+    """Rank 0, after the barrier: check every shard (its recorded hash, metadata and indices) and list it with
+    its sha256."""
     shards = []
     for j in range(cfg.num_shards):
         path = shard_path(cfg.out, j)
         start, stop = cfg.shard_range(j)
         if not path.is_file():
-            raise RuntimeError(f"shard {path} is missing after all processes finished")
+            raise GenerateConfigError(f"shard {path} is missing after all processes finished; rerun to compute it")
+        prov, _ = read_json_record(provenance_path(cfg.out, j))
+        prov = prov or {}
         try:
-            meta = read_shard_metadata(path)
-            with safe_open(str(path), framework="pt") as fh:
-                indices = fh.get_tensor("indices")
-                shape = tuple(fh.get_slice("samples").get_shape())
-        except Exception as err:  # noqa: BLE001 - a foreign or damaged file
-            raise RuntimeError(f"shard {path} cannot be read ({err}); remove it and rerun to recompute it") from err
-        expected = {"format": SHARD_FORMAT, "model_fingerprint": identity["model_fingerprint"],
-                    "sampler": cfg.sampler, "seed": cfg.seed, "num_inference_steps": identity["num_inference_steps"],
-                    "start": start, "stop": stop}
-        bad = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
-        if bad or not torch.equal(indices, torch.arange(start, stop)) or shape[0] != stop - start:
-            raise RuntimeError(f"shard {path} does not belong to this configuration ({bad or 'wrong indices'}); "
-                               "remove it and rerun to recompute it (or rerun with --overwrite)")
-        prov_file = provenance_path(cfg.out, j)
-        try:
-            prov = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            prov = {}
+            _check_shard(cfg, identity, j, prov.get("sha256"))
+        except GenerateConfigError as err:
+            raise GenerateConfigError(f"{err}; rerun the same command to recompute it") from None
         shards.append({"file": str(path.relative_to(cfg.out)), "shard": j, "start": start, "stop": stop,
-                       "num_samples": stop - start, "sha256": file_sha256(path),
+                       "num_samples": stop - start, "sha256": prov.get("sha256") or file_sha256(path),
                        "written_by": {k: prov.get(k) for k in ("rank", "world_size", "batch_size", "device",
                                                                "seconds", "written")}})
     return {
@@ -320,29 +326,9 @@ def _build_index(cfg: GenerateConfig, identity: dict[str, Any], extra: dict[str,
         "shards": shards,
         "tensors": {"samples": "(n, C, H, W) float32, the sampler's final x_0 (not clipped)",
                     "indices": "(n,) int64, global sample indices"},
-        "finished": _now(),
+        "finished": now_utc(),
         **extra,
     }
-
-
-def load_samples(out: str | Path, verify: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """All samples of a finished generate directory in index order: ``(samples, indices)``.
-
-    ``verify=True`` checks every file's sha256 against ``index.json``."""
-    out = Path(out)
-    index_file = out / "index.json"
-    if not index_file.is_file():
-        raise FileNotFoundError(f"{index_file} not found (the run has not finished; rerun it to resume)")
-    index = json.loads(index_file.read_text())
-    chunks, idx = [], []
-    for entry in index["shards"]:
-        path = out / entry["file"]
-        if verify and file_sha256(path) != entry["sha256"]:
-            raise ValueError(f"{path}: sha256 differs from index.json (the file changed after the run)")
-        tensors = load_file(str(path))
-        chunks.append(tensors["samples"])
-        idx.append(tensors["indices"])
-    return torch.cat(chunks), torch.cat(idx)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -364,16 +350,22 @@ class GenerateResult:
 def generate(cfg: GenerateConfig, log: Callable[[str], None] | None = print) -> GenerateResult:
     """Run (or resume) a generate job in this process -- one rank of a torchrun world, or a world of one."""
     ctx, device = init_distributed(cfg.device)
+    rundir = run_directory(cfg.out)  # claimed (and locked) by rank 0 only, released when the run ends
     try:
-        return _generate(cfg, ctx, device, log)
+        return _generate(cfg, ctx, device, log, rundir)
     finally:
+        rundir.release()
         ctx.close()
 
 
-def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[[str], None] | None) -> GenerateResult:
+def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[[str], None] | None,
+              rundir: RunDirectory) -> GenerateResult:
     t_start = time.perf_counter()
+    fail_after = env_int(FAIL_AFTER_ENV, 0)
     say = (log or (lambda m: None)) if ctx.rank == 0 else (lambda m: None)
     loaded = load_model(cfg.model, device=device)
+    for note in loaded.notes:
+        say(f"note: {note}")
     sampler = get_sampler(cfg.sampler)
     check_sampler_for_model(sampler, loaded.fingerprint, loaded.num_train_timesteps)
     steps, expected_nfe = steps_for_nfe(sampler, cfg.nfe, loaded.num_train_timesteps)
@@ -391,6 +383,7 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
     digests = ctx.all_gather(digest)
     state: dict[str, Any] | None = None
     error: str | None = None
+    prepare_error: Exception | None = None
     if ctx.rank == 0:
         if fid_error is not None:
             error = str(fid_error)
@@ -399,12 +392,16 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
                      "on different nodes?)")
         else:
             try:
-                state = _prepare_dir(cfg, identity, loaded.info(), ctx.world_size, say)
-            except GenerateConfigError as err:
-                error = str(err)
+                state = _prepare_dir(cfg, rundir, identity, loaded.info(), ctx.world_size, say)
+            except Exception as err:  # noqa: BLE001 - told to every rank, so none waits in the broadcast
+                prepare_error, error = err, str(err)
     error, state = ctx.broadcast((error, state))
     if fid_error is not None:
         raise fid_error
+    if isinstance(prepare_error, RunDirectoryError):
+        raise GenerateConfigError(str(prepare_error)) from None
+    if prepare_error is not None:
+        raise prepare_error
     if error is not None:
         raise GenerateConfigError(error)
     assert state is not None
@@ -414,7 +411,6 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
     say(f"{cfg.num_samples} samples in {cfg.num_shards} shards of {cfg.shard_size}: {len(missing)} to compute "
         f"over {ctx.world_size} process(es); {sampler.name} with {steps} steps ({expected_nfe} NFE); device {device}")
 
-    fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
     counter = CallCounter(loaded.model)
     bar = tqdm(mine, disable=not (cfg.progress and ctx.rank == 0), desc=f"shards (rank 0 of {ctx.world_size})",
                unit="shard")
@@ -437,10 +433,12 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
         meta = {"format": SHARD_FORMAT, "shard": j, "start": start, "stop": stop, "seed": cfg.seed,
                 "model_fingerprint": loaded.fingerprint, "sampler": cfg.sampler, "nfe": cfg.nfe,
                 "num_inference_steps": steps}
-        provenance = {"shard": j, "batch_size": cfg.batch_size, "device": str(device), "rank": ctx.rank,
-                      "world_size": ctx.world_size, "seconds": seconds, "written": _now(), "host": platform.node()}
-        atomic_write_json(provenance_path(cfg.out, j), provenance)
-        _write_shard(shard_path(cfg.out, j), torch.cat(chunks), torch.arange(start, stop), meta)
+        data = shard_bytes(torch.cat(chunks), torch.arange(start, stop), meta)
+        provenance = {"shard": j, "sha256": hashlib.sha256(data).hexdigest(), "batch_size": cfg.batch_size,
+                      "device": str(device), "rank": ctx.rank, "world_size": ctx.world_size, "seconds": seconds,
+                      "written": now_utc(), "host": platform.node()}
+        atomic_write_json(provenance_path(cfg.out, j), seal(provenance))
+        atomic_write_bytes(shard_path(cfg.out, j), data)
         result.computed.append(j)
         if fail_after and len(result.computed) >= fail_after:
             raise GenerateInterrupted(f"rank {ctx.rank} stopped after {len(result.computed)} new shards "
@@ -507,34 +505,43 @@ def add_subcommand(subparsers) -> None:
         description="Draw --num-samples samples with one sampler into DIR/shards/*.safetensors (--shard-size "
                     "samples each) and write DIR/index.json. Sample i depends only on (--seed, i), so the result "
                     "is the same for any number of processes. Resumable: rerun the same command; finished shards "
-                    "are kept. Multi-process: torchrun --nproc_per_node=K -m skipstep generate ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory")
-    p.add_argument("--sampler", default="default", help="sampler name. Available: " + ", ".join(available_samplers()))
-    p.add_argument("--nfe", type=int, default=10, help="network evaluations per sample")
-    p.add_argument("--num-samples", type=int, required=True, help="total number of samples")
-    p.add_argument("--seed", type=int, default=0, help="base seed; sample i uses sample_seed(seed, i)")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="samples per shard file")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                    "are verified against their recorded sha256 and kept. Multi-process: torchrun "
+                    "--nproc_per_node=K -m skipstep generate ...",
+        formatter_class=HelpFormatter)
+    p.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory (required)")
+    p.add_argument("--sampler", default="default",
+                   help="sampler name; `skipstep bench --samplers` lists them all with their meanings")
+    p.add_argument("--nfe", type=positive_int, default=10, help="network evaluations per sample")
+    p.add_argument("--num-samples", type=positive_int, required=True, help="total number of samples (required)")
+    p.add_argument("--seed", type=check_seed, default=0,
+                   help="base seed, 0 <= seed < 2**63; sample i uses its own generator seeded with "
+                        "sample_seed(seed, i)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output directory (required): new or empty, or an earlier generate run to resume")
+    p.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE, help="samples per shard file")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="samples per network batch (does not change the noise of any sample)")
     p.add_argument("--device", default="cpu",
-                   help="cpu or cuda (under torchrun, cuda means cuda:LOCAL_RANK), or an explicit cuda:N")
+                   help="cpu, cuda (under torchrun, cuda means cuda:LOCAL_RANK), an explicit cuda:N, or mps")
+    add_threads_arg(p)
     p.add_argument("--overwrite", action="store_true",
-                   help="discard the samples of a different configuration in --out")
+                   help="discard the samples of a different configuration in --out (only files generate wrote "
+                        "there are removed; a directory skipstep did not create is always refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--fid-features", default=None,
                    help="compute feature statistics of the output (and an FID with --fid-reference) with this "
-                        "feature network: inception, digits, a TorchScript file, or module:function")
+                        "feature network: inception, digits, a TorchScript file, or module:function (default: none)")
     p.add_argument("--fid-reference", default=None,
                    help="reference for the FID: a statistics .npz (mu, sigma), a generate output directory, a "
-                        "folder of images or a .safetensors tensor file")
+                        "folder of images or a .safetensors tensor file (default: none, statistics only)")
     p.add_argument("--inception-weights", default=None,
-                   help="local Inception-v3 weights for --fid-features inception (never downloaded)")
+                   help="local Inception-v3 weights for --fid-features inception (never downloaded; default: "
+                        "$SKIPSTEP_INCEPTION_WEIGHTS or torch's hub cache)")
     p.set_defaults(func=main_generate)
 
 
 def main_generate(args: argparse.Namespace) -> int:
+    apply_threads(args)
     cfg = GenerateConfig(model=args.model, sampler=args.sampler, nfe=args.nfe, num_samples=args.num_samples,
                          seed=args.seed, out=args.out, shard_size=args.shard_size, batch_size=args.batch_size,
                          device=args.device, overwrite=args.overwrite, progress=not args.no_progress,

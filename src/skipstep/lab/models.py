@@ -22,18 +22,21 @@ New models are added with :func:`register_model`.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import diffusers
 import numpy as np
 import torch
 from diffusers import UNet2DModel
 from safetensors import safe_open
 
+from ..diffusers_schedulers import SkippedStepScheduler
 from ..optimal_variance import estimate_eps_mse, load_eps_mse, save_eps_mse
-from ..paths import DiscreteVPPath
+from ..paths import DiscreteVPPath, flow_config_reason
 from ..predictions import unwrap_model_output
 from ..storage import cache_dir, file_sha256
 from .metrics import mixture_metrics
@@ -43,6 +46,9 @@ from .testbeds.gmm import GMMDenoiser, digits_mixture
 __all__ = [
     "CLIP_MODES",
     "DEFAULT_GMM_NUM_MEANS",
+    "FLOW_SCHEDULER_CLASSES",
+    "VP_SCHEDULER_CLASSES",
+    "lab_scheduler_config",
     "DEFAULT_GMM_STD",
     "ExactMixtureReference",
     "ModelLoadError",
@@ -73,6 +79,20 @@ DDPM_LINEAR_CONFIG: dict[str, Any] = {
     "steps_offset": 0,
     "rescale_betas_zero_snr": False,
 }
+
+#: diffusers schedulers of variance-preserving (DDPM-type) chains: their betas, T and prediction type describe the
+#: training chain, whichever sampler the config was saved for, so the lab can sample such a model.
+VP_SCHEDULER_CLASSES = (
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+    "DPMSolverSDEScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler",
+    "DEISMultistepScheduler", "DDPMParallelScheduler", "DDIMParallelScheduler", "SkippedStepScheduler",
+)
+#: Flow-matching schedulers: refused by the lab for now (its benchmark samples VP chains only).
+FLOW_SCHEDULER_CLASSES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
+                          "FlowMatchLCMScheduler", "SkippedStepFlowScheduler")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -153,9 +173,62 @@ def _short(h) -> str:
     return h.hexdigest()[:12]
 
 
-def _clean_scheduler_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The training-chain keys of a scheduler config as a plain JSON-able dict (DDPM defaults filled in)."""
-    out = dict(DDPM_LINEAR_CONFIG)
+def _class_defaults(class_name: str) -> dict[str, Any]:
+    """The constructor defaults of a diffusers (or skipstep) scheduler class: what diffusers itself fills in for
+    keys a config leaves out."""
+    cls = SkippedStepScheduler if class_name == "SkippedStepScheduler" else getattr(diffusers, class_name, None)
+    if cls is None:
+        return {}
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def lab_scheduler_config(raw: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The training chain of a model directory's scheduler config, for the lab's samplers -- or a
+    :class:`ModelLoadError` saying why the lab cannot sample it correctly (never a silent reinterpretation):
+
+    * a variance-preserving class (:data:`VP_SCHEDULER_CLASSES`): its keys, the class's own defaults for keys it
+      leaves out (as diffusers fills them);
+    * a flow-matching config (:data:`FLOW_SCHEDULER_CLASSES`, ``shift``, dynamic shifting, flow sigmas or
+      prediction): refused -- the lab samples VP chains only for now;
+    * no ``_class_name``, an unknown class, continuous timesteps or an unknown prediction type: refused."""
+    class_name = raw.get("_class_name")
+    flow_reason = flow_config_reason(raw) or (
+        "it uses dynamic shifting (use_dynamic_shifting)" if raw.get("use_dynamic_shifting") else None)
+    if class_name in FLOW_SCHEDULER_CLASSES or flow_reason:
+        shift = {k: raw[k] for k in ("shift", "use_dynamic_shifting", "base_shift", "max_shift") if k in raw}
+        raise ModelLoadError(
+            f"{source}: {class_name or 'the scheduler config'} describes a flow-matching model "
+            f"({flow_reason or 'a FlowMatch scheduler'}{'; ' + str(shift) if shift else ''}). The lab (bench, "
+            "generate, tune, sample) samples variance-preserving (DDPM-type) chains only for now, so it refuses "
+            "instead of sampling this model as a DDPM chain; in a diffusers pipeline use "
+            "skipstep.SkippedStepFlowScheduler.from_config(pipe.scheduler.config)")
+    if not class_name:
+        raise ModelLoadError(f"{source} has no _class_name, so it does not say which noise path the model was "
+                             "trained on; add the scheduler class it was saved from (e.g. \"_class_name\": "
+                             "\"DDPMScheduler\")")
+    if class_name not in VP_SCHEDULER_CLASSES:
+        raise ModelLoadError(f"{source}: unknown scheduler class {class_name!r}: skipstep cannot tell which noise "
+                             f"path the model was trained on (the lab samples: {', '.join(VP_SCHEDULER_CLASSES)})")
+    if raw.get("timestep_type", "discrete") != "discrete":
+        raise ModelLoadError(f"{source}: timestep_type={raw['timestep_type']!r}: the model takes continuous noise "
+                             "levels, but the lab feeds the integer timesteps of a DDPM chain")
+    config = _clean_scheduler_config(raw, _class_defaults(class_name))
+    if config.get("prediction_type") not in PREDICTION_TYPES:
+        raise ModelLoadError(f"{source}: prediction_type={config.get('prediction_type')!r} is not one of "
+                             f"{PREDICTION_TYPES}")
+    try:
+        DiscreteVPPath.from_config(config)
+    except (ValueError, TypeError, NotImplementedError) as err:
+        raise ModelLoadError(f"{source}: the training chain cannot be built ({err})") from None
+    return config
+
+
+def _clean_scheduler_config(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The training-chain keys of a scheduler config as a plain JSON-able dict (missing keys: the class's
+    ``defaults``, else DDPM's)."""
+    defaults = defaults or {}
+    out = {k: defaults.get(k, v) if k != "_class_name" else v for k, v in DDPM_LINEAR_CONFIG.items()}
     for key, value in dict(config).items():
         if key.startswith("_") and key != "_class_name":
             continue
@@ -270,7 +343,8 @@ def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None =
                 extra = " (only a pickle .bin file is present; skipstep loads safetensors only)"
             raise ModelLoadError(f"{what} missing: {f}{extra}")
     unet_config = _read_json(config_file)
-    sched_config = _clean_scheduler_config(_read_json(sched_file))
+    raw_sched_config = _read_json(sched_file)
+    sched_config = lab_scheduler_config(raw_sched_config, sched_file)
     class_name = unet_config.get("_class_name", "UNet2DModel")
     if class_name != "UNet2DModel":
         raise ModelLoadError(f"{config_file}: unsupported model class {class_name!r} (only unconditional "
@@ -292,13 +366,20 @@ def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None =
     h_, w_ = (size, size) if isinstance(size, int) else tuple(size)
     notes = []
     used = None
+    declared_variance = raw_sched_config.get("variance_type")
     if out_ch == 2 * in_ch:
         used = in_ch
         sched_config["variance_type"] = "fixed_small"
-        notes.append("the network predicts its variance (2C channels); only the mean channels are used, "
-                     "with the fixed-small variance, so that every sampler sees the same model")
+        notes.append(f"learned-variance model: the network outputs 2C={out_ch} channels (epsilon, then the variance; "
+                     f"the scheduler config says variance_type={declared_variance!r}). The lab uses only the C "
+                     "epsilon channels, with the fixed_small posterior variance, for every sampler, so that all "
+                     "see the same model: the learned variance is NOT used here (skipstep.sample(..., "
+                     "variance_type='learned') and SkippedStepScheduler(variance_type='learned_range') use it)")
     elif out_ch != in_ch:
         raise ModelLoadError(f"{config_file}: out_channels={out_ch} must equal in_channels={in_ch} (or twice it)")
+    elif declared_variance in LEARNED_VARIANCE_TYPES:
+        raise ModelLoadError(f"{sched_file} says variance_type={declared_variance!r} (a learned variance, 2C "
+                             f"output channels), but {config_file} has out_channels={out_ch} = in_channels")
     prediction_type = sched_config.get("prediction_type", "epsilon")
     h = hashlib.sha256()
     file_sha256(weights_file, h)
@@ -403,7 +484,10 @@ def load_model(name_or_path: str, device: str = "cpu") -> LoadedModel:
     looks_like_path = p.exists() or "/" in name_or_path or name_or_path.startswith(".")
     if not looks_like_path:
         raise ModelLoadError(
-            f"unknown model {name_or_path!r}; valid names: {', '.join(sorted(_MODELS))} "
+            f"--model: unknown model {name_or_path!r}; valid names: {', '.join(sorted(_MODELS))} "
             "(or a path to a local diffusers directory)"
         )
-    return load_diffusers_dir(p, device=device)
+    try:
+        return load_diffusers_dir(p, device=device)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"--model {name_or_path}: {err}") from None

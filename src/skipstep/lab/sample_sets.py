@@ -12,17 +12,16 @@ exact data draws for analytic models, the model's own 1000-step ancestral sample
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from ..storage import atomic_write_json, derived_seed
+from ..storage import atomic_write_json, derived_seed, file_sha256
 from .models import LoadedModel
-from .run_dirs import load_tensor, save_tensor
+from .run_dirs import load_tensor, read_json_record, remove_stale_temp_files, save_tensor, seal
 from .sampler_registry import (CallCounter, SamplerRecipe, build_scheduler, get_sampler, run_standard_loop,
                                scheduler_config_for, steps_for_nfe)
 
@@ -75,15 +74,40 @@ def sample_cell(loaded: LoadedModel, sampler: SamplerRecipe, num_steps: int, see
     return SampledCell(torch.cat(chunks), seconds, nfes[0], num_steps)
 
 
+def _cached_reference(data_file: Path, meta_file: Path, num_samples: int, seed: int
+                      ) -> tuple[torch.Tensor | None, dict, str]:
+    """A reference set drawn before, if its files are intact: ``(samples, meta, "")`` or ``(None, {}, reason)``."""
+    meta, reason = read_json_record(meta_file)
+    if meta is None:
+        return None, {}, f"{meta_file.name} is {reason}"
+    recorded = meta.get("samples_sha256")
+    if recorded is not None and file_sha256(data_file) != recorded:
+        return None, {}, f"{data_file.name} differs from the sha256 recorded when it was written"
+    try:
+        samples = load_tensor(data_file)
+    except Exception as err:  # noqa: BLE001 - a damaged file of an older skipstep (no recorded hash)
+        return None, {}, f"{data_file.name} cannot be read ({err})"
+    if (meta.get("num_samples"), meta.get("seed")) != (int(num_samples), int(seed)) or samples.shape[0] != num_samples:
+        return None, {}, f"it holds {samples.shape[0]} samples of seed {meta.get('seed')}, not {num_samples} of {seed}"
+    return samples, meta, ""
+
+
 def reference_samples(loaded: LoadedModel, num_samples: int, seed: int, directory: Path, batch_size: int,
-                      device: str = "cpu", progress: bool = False) -> tuple[torch.Tensor, dict]:
-    """The reference set of ``loaded``: read from ``directory`` if drawn before, else drawn and saved there --
-    exact data samples for analytic models, else ``num_samples`` 1000-step ancestral samples (the sampler
+                      device: str = "cpu", progress: bool = False,
+                      log: Callable[[str], None] | None = None) -> tuple[torch.Tensor, dict]:
+    """The reference set of ``loaded``: read from ``directory`` if drawn before (and its files match the hash
+    recorded when they were written; otherwise it is drawn again), else drawn and saved there -- exact data
+    samples for analytic models, else ``num_samples`` 1000-step ancestral samples (the sampler
     ``reference-1000``, x0 clipped as the model's scheduler config says) from ``seed``."""
     directory = Path(directory)
+    log = log or (print if progress else (lambda msg: None))
     data_file, meta_file = directory / "reference.safetensors", directory / "reference.json"
+    remove_stale_temp_files(directory)  # of killed writers only: a cache folder may be shared by live runs
     if data_file.is_file() and meta_file.is_file():
-        return load_tensor(data_file), json.loads(meta_file.read_text())
+        samples, meta, problem = _cached_reference(data_file, meta_file, num_samples, seed)
+        if samples is not None:
+            return samples, meta
+        log(f"reference in {directory}: {problem}; drawing it again")
     t0 = time.perf_counter()
     if loaded.reference is not None:
         samples = loaded.reference.sample(num_samples, seed).float()
@@ -99,8 +123,9 @@ def reference_samples(loaded: LoadedModel, num_samples: int, seed: int, director
         meta = {"source": f"{steps}-step ancestral samples (reference-1000)", "seconds": cell.seconds,
                 "actual_nfe": cell.actual_nfe}
     meta.update({"num_samples": int(samples.shape[0]), "seed": int(seed)})
-    save_tensor(data_file, samples)
-    atomic_write_json(meta_file, meta)
+    meta["samples_sha256"] = save_tensor(data_file, samples)
+    meta = seal(meta)
+    atomic_write_json(meta_file, meta)  # last: the metadata marks a complete set
     return samples, meta
 
 

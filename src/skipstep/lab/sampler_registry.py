@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from ..diffusers_schedulers import SkippedStepScheduler
 from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER
-from ..tuned_schedules import TunedScheduleError, load_tuned_schedule, resolve_tuned_schedule_path
+from ..tuned_schedules import (TUNED_SCHEDULES_DIR, TunedScheduleError, load_tuned_schedule,
+                               resolve_tuned_schedule_path)
 from .models import LoadedModel, optimal_variance_table
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "build_scheduler",
     "from_config_accepting",
     "check_sampler_for_model",
+    "format_sampler_list",
     "get_sampler",
     "scheduler_config_for",
     "register_sampler",
@@ -120,6 +122,30 @@ def available_samplers() -> dict[str, str]:
     return {name: recipe.description for name, recipe in _SAMPLERS.items()}
 
 
+#: Headings of the sampler families in :func:`format_sampler_list`.
+FAMILY_TITLES = {"skipstep": "skipstep's samplers (group 'ours')", "diffusers": "diffusers' samplers (group 'peers')",
+                 "reference": "the reference", "tuned": "tuned schedules"}
+
+
+def format_sampler_list() -> str:
+    """Every registered sampler with its one-line meaning, by family; then the groups and ``tuned:``."""
+    width = max(len(name) for name in _SAMPLERS)
+    lines = []
+    for family in dict.fromkeys(recipe.family for recipe in _SAMPLERS.values()):
+        lines.append(FAMILY_TITLES.get(family, family) + ":")
+        for name, recipe in _SAMPLERS.items():
+            if recipe.family == family:
+                order = f" [NFE >= {recipe.min_nfe}]" if recipe.min_nfe > 1 else ""
+                lines.append(f"  {name:<{width}}  {recipe.description}{order}")
+    shipped = ", ".join(sorted(p.stem for p in TUNED_SCHEDULES_DIR.glob("*.json"))) or "none"
+    lines += ["groups:", f"  {'all':<{width}}  ours and peers", f"  {'ours':<{width}}  every skipstep sampler",
+              f"  {'peers':<{width}}  every diffusers sampler",
+              "tuned schedules:",
+              f"  {'tuned:FILE.json':<{width}}  a schedule written by `skipstep tune` (runs at exactly its NFE)",
+              f"  {'tuned:NAME':<{width}}  a shipped schedule ({shipped})"]
+    return "\n".join(lines)
+
+
 def sampler_names(*families: str) -> list[str]:
     """Registered sampler names (in registration order), all of them or those of the given families
     (``skipstep``, ``diffusers``, ``reference``, ...)."""
@@ -168,6 +194,10 @@ def check_sampler_for_model(recipe: SamplerRecipe, model_fingerprint: str, num_t
     """Refuse a sampler made for another model (its settings name ``model_fingerprint`` / ``num_train_timesteps``,
     as tuned schedules do)."""
     want_fp, want_T = recipe.settings.get("model_fingerprint"), recipe.settings.get("num_train_timesteps")
+    if "model_fingerprint" in recipe.settings and want_fp is None:
+        raise SamplerError(f"sampler {recipe.name!r} records no model fingerprint (model_fingerprint: null), so it "
+                           f"cannot be checked against this model ({model_fingerprint}); a tuned schedule is valid "
+                           "only for the model it was tuned on: tune one for this model with `skipstep tune`")
     if want_fp is not None and want_fp != model_fingerprint:
         raise SamplerError(f"sampler {recipe.name!r} was tuned for the model with fingerprint {want_fp}, not this "
                            f"model ({model_fingerprint}): a tuned schedule is not valid for another model")
@@ -253,8 +283,8 @@ def tuned_sampler(name: str) -> SamplerRecipe:
     ref = name[len(TUNED_PREFIX):]
     if not ref:
         raise SamplerError("a tuned sampler is named tuned:PATH.json (or tuned:NAME for a shipped schedule)")
-    path = resolve_tuned_schedule_path(ref)
     try:
+        path = resolve_tuned_schedule_path(ref)
         schedule = load_tuned_schedule(path)
     except TunedScheduleError as err:
         raise SamplerError(f"sampler {name!r}: {err}") from None

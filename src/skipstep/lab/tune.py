@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import json
 import math
 import time
 from pathlib import Path
@@ -29,10 +30,12 @@ from ..paths import DiscreteVPPath
 from ..storage import CACHE_DIR_ENV
 from ..storage import cache_dir as default_cache_root
 from ..timesteps import select_timesteps
-from ..tuned_schedules import TunedSchedule, TunedScheduleError
+from ..tuned_schedules import TunedSchedule
 from .bench_report import format_value
-from .cli_args import add_common_run_args, apply_threads, int_list
+from .cli_args import (HelpFormatter, OptionValueError, add_common_run_args, apply_threads, check_device, check_seed,
+                       positive_int, seed_list)
 from .models import apply_clip_mode, load_model
+from .run_dirs import RunDirectoryError, check_writable_dir, check_writable_file, remove_stale_temp_files
 from .sample_sets import REFERENCE_SEED
 from .tune_search import (SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, CommonNoise, Objective, Search, StageLimit,
                           base_names, coordinate_stage, draw_samples, reference_samples, resolve_base, smooth_stage,
@@ -55,10 +58,10 @@ def _time_one_call(loaded, batch: int, device: str) -> float:
 def _check_seeds(fit_seeds, eval_seeds, reference_seed):
     fit, ev = [int(s) for s in fit_seeds], [int(s) for s in eval_seeds]
     if not fit:
-        raise ValueError("give at least one fit seed")
+        raise ValueError("--fit-seeds: give at least one fit seed")
     overlap = sorted(set(fit) & set(ev))
     if overlap:
-        raise ValueError(f"eval seeds must be held out: {overlap} are also fit seeds")
+        raise ValueError(f"--eval-seeds must be held out: {overlap} are also --fit-seeds")
     if reference_seed in fit + ev:
         raise ValueError(f"seed {reference_seed} is the reference set's seed; choose other fit/eval seeds")
     return list(dict.fromkeys(fit)), list(dict.fromkeys(ev))
@@ -97,6 +100,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     num_samples, batch_size = int(num_samples), int(batch_size)
+    if num_reference is not None and int(num_reference) < 4:
+        raise ValueError(f"--num-reference must be >= 4 (the reference set's size), got {num_reference}")
     reference_seed = REFERENCE_SEED if reference_seed is None else int(reference_seed)
     fit_seeds, eval_seeds = _check_seeds(fit_seeds, eval_seeds, reference_seed)
     if eval_reference_seed is not None:
@@ -109,22 +114,29 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
         val_seeds = [s for s in range(len(taken) + 2) if s not in taken][:DEFAULT_NUM_VAL_SEEDS]
     val_seeds = list(dict.fromkeys(int(s) for s in val_seeds))
     if taken & set(val_seeds):
-        raise ValueError(f"validation seeds {sorted(taken & set(val_seeds))} are also fit, eval or reference seeds")
+        raise ValueError(f"--val-seeds {sorted(taken & set(val_seeds))} are also fit, eval or reference seeds")
     metric = metric or ("fd" if loaded.feature_fn is not None else "sw")
     if metric not in ("fd", "sw") or (metric == "fd" and loaded.feature_fn is None):
         raise ValueError(f"metric must be 'sw' or (with a feature network) 'fd'; got {metric!r} for {loaded.name!r}")
     # -- budgets: refuse before any work ------------------------------------------------------------------------
-    cost = nfe * math.ceil(num_samples / batch_size) * len(fit_seeds)
-    if budget_nfe < cost:
-        raise ValueError(f"budget_nfe={budget_nfe} cannot pay for one candidate: each costs {cost} NFE "
-                         f"(nfe {nfe} x {math.ceil(num_samples / batch_size)} batches x {len(fit_seeds)} fit seed(s))")
+    batches = math.ceil(num_samples / batch_size)
+    cost = nfe * batches * len(fit_seeds)
+    # the search keeps two validations in reserve before it evaluates a candidate (tune_search.Search)
+    reserve = 2 * nfe * batches * len(val_seeds)
+    if budget_nfe < cost + reserve:
+        raise ValueError(f"--budget-nfe {budget_nfe} cannot pay for one candidate: it needs at least "
+                         f"{cost + reserve} NFE (a candidate costs {cost}: nfe {nfe} x {batches} batches x "
+                         f"{len(fit_seeds)} fit seed(s); plus {reserve} kept for two validations on "
+                         f"{len(val_seeds)} validation seed(s))")
     if not budget_minutes > 0:
-        raise ValueError(f"budget_minutes must be > 0, got {budget_minutes}")
+        raise ValueError(f"--budget-minutes must be > 0, got {budget_minutes}")
     per_call = _time_one_call(loaded, min(batch_size, num_samples), device)
     estimate = cost * per_call
-    if budget_minutes * 60 < estimate:
-        raise ValueError(f"budget_minutes={budget_minutes} cannot pay for one candidate: one model call took "
-                         f"{per_call:.3g} s, so one candidate ({cost} calls) needs about {estimate:.3g} s")
+    needed = (cost + reserve) * per_call
+    if budget_minutes * 60 < needed:
+        raise ValueError(f"--budget-minutes {budget_minutes} cannot pay for one candidate: one model call took "
+                         f"{per_call:.3g} s, so one candidate and its validation reserve ({cost + reserve} calls) "
+                         f"need about {needed:.3g} s")
     # -- reference, objective, common random numbers ------------------------------------------------------------
     t_ref = time.perf_counter()
     num_reference = int(num_reference or num_samples)
@@ -166,6 +178,9 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
             name = min(pooled, key=pooled.get)
             accepted = {"ts": list(starts[name][0]), "eta": list(base_eta), "f": start_values[name], "from": name}
             log(f"  best start on fit + validation seeds: {name} ({metric} {pooled[name]:.5g})")
+    if accepted is None:  # the machine slowed down after the budget check: not even one candidate fitted
+        raise ValueError(f"--budget-minutes {budget_minutes} / --budget-nfe {budget_nfe}: the search could not "
+                         f"evaluate a single candidate (stopped by the {search.stopped_by}); raise the budget")
     chosen_start = accepted["from"]
     stages.append({"stage": "spacings", "candidates": len(search.memo), "best": accepted["f"],
                    "note": f"stopped by the {search.stopped_by}" if stopped else f"best: {chosen_start}"
@@ -218,8 +233,6 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
         log(f"  {stage}: {decision}")
         stages.append({"stage": stage, "candidates": len(search.memo) - before,
                        "best": holder.get("f"), "note": note, "decision": decision})
-    if accepted is None:  # cannot happen: one candidate is always affordable
-        raise RuntimeError("no candidate could be evaluated within the budget")
     search_seconds = search.elapsed()
     value, ts, eta_best = accepted["f"], accepted["ts"], accepted["eta"]
     uniform = start_values.get("trailing")
@@ -340,13 +353,13 @@ def format_comparison(table: dict[str, Any]) -> str:
 # CLI
 # --------------------------------------------------------------------------------------------------------------
 
-def _seed_list(text: str) -> list[int]:
+def _seed_list_or_none(text: str) -> list[int]:
     if text.strip().lower() in ("none", ""):
         return []
     try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers or 'none', got {text!r}") from None
+        return seed_list(text)
+    except OptionValueError as err:
+        raise OptionValueError(f"{err} (or 'none')") from None
 
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
@@ -355,57 +368,72 @@ def add_subcommand(subparsers) -> None:
                     "the Fréchet distance (classifier features; sliced W2 without a feature network) to the "
                     "model's own 1000-step samples on --fit-seeds, within --budget-nfe and --budget-minutes; "
                     "compare it on --eval-seeds with trailing, quadratic and log-SNR spacing, print the table and "
-                    "write the schedule JSON (use it with `skipstep bench --samplers tuned:FILE.json`, "
-                    "skipstep.sample(..., schedule=FILE) or SkippedStepScheduler(tuned_schedule=...)).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory")
-    p.add_argument("--nfe", type=int, required=True, help="network evaluations (= steps) of the schedule")
+                    "the schedule, then write the schedule JSON (use it with `skipstep bench --samplers "
+                    "tuned:FILE.json`, skipstep.sample(..., tuned_schedule=FILE) or "
+                    "SkippedStepScheduler(tuned_schedule=...)). --out and the cache are checked writable before "
+                    "any work.",
+        formatter_class=HelpFormatter)
+    p.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory (required)")
+    p.add_argument("--nfe", type=positive_int, required=True,
+                   help="network evaluations (= steps) of the schedule (required)")
     p.add_argument("--base", default="skipstep",
                    help="the skipstep sampler to tune (its eta is the start): " + ", ".join(base_names()))
-    p.add_argument("--solver-order", type=int, default=None, choices=(1, 2, 3), help="multistep order (default 1)")
-    p.add_argument("--variance-type", default=None, choices=("small", "large"), help="noise variance (default small)")
-    p.add_argument("--eta", default=None, help="override the base's starting eta (number or schedule string)")
+    p.add_argument("--solver-order", type=int, default=None, choices=(1, 2, 3),
+                   help="multistep order (default: the base sampler's own order)")
+    p.add_argument("--variance-type", default=None, choices=("small", "large"),
+                   help="noise variance (default: the base sampler's, small for every shipped base)")
+    p.add_argument("--eta", default=None,
+                   help="override the base's starting eta: a number or a schedule string (default: the base's eta)")
     p.add_argument("--no-eta-search", action="store_true", help="keep the base eta; tune the timesteps only")
-    p.add_argument("--num-samples", type=int, default=1000, help="samples per candidate (and per eval seed)")
-    p.add_argument("--fit-seeds", type=int_list, default=[0], help="seeds the objective is averaged over")
-    p.add_argument("--eval-seeds", type=int_list, default=[1, 2, 3], help="held-out seeds of the comparison")
-    p.add_argument("--val-seeds", type=_seed_list, default=None,
+    p.add_argument("--num-samples", type=positive_int, default=1000,
+                   help="samples per candidate (and per eval seed; at least 4)")
+    p.add_argument("--fit-seeds", type=seed_list, default=[0], help="seeds the objective is averaged over")
+    p.add_argument("--eval-seeds", type=seed_list, default=[1, 2, 3], help="held-out seeds of the comparison")
+    p.add_argument("--val-seeds", type=_seed_list_or_none, default=None,
                    help="seeds a stage's result must also improve on to be accepted (guards against fitting the "
                         "fit seeds' noise; 'none' disables the check). Default: the two smallest seeds not used "
                         "elsewhere")
-    p.add_argument("--budget-nfe", type=int, default=2000, help="batched model calls the search may spend")
+    p.add_argument("--budget-nfe", type=positive_int, default=2000, help="batched model calls the search may spend")
     p.add_argument("--budget-minutes", type=float, default=5.0, help="wall time the search may spend")
     p.add_argument("--metric", default=None, choices=("fd", "sw"), help="objective (default: fd if the model has "
                    "a feature network, else sw)")
-    p.add_argument("--num-reference", type=int, default=None, help="reference-set size (default: --num-samples)")
-    p.add_argument("--eval-reference-seed", type=int, default=None,
+    p.add_argument("--num-reference", type=positive_int, default=None,
+                   help="reference-set size (default: --num-samples)")
+    p.add_argument("--eval-reference-seed", type=check_seed, default=None,
                    help="score the held-out comparison against a second reference set drawn with this seed "
                         "(default: the fit's reference set) and report the two sets' distance as the floor")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help=f"where reference sets are cached (default ${CACHE_DIR_ENV} or ~/.cache/skipstep)")
-    p.add_argument("--out", type=Path, required=True, help="schedule JSON to write")
+    p.add_argument("--out", type=Path, required=True, help="schedule JSON file to write (required)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_common_run_args(p)  # --device, --batch-size, --no-progress, --clip, --threads (as bench)
     p.set_defaults(func=main_tune)
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Everything tune will write, checked before any work: --out and the reference cache."""
+    check_writable_file(args.out, "--out", args.overwrite)
+    remove_stale_temp_files(args.out.parent, targets=[args.out.name])  # of killed tune runs only
+    cache = Path(args.cache_dir or default_cache_root())
+    check_writable_dir(cache, "the reference cache (--cache-dir, $" + CACHE_DIR_ENV + ")")
+
 def main_tune(args: argparse.Namespace) -> int:
     apply_threads(args)
-    if args.out.exists() and not args.overwrite:
-        raise TunedScheduleError(f"{args.out} already exists; pass --overwrite to replace it")
+    _check_outputs(args)
+    device = check_device(args.device)
     t0 = time.perf_counter()
     verbose = not args.no_progress
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=device)
     schedule = tune_schedule(
         loaded, args.nfe, args.base, solver_order=args.solver_order, variance_type=args.variance_type, eta=args.eta,
         num_samples=args.num_samples, fit_seeds=args.fit_seeds, eval_seeds=args.eval_seeds, val_seeds=args.val_seeds,
         budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, metric=args.metric,
-        num_reference=args.num_reference, cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
+        num_reference=args.num_reference, cache_dir=args.cache_dir, batch_size=args.batch_size, device=device,
         search_eta=not args.no_eta_search, clip=args.clip, eval_reference_seed=args.eval_reference_seed,
         progress=verbose, log=print if verbose else None)
     total = time.perf_counter() - t0
     schedule.provenance["timing"]["total_seconds"] = round(total, 2)
-    schedule.save(args.out, overwrite=args.overwrite)
     prov = schedule.provenance
+    # printed before it is written: a failing write loses nothing
     print(f"\n{loaded.name} (fingerprint {loaded.fingerprint}), NFE {schedule.nfe}, base {prov['base']['name']} "
           f"(eta {prov['base']['eta']}, solver_order {schedule.solver_order}, variance {schedule.variance_type})")
     print(f"tuned timesteps: {schedule.timesteps}")
@@ -417,6 +445,12 @@ def main_tune(args: argparse.Namespace) -> int:
     print(f"\nsearch: {prov['search']['candidates_evaluated']} candidates, {b['nfe_used']}/{b['budget_nfe']} NFE, "
           f"{b['seconds_used']:.0f}/{60 * b['budget_minutes']:.0f} s (stopped by {b['stopped_by']}); reference "
           f"{tm['reference_seconds']:.0f} s; held-out {tm.get('heldout_seconds', 0):.0f} s; total {total:.0f} s")
+    try:
+        schedule.save(args.out, overwrite=args.overwrite)
+    except (OSError, ValueError) as err:
+        print(json.dumps(schedule.to_dict(), indent=2))
+        raise RunDirectoryError(f"--out {args.out} could not be written ({getattr(err, 'strerror', None) or err}); "
+                                "the schedule is printed above as JSON: save it to a file by hand") from None
     print(f"wrote {args.out}")
     return 0
 

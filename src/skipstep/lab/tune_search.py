@@ -73,7 +73,7 @@ def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None 
         b = base
     else:
         if base not in sampler_names("skipstep"):
-            raise ValueError(f"base sampler must be one of skipstep's own samplers ({', '.join(base_names())}); "
+            raise ValueError(f"--base: the base sampler must be one of skipstep's own samplers ({', '.join(base_names())}); "
                              f"got {base!r}")
         recipe = get_sampler(base)
         e = recipe.settings.get("eta", 1.0)
@@ -88,7 +88,10 @@ def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None 
         raise ValueError(f"tuning supports variance_type small or large, got {vt!r}")
     e = b.eta if eta is None else eta
     if not isinstance(e, (list, tuple)):
-        resolve_eta_schedule(e, 4)  # validate the form early (per-step lists are checked against the NFE later)
+        try:  # validate the form early (per-step lists are checked against the NFE later)
+            resolve_eta_schedule(e, 4)
+        except ValueError as err:
+            raise ValueError(f"--eta: {err}") from None
     return BaseSampler(b.name, e, int(order), vt)
 
 @dataclass(frozen=True)
