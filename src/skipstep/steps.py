@@ -146,8 +146,14 @@ def check_model_output(model_output: torch.Tensor, sample: torch.Tensor, varianc
     expected = (sample.shape[0], expected_channels, *sample.shape[2:])
     if tuple(model_output.shape) != expected:
         what = "2C channels (learned variance)" if variance_type == "learned" else "the sample's shape"
+        hint = ""
+        if variance_type == "learned" and tuple(model_output.shape) == tuple(sample.shape):
+            # the C-channel output of a learned-variance model whose variance channels were cut off upstream
+            hint = (" (a C-channel output: the variance channels were dropped before step(); diffusers' DiTPipeline "
+                    "does that -- use skipstep.pipelines.LearnedVarianceDiTPipeline, which keeps them)")
         raise ValueError(
             f"model output at {step_name} must have {what}: expected {expected}, got {tuple(model_output.shape)}"
+            + hint
         )
 
 
