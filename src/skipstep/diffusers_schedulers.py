@@ -69,7 +69,7 @@ def _check_options(c) -> str | None:
         raise ValueError(f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES} ('zero': the last step goes to clean "
                          f"data; 'sigma_min': it stops at abar_0, as DPM-Solver's), got {c.final_sigmas_type!r}")
     for key in ("lower_order_final", "euler_at_final", "check_finite", "clip_sample", "thresholding",
-                "rescale_betas_zero_snr", *SIGMA_SPACING_FLAGS):
+                "rescale_betas_zero_snr", "use_corrector", *SIGMA_SPACING_FLAGS):
         if not isinstance(getattr(c, key), (bool, np.bool_)):
             raise ValueError(f"{key} must be True or False, got {getattr(c, key)!r}")
     lmc = c.lambda_min_clipped
@@ -115,6 +115,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             ``x0_hat``; still one model evaluation per step, so the class attribute ``order`` stays 1).
         solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form
             of the order-2 steps; order-3 steps use the exact weights under both).
+        use_corrector: redo each step once the model has been evaluated at its end, interpolating ``x0_hat``
+            through one more node (the new evaluation) with the same noise: the order rises by one at no extra
+            evaluation (UniPC's UniC / SA-Solver's corrector for the posterior family; see
+            :class:`skipstep.steps.TrajectoryStepper`).
         lower_order_final: DPM-Solver's rule: with fewer than 15 steps the last step is first order and the one
             before it at most second order. euler_at_final: the last step is first order. (A last step to clean
             data is always first order.)
@@ -186,6 +190,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         data_half_range: float = 1.0,
         tuned_schedule=None,
         solver_type: str = "heun",
+        use_corrector: bool = False,
         lower_order_final: bool = False,
         euler_at_final: bool = False,
         final_sigmas_type: str = "zero",
@@ -246,6 +251,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             check_finite=check_finite,
             solver_order=solver_order,
             data_half_range=data_half_range,
+            use_corrector=bool(use_corrector),
         )
         if self.step_config.variance_type == "optimal" and eps_mse is None:
             raise ValueError("variance_type 'optimal' needs eps_mse (see skipstep.optimal_variance.estimate_eps_mse)")
@@ -331,13 +337,13 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         """Plan the trajectory (reusing the last plan when the timesteps and settings are the same)."""
         c = self.config
         key = (tuple(ts.tolist()), final, repr(c.eta), id(c.eps_mse), c.solver_type, c.lower_order_final,
-               c.euler_at_final)
+               c.euler_at_final, self.step_config.use_corrector)
         if key == self._cached[0]:
             plan, coefficients = self._cached[1], self._cached[2]
         else:
             plan = plan_steps(self.path, ts, c.eta, c.eps_mse, solver_order=self.step_config.solver_order,
                               solver_type=c.solver_type, final_time=final, lower_order_final=c.lower_order_final,
-                              euler_at_final=c.euler_at_final)
+                              euler_at_final=c.euler_at_final, use_corrector=self.step_config.use_corrector)
             coefficients = None
         self._plan = plan
         self._stepper = TrajectoryStepper(plan, self.step_config, coefficients)

@@ -86,6 +86,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             model evaluation per step; ``order`` stays 1).
         solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form
             of the order-2 steps), as for :class:`skipstep.SkippedStepScheduler`.
+        use_corrector: the corrector of :class:`skipstep.SkippedStepScheduler` (no extra evaluation).
         check_finite: raise (naming the step) when the model output holds NaN or inf.
     """
 
@@ -113,6 +114,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         solver_order: int = 1,
         check_finite: bool = True,
         solver_type: str = "heun",
+        use_corrector: bool = False,
     ):
         if invert_sigmas:
             raise ValueError(
@@ -126,8 +128,10 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             )
         resolve_eta_schedule(eta, len(eta) if isinstance(eta, (list, tuple)) else num_train_timesteps)
         check_solver_type(solver_type)
+        if not isinstance(use_corrector, bool):
+            raise ValueError(f"use_corrector must be True or False, got {use_corrector!r}")
         self.step_config = StepConfig(prediction_type="flow", variance_type="small", check_finite=check_finite,
-                                      solver_order=solver_order)
+                                      solver_order=solver_order, use_corrector=use_corrector)
         cfg = dict(self.config)
         self._sigma_source = FlowMatchEulerDiscreteScheduler(**{k: cfg[k] for k in _SIGMA_KEYS if k in cfg})
         # sigma is the path's time; t_min only bounds what validate_time accepts (never used in a step)
@@ -221,7 +225,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         if bool((ts[1:] == ts[:-1]).any()):
             raise ValueError(f"timesteps must not repeat, got {ts.tolist()}")
         self._plan = plan_steps(self.path, noisy, self.config.eta, solver_order=self.step_config.solver_order,
-                                 solver_type=self.config.solver_type)
+                                 solver_type=self.config.solver_type, use_corrector=self.step_config.use_corrector)
         self.timesteps = src.timesteps
         self.sigmas = src.sigmas
         self.num_inference_steps = len(self._plan)

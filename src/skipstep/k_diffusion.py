@@ -82,6 +82,7 @@ def sample_skipstep(
     noise_sampler: Callable | None = None,
     variance_type: str = "small",
     lower_order_final: bool = False,
+    use_corrector: bool = False,
 ) -> torch.Tensor:
     """Skipped-step posterior sampling in k-diffusion's convention (see the module docstring).
 
@@ -90,7 +91,8 @@ def sample_skipstep(
     ``eta_schedule`` (a per-step list or a schedule string such as ``"linear:1:0"`` or ``"skip-ddim:3"``, see
     :func:`skipstep.plan.resolve_eta_schedule`) replaces the constant ``eta``. ``solver_order`` 1, 2 or 3;
     ``solver_type`` ``"heun"`` (exact weights) or ``"midpoint"`` (DPM-Solver++'s form); ``variance_type``
-    ``"small"`` (the posterior variance) or ``"large"`` (the jump's); ``lower_order_final`` as DPM-Solver's.
+    ``"small"`` (the posterior variance) or ``"large"`` (the jump's); ``lower_order_final`` as DPM-Solver's;
+    ``use_corrector`` as :class:`skipstep.SkippedStepScheduler`'s (no extra evaluation).
     Returns the sample at ``sigmas[-1]``.
     """
     extra_args = {} if extra_args is None else extra_args
@@ -108,24 +110,31 @@ def sample_skipstep(
     values = _check_sigmas(sigmas)
     noisy, final = values[:-1], float(values[-1])
     path = VESigmaPath(min(float(noisy[-1]), final) if final > 0 else float(noisy[-1]), float(noisy[0]))
+    if not isinstance(use_corrector, bool):
+        raise ValueError(f"use_corrector must be True or False, got {use_corrector!r}")
     plan = plan_steps(path, noisy, eta if eta_schedule is None else eta_schedule, solver_order=solver_order,
-                      solver_type=solver_type, final_time=final, lower_order_final=lower_order_final)
-    config = StepConfig(prediction_type="sample", variance_type=variance, solver_order=solver_order)
+                      solver_type=solver_type, final_time=final, lower_order_final=lower_order_final,
+                      use_corrector=use_corrector)
+    config = StepConfig(prediction_type="sample", variance_type=variance, solver_order=solver_order,
+                        use_corrector=use_corrector)
     stepper = TrajectoryStepper(plan, config)
     if noise_sampler is None:
         noise_sampler = default_noise_sampler(x, extra_args.get("seed"))
     s_in = x.new_ones([x.shape[0]])
+    # the stepper works on the VP state x_vp = alpha x; it is handed back unchanged (the corrector needs that)
+    x_vp = x * plan[0].alpha_t
     for i in trange(len(plan), disable=disable):
         step = plan[i]
+        if i > 0:  # the model sees the caller's x at the first step, bit for bit
+            x = x_vp / step.alpha_t
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         noise = None
         if stepper.coefficients[i].injects_noise:
             noise = noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise
-        x_vp, _ = stepper.step(i, denoised, x * step.alpha_t, noise=noise)
-        x = x_vp / step.alpha_s  # back to x0 + s eps (alpha_s = 1 at the clean end)
-    return x
+        x_vp, _ = stepper.step(i, denoised, x_vp, noise=noise)
+    return x_vp / plan[-1].alpha_s  # back to x0 + s eps (alpha_s = 1 at the clean end)
 
 
 __all__ = ["DENOISER_VARIANCE_TYPES", "default_noise_sampler", "sample_skipstep"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .paths import GaussianPath
-from .posterior import SOLVER_TYPES, Posterior, gaussian_posterior, x0_weight_rows
+from .posterior import Posterior, SOLVER_TYPES, corrector_x0_weight_rows, gaussian_posterior, x0_weight_rows
 
 # ----------------------------------------------------------------------------------------------------------------
 # eta schedules
@@ -128,7 +128,10 @@ class PlannedStep:
     (most recent first); ``lambda_s`` the target's. ``eps_mse`` is ``M_t`` when an optimal-variance table
     was given. ``order_limit`` is the highest multistep order this step may use, and ``data_weights[k - 1]`` the
     weights of the current and earlier ``x0_hat`` at order ``k`` for the planned eta (precomputed for every
-    order up to the plan's ``solver_order`` and ``order_limit``).
+    order up to the plan's ``solver_order`` and ``order_limit``). ``corrector_weights`` (planned with
+    ``use_corrector``; empty otherwise and on the last step) redo this step once the model has been evaluated at
+    ``s``: weights of ``x0_hat`` at ``s``, at ``t`` and at ``order_limit - 1`` earlier times
+    (:func:`~skipstep.posterior.corrector_x0_weight_rows`).
     """
 
     index: int
@@ -145,6 +148,7 @@ class PlannedStep:
     order_limit: int = 1
     solver_type: str = "heun"
     data_weights: tuple[tuple[float, ...], ...] = ((1.0,),)
+    corrector_weights: tuple[float, ...] = ()
 
     @property
     def is_final(self) -> bool:
@@ -172,6 +176,13 @@ class PlannedStep:
             return self.data_weights[order - 1]
         eta = self.posterior.eta if eta is None else eta
         return tuple(x0_weight_rows(self.solver_type, [list(self.lambdas[:order])], [self.lambda_s], [eta])[0])
+
+    def corrector_x0_weights(self, eta: float | None = None) -> tuple[float, ...]:
+        """The corrector's weights for the planned eta, or computed now for another ``eta`` (empty: no corrector)."""
+        if not self.corrector_weights or eta is None or eta == self.posterior.eta:
+            return self.corrector_weights
+        nodes = [self.lambda_s, *self.lambdas[:len(self.corrector_weights) - 1]]
+        return tuple(corrector_x0_weight_rows([nodes], [self.lambda_s], [eta])[0])
 
 
 def _half_log_snr(alpha: float, sigma: float) -> float:
@@ -207,6 +218,7 @@ def plan_steps(
     final_time: float | None = None,
     lower_order_final: bool = False,
     euler_at_final: bool = False,
+    use_corrector: bool = False,
 ) -> list[PlannedStep]:
     """Plan the trajectory through ``timesteps`` (descending) and then to ``final_time`` (default: the path's
     clean time; a noisy final time leaves the last step's output at that noise level, as DPM-Solver's
@@ -219,7 +231,9 @@ def plan_steps(
     needed for ``variance_type='optimal'``. ``solver_type``: ``heun`` (exact weights) or ``midpoint``
     (DPM-Solver++'s midpoint form for order-2 steps). ``lower_order_final`` (DPM-Solver's rule): with fewer than
     ``LOWER_ORDER_FINAL_BELOW`` steps the last step is first order and the one before it at most second order.
-    ``euler_at_final``: the last step is first order.
+    ``euler_at_final``: the last step is first order. ``use_corrector``: every step whose target is evaluated
+    next gets corrector weights over ``order_limit + 1`` nodes (the new evaluation, the step's start and the
+    earlier nodes its predictor used), see :class:`PlannedStep`.
     """
     solver_order = check_solver_order(solver_order)
     check_solver_type(solver_type)
@@ -247,14 +261,34 @@ def plan_steps(
         histories.append(history)
         limits.append(limit)
     weights = _weights_by_order(histories, lambdas[1:], etas, limits, solver_type)
+    correctors = _corrector_weights(histories, lambdas[1:], etas, limits) if use_corrector else [()] * n
     return [
         PlannedStep(
             index=i, t=ts[i], s=targets[i], alpha_t=alphas[i], sigma_t=sigmas[i], alpha_s=alphas[i + 1],
             sigma_s=sigmas[i + 1], posterior=posteriors[i], lambdas=histories[i], lambda_s=lambdas[i + 1],
             eps_mse=gammas[i], order_limit=limits[i], solver_type=solver_type, data_weights=weights[i],
+            corrector_weights=correctors[i],
         )
         for i in range(n)
     ]
+
+
+def _corrector_weights(histories, lambda_s, etas, limits) -> list[tuple]:
+    """Per step, the corrector weights over (lambda_s, lambda_t, earlier nodes of its predictor); none for the last
+    step (nothing evaluates its target) or a step that cannot be corrected (to clean data, zero span)."""
+    n = len(histories)
+    out: list[tuple] = [()] * n
+    by_size: dict[int, list[int]] = {}
+    for i in range(n - 1):
+        h = lambda_s[i] - histories[i][0]
+        if math.isfinite(lambda_s[i]) and math.isfinite(histories[i][0]) and h > 0:
+            by_size.setdefault(limits[i] + 1, []).append(i)
+    for size, rows in by_size.items():
+        nodes = [[lambda_s[i], *histories[i][:size - 1]] for i in rows]
+        table = corrector_x0_weight_rows(nodes, [lambda_s[i] for i in rows], [etas[i] for i in rows])
+        for i, w in zip(rows, table.tolist()):
+            out[i] = tuple(w)
+    return out
 
 
 def _weights_by_order(histories, lambda_s, etas, limits, solver_type) -> list[tuple]:

@@ -118,8 +118,8 @@ def _gauss_legendre(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights
 
 
-def _check_spans(lams: np.ndarray, lambda_s: np.ndarray) -> np.ndarray:
-    h = lambda_s - lams[:, 0]
+def _check_spans(lams: np.ndarray, lambda_s: np.ndarray, lambda_t: np.ndarray | None = None) -> np.ndarray:
+    h = lambda_s - (lams[:, 0] if lambda_t is None else lambda_t)
     if not (np.all(np.isfinite(h)) and np.all(h > 0) and np.all(np.isfinite(lams))):
         raise ValueError("multistep weights need finite, increasing half-log-SNR values")
     return h
@@ -137,7 +137,7 @@ def _lagrange_basis(lams: np.ndarray, at: np.ndarray) -> np.ndarray:
     return basis
 
 
-def exact_x0_weight_rows(lambdas, lambda_s, eta, num_nodes: int = 48) -> np.ndarray:
+def exact_x0_weight_rows(lambdas, lambda_s, eta, num_nodes: int = 48, lambda_t=None) -> np.ndarray:
     r"""Exact ("heun") weights ``w_j`` of the effective data prediction ``D = sum_j w_j x0_hat(lambda_j)`` of a
     multistep posterior step, for many steps at once: row ``i`` has the nodes ``lambdas[i]`` (the current time
     first, then earlier times), the target ``lambda_s[i]`` and its ``eta[i]``.
@@ -153,13 +153,18 @@ def exact_x0_weight_rows(lambdas, lambda_s, eta, num_nodes: int = 48) -> np.ndar
     computed by Gauss-Legendre quadrature (nodes cached). Two nodes at ``eta = 0`` give DPM-Solver++(2M) with its
     exact ("heun") coefficient, at ``eta = 1`` SDE-DPM-Solver++(2M) in its heun form; three nodes integrate the
     quadratic interpolant exactly.
+
+    ``lambda_t`` (one per row) sets the step's start when it is not the first node: the *corrector* of a step
+    from ``lambda_t`` to ``lambda_s`` interpolates through nodes that include ``lambda_s`` itself (the model's
+    output at the step's end, see :func:`corrector_x0_weight_rows`); the integral is the same.
     """
     lams = np.atleast_2d(np.asarray(lambdas, dtype=np.float64))
     lam_s = np.asarray(lambda_s, dtype=np.float64).reshape(-1)
     eta = np.broadcast_to(np.asarray(eta, dtype=np.float64).reshape(-1), lam_s.shape)[:, None]
-    if lams.shape[1] == 1:
+    lam_t = None if lambda_t is None else np.asarray(lambda_t, dtype=np.float64).reshape(-1)
+    if lams.shape[1] == 1 and lam_t is None:
         return np.ones((lams.shape[0], 1))
-    h = _check_spans(lams, lam_s)[:, None]
+    h = _check_spans(lams, lam_s, lam_t)[:, None]
     nodes, quad_w = _gauss_legendre(num_nodes)
     u = 0.5 * h * (nodes[None, :] + 1.0)
     # C'(u) / alpha_s = e^{-u} (g + eta^2 e^{-2u} / g)
@@ -169,6 +174,24 @@ def exact_x0_weight_rows(lambdas, lambda_s, eta, num_nodes: int = 48) -> np.ndar
     basis = _lagrange_basis(lams, lam_s[:, None] - u)
     total = x0_coefficient_growth(h[:, 0], eta[:, 0])
     return 0.5 * h * np.einsum("rjp,rp->rj", basis, kernel) / total[:, None]
+
+
+def corrector_x0_weight_rows(lambdas, lambda_s, eta) -> np.ndarray:
+    r"""Weights of the corrector of a posterior step from ``lambdas[i][1]`` (the step's start) to ``lambda_s[i]``:
+    once the model has been evaluated at the step's end, the step is redone with ``D = sum_j w_j x0_hat(lambda_j)``
+    interpolating through the nodes ``lambdas[i] = (lambda_s, lambda_t, earlier...)`` -- the new evaluation first --
+    with the exact weights of :func:`exact_x0_weight_rows` over the same interval ``[lambda_t, lambda_s]``:
+
+        w_j = int_0^h C'(u) L_j(lambda_s - u) du / C(h),        h = lambda_s - lambda_t.
+
+    Interpolation instead of extrapolation raises the order by one at no extra evaluation (the model output at the
+    step's end is the one the next step uses anyway): UniPC's UniC and SA-Solver's corrector are of this kind;
+    with ``eta = 1`` (SA-Solver's ``tau = 1``) and ``eta = 0`` the integrals are theirs, exactly.
+    """
+    lams = np.atleast_2d(np.asarray(lambdas, dtype=np.float64))
+    if lams.shape[1] < 2:
+        raise ValueError("a corrector needs at least two nodes: the new evaluation and the step's start")
+    return exact_x0_weight_rows(lams, lambda_s, eta, lambda_t=lams[:, 1])
 
 
 def midpoint_x0_weight_rows(lambdas, lambda_s) -> np.ndarray:
@@ -213,6 +236,7 @@ def multistep_x0_weights(lambdas: list[float], lambda_s: float, eta: float, num_
 __all__ = [
     "Posterior",
     "SOLVER_TYPES",
+    "corrector_x0_weight_rows",
     "exact_x0_weight_rows",
     "gaussian_posterior",
     "midpoint_x0_weight_rows",

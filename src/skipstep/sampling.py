@@ -43,6 +43,12 @@ def _check_inputs(model: Callable, shape: tuple, device: torch.device, generator
                          "device='meta'): load them or move the model to a real device")
 
 
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 @torch.no_grad()
 def sample(
     model: Callable,
@@ -55,6 +61,7 @@ def sample(
     eta=DEFAULT_ETA,
     variance_type: str = "small",
     solver_order: int = DEFAULT_SOLVER_ORDER,
+    use_corrector: bool = False,
     eps_mse: Sequence[float] | torch.Tensor | None = None,
     prediction_type: str = "epsilon",
     clipping: X0Clipping | None = None,
@@ -80,7 +87,8 @@ def sample(
     ``spacing`` is a spacing name or an explicit descending list of timesteps (the same as ``timesteps=``).
     ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`).
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
-    (order 1 is the plain step). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
+    (order 1 is the plain step); ``use_corrector`` redoes each step once the model has been evaluated at its end
+    (one more interpolation node, same noise, no extra evaluation). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
     ``callback(i, t, x_s, x0_hat)`` runs after every step. Returns ``x_0`` in ``dtype``.
 
     Precision: the model is called with ``x_t`` in ``model_dtype`` -- by default the dtype of its parameters when
@@ -112,8 +120,9 @@ def sample(
         clipping=clipping or X0Clipping(),
         solver_order=solver_order,
         check_finite=check_finite_values,
+        use_corrector=_check_bool(use_corrector, "use_corrector"),
     )
-    plan = plan_steps(path, ts, eta, eps_mse, solver_order=config.solver_order)
+    plan = plan_steps(path, ts, eta, eps_mse, solver_order=config.solver_order, use_corrector=config.use_corrector)
     if noise is None:
         if shape is None:
             raise ValueError("give shape or noise")

@@ -81,6 +81,8 @@ class StepConfig:
     solver_order: int = 1
     #: half-width of the data range, bounding Cov[x0 | x_t] in the optimal variance (1 for data in [-1, 1])
     data_half_range: float = 1.0
+    #: redo each step once the model has been evaluated at its end (the plan's corrector weights; no extra NFE)
+    use_corrector: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "solver_order", check_solver_order(self.solver_order))
@@ -170,7 +172,7 @@ class StepCoefficients:
 
     ``data[k - 1]`` holds ``coef_x0 * w_j`` for order ``k`` (:meth:`~skipstep.plan.PlannedStep.x0_weights`);
     ``std`` is ``None`` for the learned variance (it depends on the model output); ``injects_noise`` says whether
-    the step needs ``z``.
+    the step needs ``z``. ``corrector`` holds ``coef_x0 * w_j`` of the step's corrector (empty: none).
     """
 
     posterior: Posterior
@@ -178,6 +180,7 @@ class StepCoefficients:
     data: tuple[tuple[float, ...], ...]
     std: float | None
     injects_noise: bool
+    corrector: tuple[float, ...] = ()
 
 
 def step_coefficients(step: PlannedStep, config: StepConfig, eta: float | None = None) -> StepCoefficients:
@@ -195,11 +198,69 @@ def step_coefficients(step: PlannedStep, config: StepConfig, eta: float | None =
             optimal_var = optimal_noise_variance(post, step.alpha_t, step.sigma_t, step.eps_mse,
                                                  config.data_half_range)
         std = float(noise_std(post, config.variance_type, None, optimal_var))
-    return StepCoefficients(post, post.coef_xt, data, std, needs_noise(post, config.variance_type))
+    corrector = ()
+    if config.use_corrector:
+        corrector = tuple(post.coef_x0 * w for w in step.corrector_x0_weights(post.eta))
+    return StepCoefficients(post, post.coef_xt, data, std, needs_noise(post, config.variance_type), corrector)
 
 
 def _step_name(step: PlannedStep) -> str:
     return f"step {step.index} (t={step.t})"
+
+
+def model_x0(model_output: torch.Tensor, sample: torch.Tensor, step: PlannedStep, config: StepConfig
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x0_hat, x_t, variance_values)`` in the compute dtype (float32; float64 for float64 inputs): the model's
+    data prediction at the step's time (clipped as configured), the sample, and the learned-variance channels."""
+    if model_output.shape != sample.shape and config.variance_type != "learned" or sample.ndim == 0:
+        check_model_output(model_output, sample, config.variance_type, _step_name(step))
+    if model_output.device.type == "meta":
+        raise ValueError(f"model_output at {_step_name(step)} is on the meta device (no data): the model's weights "
+                         "were not loaded; move the model to a real device ('cpu', 'cuda', ...)")
+    if config.check_finite:
+        check_finite(model_output, "the model output", _step_name(step))
+    compute_dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+    x_t = sample if sample.dtype == compute_dtype else sample.to(compute_dtype)
+    if model_output.dtype != compute_dtype:
+        model_output = model_output.to(compute_dtype)
+    variance_values = None
+    if config.variance_type == "learned":
+        check_model_output(model_output, sample, "learned", _step_name(step))
+        model_output, variance_values = split_learned_variance(model_output, x_t)
+    x0 = predict_x0(model_output, x_t, step.alpha_t, step.sigma_t, config.prediction_type)
+    if config.clipping.active:
+        x0 = config.clipping(x0)
+    return x0, x_t, variance_values
+
+
+def _combine(x_t: torch.Tensor, coef_xt: float, data: Sequence[float], x0s: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``coef_xt x_t + sum_j data[j] x0s[j]`` (a new tensor; ``x0s`` may be longer than ``data``)."""
+    out = x_t * coef_xt
+    for c, x0 in zip(data, x0s):
+        out.add_(x0, alpha=c)
+    return out
+
+
+def advance(x_t: torch.Tensor, x0: torch.Tensor, step: PlannedStep, coefs: StepCoefficients,
+            noise: torch.Tensor | None = None, x0_history: Sequence[torch.Tensor] = (),
+            variance_values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x_s = coef_xt x_t + sum_j coef_x0 w_j x0_hat_j + std z`` in the compute dtype; returns ``(x_s, std z)``
+    (the noise term, or ``None``: a corrector redoes the step with the same noise)."""
+    data = coefs.data[min(len(coefs.data), 1 + len(x0_history)) - 1]
+    x_s = _combine(x_t, coefs.coef_xt, data, [x0, *x0_history])
+    std = coefs.std
+    if std is None:  # learned variance: a tensor
+        std = noise_std(coefs.posterior, "learned", variance_values)
+    noise_term = None
+    if coefs.injects_noise and (isinstance(std, torch.Tensor) or std > 0.0):
+        if noise is None:
+            raise ValueError(f"{_step_name(step)} injects noise (eta={coefs.posterior.eta}) but no noise tensor "
+                             "was given")
+        if noise.dtype != x_t.dtype:
+            noise = noise.to(x_t.dtype)
+        noise_term = std * noise
+        x_s.add_(noise_term)
+    return x_s, noise_term
 
 
 def apply_step(
@@ -214,47 +275,13 @@ def apply_step(
     """``x_s = coef_xt x_t + sum_j coef_x0 w_j x0_hat_j + std z`` with ``coefs`` of :func:`step_coefficients`;
     returns ``(x_s, x0_hat)`` in the sample's dtype and ``x0_hat`` in the compute dtype (the next step's history).
     Computed in float32 (float64 for float64 inputs)."""
-    if model_output.shape != sample.shape and config.variance_type != "learned" or sample.ndim == 0:
-        check_model_output(model_output, sample, config.variance_type, _step_name(step))
-    if model_output.device.type == "meta":
-        raise ValueError(f"model_output at {_step_name(step)} is on the meta device (no data): the model's weights "
-                         "were not loaded; move the model to a real device ('cpu', 'cuda', ...)")
-    if config.check_finite:
-        check_finite(model_output, "the model output", _step_name(step))
+    x0, x_t, variance_values = model_x0(model_output, sample, step, config)
     out_dtype = sample.dtype
-    compute_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
-    x_t = sample if out_dtype == compute_dtype else sample.to(compute_dtype)
-    if model_output.dtype != compute_dtype:
-        model_output = model_output.to(compute_dtype)
-    variance_values = None
-    if config.variance_type == "learned":
-        check_model_output(model_output, sample, "learned", _step_name(step))
-        model_output, variance_values = split_learned_variance(model_output, x_t)
-    x0 = predict_x0(model_output, x_t, step.alpha_t, step.sigma_t, config.prediction_type)
-    if config.clipping.active:
-        x0 = config.clipping(x0)
     if coefs.posterior.is_final:
-        x0_out = x0 if out_dtype == compute_dtype else x0.to(out_dtype)
+        x0_out = x0 if out_dtype == x0.dtype else x0.to(out_dtype)
         return x0_out, x0_out, x0
-    data = coefs.data[min(len(coefs.data), 1 + len(x0_history)) - 1]
-    x_s = x_t * coefs.coef_xt
-    x_s.add_(x0, alpha=data[0])
-    for c, previous in zip(data[1:], x0_history):
-        x_s.add_(previous, alpha=c)
-    std = coefs.std
-    if std is None:  # learned variance: a tensor
-        std = noise_std(coefs.posterior, "learned", variance_values)
-    if coefs.injects_noise and (isinstance(std, torch.Tensor) or std > 0.0):
-        if noise is None:
-            raise ValueError(f"{_step_name(step)} injects noise (eta={coefs.posterior.eta}) but no noise tensor "
-                             "was given")
-        if noise.dtype != compute_dtype:
-            noise = noise.to(compute_dtype)
-        if isinstance(std, torch.Tensor):
-            x_s.add_(std * noise)
-        else:
-            x_s.add_(noise, alpha=std)
-    if out_dtype == compute_dtype:
+    x_s, _ = advance(x_t, x0, step, coefs, noise, x0_history, variance_values)
+    if out_dtype == x_s.dtype:
         return x_s, x0, x0
     return x_s.to(out_dtype), x0.to(out_dtype), x0
 
@@ -298,14 +325,32 @@ def check_generator(generator, batch: int) -> None:
     )
 
 
+@dataclass
+class _PendingCorrection:
+    """What a corrector needs from the step it redoes: the state it started from, the noise it injected, its
+    coefficients, and the tensor it returned (the correction applies only if that tensor comes back unchanged)."""
+
+    x_t: torch.Tensor
+    noise_term: torch.Tensor | None
+    coefs: StepCoefficients
+    returned: torch.Tensor
+    version: int
+
+
 class TrajectoryStepper:
     """Runs the steps of one plan in order, keeping what a trajectory carries between steps: the multistep
-    history of ``x0_hat`` and the index of the last step taken. The functional sampler and both diffusers
-    schedulers step through this one object. The coefficients of every step (for the planned eta) are computed
-    once, when the stepper is built.
+    history of ``x0_hat``, the index of the last step taken, and -- with ``use_corrector`` -- what the corrector
+    needs to redo the previous step. The functional sampler and both diffusers schedulers step through this one
+    object. The coefficients of every step (for the planned eta) are computed once, when the stepper is built.
 
     A step whose index does not follow the previous one starts a new trajectory (or enters one mid-way, as
     img2img does): the multistep history is dropped, so the step falls back to first order until it rebuilds.
+
+    The corrector (UniPC's UniC, SA-Solver's corrector): when step ``k`` receives the model output at the state
+    step ``k - 1`` returned, step ``k - 1`` is redone with the interpolating weights of its plan
+    (``x0_hat`` at its end included) and the same noise, and step ``k`` starts from the corrected state; the model is
+    not evaluated again. The correction applies only when the sample passed in is the tensor step ``k - 1``
+    returned, unmodified (a pipeline that edits the latents between steps, e.g. inpainting, gets uncorrected steps).
     """
 
     def __init__(self, plan: list, config: StepConfig, coefficients: Sequence[StepCoefficients] | None = None):
@@ -314,6 +359,9 @@ class TrajectoryStepper:
         self.plan, self.config = plan, config
         self.history: list[torch.Tensor] = []  # previous x0_hat (compute dtype), most recent first
         self.last_index: int | None = None
+        self._pending: _PendingCorrection | None = None
+        # the predictor uses solver_order - 1 earlier x0_hat; the corrector one more (its interval's start)
+        self._history_length = config.solver_order - 1 + (1 if config.use_corrector else 0)
         if coefficients is None:
             coefficients = [step_coefficients(step, config) for step in plan]
         elif len(coefficients) != len(plan):
@@ -326,8 +374,9 @@ class TrajectoryStepper:
         """Step ``index`` of the plan; returns ``(x_s, x0_hat)``. ``noise`` (else drawn from ``generator``) is
         the injected noise; ``eta`` overrides the planned eta for this step."""
         planned = self.plan[index]
-        if self.last_index is None or index != self.last_index + 1:
-            self.history = []
+        follows = self.last_index is not None and index == self.last_index + 1
+        if not follows:
+            self.history, self._pending = [], None
         if noise is not None:
             if generator is not None:
                 raise ValueError("pass either generator or variance_noise, not both")
@@ -340,11 +389,26 @@ class TrajectoryStepper:
                 raise ValueError(f"sample at {_step_name(planned)} must have a leading batch axis, got a 0-d tensor")
             check_generator(generator, sample.shape[0])
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-        x_s, x0, x0_compute = apply_step(model_output, sample, planned, coefs, self.config, noise, self.history)
-        if self.config.solver_order > 1:
-            self.history = [x0_compute] + self.history[: self.config.solver_order - 2]
+        x0, x_t, variance_values = model_x0(model_output, sample, planned, self.config)
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.returned is sample and sample._version == pending.version:
+            x_t = _combine(pending.x_t, pending.coefs.coef_xt, pending.coefs.corrector, [x0, *self.history])
+            if pending.noise_term is not None:
+                x_t.add_(pending.noise_term)
+        out_dtype = sample.dtype
+        if coefs.posterior.is_final:
+            x_s = x0_out = x0 if out_dtype == x0.dtype else x0.to(out_dtype)
+        else:
+            x_s, noise_term = advance(x_t, x0, planned, coefs, noise, self.history, variance_values)
+            x0_out = x0
+            if out_dtype != x_s.dtype:
+                x_s, x0_out = x_s.to(out_dtype), x0.to(out_dtype)
+            if coefs.corrector:
+                self._pending = _PendingCorrection(x_t, noise_term, coefs, x_s, x_s._version)
+        if self._history_length > 0:
+            self.history = [x0] + self.history[: self._history_length - 1]
         self.last_index = index
-        return x_s, x0
+        return x_s, x0_out
 
 
 __all__ = [
@@ -354,11 +418,13 @@ __all__ = [
     "StepCoefficients",
     "StepConfig",
     "VARIANCE_TYPES",
+    "advance",
     "apply_step",
     "canonical_variance_type",
     "check_finite",
     "check_generator",
     "check_model_output",
+    "model_x0",
     "needs_noise",
     "noise_std",
     "optimal_noise_variance",
