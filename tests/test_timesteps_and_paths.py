@@ -121,3 +121,35 @@ def test_ddim_timesteps_match_for_trailing():
     assert select_timesteps(DiscreteVPPath.from_config(ref.config), 25, "trailing").tolist() == ref.timesteps.tolist()
     assert math.isclose(float(DiscreteVPPath.from_config(ref.config).alpha_sigma(999)[0] ** 2),
                         float(ref.alphas_cumprod[999]), rel_tol=1e-6)
+
+
+def test_power_spacing():
+    """round(T n/(n+1) (1 - i/n)^p) on a chain; t_max ((n - i)/n)^p on a continuous path; p >= 1."""
+    from skipstep.timesteps import power_grid, select_timesteps
+
+    path = DiscreteVPPath.from_config({})
+    assert select_timesteps(path, 5, "power", power=1.0).tolist() == [833, 667, 500, 333, 167]
+    assert select_timesteps(path, 4, "power", power=2.0).tolist() == [800, 450, 200, 50]
+    assert power_grid(3, 1.5).tolist() == pytest.approx([0.75, 0.75 * (2 / 3) ** 1.5, 0.75 * (1 / 3) ** 1.5])
+    for n in (1, 3, 10, 50, 500):
+        ts = select_timesteps(path, n, "power", power=1.7)
+        assert len(ts) == n and bool((ts[1:] < ts[:-1]).all()) and int(ts[-1]) >= 0
+    flow = RectifiedFlowPath()
+    assert select_timesteps(flow, 4, "power", power=2.0).tolist() == pytest.approx([1.0, 0.5625, 0.25, 0.0625])
+    for bad in (0.5, float("nan"), "2", True):
+        with pytest.raises(ValueError, match="spacing_power must be a finite number >= 1"):
+            select_timesteps(path, 5, "power", power=bad)
+
+
+def test_flow_scheduler_power_spacing_shifts_like_custom_sigmas():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from skipstep import SkippedStepFlowScheduler
+
+    ours = SkippedStepFlowScheduler(shift=3.0, timestep_spacing="power", spacing_power=1.5)
+    ours.set_timesteps(6)
+    ref = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    ref.set_timesteps(sigmas=[((6 - i) / 6) ** 1.5 for i in range(6)])
+    assert torch.equal(ours.sigmas, ref.sigmas) and torch.equal(ours.timesteps, ref.timesteps)
+    with pytest.raises(ValueError, match="timestep_spacing must be one of"):
+        SkippedStepFlowScheduler(timestep_spacing="trailing")

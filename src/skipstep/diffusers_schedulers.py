@@ -37,8 +37,8 @@ from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedu
 from .predictions import X0Clipping, check_prediction_type
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type,
                     check_generator)
-from .timesteps import (SPACINGS, check_num_steps, select_timesteps, sigma_spaced_timesteps, timesteps_from_sigmas,
-                        validate_timesteps, vp_sigmas)
+from .timesteps import (SPACINGS, check_num_steps, check_spacing_power, select_timesteps, sigma_spaced_timesteps,
+                        timesteps_from_sigmas, validate_timesteps, vp_sigmas)
 from .tuned_schedules import scheduler_settings_from_tuned_schedule
 
 _STEP_KWARGS = ("eta", "variance_noise", "use_clipped_model_output")
@@ -124,8 +124,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             data is always first order.)
         final_sigmas_type: ``zero`` (the last step goes to clean data and returns ``x0_hat``) or ``sigma_min``
             (it stops at ``abar_0``, DPM-Solver's ``sigma_min``, DDIM's ``set_alpha_to_one=False``).
-        timestep_spacing: ``trailing`` | ``leading`` | ``linspace`` | ``quadratic`` | ``log_snr``; linspace and
-            leading use the formulas of ``replaced_scheduler``'s family (DDIM/DDPM's, or the DPM-Solver family's).
+        timestep_spacing: ``trailing`` | ``leading`` | ``linspace`` | ``quadratic`` | ``log_snr`` | ``power``;
+            linspace and leading use the formulas of ``replaced_scheduler``'s family (DDIM/DDPM's, or the DPM-Solver
+            family's). spacing_power: the exponent ``p >= 1`` of the ``power`` spacing,
+            ``round(T n/(n+1) (1 - i/n)^p)`` (:func:`skipstep.timesteps.power_grid`).
         steps_offset: added to ``leading`` timesteps, as in diffusers. lambda_min_clipped: DPM-Solver's clipping of
             the noisiest timesteps by half-log-SNR, applied before the spacing (default ``-inf``: none).
         use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas, sigma_min, sigma_max: sigma
@@ -191,6 +193,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         tuned_schedule=None,
         solver_type: str = "heun",
         use_corrector: bool = False,
+        spacing_power: float = 1.0,
         lower_order_final: bool = False,
         euler_at_final: bool = False,
         final_sigmas_type: str = "zero",
@@ -230,6 +233,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         if timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {timestep_spacing!r}")
         self._sigma_spacing = _check_options(self.config)
+        check_spacing_power(spacing_power)
         if self._sigma_spacing == "beta":
             import importlib.util
 
@@ -289,7 +293,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             return sigma_spaced_timesteps(self.path, n, self._sigma_spacing, c.sigma_min, c.sigma_max, rounding)
         grid = "drop_zero" if c.replaced_scheduler in DROP_ZERO_GRID_SCHEDULERS else "points"
         return select_timesteps(self.path, n, c.timestep_spacing, c.steps_offset, grid=grid,
-                                lambda_min_clipped=c.lambda_min_clipped)
+                                lambda_min_clipped=c.lambda_min_clipped, power=c.spacing_power)
 
     def set_timesteps(
         self,

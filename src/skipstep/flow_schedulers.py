@@ -39,6 +39,7 @@ import inspect
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
@@ -48,7 +49,7 @@ from diffusers.utils import BaseOutput
 from .paths import RectifiedFlowPath, vp_config_reason
 from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
 from .steps import DEFAULT_ETA, StepConfig, TrajectoryStepper
-from .timesteps import check_num_steps
+from .timesteps import check_num_steps, check_spacing_power
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ _SIGMA_KEYS = tuple(
 )
 #: step() keyword arguments of FlowMatchEulerDiscreteScheduler that it ignores itself (churn is not implemented there)
 _IGNORED_EULER_KWARGS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+#: ``linspace``: FlowMatchEulerDiscreteScheduler's own sigmas; ``power``: see the class docstring
+FLOW_SPACINGS = ("linspace", "power")
 _STEP_KWARGS = ("eta", "variance_noise", "per_token_timesteps") + _IGNORED_EULER_KWARGS
 
 
@@ -87,6 +90,9 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form
             of the order-2 steps), as for :class:`skipstep.SkippedStepScheduler`.
         use_corrector: the corrector of :class:`skipstep.SkippedStepScheduler` (no extra evaluation).
+        timestep_spacing: ``linspace`` (FlowMatchEulerDiscreteScheduler's own sigmas) or ``power``: unshifted
+            sigmas ``((n - i) / n)^p``, ``p = spacing_power >= 1``, then the config's ``shift`` / dynamic shifting as
+            diffusers applies it to custom sigmas.
         check_finite: raise (naming the step) when the model output holds NaN or inf.
     """
 
@@ -115,6 +121,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         check_finite: bool = True,
         solver_type: str = "heun",
         use_corrector: bool = False,
+        timestep_spacing: str = "linspace",
+        spacing_power: float = 1.0,
     ):
         if invert_sigmas:
             raise ValueError(
@@ -130,6 +138,9 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         check_solver_type(solver_type)
         if not isinstance(use_corrector, bool):
             raise ValueError(f"use_corrector must be True or False, got {use_corrector!r}")
+        if timestep_spacing not in FLOW_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {FLOW_SPACINGS}, got {timestep_spacing!r}")
+        check_spacing_power(spacing_power)
         self.step_config = StepConfig(prediction_type="flow", variance_type="small", check_finite=check_finite,
                                       solver_order=solver_order, use_corrector=use_corrector)
         cfg = dict(self.config)
@@ -213,6 +224,9 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps is None and sigmas is None and timesteps is None:
             raise ValueError("give num_inference_steps, sigmas or timesteps")
         src = self._sigma_source
+        if self.config.timestep_spacing == "power" and sigmas is None and timesteps is None:
+            n = num_inference_steps
+            sigmas = (((n - np.arange(n)) / n) ** self.config.spacing_power).tolist()
         src.set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
         noisy = src.sigmas[:-1].detach().cpu().double()
         if noisy.numel() == 0 or not bool(torch.isfinite(noisy).all()):

@@ -58,6 +58,7 @@ def sample(
     num_steps: int | None = 10,
     timesteps: Sequence | torch.Tensor | None = None,
     spacing: str | Sequence | torch.Tensor = "trailing",
+    spacing_power: float = 1.0,
     eta=DEFAULT_ETA,
     variance_type: str = "small",
     solver_order: int = DEFAULT_SOLVER_ORDER,
@@ -84,7 +85,8 @@ def sample(
 
     Start from ``noise`` (``x_T``) or from ``randn(shape, generator)``. ``generator`` may be a list with one
     generator per sample (exactly one per sample), which makes each sample independent of the batch it is drawn in.
-    ``spacing`` is a spacing name or an explicit descending list of timesteps (the same as ``timesteps=``).
+    ``spacing`` is a spacing name or an explicit descending list of timesteps (the same as ``timesteps=``);
+    ``spacing_power`` is the exponent of the ``power`` spacing (:func:`skipstep.timesteps.power_grid`).
     ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`).
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
     (order 1 is the plain step); ``use_corrector`` redoes each step once the model has been evaluated at its end
@@ -113,7 +115,7 @@ def sample(
     else:
         if num_steps is None:
             raise ValueError("give num_steps or timesteps")
-        ts = select_timesteps(path, num_steps, spacing)
+        ts = select_timesteps(path, num_steps, spacing, power=spacing_power)
     config = StepConfig(
         prediction_type=check_prediction_type(prediction_type),
         variance_type=canonical_variance_type(variance_type),

@@ -10,6 +10,10 @@ Spacings for a discrete chain of ``T`` steps (``n`` model evaluations), matching
 * ``quadratic``: ``int(linspace(0, sqrt(0.8 T), n) ** 2)`` reversed (Song et al., DDIM, CIFAR-10 setting)
 * ``log_snr``:   ``lambda(t_i)`` uniform between ``lambda(t_max)`` and ``lambda(t_min)`` (Lu et al., DPM-Solver),
   rounded to the nearest index
+* ``power``:     ``round(T n/(n+1) (1 - i/n)^p)`` for ``i = 0..n-1`` (:func:`power_grid`): the DPM-Solver
+  family's leading grid at ``p = 1`` (it starts one step below ``T`` -- on a variance-preserving chain unit noise
+  is the marginal there up to ``alpha_t^2 Var(x_0)`` -- and never evaluates ``t = 0``), with the steps drawn
+  towards the data by a power ``p >= 1``
 
 Grid families. diffusers' DPM-Solver family (DPMSolverMultistep/-Singlestep, UniPC, DEIS, SA-Solver) computes
 ``linspace`` and ``leading`` differently (``n + 1`` points with the last, ``t = 0``, dropped; ``leading`` multiples
@@ -25,8 +29,9 @@ and beta). Custom ``sigmas`` lists map to timesteps the same way, rounded to the
 (:func:`timesteps_from_sigmas`).
 
 On continuous paths (``t`` in ``[t_min, t_max]``): ``linspace`` includes both ends, ``trailing`` is
-``t_max (n - i) / n``, ``quadratic`` is ``t_max ((n - i) / n)^2``, ``log_snr`` as above; ``leading`` is
-discrete only. Rounding on a discrete chain can make neighbours collide when ``n`` is close to ``T``; colliding
+``t_max (n - i) / n``, ``quadratic`` is ``t_max ((n - i) / n)^2``, ``power`` is ``t_max ((n - i) / n)^p`` (it starts
+at ``t_max``: a rectified flow's ``x_t`` below ``t = 1`` is not unit-variance noise), ``log_snr`` as above;
+``leading`` is discrete only. Rounding on a discrete chain can make neighbours collide when ``n`` is close to ``T``; colliding
 indices are pushed apart to the nearest free indices so the list stays strictly descending with exactly ``n``
 entries (never silently dropped).
 """
@@ -40,7 +45,7 @@ import torch
 
 from .paths import GaussianPath
 
-SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr")
+SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr", "power")
 #: ``points``: DDIM/DDPM's formulas; ``drop_zero``: the DPM-Solver family's (``n + 1`` points, ``t = 0`` dropped)
 GRID_FAMILIES = ("points", "drop_zero")
 SIGMA_SPACINGS = ("karras", "exponential", "beta", "lu")
@@ -94,11 +99,15 @@ def select_timesteps(
     *,
     grid: str = "points",
     lambda_min_clipped: float = -np.inf,
+    power: float = 1.0,
 ) -> torch.Tensor:
     """``num_steps`` noisy times, strictly descending (int64 on discrete paths, float64 otherwise); ``grid`` and
-    ``lambda_min_clipped`` (discrete chains only) as in the module docstring."""
+    ``lambda_min_clipped`` (discrete chains only) as in the module docstring; ``power``: the exponent of the
+    ``power`` spacing."""
     if spacing not in SPACINGS:
         raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "power":
+        power = check_spacing_power(power)
     if grid not in GRID_FAMILIES:
         raise ValueError(f"grid must be one of {GRID_FAMILIES}, got {grid!r}")
     if path.discrete:
@@ -121,6 +130,8 @@ def select_timesteps(
                                  f"for {n} trailing steps of {T / n:g}")
         elif spacing == "quadratic":
             ts = np.floor(np.linspace(0, np.sqrt(last_t * 0.8), n) ** 2)[::-1]
+        elif spacing == "power":
+            ts = np.round(power_grid(n, power) * last_t)
         else:  # log_snr
             lam = _log_snr_grid(path, last_t - 1, path.t_min, n)
             ts = np.round(path.time_at_log_snr(torch.as_tensor(lam)).numpy())
@@ -137,6 +148,9 @@ def select_timesteps(
         ts = t_max * (num_steps - i) / num_steps
     elif spacing == "quadratic":
         ts = t_max * ((num_steps - i) / num_steps) ** 2
+    elif spacing == "power":
+        # a continuous path starts at t_max: a flow model's x_t at t < 1 is not unit-variance noise
+        ts = np.maximum(t_max * ((num_steps - i) / num_steps) ** power, t_min)
     elif spacing == "log_snr":
         ts = path.time_at_log_snr(torch.as_tensor(_log_snr_grid(path, t_max, t_min, num_steps))).numpy()
         ts[0] = t_max  # exact endpoint (the inverse can round off)
@@ -145,6 +159,32 @@ def select_timesteps(
     ts = torch.as_tensor(np.asarray(ts, dtype=np.float64))
     validate_timesteps(path, ts)
     return ts
+
+
+def check_spacing_power(power) -> float:
+    """A finite number >= 1 (the exponent of the ``power`` spacing)."""
+    if isinstance(power, bool) or not isinstance(power, (int, float, np.integer, np.floating)) or not (
+        np.isfinite(power) and power >= 1
+    ):
+        raise ValueError(f"spacing_power must be a finite number >= 1, got {power!r}")
+    return float(power)
+
+
+def power_grid(n: int, power: float) -> np.ndarray:
+    r"""The ``power`` spacing as fractions of the chain, noisiest first:
+
+        u_i = n / (n + 1) * (1 - i / n)^p,        i = 0, ..., n - 1.
+
+    ``p = 1`` is the DPM-Solver family's ``leading`` grid ``(n - i) / (n + 1)``; ``p > 1`` keeps the first step and
+    moves the others towards the data (the last one to ``(1/n)^p n/(n+1)``). A discrete chain of ``T`` timesteps
+    visits ``round(T u_i)``, a continuous path ``t_max u_i``."""
+    i = np.arange(n, dtype=np.float64)
+    return n / (n + 1.0) * (1.0 - i / n) ** power
+
+
+def power_timesteps(path: GaussianPath, num_steps: int, power: float) -> torch.Tensor:
+    """:func:`select_timesteps` with the ``power`` spacing."""
+    return select_timesteps(path, num_steps, "power", power=power)
 
 
 def _log_snr_grid(path: GaussianPath, t_hi, t_lo, n: int) -> np.ndarray:
@@ -313,6 +353,9 @@ def validate_timesteps(path: GaussianPath, timesteps: Sequence | torch.Tensor) -
 
 
 __all__ = [
+    "check_spacing_power",
+    "power_grid",
+    "power_timesteps",
     "GRID_FAMILIES",
     "SIGMA_MATCH_TOLERANCE",
     "SIGMA_SPACINGS",
