@@ -1,0 +1,49 @@
+"""Leave-one-model-out selection (skipstep.lab.selection)."""
+
+import math
+
+import pytest
+
+from skipstep.lab.selection import render_selection, scores, select
+
+
+def _records(table, seeds=(100, 101)):
+    """table: {(sampler, model, nfe): fd}; one record per seed (seed 101 is 10% worse: means are compared)."""
+    out = []
+    for (sampler, model, nfe), fd in table.items():
+        for k, seed in enumerate(seeds):
+            out.append({"sampler": sampler, "model": model, "nfe": nfe, "seed": seed,
+                        "metrics": {"fd": fd * (1 + 0.1 * k)}})
+    return out
+
+
+TABLE = {
+    ("A", "m1", 5): 1.0, ("B", "m1", 5): 2.0, ("C", "m1", 5): 1.5,
+    ("A", "m2", 5): 1.0, ("B", "m2", 5): 3.0, ("C", "m2", 5): 1.2,
+    ("A", "m3", 5): 9.0, ("B", "m3", 5): 1.0, ("C", "m3", 5): 2.0,
+}
+
+
+def test_each_fold_chooses_without_the_held_out_model():
+    sel = select(_records(TABLE), ["A", "B", "C"], ["m1", "m2", "m3"], [5])
+    by = {f.held_out: f for f in sel.folds}
+    assert by["m3"].chosen == "A"  # best on m1 and m2
+    assert by["m1"].chosen == "C"  # m2 and m3: A 9x behind on m3, C within 2x on both
+    # the held-out model's numbers do not move its own fold
+    worse = {**TABLE, ("C", "m1", 5): 100.0}
+    assert {f.held_out: f.chosen for f in select(_records(worse), ["A", "B", "C"], ["m1", "m2", "m3"], [5]).folds
+            }["m1"] == "C"
+    assert sel.default == "C"  # geometric means over all three: A 2.08, B 1.82, C 1.53
+    assert dict(sel.overall)["A"] == pytest.approx((1 * 1 * 9) ** (1 / 3))
+    assert "held-out model" in render_selection(sel)
+
+
+def test_missing_or_non_finite_cells():
+    table = dict(TABLE)
+    del table[("B", "m2", 5)]
+    ranking = dict(scores({(s, m, n): v for (s, m, n), v in table.items()}, ["A", "B", "C"], ["m1", "m2"], [5]))
+    assert ranking["B"] == math.inf and math.isfinite(ranking["A"])
+    with pytest.raises(ValueError, match="at least two models"):
+        select(_records(TABLE), ["A"], ["m1"], [5])
+    with pytest.raises(ValueError, match="no candidate has a finite"):
+        scores({("A", "m1", 5): math.inf}, ["A"], ["m1"], [5])
