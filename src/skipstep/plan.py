@@ -179,8 +179,8 @@ class PlannedStep:
 
     def corrector_x0_weights(self, eta: float | None = None) -> tuple[float, ...]:
         """The corrector's weights for the planned eta, or computed now for another ``eta`` (empty: no corrector)."""
-        if not self.corrector_weights or eta is None or eta == self.posterior.eta:
-            return self.corrector_weights
+        if len(self.corrector_weights) < 2 or eta is None or eta == self.posterior.eta:
+            return self.corrector_weights  # none, the planned ones, or a step from pure noise (weight 1, any eta)
         nodes = [self.lambda_s, *self.lambdas[:len(self.corrector_weights) - 1]]
         return tuple(corrector_x0_weight_rows([nodes], [self.lambda_s], [eta])[0])
 
@@ -275,13 +275,22 @@ def plan_steps(
 
 def _corrector_weights(histories, lambda_s, etas, limits) -> list[tuple]:
     """Per step, the corrector weights over (lambda_s, lambda_t, earlier nodes of its predictor); none for the last
-    step (nothing evaluates its target) or a step that cannot be corrected (to clean data, zero span)."""
+    step (nothing evaluates its target) or a step that cannot be corrected (to clean data, zero span).
+
+    A step from pure noise (``lambda_t = -inf``: zero terminal SNR, a flow's ``t = 1``) is corrected with the new
+    node alone, weight 1: the limit of the exact interpolating weights as ``lambda_t -> -inf`` (the basis
+    polynomial of a node at ``-inf`` vanishes on every finite ``lambda``)."""
     n = len(histories)
     out: list[tuple] = [()] * n
     by_size: dict[int, list[int]] = {}
     for i in range(n - 1):
+        if not math.isfinite(lambda_s[i]):
+            continue
+        if histories[i][0] == -math.inf:
+            out[i] = (1.0,)
+            continue
         h = lambda_s[i] - histories[i][0]
-        if math.isfinite(lambda_s[i]) and math.isfinite(histories[i][0]) and h > 0:
+        if math.isfinite(histories[i][0]) and h > 0:
             by_size.setdefault(limits[i] + 1, []).append(i)
     for size, rows in by_size.items():
         nodes = [[lambda_s[i], *histories[i][:size - 1]] for i in rows]
