@@ -127,7 +127,7 @@ def load_zoo_model(directory: str | Path, name: str | None = None, device: str =
 def heldout_for(loaded: LoadedModel) -> torch.Tensor | None:
     """The real held-out images ``fd_heldout`` compares with: all of them for an unconditional model; for a
     class-conditional one (whose samples are class-balanced) the class-balanced subset -- each class's first
-    ``m`` held-out images, ``m`` the smallest class count (``10 x 26 = 260`` of the 300 digits)."""
+    ``m`` held-out images, ``m`` the smallest class count (``10 x 25 = 250`` of the 300 digits)."""
     real = loaded.real_data or {}
     heldout = real.get("heldout")
     if heldout is None or loaded.conditioning is None or real.get("heldout_labels") is None:
