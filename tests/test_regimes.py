@@ -208,3 +208,17 @@ def test_zoo_registration_registers_the_directories_that_exist(tmp_path, monkeyp
     view = loaded.at_guidance(2)
     steps, _ = steps_for_nfe(get_sampler("skipstep"), 2, T)
     assert sample_cell(view, get_sampler("skipstep"), steps, 0, 10, 10, "cpu").network_calls_unbatched == 4
+
+
+def test_the_reference_floor_cell_comes_through_the_shared_cache(tmp_path):
+    root = conditional_dir(tmp_path / "cond")
+    result = bench(tmp_path, root, samplers=["ddim", "reference-1000"], guidance_scales=[2])
+    ref_cell = next(r for r in result.records if r["sampler"] == "reference-1000")
+    assert ref_cell["actual_nfe"] == T and ref_cell["network_calls_unbatched"] == 2 * T
+    cached = reference_cache_dir(load_model(str(root)).at_guidance(2.0), 20, 0, 10) / "reference"
+    saved = load_tensor(result.out / "cells" / "reference-1000" / f"nfe{T}_seed0_w2.safetensors")
+    assert torch.equal(load_tensor(cached / "reference.safetensors")[:saved.shape[0]], saved)
+    # it is the set the sampler would draw itself
+    view = load_model(str(root)).at_guidance(2.0)
+    drawn = sample_cell(view, get_sampler("reference-1000"), T, 0, 20, 10, "cpu").samples
+    torch.testing.assert_close(drawn[:saved.shape[0]], saved)

@@ -46,7 +46,7 @@ from .conditioning import check_guidance_scale
 from .fid import load_reference_stats, use_feature_network
 from .models import CLIP_MODES, LoadedModel, apply_clip_mode, load_model
 from .run_dirs import RunDirectory, RunDirectoryError, identity_differences, now_utc, read_json_record, save_tensor, seal
-from .sample_sets import REFERENCE_SEED, reference_samples, sample_cell
+from .sample_sets import REFERENCE_SEED, SampledCell, reference_samples, sample_cell
 from .sampler_registry import (COMMON_SETTINGS, SamplerError, check_sampler_for_model, enumerate_peers, get_sampler,
                                sampler_names, sampler_refusal, sampler_settings, steps_for_nfe)
 
@@ -440,8 +440,7 @@ def _run_cells(cfg: BenchConfig, loaded: LoadedModel, reused: list[tuple], todo:
         view, _, _, ctx = views(w)
         sampler = get_sampler(name)
         bar.set_postfix_str(f"{name} nfe={nfe} seed={seed}" + ("" if w is None else f" w={w:g}"))
-        cell = sample_cell(view, sampler, steps, seed, cfg.num_samples, cfg.batch_size, cfg.device,
-                           progress=cfg.progress and steps >= 200, desc=name)
+        cell = _sample(cfg, view, sampler, steps, seed, log)
         if cell.actual_nfe != expected:
             raise RuntimeError(f"{name}: expected {expected} NFE for {steps} steps, counted {cell.actual_nfe}")
         record = {
@@ -482,6 +481,20 @@ def _run_cells(cfg: BenchConfig, loaded: LoadedModel, reused: list[tuple], todo:
     result.markdown = (cfg.out / "results.md").read_text()
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _sample(cfg: BenchConfig, view: LoadedModel, sampler, steps: int, seed: int, log: Callable[[str], None]
+            ) -> SampledCell:
+    """One cell's samples; a trained model's ``reference-1000`` cell (an independent reference set of seed
+    ``seed``, the floor) comes through the reference cache, so benches and tune draw it once."""
+    if sampler.family == "reference" and view.reference is None:
+        samples, meta = reference_samples(view, cfg.num_samples, seed, cfg.batch_size, cfg.device, cfg.progress, log)
+        nfe = int(meta["actual_nfe"])
+        branches = int(meta.get("network_calls_unbatched", nfe)) // nfe
+        return SampledCell(samples, float(meta["seconds"]), nfe, steps, branches, None,
+                           view.labels_for(range(cfg.num_samples)))
+    return sample_cell(view, sampler, steps, seed, cfg.num_samples, cfg.batch_size, cfg.device,
+                       progress=cfg.progress and steps >= 200, desc=sampler.name)
 
 
 def _write_floors(cfg: BenchConfig, loaded: LoadedModel, views: _Views) -> None:

@@ -12,8 +12,8 @@ import numpy as np
 
 from .run_dirs import read_json_record
 
-__all__ = ["CELL_KEYS", "LOWER_IS_BETTER", "METRIC_ORDER", "METRIC_TITLES", "by_guidance", "cell_paths", "check_cell_record", "format_value", "fs_name", "group_records",
-           "guidance_suffix", "load_records", "stat"]
+__all__ = ["CELL_KEYS", "LOWER_IS_BETTER", "METRIC_ORDER", "METRIC_TITLES", "by_guidance", "cell_paths",
+           "check_cell_record", "format_value", "fs_name", "group_records", "guidance_suffix", "load_records", "stat"]
 
 #: metric -> True (lower is better), False (higher is better), None (1 is exact)
 LOWER_IS_BETTER = {"fd": True, "sw": True, "fd_heldout": True, "mode_tv": True, "precision": False, "fid_ref": True,

@@ -182,7 +182,8 @@ class KDiffusionRunner:
 
     def sigmas(self, nfe: int, denoiser: VEDenoiser) -> torch.Tensor:
         if self.final_zero:  # NFE Karras sigmas, then 0 (the last evaluation denoises)
-            return torch.cat([karras_sigmas(nfe, denoiser.sigma_min, denoiser.sigma_max), torch.zeros(1, dtype=torch.float64)])
+            sigmas = karras_sigmas(nfe, denoiser.sigma_min, denoiser.sigma_max)
+            return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
         return karras_sigmas(nfe + 1, denoiser.sigma_min, denoiser.sigma_max)  # ends at s_min, not evaluated
 
     @torch.no_grad()

@@ -241,8 +241,8 @@ def load_model(name_or_path: str, device: str = "cpu", null_label: int | None = 
         accepted = inspect.signature(loader).parameters
         for key in options:
             if key not in accepted:
-                raise ModelLoadError(f"{MODEL_OPTIONS[key]}: model {name_or_path!r} takes no such option "
-                                     f"({'it is not class-conditional' if key == 'null_label' else 'it is not a dynamically shifted flow model'})")
+                why = "it is not class-conditional" if key == "null_label" else "it is not a dynamically shifted flow"
+                raise ModelLoadError(f"{MODEL_OPTIONS[key]}: model {name_or_path!r} takes no such option ({why})")
         return loader(device=device, **options)
     p = Path(name_or_path)
     looks_like_path = p.exists() or "/" in name_or_path or name_or_path.startswith(".")

@@ -55,6 +55,9 @@ class PeerVariant:
 
 
 _DPM = {"final_sigmas_type": "zero", "lower_order_final": True}
+#: lower_order_final=True is what diffusers forces with final_sigmas_type="zero" (it would warn and rewrite it)
+_SINGLESTEP = {"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero", "lower_order_final": True}
+_NO_SPACING_KEY = "no timestep_spacing key: its grid is always linspace over the chain without t=0"
 _BOTH = ("vp", "flow")
 _THREE = dict(min_nfe=3, order_reason="it is run as a 3rd-order multistep method (recommended for unconditional "
                                       "models)")
@@ -86,14 +89,12 @@ VARIANTS: list[PeerVariant] = [
     PeerVariant("dpmpp-3m-sde", "DPMSolverMultistepScheduler", {**_DPM, "algorithm_type": "sde-dpmsolver++",
                 "solver_order": 3}, "diffusers SDE-DPM-Solver++(3M)", _BOTH, stochastic=True, clip="thresholding",
                 note=_SD3M, **_THREE),
-    PeerVariant("dpmpp-2s", "DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
-                "final_sigmas_type": "zero", "lower_order_final": True}, "diffusers DPM-Solver++ singlestep, order 2 (recommended for guided "
-                "sampling)", _BOTH, clip="thresholding",
-                note="no timestep_spacing key: its grid is always linspace over the chain without t=0", **_TWO),
-    PeerVariant("dpmpp-3s", "DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3,
-                "final_sigmas_type": "zero", "lower_order_final": True}, "diffusers DPM-Solver++ singlestep, order 3 (recommended for "
-                "unconditional sampling)", _BOTH, clip="thresholding",
-                note="no timestep_spacing key: its grid is always linspace over the chain without t=0", **_THREE),
+    PeerVariant("dpmpp-2s", "DPMSolverSinglestepScheduler", {**_SINGLESTEP, "solver_order": 2},
+                "diffusers DPM-Solver++ singlestep, order 2 (recommended for guided sampling)", _BOTH,
+                clip="thresholding", note=_NO_SPACING_KEY, **_TWO),
+    PeerVariant("dpmpp-3s", "DPMSolverSinglestepScheduler", {**_SINGLESTEP, "solver_order": 3},
+                "diffusers DPM-Solver++ singlestep, order 3 (recommended for unconditional sampling)", _BOTH,
+                clip="thresholding", note=_NO_SPACING_KEY, **_THREE),
     PeerVariant("unipc-2", "UniPCMultistepScheduler", {"final_sigmas_type": "zero", "solver_order": 2,
                 "predict_x0": True, "lower_order_final": True, "solver_type": "bh2"},
                 "diffusers UniPC-bh2, order 2 (recommended for guided sampling)", _BOTH, clip="thresholding", **_TWO),

@@ -31,7 +31,7 @@ from ..paths import DiscreteVPPath
 from ..plan import plan_steps, resolve_eta_schedule
 from ..predictions import X0Clipping
 from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type, needs_noise
-from ..storage import cache_dir, derived_seed
+from ..storage import derived_seed
 from ..timesteps import make_strictly_descending, select_timesteps
 from . import metrics as M
 from .sample_sets import REFERENCE_SEED, initial_noise, reference_cache_dir
