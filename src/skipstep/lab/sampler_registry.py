@@ -12,9 +12,9 @@ with :func:`register_sampler`::
 from __future__ import annotations
 
 from ..tuned_schedules import TUNED_SCHEDULES_DIR
-from .kdiffusion_peers import KDiffusionRunner
-from .our_samplers import TUNED_PREFIX, tuned_sampler
-from .peer_samplers import PeerEnumeration, enumerate_peers
+from .our_samplers import TUNED_PREFIX, tuned_sampler  # registered first: ours lead every list
+from .peer_samplers import PeerEnumeration, enumerate_peers  # noqa: I001 - registration order
+from .kdiffusion_peers import KDiffusionRunner  # noqa: I001
 from .sampler_recipes import (CallCounter, SamplerError, SamplerRecipe, available_samplers, build_scheduler,
                               check_sampler_for_model, clip_overrides, from_config_accepting, get_sampler,
                               register_sampler, run_standard_loop, sampler_names, sampler_refusal, sampler_settings,
