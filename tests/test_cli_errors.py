@@ -67,11 +67,11 @@ def model_dir_copy(tmp_path: Path) -> Path:
     return root / "unet"
 
 
-def flow_model_dir(tmp_path: Path) -> Path:
+def flow_model_dir(tmp_path: Path, **config) -> Path:
     root = tmp_path / "flow"
     shutil.copytree(DIGITS_UNET_DIR, root)
     (root / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}))
+        json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0, **config}))
     return root
 
 
@@ -119,11 +119,25 @@ CASES = [
     Case("bench --overwrite into a model directory",
          lambda t: SMALL_BENCH + ["--out", str(model_dir_copy(t)), "--overwrite"], "--out"),
     Case("generate into a model directory", lambda t: SMALL_GENERATE + ["--out", str(model_dir_copy(t))], "--out"),
-    # 2. a flow-matching model directory
-    Case("generate a flow-matching model", lambda t: ["generate", "--model", str(flow_model_dir(t)), "--num-samples",
-                                                      "4", "--out", str(t / "g"), "--no-progress"], "--model"),
-    Case("sample a flow-matching model",
-         lambda t: ["sample", "--model", str(flow_model_dir(t)), "--out", str(t / "x.png")], "--model"),
+    # 2. a flow-matching model directory: dynamic shifting without a fixed mu, a VP-only sampler
+    Case("generate a dynamically shifted flow model",
+         lambda t: ["generate", "--model", str(flow_model_dir(t, use_dynamic_shifting=True)), "--num-samples", "4",
+                    "--out", str(t / "g"), "--no-progress"], "--flow-mu"),
+    Case("sample a flow model with a VP-only sampler",
+         lambda t: ["sample", "--model", str(flow_model_dir(t)), "--sampler", "ddim", "--out", str(t / "x.png")],
+         "--sampler"),
+    Case("bench a flow model with a VP-only sampler",
+         lambda t: ["bench", "--model", str(flow_model_dir(t)), "--samplers", "skipstep,ddim", "--nfe", "2",
+                    "--num-samples", "4", "--out", str(t / "b")], "--samplers"),
+    # 2b. guidance scales
+    Case("a negative guidance scale", lambda t: SMALL_BENCH + ["--guidance-scale", "1,-2", "--out", str(t / "b")],
+         "--guidance-scale"),
+    Case("a guidance scale that is not a number",
+         lambda t: SMALL_BENCH + ["--guidance-scale", "1,x", "--out", str(t / "b")], "--guidance-scale"),
+    Case("a guidance scale for an unconditional model",
+         lambda t: SMALL_BENCH + ["--guidance-scale", "2", "--out", str(t / "b")], "--guidance-scale"),
+    Case("a null label for an unconditional model",
+         lambda t: SMALL_BENCH + ["--null-label", "3", "--out", str(t / "b")], "--null-label"),
     # 6. tuned schedules that cannot be checked
     Case("bench a tuned schedule without fingerprint",
          lambda t: ["bench", "--model", "gmm", "--samplers", f"tuned:{schedule_file(t, model_fingerprint=None)}",

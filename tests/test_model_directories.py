@@ -1,7 +1,7 @@
 """Local model directories are recognised by their scheduler config: variance-preserving chains are sampled (with
-the scheduler class's own defaults), flow-matching configs and anything the lab cannot sample correctly are
-refused with the reason, learned-variance models run with fixed_small and say so. Never a silent
-reinterpretation."""
+the scheduler class's own defaults), FlowMatch configs as flows (dynamic shifting only with a fixed mu), flow keys
+in a VP scheduler's config and anything the lab cannot sample correctly are refused with the reason, learned-variance
+models keep their variance for the samplers that can use it. Never a silent reinterpretation."""
 
 from __future__ import annotations
 
@@ -25,19 +25,43 @@ def model_with_scheduler(tmp_path: Path, config: dict, name: str = "m") -> Path:
     return root
 
 
+@pytest.mark.parametrize("config, shift", [
+    ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}, 3.0),
+    ({"_class_name": "SkippedStepFlowScheduler", "shift": 2.0, "eta": 0.5}, 2.0),
+])
+def test_flow_matching_scheduler_configs_are_sampled_as_flows(tmp_path, config, shift):
+    loaded = load_model(str(model_with_scheduler(tmp_path, config)))
+    assert loaded.regime == "flow" and loaded.prediction_type == "flow"
+    assert loaded.scheduler_config["shift"] == shift and "eta" not in loaded.scheduler_config
+    assert "beta_schedule" not in loaded.scheduler_config  # no VP keys smuggled into a flow config
+
+
+def test_dynamic_shifting_needs_a_fixed_mu(tmp_path, capsys):
+    root = model_with_scheduler(tmp_path, {"_class_name": "FlowMatchEulerDiscreteScheduler",
+                                           "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15})
+    with pytest.raises(ModelLoadError, match="use_dynamic_shifting=True.*--flow-mu"):
+        load_model(str(root))
+    loaded = load_model(str(root), flow_mu=0.5)
+    assert loaded.scheduler_config["use_dynamic_shifting"] is False
+    assert abs(loaded.scheduler_config["shift"] - 1.6487212707) < 1e-9 and "exp(mu)" in loaded.notes[0]
+    with pytest.raises(ModelLoadError, match="--flow-mu: .* does not use dynamic shifting"):
+        load_model(str(model_with_scheduler(tmp_path, {"_class_name": "FlowMatchEulerDiscreteScheduler"}, "s")),
+                   flow_mu=0.5)
+    assert cli.main(["generate", "--model", str(root), "--num-samples", "4", "--out", str(tmp_path / "g"),
+                     "--no-progress"]) == 2
+    assert "--flow-mu" in capsys.readouterr().err and not (tmp_path / "g").exists()
+
+
 @pytest.mark.parametrize("config, reason", [
-    ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}, "'shift' (=3.0)"),
-    ({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True, "base_shift": 0.5,
-      "max_shift": 1.15}, "use_dynamic_shifting"),
     ({"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": True, "prediction_type": "flow_prediction"},
      "use_flow_sigmas=True"),
-    ({"_class_name": "SkippedStepFlowScheduler"}, "SkippedStepFlowScheduler"),
+    ({"_class_name": "DDPMScheduler", "shift": 3.0}, "'shift' (=3.0)"),
 ])
-def test_flow_matching_scheduler_config_is_refused_not_sampled_as_ddpm(tmp_path, config, reason, capsys):
+def test_flow_keys_in_a_vp_scheduler_config_are_refused_not_sampled_as_ddpm(tmp_path, config, reason, capsys):
     root = model_with_scheduler(tmp_path, config)
     with pytest.raises(ModelLoadError, match="flow-matching model") as exc:
         load_model(str(root))
-    assert reason in str(exc.value) and "SkippedStepFlowScheduler" in str(exc.value)
+    assert reason in str(exc.value) and "FlowMatchEulerDiscreteScheduler" in str(exc.value)
     assert cli.main(["generate", "--model", str(root), "--num-samples", "4", "--out", str(tmp_path / "g"),
                      "--no-progress"]) == 2
     assert "flow-matching" in capsys.readouterr().err
@@ -83,16 +107,22 @@ def _learned_variance_unet(tmp_path: Path, variance_type: str | None, out_channe
     return root
 
 
-def test_learned_variance_models_run_with_fixed_small_and_say_so(tmp_path, capsys):
+def test_learned_variance_models_keep_their_variance_for_the_samplers_that_use_it(tmp_path, capsys):
     root = _learned_variance_unet(tmp_path, "learned_range", 2)
     loaded = load_model(str(root))
-    assert loaded.scheduler_config["variance_type"] == "fixed_small"
-    assert loaded.model(torch.zeros(2, 1, 8, 8), torch.tensor(3)).shape == (2, 1, 8, 8)
-    note = loaded.notes[0]
-    assert "learned-variance model" in note and "learned variance is NOT used" in note and "'learned_range'" in note
+    assert loaded.learned_variance and loaded.scheduler_config["variance_type"] == "learned_range"
+    x, t = torch.zeros(2, 1, 8, 8), torch.tensor(3)
+    assert loaded.model_for_batch()(x, t).shape == (2, 2, 8, 8)  # [eps, v] for ours and DDPM
+    assert loaded.model_for_batch(with_variance=False)(x, t).shape == (2, 1, 8, 8)  # eps only for the rest
+    assert "learned-variance model" in loaded.notes[0]
     assert cli.main(["sample", "--model", str(root), "--nfe", "2", "--num-samples", "2", "--out",
                      str(tmp_path / "x.png"), "--no-progress"]) == 0
-    assert "learned variance is NOT used" in capsys.readouterr().out
+    assert "learned-variance model" in capsys.readouterr().out
+    # a 2C output whose config does not say learned_range: the C prediction channels only, said so
+    other = _learned_variance_unet(tmp_path / "other", None, 2)
+    plain = load_model(str(other))
+    assert not plain.learned_variance and plain.model(x, t).shape == (2, 1, 8, 8)
+    assert "extra channels are NOT used" in plain.notes[0]
     # a config that says "learned" for a network without the variance channels is a contradiction
     with pytest.raises(ModelLoadError, match="says variance_type='learned_range'.*out_channels=1"):
         load_model(str(_learned_variance_unet(tmp_path, "learned_range", 1)))

@@ -1,4 +1,4 @@
-"""Side-by-side benchmark: our samplers and diffusers' schedulers on one model, same noise, same sample count.
+"""Side-by-side benchmark: our samplers and the peers on one model, same noise, same sample count.
 
 ``skipstep bench --model gmm --samplers skipstep,ddim,dpmpp-2m --nfe 5,10,20 --num-samples 1000 --seed 0,1 --out DIR``
 
@@ -6,20 +6,24 @@ Protocol (see ``docs/bench.md``):
 
 * every (sampler, NFE, seed) cell starts from the same ``x_T`` for a seed (``randn`` from a CPU generator seeded
   with the seed, drawn for all samples at once) and gets the same per-step noise seeding (one CPU generator per
-  batch, seeded from the seed and the batch's first index);
-* every sampler is driven by the one standard diffusers loop (:func:`skipstep.lab.sampler_registry.run_standard_loop`) and
-  its NFE is counted by wrapping the model;
-* quality is measured against a reference set drawn once per output directory with its own seed: exact data
-  samples for analytic models (``gmm``), the model's own 1000-step ancestral samples otherwise;
-* wall-clock time covers the sampling loop only; ratios against DDIM are taken from cells of the same run.
+  batch, seeded from the seed and the batch's first index); a class-conditional model's sample ``i`` asks for
+  label ``real_labels[i mod K]`` in every cell;
+* a class-conditional model runs once per guidance scale (``--guidance-scale 1,2,4``): each scale is its own set
+  of cells and its own reference set;
+* every sampler is driven by the one standard loop (:func:`skipstep.lab.sampler_registry.run_standard_loop`) and
+  its NFE is counted by wrapping the model (a batched CFG call is one NFE, ``network_calls_unbatched`` = 2 NFE);
+* quality is measured against a reference set per guidance scale, drawn once with its own seed and cached
+  (:func:`skipstep.lab.sample_sets.reference_samples`): exact data samples for analytic models, the model's own
+  converged samples otherwise (1000-step ancestral for VP, 1000-step FlowMatchEuler for flow models);
+* wall-clock time covers the sampling loop only; ratios against DDIM (FlowMatchEuler for flow models) are taken
+  from cells of the same run.
 
-Each finished cell is written atomically to ``DIR/cells/<sampler>/nfe<N>_seed<S>.json`` (plus the first
+Each finished cell is written atomically to ``DIR/cells/<sampler>/nfe<N>_seed<S>[_w<W>].json`` (plus the first
 samples for grids), so an interrupted run resumes where it stopped. ``DIR/config.json`` pins the configuration.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -35,40 +39,27 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..storage import atomic_write_json, env_int, file_sha256
-from . import metrics as M
+from .bench_metrics import MetricContext, floors
 from .bench_report import GRID_COUNT, cell_paths, check_cell_record, write_outputs
-from .cli_args import (DEFAULT_BATCH_SIZE, HelpFormatter, add_common_run_args, apply_threads, check_device, check_seed,
-                       name_list, positive_int, positive_int_list, seed_list)
+from .cli_args import DEFAULT_BATCH_SIZE, check_device, check_seed
+from .conditioning import check_guidance_scale
 from .fid import load_reference_stats, use_feature_network
 from .models import CLIP_MODES, LoadedModel, apply_clip_mode, load_model
 from .run_dirs import RunDirectory, RunDirectoryError, identity_differences, now_utc, read_json_record, save_tensor, seal
-from .sample_sets import REFERENCE_SEED, reference_samples, sample_cell
-from .sampler_registry import (COMMON_SETTINGS, SamplerError, check_sampler_for_model, format_sampler_list,
-                               get_sampler, sampler_names, sampler_settings, steps_for_nfe)
+from .sample_sets import REFERENCE_SEED, SampledCell, reference_samples, sample_cell
+from .sampler_registry import (COMMON_SETTINGS, SamplerError, check_sampler_for_model, enumerate_peers, get_sampler,
+                               sampler_names, sampler_refusal, sampler_settings, steps_for_nfe)
 
-
-__all__ = [
-    "BenchConfig",
-    "BenchConfigError",
-    "BenchInterrupted",
-    "BenchResult",
-    "MetricContext",
-    "add_subcommand",
-    "expand_sampler_names",
-    "run_bench",
-]
+__all__ = ["BenchConfig", "BenchConfigError", "BenchInterrupted", "BenchResult", "MetricContext", "PEER_SPACINGS",
+           "apply_clip_mode", "default_samplers", "expand_sampler_names", "run_bench", "sample_cell"]
 
 PROTOCOL_VERSION = 1
 
 #: Set to N to stop a run with :class:`BenchInterrupted` after N freshly computed cells (testing resumption).
 STOP_AFTER_ENV = "SKIPSTEP_BENCH_STOP_AFTER"
-
-SW_PROJECTIONS = 256
-
-PR_K = 3
-
-#: Precision/recall in pixel space is skipped above this many dimensions (it is O(N^2 D)).
-PR_PIXEL_MAX_DIM = 4096
+#: ``--peer-spacing``: the peers' timesteps from the model's own timestep_spacing, or trailing
+PEER_SPACINGS = ("config", "trailing")
+GROUPS = ("all", "ours", "peers")
 
 
 class BenchConfigError(ValueError):
@@ -76,21 +67,23 @@ class BenchConfigError(ValueError):
 
 
 #: What the benchmark writes into its directory (``--overwrite`` removes these and nothing else).
-OWNED_NAMES = ("cells", "reference", "grids", "results.json", "results.md", "quality_vs_nfe.png", "floors.json",
-               "config.json")
+OWNED_NAMES = ("cells", "reference", "grids", "results.json", "results.md", "quality_vs_nfe.png",
+               "quality_vs_nfe_w*.png", "floors.json", "config.json")
 
 
 def run_directory(out: Path) -> RunDirectory:
     """The run directory of a benchmark (marker, lock, owned names: :mod:`skipstep.lab.run_dirs`)."""
     return RunDirectory(out, "bench", OWNED_NAMES, legacy_identity_key="protocol_version")
 
+
 class BenchInterrupted(RuntimeError):
     """Raised (by the stop-after hook) to simulate a killed run; finished cells are kept."""
+
 
 @dataclass
 class BenchConfig:
     model: str
-    samplers: list[str]
+    samplers: list[str] | None
     nfes: list[int]
     seeds: list[int]
     num_samples: int
@@ -105,18 +98,23 @@ class BenchConfig:
     fid_features: str | None = None  # a feature network for FD (skipstep.lab.fid.resolve_feature_extractor)
     fid_reference: str | None = None  # external reference for the fid_ref metric (stats .npz or samples)
     inception_weights: str | None = None
+    guidance_scales: list[float] | None = None  # class-conditional models: one set of cells per scale
+    null_label: int | None = None  # --null-label
+    flow_mu: float | None = None  # --flow-mu
+    peer_spacing: str = "config"  # --peer-spacing
 
     def __post_init__(self):
         self.out = Path(self.out)
-        self.samplers = expand_sampler_names(self.samplers)
+        if self.samplers is not None:
+            self.samplers = expand_sampler_names(self.samplers)
+            if not self.samplers:
+                raise ValueError("--samplers: give at least one sampler")
         bad = [n for n in self.nfes if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1]
         if bad:
             raise ValueError(f"--nfe: every NFE must be a positive integer, got {bad}")
         self.nfes = sorted({int(n) for n in self.nfes})
         self.seeds = list(dict.fromkeys(check_seed(s, "--seed") for s in self.seeds))
         self.device = check_device(self.device)
-        if not self.samplers:
-            raise ValueError("--samplers: give at least one sampler")
         if not self.nfes:
             raise ValueError("--nfe: give at least one NFE")
         if not self.seeds:
@@ -132,11 +130,21 @@ class BenchConfig:
             raise ValueError(f"--num-reference must be >= 4 (the reference set's size), got {self.num_reference}")
         if self.clip not in CLIP_MODES:
             raise ValueError(f"--clip must be one of {CLIP_MODES}, got {self.clip!r}")
+        if self.peer_spacing not in PEER_SPACINGS:
+            raise ValueError(f"--peer-spacing must be one of {PEER_SPACINGS}, got {self.peer_spacing!r}")
+        if self.guidance_scales is not None:
+            self.guidance_scales = list(dict.fromkeys(check_guidance_scale(w) for w in self.guidance_scales))
+            if not self.guidance_scales:
+                raise ValueError("--guidance-scale: give at least one guidance scale")
         if self.reference_seed in self.seeds:
             raise ValueError(f"seed {self.reference_seed} is the reference set's seed; choose other seeds so the "
                              "samples are independent of the reference")
         if self.fid_reference and not self.fid_features:
             raise BenchConfigError("--fid-reference needs --fid-features (the feature network to compare in)")
+
+    def model_options(self) -> dict[str, Any]:
+        return {k: v for k, v in {"null_label": self.null_label, "flow_mu": self.flow_mu}.items() if v is not None}
+
 
 @dataclass
 class BenchResult:
@@ -147,87 +155,60 @@ class BenchResult:
     out: Path | None = None
     markdown: str = ""
     seconds: float = 0.0
+    peers: dict | None = None  # the peer enumeration
 
-def expand_sampler_names(names: Sequence[str]) -> list[str]:
-    """Sampler names with the groups ``all``, ``ours`` (skipstep family) and ``peers`` (diffusers) expanded;
-    unknown names raise :class:`SamplerError` listing the valid ones."""
+
+def expand_sampler_names(names: Sequence[str], loaded: LoadedModel | None = None) -> list[str]:
+    """Sampler names with the groups ``all``, ``ours`` and ``peers`` expanded for ``loaded`` (``ours``: our
+    samplers that can sample it; ``peers``: :func:`skipstep.lab.peer_samplers.enumerate_peers`); without a model
+    the groups are kept (they are expanded once the model is loaded). Unknown names raise :class:`SamplerError`
+    listing the valid ones."""
     out: list[str] = []
     for raw in names:
         name = raw.strip()
         if not name:
             continue
-        if name in ("all", "ours", "peers"):
-            fam = {"ours": ("skipstep",), "peers": ("diffusers",), "all": ("skipstep", "diffusers")}[name]
-            out += sampler_names(*fam)
-        else:
+        if name not in GROUPS:
             get_sampler(name)
             out.append(name)
+        elif loaded is None:
+            out.append(name)
+        else:
+            if name in ("ours", "all"):
+                out += [n for n in sampler_names("skipstep") if sampler_refusal(get_sampler(n), loaded) is None]
+            if name in ("peers", "all"):
+                out += enumerate_peers(loaded).peers
     return list(dict.fromkeys(out))
 
 
-# --------------------------------------------------------------------------------------------------------------
-# metrics
-# --------------------------------------------------------------------------------------------------------------
+def default_samplers(loaded: LoadedModel) -> list[str]:
+    """``--samplers`` left out: ours at eta 1 and 0, and the three most used peers of the model's path."""
+    if loaded.regime == "flow":
+        return ["skipstep", "skipstep-ddim", "flow-euler", "dpmpp-2m", "unipc"]
+    return ["skipstep", "skipstep-ddim", "ddim", "dpmpp-2m", "unipc"]
 
-class MetricContext:
-    """Reference-side quantities computed once per run (features, Gaussian statistics)."""
 
-    def __init__(self, loaded: LoadedModel, reference: torch.Tensor):
-        self.loaded = loaded
-        self.reference = reference
-        self.dim = int(np.prod(loaded.sample_shape))
-        self.ref_feats = self._features(reference) if loaded.feature_fn is not None else None
-        self.ref_stats = M.gaussian_stats(self.ref_feats) if self.ref_feats is not None else None
-        self.heldout_stats = None
-        if loaded.real_data is not None and loaded.feature_fn is not None and "heldout" in loaded.real_data:
-            self.heldout_stats = M.gaussian_stats(self._features(loaded.real_data["heldout"]))
+def _cell_key(sampler: str, nfe: int, seed: int, guidance: float | None = None) -> str:
+    return f"{sampler}/nfe{nfe}_seed{seed}" + ("" if guidance is None else f"_w{guidance:g}")
 
-    def _features(self, x: torch.Tensor) -> np.ndarray:
-        return M.compute_features(x, self.loaded.feature_fn, batch_size=1000)
 
-    @property
-    def main_metric(self) -> str:
-        return "fd" if self.ref_feats is not None else "sw"
+def _guidance_scales(cfg: BenchConfig, loaded: LoadedModel) -> list[float | None]:
+    if loaded.conditioning is None:
+        if cfg.guidance_scales is not None:
+            loaded.at_guidance(cfg.guidance_scales[0])  # raises: the model is not conditional
+        return [None]
+    return list(cfg.guidance_scales or [1.0])
 
-    def __call__(self, samples: torch.Tensor) -> dict[str, float]:
-        samples = samples.float()
-        if not bool(torch.isfinite(samples).all()):
-            bad = float((~torch.isfinite(samples.reshape(samples.shape[0], -1))).any(1).float().mean())
-            return {"nonfinite_fraction": bad}
-        out: dict[str, float] = {}
-        if self.ref_feats is not None:
-            feats = self._features(samples)
-            out["fd"] = M.frechet_distance_from_stats(*M.gaussian_stats(feats), *self.ref_stats)
-            if getattr(self, "fid_reference_stats", None) is not None:
-                out["fid_ref"] = M.frechet_distance_from_stats(*M.gaussian_stats(feats), *self.fid_reference_stats)
-            out["precision"], out["recall"] = M.precision_recall(self.ref_feats, feats, k=PR_K)
-            if self.heldout_stats is not None:
-                out["fd_heldout"] = M.frechet_distance_from_stats(*M.gaussian_stats(feats), *self.heldout_stats)
-        elif self.dim <= PR_PIXEL_MAX_DIM:
-            out["precision"], out["recall"] = M.precision_recall(self.reference, samples, k=PR_K)
-        out["sw"] = M.sliced_wasserstein(samples, self.reference, num_projections=SW_PROJECTIONS, seed=0)
-        if self.loaded.reference is not None:
-            out.update(self.loaded.reference.metrics(samples))
-        return {k: float(v) for k, v in out.items()}
 
-def _pair_metrics(loaded: LoadedModel, a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    out = {"sw": M.sliced_wasserstein(a, b, num_projections=SW_PROJECTIONS, seed=0)}
-    if loaded.feature_fn is not None:
-        fa = M.compute_features(a, loaded.feature_fn, 1000)
-        fb = M.compute_features(b, loaded.feature_fn, 1000)
-        out["fd"] = M.frechet_distance(fa, fb)
-    return out
+def _reference_dir(out: Path, view: LoadedModel) -> Path:
+    return out / "reference" / view.guidance_key if view.guidance_key else out / "reference"
 
 
 # --------------------------------------------------------------------------------------------------------------
 # the run directory
 # --------------------------------------------------------------------------------------------------------------
-
-def _cell_key(sampler: str, nfe: int, seed: int) -> str:
-    return f"{sampler}/nfe{nfe}_seed{seed}"
-
 def _identity(cfg: BenchConfig, loaded: LoadedModel) -> dict[str, Any]:
-    """What must match for cells to be reused (samplers, NFEs and seeds may be added)."""
+    """What must match for cells to be reused (samplers, NFEs, seeds and guidance scales may be added)."""
     return {
         "protocol_version": PROTOCOL_VERSION,
         "model": loaded.name,
@@ -243,13 +224,13 @@ def _identity(cfg: BenchConfig, loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
-def _prepare_dir(cfg: BenchConfig, loaded: LoadedModel, rundir: RunDirectory, cells: list[tuple],
-                 skipped: dict[str, str], log: Callable[[str], None]) -> tuple[list[tuple], list[tuple]]:
+def _prepare_dir(cfg: BenchConfig, loaded: LoadedModel, rundir: RunDirectory, samplers: list[str], cells: list[tuple],
+                 skipped: dict[str, str], peers: dict, log: Callable[[str], None]) -> tuple[list[tuple], list[tuple]]:
     """Claim ``cfg.out`` (refuse a foreign or busy directory, lock it, remove stale temporary files), check it
     against its config.json and verify its finished cells; write the merged config; return the planned cells
     as (reused, todo)."""
     identity = _identity(cfg, loaded)
-    settings = {name: sampler_settings(get_sampler(name)) for name in cfg.samplers}
+    settings = {name: sampler_settings(get_sampler(name), loaded) for name in samplers}
     try:
         previous = rundir.claim(cfg.overwrite, log)
     except RunDirectoryError as err:
@@ -266,8 +247,8 @@ def _prepare_dir(cfg: BenchConfig, loaded: LoadedModel, rundir: RunDirectory, ce
                 raise BenchConfigError(
                     f"--out {cfg.out} holds results of a different configuration ({'; '.join(diffs)}). Pass "
                     "--overwrite to discard them (only the benchmark's own files are removed), or choose another "
-                    "--out. (Adding samplers, NFEs or seeds to the same model/num-samples is allowed and reuses "
-                    "finished cells.)")
+                    "--out. (Adding samplers, NFEs, seeds or guidance scales to the same model/num-samples is "
+                    "allowed and reuses finished cells.)")
             rundir.discard_results()
             previous = None
     verified = _verify_cells(cfg, loaded, cells, log)  # before config.json is rewritten: refusals change nothing
@@ -277,21 +258,28 @@ def _prepare_dir(cfg: BenchConfig, loaded: LoadedModel, rundir: RunDirectory, ce
         old = (previous or {}).get(key, [])
         return list(dict.fromkeys(list(old) + list(new)))
 
+    kind = ("exact data samples" if loaded.reference is not None else
+            "1000-step FlowMatchEuler (ODE) samples (sampler reference-1000)" if loaded.regime == "flow" else
+            "1000-step ancestral samples (sampler reference-1000)")
     merged = {
         "identity": identity,
         "model": loaded.info(),
-        "samplers": union("samplers", cfg.samplers),
+        "samplers": union("samplers", samplers),
         "nfes": sorted(set(union("nfes", cfg.nfes))),
         "seeds": union("seeds", cfg.seeds),
+        "guidance_scales": union("guidance_scales", [c[5] for c in cells if c[5] is not None]),
         "sampler_settings": {**(previous or {}).get("sampler_settings", {}), **settings},
         "skipped": {**(previous or {}).get("skipped", {}), **(skipped or {})},
+        "peer_enumeration": peers,
+        "time_baseline": "flow-euler" if loaded.regime == "flow" else "ddim",
         "common_settings": {**COMMON_SETTINGS, "x0_clipping": loaded.clip_description
-                            or COMMON_SETTINGS["x0_clipping"]},
+                            or COMMON_SETTINGS["x0_clipping"], "peer_spacing": cfg.peer_spacing},
         "noise": "x_T = randn((N, C, H, W)) from torch.Generator().manual_seed(seed) on the CPU, for all samples "
                  "at once; per-step noise from one CPU generator per batch seeded from (seed, first index)",
-        "reference": ("exact data samples" if loaded.reference is not None else
-                      "1000-step ancestral samples (sampler reference-1000)")
-                     + f", {cfg.num_reference} samples, seed {cfg.reference_seed}",
+        "class_labels": None if loaded.conditioning is None else loaded.conditioning.info()["label_rule"],
+        "reference": f"{kind}, {cfg.num_reference} samples, seed {cfg.reference_seed}"
+                     + ("; one set per guidance scale, at that scale" if loaded.conditioning is not None else "")
+                     + "; drawn once into the reference cache and copied into reference/",
         "created": (previous or {}).get("created", now),
         "updated": now,
         "environment": {"skipstep": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
@@ -309,8 +297,8 @@ def _verify_cells(cfg: BenchConfig, loaded: LoadedModel, cells: list[tuple], log
     ``cells/`` that this run would not rewrite is refused, naming it (it would silently vanish from the tables)."""
     reused, todo, planned = [], [], set()
     for cell in cells:
-        name, nfe, seed = cell[:3]
-        json_path, tensor_path = cell_paths(cfg.out, name, nfe, seed)
+        name, nfe, seed, w = cell[0], cell[1], cell[2], cell[5]
+        json_path, tensor_path = cell_paths(cfg.out, name, nfe, seed, w)
         planned.add(json_path)
         if not json_path.exists():
             todo.append(cell)
@@ -341,70 +329,48 @@ def _verify_cells(cfg: BenchConfig, loaded: LoadedModel, cells: list[tuple], log
 # --------------------------------------------------------------------------------------------------------------
 # the engine
 # --------------------------------------------------------------------------------------------------------------
-
-def _plan(cfg: BenchConfig, loaded: LoadedModel) -> tuple[list[tuple[str, int, int, int, int]], dict[str, str]]:
-    """Cells ``(sampler, nfe, seed, steps, expected_nfe)`` in run order, and the refused (sampler, NFE) pairs.
-
-    Order: seed, then NFE, then sampler -- samplers of one NFE run back to back, which keeps timing fair."""
+def _plan(cfg: BenchConfig, loaded: LoadedModel, samplers: list[str]) -> tuple[list[tuple], dict[str, str]]:
+    """Cells ``(sampler, nfe, seed, steps, expected_nfe, guidance)`` in run order, and the refused (sampler, NFE)
+    pairs. Order: guidance scale, seed, NFE, sampler -- samplers of one NFE run back to back (fair timing)."""
     T = loaded.num_train_timesteps
     too_big = [n for n in cfg.nfes if n > T]
     if too_big:
         raise SamplerError(f"--nfe {','.join(map(str, too_big))}: NFE {too_big} exceed the model's {T} training "
                            "timesteps")
+    for name in samplers:
+        recipe = get_sampler(name)
+        check_sampler_for_model(recipe, loaded.fingerprint, T)
+        reason = sampler_refusal(recipe, loaded)
+        if reason is not None:
+            raise SamplerError(f"--samplers {name}: it cannot sample model {loaded.name!r} ({loaded.regime_text}): "
+                               f"{reason}")
     cells, skipped, fixed_done = [], {}, set()
-    for seed in cfg.seeds:
-        for nfe in cfg.nfes:
-            for name in cfg.samplers:
-                recipe = get_sampler(name)
-                check_sampler_for_model(recipe, loaded.fingerprint, T)
-                if recipe.fixed_steps is not None:
-                    if (name, seed) in fixed_done:
+    for w in _guidance_scales(cfg, loaded):
+        for seed in cfg.seeds:
+            for nfe in cfg.nfes:
+                for name in samplers:
+                    recipe = get_sampler(name)
+                    if recipe.fixed_steps is not None:
+                        if (name, seed, w) in fixed_done:
+                            continue
+                        fixed_done.add((name, seed, w))
+                        steps, expected = steps_for_nfe(recipe, T, T)
+                        cells.append((name, expected, seed, steps, expected, w))
                         continue
-                    fixed_done.add((name, seed))
-                    steps, expected = steps_for_nfe(recipe, T, T)
-                    cells.append((name, expected, seed, steps, expected))
-                    continue
-                try:
-                    steps, expected = steps_for_nfe(recipe, nfe, T)
-                except SamplerError as err:
-                    skipped[f"{name} @ NFE {nfe}"] = str(err)
-                    continue
-                cells.append((name, nfe, seed, steps, expected))
+                    try:
+                        steps, expected = steps_for_nfe(recipe, nfe, T)
+                    except SamplerError as err:
+                        skipped[f"{name} @ NFE {nfe}"] = str(err)
+                        continue
+                    cells.append((name, nfe, seed, steps, expected, w))
     return cells, skipped
+
 
 def _warm_up(loaded: LoadedModel, cfg: BenchConfig) -> None:
     """One untimed short run, so that lazy initialisation does not land in the first timed cell."""
-    ddim = get_sampler("ddim")
-    sample_cell(loaded, ddim, 2, 0, min(cfg.batch_size, cfg.num_samples), cfg.batch_size, cfg.device)
+    sample_cell(loaded, get_sampler("skipstep-ddim"), 2, 0, min(cfg.batch_size, cfg.num_samples), cfg.batch_size,
+                cfg.device)
 
-def _floors(cfg: BenchConfig, loaded: LoadedModel, reference: torch.Tensor, ctx: MetricContext) -> list[dict]:
-    """What a perfect sampler would score: exact samples vs the reference (analytic models), and real-data
-    comparisons (digits)."""
-    rows = []
-    if loaded.reference is not None:
-        per_seed = [ctx(loaded.reference.sample(cfg.num_samples, seed)) for seed in cfg.seeds]
-        rows.append({"name": f"exact data samples ({cfg.num_samples} per seed) vs reference",
-                     "what": "finite-sample floor: a perfect sampler scores this",
-                     "metrics": _mean_std_dicts(per_seed)})
-    if loaded.real_data is not None:
-        train, heldout = loaded.real_data.get("train"), loaded.real_data.get("heldout")
-        if train is not None and heldout is not None:
-            rows.append({"name": f"real train ({len(train)}) vs real held-out ({len(heldout)})",
-                         "what": "data floor: FD between two real digit sets",
-                         "metrics": {k: [v, None] for k, v in _pair_metrics(loaded, train, heldout).items()}})
-        if heldout is not None:
-            rows.append({"name": f"reference ({len(reference)}) vs real held-out ({len(heldout)})",
-                         "what": "how far the model's 1000-step samples are from real data",
-                         "metrics": {k: [v, None] for k, v in _pair_metrics(loaded, reference, heldout).items()}})
-    return rows
-
-def _mean_std_dicts(dicts: list[dict]) -> dict[str, list[float]]:
-    keys = list(dict.fromkeys(k for d in dicts for k in d))
-    out = {}
-    for k in keys:
-        vals = [d[k] for d in dicts if k in d]
-        out[k] = [float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None]
-    return out
 
 def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = None,
               log: Callable[[str], None] | None = print) -> BenchResult:
@@ -412,22 +378,48 @@ def run_bench(cfg: BenchConfig, on_cell_done: Callable[[dict], None] | None = No
     log = log or (lambda msg: None)
     t_start = time.perf_counter()
     stop_after = env_int(STOP_AFTER_ENV, 0)
-    loaded = load_model(cfg.model, device=cfg.device)
+    loaded = load_model(cfg.model, device=cfg.device, **cfg.model_options())
     loaded.clip_description = apply_clip_mode(loaded, cfg.clip)
+    loaded.peer_spacing = cfg.peer_spacing
     for note in loaded.notes:
         log(f"note: {note}")
     if cfg.fid_features:
         use_feature_network(loaded, cfg.fid_features, cfg.device, cfg.inception_weights)
-    cells, skipped = _plan(cfg, loaded)
+    samplers = expand_sampler_names(cfg.samplers or default_samplers(loaded), loaded)
+    peers = enumerate_peers(loaded).to_dict()
+    cells, skipped = _plan(cfg, loaded, samplers)
     if not cells:
         raise BenchConfigError("nothing to compute: every requested cell is below its sampler's order ("
                                + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + "); choose a larger --nfe")
     rundir = run_directory(cfg.out)
     try:
-        reused, todo = _prepare_dir(cfg, loaded, rundir, cells, skipped, log)  # refusals before any sampling
-        return _run_cells(cfg, loaded, reused, todo, skipped, on_cell_done, log, t_start, stop_after)
+        reused, todo = _prepare_dir(cfg, loaded, rundir, samplers, cells, skipped, peers, log)  # refusals first
+        result = _run_cells(cfg, loaded, reused, todo, skipped, on_cell_done, log, t_start, stop_after)
+        result.peers = peers
+        return result
     finally:
         rundir.release()
+
+
+class _Views:
+    """Per guidance scale: the model's view, its reference set (cached, copied into ``reference/``) and metrics."""
+
+    def __init__(self, cfg: BenchConfig, loaded: LoadedModel, log: Callable[[str], None]):
+        self.cfg, self.loaded, self.log = cfg, loaded, log
+        self.cache: dict[float | None, tuple[LoadedModel, torch.Tensor, dict, MetricContext]] = {}
+
+    def __call__(self, w: float | None):
+        if w not in self.cache:
+            cfg = self.cfg
+            view = self.loaded.at_guidance(w)
+            reference, meta = reference_samples(view, cfg.num_reference, cfg.reference_seed, cfg.batch_size,
+                                                cfg.device, cfg.progress, self.log,
+                                                keep_in=_reference_dir(cfg.out, view))
+            ctx = MetricContext(view, reference)
+            if cfg.fid_reference:
+                ctx.fid_reference_stats, _ = load_reference_stats(cfg.fid_reference, view.feature_fn)
+            self.cache[w] = (view, reference, meta, ctx)
+        return self.cache[w]
 
 
 def _run_cells(cfg: BenchConfig, loaded: LoadedModel, reused: list[tuple], todo: list[tuple],
@@ -435,22 +427,20 @@ def _run_cells(cfg: BenchConfig, loaded: LoadedModel, reused: list[tuple], todo:
                stop_after: int) -> BenchResult:
     for key, reason in skipped.items():
         log(f"skipped {key}: {reason}")
-    reference, ref_meta = reference_samples(loaded, cfg.num_reference, cfg.reference_seed, cfg.out / "reference",
-                                             cfg.batch_size, cfg.device, cfg.progress, log)
-    ctx = MetricContext(loaded, reference)
-    if cfg.fid_reference:
-        ctx.fid_reference_stats, _ = load_reference_stats(cfg.fid_reference, loaded.feature_fn)
+    views = _Views(cfg, loaded, log)
+    for w in dict.fromkeys(c[5] for c in reused + todo):
+        views(w)  # every reference first: a cell never waits for a 1000-step set mid-table
     run_id = uuid.uuid4().hex[:8]
     result = BenchResult(records=[], skipped=skipped, out=cfg.out)
-    result.reused = [_cell_key(c[0], c[1], c[2]) for c in reused]
+    result.reused = [_cell_key(c[0], c[1], c[2], c[5]) for c in reused]
     if todo:
-        _warm_up(loaded, cfg)
+        _warm_up(views(todo[0][5])[0], cfg)
     bar = tqdm(todo, disable=not cfg.progress, desc="cells", unit="cell")
-    for name, nfe, seed, steps, expected in bar:
+    for name, nfe, seed, steps, expected, w in bar:
+        view, _, _, ctx = views(w)
         sampler = get_sampler(name)
-        bar.set_postfix_str(f"{name} nfe={nfe} seed={seed}")
-        cell = sample_cell(loaded, sampler, steps, seed, cfg.num_samples, cfg.batch_size, cfg.device,
-                           progress=cfg.progress and steps >= 200, desc=name)
+        bar.set_postfix_str(f"{name} nfe={nfe} seed={seed}" + ("" if w is None else f" w={w:g}"))
+        cell = _sample(cfg, view, sampler, steps, seed, log)
         if cell.actual_nfe != expected:
             raise RuntimeError(f"{name}: expected {expected} NFE for {steps} steps, counted {cell.actual_nfe}")
         record = {
@@ -459,10 +449,14 @@ def _run_cells(cfg: BenchConfig, loaded: LoadedModel, reused: list[tuple], todo:
             "nfe": int(nfe),
             "seed": int(seed),
             "num_samples": cfg.num_samples,
-            "metrics": ctx(cell.samples),
+            "metrics": ctx(cell.samples, cell.labels),
             "seconds": cell.seconds,
+            "guidance_scale": w,
+            "regime": loaded.regime_text,
             "actual_nfe": cell.actual_nfe,
+            "network_calls_unbatched": cell.network_calls_unbatched,
             "num_inference_steps": steps,
+            "timesteps": cell.timesteps,
             "seconds_per_sample": cell.seconds / cfg.num_samples,
             "family": sampler.family,
             "stochastic": sampler.stochastic,
@@ -472,88 +466,49 @@ def _run_cells(cfg: BenchConfig, loaded: LoadedModel, reused: list[tuple], todo:
             "run_id": run_id,
             "finished_at": now_utc(),
         }
-        json_path, tensor_path = cell_paths(cfg.out, name, nfe, seed)
+        json_path, tensor_path = cell_paths(cfg.out, name, nfe, seed, w)
         record["samples_sha256"] = save_tensor(tensor_path, cell.samples[:GRID_COUNT])
         record = seal(record)
         atomic_write_json(json_path, record)
-        result.computed.append(_cell_key(name, nfe, seed))
+        result.computed.append(_cell_key(name, nfe, seed, w))
         if on_cell_done is not None:
             on_cell_done(record)
         if stop_after and len(result.computed) >= stop_after:
             raise BenchInterrupted(f"stopped after {len(result.computed)} cells ({STOP_AFTER_ENV}={stop_after})")
     bar.close()
-    floors = _floors(cfg, loaded, reference, ctx)
-    atomic_write_json(cfg.out / "floors.json", {"reference": ref_meta, "floors": floors,
-                                                 "main_metric": ctx.main_metric})
+    _write_floors(cfg, loaded, views)
     result.records = write_outputs(cfg.out, log=log)
     result.markdown = (cfg.out / "results.md").read_text()
     result.seconds = time.perf_counter() - t_start
     return result
 
 
-# --------------------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------------------
-
-class ListOrChooseSamplers(argparse.Action):
-    """``--samplers LIST`` chooses samplers; ``--samplers`` alone prints every sampler with its meaning and exits."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if values is None:
-            print(format_sampler_list())
-            parser.exit(0)
-        setattr(namespace, self.dest, name_list(values))
-
-
-def add_subcommand(subparsers) -> None:
-    p = subparsers.add_parser(
-        "bench", help="side-by-side benchmark of samplers on one model",
-        description="Run every (sampler, NFE, seed) cell with the same initial noise, score it against a reference "
-                    "set and write results.json, results.md, quality_vs_nfe.png and sample grids into --out. "
-                    "Resumable: finished cells are verified and reused. `skipstep bench --samplers` lists every "
-                    "sampler.",
-        formatter_class=HelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="gmm, digits, or a path to a local diffusers directory (required)")
-    p.add_argument("--samplers", nargs="?", action=ListOrChooseSamplers,
-                   default=["skipstep", "skipstep-ddim", "ddim", "dpmpp-2m", "unipc"],
-                   help="comma-separated sampler names, the groups all / ours / peers, or tuned:FILE.json; alone "
-                        "(no value) it lists every sampler with its meaning")
-    p.add_argument("--nfe", type=positive_int_list, default=[5, 10, 20, 50, 100],
-                   help="comma-separated network evaluations per sample (positive; cells below a sampler's order "
-                        "are skipped with the reason)")
-    p.add_argument("--num-samples", type=positive_int, default=1000, help="samples per cell (at least 4)")
-    p.add_argument("--seed", "--seeds", dest="seeds", type=seed_list, default=[0],
-                   help="comma-separated seeds, 0 <= seed < 2**63 (tables show mean ± std over seeds)")
-    p.add_argument("--num-reference", type=positive_int, default=None,
-                   help="reference-set size (default: --num-samples)")
-    p.add_argument("--out", type=Path, default=Path("skipstep-bench"),
-                   help="output directory: new or empty, or an earlier benchmark directory to resume or extend")
-    p.add_argument("--overwrite", action="store_true",
-                   help="discard results of a different configuration in --out (only files the benchmark wrote "
-                        "there are removed; a directory skipstep did not create is always refused)")
-    add_common_run_args(p)
-    p.add_argument("--fid-features", default=None,
-                   help="feature network for FD: inception (local weights only), digits, a TorchScript file or "
-                        "module:function (default: the model's own, the digit classifier for 8x8 models)")
-    p.add_argument("--fid-reference", default=None,
-                   help="also report fid_ref: FD vs this reference (statistics .npz, generate output directory, "
-                        "image folder or .safetensors samples) in the --fid-features space (default: none)")
-    p.add_argument("--inception-weights", default=None,
-                   help="local Inception-v3 weights (never downloaded; default: $SKIPSTEP_INCEPTION_WEIGHTS or "
-                        "torch's hub cache)")
-    p.set_defaults(func=main_bench)
+def _sample(cfg: BenchConfig, view: LoadedModel, sampler, steps: int, seed: int, log: Callable[[str], None]
+            ) -> SampledCell:
+    """One cell's samples; a trained model's ``reference-1000`` cell (an independent reference set of seed
+    ``seed``, the floor) comes through the reference cache, so benches and tune draw it once."""
+    if sampler.family == "reference" and view.reference is None:
+        samples, meta = reference_samples(view, cfg.num_samples, seed, cfg.batch_size, cfg.device, cfg.progress, log)
+        nfe = int(meta["actual_nfe"])
+        branches = int(meta.get("network_calls_unbatched", nfe)) // nfe
+        return SampledCell(samples, float(meta["seconds"]), nfe, steps, branches, None,
+                           view.labels_for(range(cfg.num_samples)))
+    return sample_cell(view, sampler, steps, seed, cfg.num_samples, cfg.batch_size, cfg.device,
+                       progress=cfg.progress and steps >= 200, desc=sampler.name)
 
 
-def main_bench(args: argparse.Namespace) -> int:
-    apply_threads(args)
-    cfg = BenchConfig(model=args.model, samplers=args.samplers, nfes=args.nfe, seeds=args.seeds,
-                      num_samples=args.num_samples, out=args.out, batch_size=args.batch_size, device=args.device,
-                      num_reference=args.num_reference, progress=not args.no_progress, overwrite=args.overwrite,
-                      clip=args.clip, fid_features=args.fid_features, fid_reference=args.fid_reference,
-                      inception_weights=args.inception_weights)
-    result = run_bench(cfg)
-    print(result.markdown.split("## All metrics")[0].rstrip())
-    print(f"\n{len(result.computed)} cells computed, {len(result.reused)} reused, {len(result.skipped)} skipped; "
-          f"{result.seconds:.1f} s. Outputs in {cfg.out}/ (results.md, results.json, quality_vs_nfe.png, grids/)")
-    return 0
+def _write_floors(cfg: BenchConfig, loaded: LoadedModel, views: _Views) -> None:
+    """``floors.json``: the reference metadata and floors of every guidance scale the directory holds."""
+    config = json.loads((cfg.out / "config.json").read_text())
+    scales: list[float | None] = list(config.get("guidance_scales") or []) or [None]
+    entries = {}
+    for w in scales:
+        view, reference, meta, ctx = views(w)
+        entries[view.guidance_key] = {"guidance_scale": w, "reference": meta,
+                                      "floors": floors(view, reference, ctx, cfg.num_samples, cfg.seeds)}
+    first = entries[next(iter(entries))]
+    main = views(scales[0])[3].main_metric
+    out: dict[str, Any] = {"reference": first["reference"], "floors": first["floors"], "main_metric": main}
+    if loaded.conditioning is not None:
+        out["guidance"] = entries
+    atomic_write_json(cfg.out / "floors.json", out)

@@ -18,7 +18,7 @@ from .cli_args import CommandParser
 #: Modules that register subcommands, in the order they appear in ``skipstep --help``.
 SUBCOMMAND_MODULES = [
     "skipstep.lab.demo",  # demo, sample
-    "skipstep.lab.bench",  # bench
+    "skipstep.lab.bench_cli",  # bench
     "skipstep.lab.generate",  # generate
     "skipstep.lab.tune",  # tune
 ]

@@ -5,6 +5,7 @@ run options, and the checks of values the API takes too (device, seed)."""
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -101,6 +102,33 @@ def seed_list(text: str) -> list[int]:
     return _list(text, check_seed, "comma-separated seeds")
 
 
+def guidance_scale(text) -> float:
+    """A classifier-free guidance scale: a finite number >= 0 (1 = the plain conditional model)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise OptionValueError(f"expected a guidance scale, a finite number >= 0 (1 = the plain conditional "
+                               f"model, 0 = unconditional), got {text!r}")
+    return value
+
+
+def guidance_scale_list(text: str) -> list[float]:
+    """Comma-separated guidance scales (each a separate set of cells and references)."""
+    return _list(text, guidance_scale, "comma-separated guidance scales (numbers >= 0)")
+
+
+def finite_float(text) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise OptionValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def name_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -157,6 +185,31 @@ def add_common_run_args(p: argparse.ArgumentParser) -> None:
     add_threads_arg(p)
 
 
+def add_model_args(p: argparse.ArgumentParser, guidance_list: bool = False) -> None:
+    """``--guidance-scale`` (one value, or a comma list for bench), ``--null-label`` and ``--flow-mu``."""
+    if guidance_list:
+        p.add_argument("--guidance-scale", dest="guidance_scales", type=guidance_scale_list, default=None,
+                       help="class-conditional models: comma-separated classifier-free guidance scales w >= 0, each "
+                            "its own set of cells and reference set (1 = the plain conditional model, 0 = "
+                            "unconditional; default: 1). One batched call of both branches counts as 1 NFE")
+    else:
+        p.add_argument("--guidance-scale", type=guidance_scale, default=None,
+                       help="class-conditional models: the classifier-free guidance scale w >= 0 (1 = the plain "
+                            "conditional model, 0 = unconditional; default: 1)")
+    p.add_argument("--null-label", type=non_negative_int, default=None,
+                   help="class-conditional models: the unconditional (null) class label, when the model directory's "
+                        "training_info.json / model_index.json do not say (null_class_label)")
+    p.add_argument("--flow-mu", type=finite_float, default=None,
+                   help="flow models with dynamic shifting (use_dynamic_shifting): sample with this fixed mu "
+                        "(the shift exp(mu)); refused for other models")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The ``load_model`` options of ``--null-label`` / ``--flow-mu`` (only those given)."""
+    return {k: v for k, v in {"null_label": getattr(args, "null_label", None),
+                              "flow_mu": getattr(args, "flow_mu", None)}.items() if v is not None}
+
+
 def apply_threads(args: argparse.Namespace) -> None:
     """Set torch's CPU thread count from ``--threads`` (0 or absent: leave torch's default)."""
     threads = getattr(args, "threads", 0)
@@ -165,5 +218,6 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 
 __all__ = ["DEFAULT_BATCH_SIZE", "SEED_LIMIT", "CommandParser", "HelpFormatter", "OptionValueError",
-           "add_common_run_args", "add_threads_arg", "apply_threads", "check_device", "check_seed", "int_list",
-           "name_list", "non_negative_int", "positive_int", "positive_int_list", "seed_list"]
+           "add_common_run_args", "add_model_args", "add_threads_arg", "apply_threads", "check_device", "check_seed",
+           "finite_float", "guidance_scale", "guidance_scale_list", "int_list", "model_options", "name_list",
+           "non_negative_int", "positive_int", "positive_int_list", "seed_list"]

@@ -17,11 +17,12 @@ import torch
 
 from .bench import BenchConfig, run_bench
 from .bench_report import save_grid
-from .cli_args import HelpFormatter, add_common_run_args, apply_threads, check_device, check_seed, positive_int
+from .cli_args import (HelpFormatter, add_common_run_args, add_model_args, apply_threads, check_device, check_seed,
+                       model_options, positive_int)
 from .models import apply_clip_mode, load_model
 from .run_dirs import RunDirectoryError, check_writable_file, remove_stale_temp_files
 from .sample_sets import sample_cell
-from .sampler_registry import get_sampler, steps_for_nfe
+from .sampler_registry import SamplerError, get_sampler, sampler_refusal, steps_for_nfe
 
 __all__ = ["DEMO_NFE", "DEMO_SAMPLERS", "add_subcommand", "main_demo", "main_sample"]
 
@@ -57,7 +58,9 @@ def add_subcommand(subparsers) -> None:
         description="Draw --num-samples samples from --model with --sampler at --nfe network evaluations, print a "
                     "summary, then write them as a PNG grid.",
         formatter_class=HelpFormatter)
-    s.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory (required)")
+    s.add_argument("--model", required=True, help="gmm, digits, a zoo model, or a path to a local diffusers "
+                   "directory (required)")
+    add_model_args(s)
     s.add_argument("--sampler", default="default",
                    help="sampler name; `skipstep bench --samplers` lists them all with their meanings")
     s.add_argument("--nfe", type=positive_int, default=10, help="network evaluations per sample")
@@ -94,7 +97,10 @@ def main_sample(args: argparse.Namespace) -> int:
     remove_stale_temp_files(args.out.parent, targets=[args.out.name])  # of killed sample runs only
     device = check_device(args.device)
     sampler = get_sampler(args.sampler)
-    loaded = load_model(args.model, device=device)
+    loaded = load_model(args.model, device=device, **model_options(args)).at_guidance(args.guidance_scale)
+    if sampler_refusal(sampler, loaded) is not None:
+        raise SamplerError(f"--sampler {args.sampler}: it cannot sample model {loaded.name!r}: "
+                           f"{sampler_refusal(sampler, loaded)}")
     clip = apply_clip_mode(loaded, args.clip)
     steps, expected = steps_for_nfe(sampler, args.nfe, loaded.num_train_timesteps)
     cell = sample_cell(loaded, sampler, steps, args.seed, args.num_samples, args.batch_size, device,

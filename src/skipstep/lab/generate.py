@@ -51,7 +51,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..storage import atomic_write_bytes, atomic_write_json, derived_seed, env_int, file_sha256, json_sha256
-from .cli_args import (HelpFormatter, add_threads_arg, apply_threads, check_device, check_seed, positive_int)
+from .cli_args import (HelpFormatter, add_model_args, add_threads_arg, apply_threads, check_device, check_seed,
+                       model_options, positive_int)
 from .distributed import DistContext, init_distributed
 from .fid import (fid_from_stats, iter_image_batches, load_reference_stats, resolve_feature_extractor, save_stats,
                   stats_of_samples)
@@ -59,8 +60,9 @@ from .models import LoadedModel, load_model
 from .run_dirs import RunDirectory, RunDirectoryError, identity_differences, now_utc, read_json_record, seal
 from .shards import (INDEX_FORMAT, SHARD_FORMAT, load_samples, provenance_path, read_shard_metadata, shard_bytes,
                      shard_path)
-from .sampler_registry import (CallCounter, build_scheduler, check_sampler_for_model, get_sampler,
-                               run_standard_loop, sampler_settings, scheduler_config_for, steps_for_nfe)
+from .sampler_registry import (CallCounter, SamplerError, build_scheduler, check_sampler_for_model, get_sampler,
+                               run_standard_loop, sampler_refusal, sampler_settings, scheduler_config_for,
+                               steps_for_nfe)
 
 __all__ = [
     "GenerateConfig",
@@ -123,13 +125,15 @@ def generate_batch(loaded: LoadedModel, sampler_name: str, num_steps: int, seed:
                    device: str | torch.device = "cpu", counter: CallCounter | None = None) -> torch.Tensor:
     """Samples ``indices`` (one batch) with the standard loop; returns float32 on the CPU.
 
-    ``x_T`` is ``randn_tensor`` with the per-sample generators, which then feed every ``step(..., generator=)``."""
+    ``x_T`` is ``randn_tensor`` with the per-sample generators, which then feed every ``step(..., generator=)``.
+    A class-conditional model's sample ``i`` asks for label ``real_labels[i mod K]`` at ``loaded``'s guidance scale."""
     sampler = get_sampler(sampler_name)
     sched = build_scheduler(sampler, scheduler_config_for(sampler, loaded), num_steps)
     gens = sample_generators(seed, indices)
     noise = randn_tensor((len(gens), *loaded.sample_shape), generator=gens, device=torch.device(device),
                          dtype=torch.float32)
-    model = counter if counter is not None else loaded.model
+    model = loaded.model_for_batch(list(indices), with_variance=loaded.learned_variance and sampler.learned_variance)
+    model = counter.counting(model) if counter is not None else model
     x = run_standard_loop(sched, model, noise, num_steps, generator=gens)
     return x.detach().float().cpu()
 
@@ -157,6 +161,9 @@ class GenerateConfig:
     fid_features: str | None = None
     fid_reference: str | None = None
     inception_weights: str | None = None
+    guidance_scale: float | None = None  # class-conditional models (default 1: the plain conditional model)
+    null_label: int | None = None
+    flow_mu: float | None = None
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -189,6 +196,8 @@ def _identity(cfg: GenerateConfig, loaded: LoadedModel, steps: int, nfe: int) ->
         "sampler_settings": json.loads(json.dumps(sampler_settings(get_sampler(cfg.sampler)), default=str)),
         # the effective scheduler config (e.g. an estimated optimal-variance table): every rank must use the same
         "scheduler_config_sha256": json_sha256(scheduler_config_for(get_sampler(cfg.sampler), loaded)),
+        **({"guidance_scale": loaded.guidance_scale, "class_labels": loaded.conditioning.info()["label_rule"]
+            + " (i: the global sample index)"} if loaded.conditioning is not None else {}),
         "nfe": cfg.nfe,
         "actual_nfe": nfe,
         "num_inference_steps": steps,
@@ -363,11 +372,15 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
     t_start = time.perf_counter()
     fail_after = env_int(FAIL_AFTER_ENV, 0)
     say = (log or (lambda m: None)) if ctx.rank == 0 else (lambda m: None)
-    loaded = load_model(cfg.model, device=device)
+    options = {k: v for k, v in {"null_label": cfg.null_label, "flow_mu": cfg.flow_mu}.items() if v is not None}
+    loaded = load_model(cfg.model, device=device, **options).at_guidance(cfg.guidance_scale)
     for note in loaded.notes:
         say(f"note: {note}")
     sampler = get_sampler(cfg.sampler)
     check_sampler_for_model(sampler, loaded.fingerprint, loaded.num_train_timesteps)
+    if sampler_refusal(sampler, loaded) is not None:
+        raise SamplerError(f"--sampler {cfg.sampler}: it cannot sample model {loaded.name!r} ({loaded.regime_text}): "
+                           f"{sampler_refusal(sampler, loaded)}")
     steps, expected_nfe = steps_for_nfe(sampler, cfg.nfe, loaded.num_train_timesteps)
     identity = _identity(cfg, loaded, steps, expected_nfe)
 
@@ -508,7 +521,9 @@ def add_subcommand(subparsers) -> None:
                     "are verified against their recorded sha256 and kept. Multi-process: torchrun "
                     "--nproc_per_node=K -m skipstep generate ...",
         formatter_class=HelpFormatter)
-    p.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory (required)")
+    p.add_argument("--model", required=True, help="gmm, digits, a zoo model, or a path to a local diffusers "
+                   "directory (required)")
+    add_model_args(p)
     p.add_argument("--sampler", default="default",
                    help="sampler name; `skipstep bench --samplers` lists them all with their meanings")
     p.add_argument("--nfe", type=positive_int, default=10, help="network evaluations per sample")
@@ -546,7 +561,8 @@ def main_generate(args: argparse.Namespace) -> int:
                          seed=args.seed, out=args.out, shard_size=args.shard_size, batch_size=args.batch_size,
                          device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
                          fid_features=args.fid_features, fid_reference=args.fid_reference,
-                         inception_weights=args.inception_weights)
+                         inception_weights=args.inception_weights, guidance_scale=args.guidance_scale,
+                         **model_options(args))
     result = generate(cfg)
     if result.rank == 0:
         n = cfg.num_samples

@@ -9,6 +9,7 @@ Every function here is a pure function of tensors or arrays (``torch.Tensor``, `
   :func:`feature_frechet_distance`, which also computes the features in batches.
 * Improved precision and recall (Kynkäänniemi et al. 2019): :func:`precision_recall`.
 * Sliced 2-Wasserstein distance in sample space: :func:`sliced_wasserstein`.
+* The fraction of samples a classifier assigns to the class they asked for: :func:`class_match`.
 * Metrics that are exact for a Gaussian-mixture data distribution with isotropic modes:
   :func:`mode_assignments`, :func:`mode_frequencies`, :func:`mode_frequency_tv`,
   :func:`within_mode_spread_ratio` and :func:`mixture_metrics`, which returns all of them.
@@ -38,6 +39,7 @@ __all__ = [
     "mode_frequency_tv",
     "within_mode_spread_ratio",
     "mixture_metrics",
+    "class_match",
 ]
 
 # An input covariance may have negative eigenvalues down to this fraction of its largest eigenvalue (round-off);
@@ -464,3 +466,18 @@ def mixture_metrics(samples: ArrayLike, means: ArrayLike, weights: ArrayLike, st
         "within_mode_spread_ratio": _spread_ratio(points, mode_means, assignments, std),
         "mode_frequencies": frequencies.cpu().tolist(),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Class-conditional samples
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def class_match(logits: ArrayLike, labels: ArrayLike) -> float:
+    """``mean_i [argmax_k logits_ik = labels_i]``: the fraction of samples a classifier assigns to the class they
+    asked for. ``logits`` ``(N, K)``, ``labels`` ``(N,)`` integers."""
+    scores = _as_sample_matrix(logits, "logits", min_samples=1)
+    targets = torch.as_tensor(np.asarray(labels)).reshape(-1).to(scores.device)
+    if targets.shape[0] != scores.shape[0]:
+        raise ValueError(f"logits and labels must have one row per sample, got {scores.shape[0]} and {targets.shape[0]}")
+    return float((scores.argmax(1) == targets).double().mean())

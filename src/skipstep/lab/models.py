@@ -1,274 +1,43 @@
 """Model registry for the benchmark and the CLI: a name (or a local diffusers directory) -> :class:`LoadedModel`.
 
-A :class:`LoadedModel` bundles everything a side-by-side run needs from a model:
-
-* ``model(x_t, t)`` -- a plain callable returning the raw network output as a tensor (diffusers outputs are
-  unwrapped from ``.sample``); ``t`` is a scalar or ``(B,)`` tensor of training-chain timesteps;
-* ``scheduler_config`` -- a diffusers scheduler config (a plain dict) describing the training chain: betas,
-  ``num_train_timesteps``, ``prediction_type``. Every sampler is built from it;
-* ``sample_shape`` ``(C, H, W)``, ``prediction_type`` and a ``fingerprint`` (a short hash of the weights and the
-  config, used to recognise result directories and, later, tuned schedules);
-* ``reference`` -- for analytic models an :class:`ExactMixtureReference` (exact data samples and exact metrics);
-  ``None`` for trained networks, whose reference is their own 1000-step ancestral samples;
-* ``feature_fn`` -- the feature network for a Fréchet distance (the shipped digit classifier for ``1x8x8``
-  models), or ``None`` (FD is then skipped; sliced Wasserstein is still reported);
-* ``real_data`` -- optional real images (``{"train": ..., "heldout": ...}``) for data floors.
-
-Built-in names: ``gmm`` (the exact denoiser of a digits-mean Gaussian mixture on the DDPM linear-beta chain) and
-``digits`` (the project's trained 8x8 UNet). Anything else is read as a path to a local diffusers directory.
-New models are added with :func:`register_model`.
+Built-in names: ``gmm`` (the exact denoiser of a digits-mean Gaussian mixture on the DDPM linear-beta chain),
+``digits`` (the project's trained 8x8 UNet) and the digits **zoo** (:data:`ZOO_MODELS`, one line per model: a
+directory under ``skipstep/assets/zoo/``; only the directories that exist are registered). Anything else is read
+as a path to a local diffusers directory (:mod:`skipstep.lab.model_dirs`). New models are added with
+:func:`register_model`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import diffusers
-import numpy as np
 import torch
-from diffusers import UNet2DModel
-from safetensors import safe_open
 
-from ..diffusers_schedulers import SkippedStepScheduler
 from ..optimal_variance import estimate_eps_mse, load_eps_mse, save_eps_mse
-from ..paths import DiscreteVPPath, flow_config_reason
-from ..predictions import unwrap_model_output
-from ..storage import cache_dir, file_sha256
-from .metrics import mixture_metrics
-from .testbeds.digits import (DIGITS_UNET_DIR, load_digit_classifier, load_digits_images)
+from ..paths import DiscreteVPPath
+from ..storage import cache_dir
+from .conditioning import balanced_subset
+from .loaded_model import ExactMixtureReference, LoadedModel, ModelLoadError
+from .model_dirs import (FLOW_SCHEDULER_CLASSES, VP_SCHEDULER_CLASSES, DDPM_DEFAULTS, TRAINING_INFO_NAME,
+                         digit_networks, fingerprint, lab_scheduler_config, load_diffusers_dir, read_json)
+from .testbeds.digits import DIGITS_UNET_DIR, load_digits_images, load_digits_labels
 from .testbeds.gmm import GMMDenoiser, digits_mixture
 
 __all__ = [
-    "CLIP_MODES",
-    "DEFAULT_GMM_NUM_MEANS",
-    "FLOW_SCHEDULER_CLASSES",
-    "VP_SCHEDULER_CLASSES",
-    "lab_scheduler_config",
-    "DEFAULT_GMM_STD",
-    "ExactMixtureReference",
-    "ModelLoadError",
-    "apply_clip_mode",
-    "LoadedModel",
-    "available_models",
-    "load_model",
-    "optimal_variance_table",
-    "register_model",
+    "CLIP_MODES", "DEFAULT_GMM_NUM_MEANS", "DEFAULT_GMM_STD", "ExactMixtureReference", "FLOW_SCHEDULER_CLASSES",
+    "LoadedModel", "ModelLoadError", "VP_SCHEDULER_CLASSES", "ZOO_DIR", "ZOO_MODELS", "ZooModel", "apply_clip_mode",
+    "available_models", "lab_scheduler_config", "load_diffusers_dir", "load_model", "load_zoo_model",
+    "optimal_variance_table", "register_model", "register_zoo_models",
 ]
 
 #: Default per-pixel std of the ``gmm`` model's modes (pixels live in [-1, 1]).
 DEFAULT_GMM_STD = 0.05
 #: Default number of digit images used as the ``gmm`` model's means; a batch of 2000 costs ~10 ms per evaluation.
 DEFAULT_GMM_NUM_MEANS = 100
-
-DDPM_LINEAR_CONFIG: dict[str, Any] = {
-    "_class_name": "DDPMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
-    "variance_type": "fixed_small",
-    "clip_sample": False,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-    "steps_offset": 0,
-    "rescale_betas_zero_snr": False,
-}
-
-#: diffusers schedulers of variance-preserving (DDPM-type) chains: their betas, T and prediction type describe the
-#: training chain, whichever sampler the config was saved for, so the lab can sample such a model.
-VP_SCHEDULER_CLASSES = (
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-    "DPMSolverSDEScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-    "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler",
-    "DEISMultistepScheduler", "DDPMParallelScheduler", "DDIMParallelScheduler", "SkippedStepScheduler",
-)
-#: Flow-matching schedulers: refused by the lab for now (its benchmark samples VP chains only).
-FLOW_SCHEDULER_CLASSES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
-                          "FlowMatchLCMScheduler", "SkippedStepFlowScheduler")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
-
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-CONFIG_NAME = "config.json"
-SCHEDULER_CONFIG_NAME = "scheduler_config.json"
-
-
-class ModelLoadError(ValueError):
-    """A model name is unknown, or a model directory is missing, incomplete or corrupt (the message names it)."""
-
-
-@dataclass
-class ExactMixtureReference:
-    """The exact data distribution of an analytic model: draw exact samples and score samples exactly."""
-
-    mixture: Any  # skipstep.lab.testbeds.gmm.GaussianMixture
-
-    def sample(self, n: int, seed: int) -> torch.Tensor:
-        """``n`` exact draws (float32, ``(n, *event_shape)``) from a CPU generator seeded with ``seed``."""
-        x, _ = self.mixture.sample(n, generator=torch.Generator().manual_seed(int(seed)))
-        return x
-
-    def metrics(self, samples: torch.Tensor) -> dict[str, float]:
-        """Mixture-exact metrics: ``mode_tv`` (mode-frequency total variation vs the weights) and
-        ``spread_ratio`` (RMS distance to the assigned mode mean in units of the mode std; 1 is exact)."""
-        out = mixture_metrics(samples.reshape(samples.shape[0], -1), self.mixture.means, self.mixture.weights,
-                              self.mixture.std)
-        return {"mode_tv": float(out["mode_frequency_tv"]), "spread_ratio": float(out["within_mode_spread_ratio"])}
-
-
-@dataclass
-class LoadedModel:
-    """Everything a benchmark needs from one model (see the module docstring)."""
-
-    name: str
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    scheduler_config: dict[str, Any]
-    sample_shape: tuple[int, ...]
-    prediction_type: str
-    fingerprint: str
-    reference: ExactMixtureReference | None = None
-    feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-    feature_name: str | None = None
-    real_data: dict[str, torch.Tensor] | None = None
-    device: str = "cpu"
-    description: str = ""
-    notes: list[str] = field(default_factory=list)
-    #: how x0_hat is clipped in a run (set by the benchmark from ``--clip``)
-    clip_description: str = ""
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.scheduler_config.get("num_train_timesteps", 1000))
-
-    def info(self) -> dict[str, Any]:
-        """A JSON-able summary (for config.json and results)."""
-        return {
-            "name": self.name,
-            "fingerprint": self.fingerprint,
-            "sample_shape": list(self.sample_shape),
-            "prediction_type": self.prediction_type,
-            "num_train_timesteps": self.num_train_timesteps,
-            "beta_schedule": self.scheduler_config.get("beta_schedule"),
-            "reference": "exact data distribution" if self.reference is not None else "1000-step ancestral samples",
-            "features": self.feature_name,
-            "description": self.description,
-            "notes": list(self.notes),
-        }
-
-
-# --------------------------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------------------------
-def _hash_update_json(h, obj) -> None:
-    h.update(json.dumps(obj, sort_keys=True, default=str).encode())
-
-
-def _short(h) -> str:
-    return h.hexdigest()[:12]
-
-
-def _class_defaults(class_name: str) -> dict[str, Any]:
-    """The constructor defaults of a diffusers (or skipstep) scheduler class: what diffusers itself fills in for
-    keys a config leaves out."""
-    cls = SkippedStepScheduler if class_name == "SkippedStepScheduler" else getattr(diffusers, class_name, None)
-    if cls is None:
-        return {}
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-
-
-def lab_scheduler_config(raw: dict[str, Any], source: Path) -> dict[str, Any]:
-    """The training chain of a model directory's scheduler config, for the lab's samplers -- or a
-    :class:`ModelLoadError` saying why the lab cannot sample it correctly (never a silent reinterpretation):
-
-    * a variance-preserving class (:data:`VP_SCHEDULER_CLASSES`): its keys, the class's own defaults for keys it
-      leaves out (as diffusers fills them);
-    * a flow-matching config (:data:`FLOW_SCHEDULER_CLASSES`, ``shift``, dynamic shifting, flow sigmas or
-      prediction): refused -- the lab samples VP chains only for now;
-    * no ``_class_name``, an unknown class, continuous timesteps or an unknown prediction type: refused."""
-    class_name = raw.get("_class_name")
-    flow_reason = flow_config_reason(raw) or (
-        "it uses dynamic shifting (use_dynamic_shifting)" if raw.get("use_dynamic_shifting") else None)
-    if class_name in FLOW_SCHEDULER_CLASSES or flow_reason:
-        shift = {k: raw[k] for k in ("shift", "use_dynamic_shifting", "base_shift", "max_shift") if k in raw}
-        raise ModelLoadError(
-            f"{source}: {class_name or 'the scheduler config'} describes a flow-matching model "
-            f"({flow_reason or 'a FlowMatch scheduler'}{'; ' + str(shift) if shift else ''}). The lab (bench, "
-            "generate, tune, sample) samples variance-preserving (DDPM-type) chains only for now, so it refuses "
-            "instead of sampling this model as a DDPM chain; in a diffusers pipeline use "
-            "skipstep.SkippedStepFlowScheduler.from_config(pipe.scheduler.config)")
-    if not class_name:
-        raise ModelLoadError(f"{source} has no _class_name, so it does not say which noise path the model was "
-                             "trained on; add the scheduler class it was saved from (e.g. \"_class_name\": "
-                             "\"DDPMScheduler\")")
-    if class_name not in VP_SCHEDULER_CLASSES:
-        raise ModelLoadError(f"{source}: unknown scheduler class {class_name!r}: skipstep cannot tell which noise "
-                             f"path the model was trained on (the lab samples: {', '.join(VP_SCHEDULER_CLASSES)})")
-    if raw.get("timestep_type", "discrete") != "discrete":
-        raise ModelLoadError(f"{source}: timestep_type={raw['timestep_type']!r}: the model takes continuous noise "
-                             "levels, but the lab feeds the integer timesteps of a DDPM chain")
-    config = _clean_scheduler_config(raw, _class_defaults(class_name))
-    if config.get("prediction_type") not in PREDICTION_TYPES:
-        raise ModelLoadError(f"{source}: prediction_type={config.get('prediction_type')!r} is not one of "
-                             f"{PREDICTION_TYPES}")
-    try:
-        DiscreteVPPath.from_config(config)
-    except (ValueError, TypeError, NotImplementedError) as err:
-        raise ModelLoadError(f"{source}: the training chain cannot be built ({err})") from None
-    return config
-
-
-def _clean_scheduler_config(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The training-chain keys of a scheduler config as a plain JSON-able dict (missing keys: the class's
-    ``defaults``, else DDPM's)."""
-    defaults = defaults or {}
-    out = {k: defaults.get(k, v) if k != "_class_name" else v for k, v in DDPM_LINEAR_CONFIG.items()}
-    for key, value in dict(config).items():
-        if key.startswith("_") and key != "_class_name":
-            continue
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        out[key] = value
-    if isinstance(out.get("trained_betas"), tuple):
-        out["trained_betas"] = list(out["trained_betas"])
-    return out
-
-
-def _wrap_diffusers_model(net: torch.nn.Module, out_channels_used: int | None = None):
-    """``model(x, t) -> tensor``: unwrap ``.sample``, broadcast a scalar ``t`` to the batch."""
-
-    @torch.no_grad()
-    def model(x: torch.Tensor, t) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.reshape(1).expand(x.shape[0])
-        out = unwrap_model_output(net(x, t))
-        if out_channels_used is not None:
-            out = out[:, :out_channels_used]
-        return out
-
-    model.net = net  # type: ignore[attr-defined]
-    return model
-
-
-def _digit_feature_fn(device: str):
-    """The shipped digit classifier's features, or ``None`` when its weights are not available."""
-    try:
-        clf = load_digit_classifier(device=device)
-    except (FileNotFoundError, ValueError, OSError):
-        return None
-
-    @torch.no_grad()
-    def features(x: torch.Tensor) -> torch.Tensor:
-        return clf.features(x.to(device=device, dtype=torch.float32))
-
-    return features
+DDPM_LINEAR_CONFIG = dict(DDPM_DEFAULTS)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -287,125 +56,113 @@ def load_gmm(device: str = "cpu", std: float = DEFAULT_GMM_STD, num_means: int |
         return net(x, t)
 
     model.net = net  # type: ignore[attr-defined]
-    h = hashlib.sha256(b"gmm-v1")
-    h.update(mixture.means.numpy().tobytes())
-    h.update(mixture.weights.numpy().tobytes())
-    _hash_update_json(h, {"std": mixture.std, "config": config})
-    feature_fn = _digit_feature_fn(device)
+    fp = fingerprint({"std": mixture.std, "config": config},
+                     prefix=b"gmm-v1" + mixture.means.numpy().tobytes() + mixture.weights.numpy().tobytes())
+    features, _ = digit_networks(device)
     return LoadedModel(
-        name="gmm",
-        model=model,
-        scheduler_config=config,
-        sample_shape=(1, 8, 8),
-        prediction_type="epsilon",
-        fingerprint=_short(h),
-        reference=ExactMixtureReference(mixture),
-        feature_fn=feature_fn,
-        feature_name="digit-classifier" if feature_fn is not None else None,
-        device=device,
+        name="gmm", model=model, scheduler_config=config, sample_shape=(1, 8, 8), prediction_type="epsilon",
+        fingerprint=fp, reference=ExactMixtureReference(mixture), feature_fn=features,
+        feature_name="digit-classifier" if features is not None else None, device=device, integer_timesteps=True,
         description=f"exact denoiser of a {mixture.num_modes}-mode digits mixture (std {mixture.std}), "
                     "DDPM linear betas, T=1000, epsilon",
     )
+
+
+def digits_real_data() -> dict[str, torch.Tensor]:
+    """The real digits splits and their labels (the data floors and ``fd_heldout`` of digits models)."""
+    return {"train": load_digits_images("train"), "heldout": load_digits_images("heldout"),
+            "train_labels": load_digits_labels("train"), "heldout_labels": load_digits_labels("heldout")}
 
 
 def load_digits(device: str = "cpu") -> LoadedModel:
     """The project's trained 8x8 digits DDPM UNet (epsilon, linear betas, T=1000) with real-data floors."""
     loaded = load_diffusers_dir(DIGITS_UNET_DIR, device=device, name="digits")
     loaded.description = "trained diffusers UNet2DModel on sklearn 8x8 digits (epsilon, linear betas, T=1000)"
-    loaded.real_data = {"train": load_digits_images("train"), "heldout": load_digits_images("heldout")}
+    loaded.real_data = digits_real_data()
     return loaded
 
 
-def load_diffusers_dir(path: str | Path, device: str = "cpu", name: str | None = None) -> LoadedModel:
-    """A local diffusers directory: a ``save_pretrained`` pipeline (``unet/`` + ``scheduler/``) or a bare UNet
-    directory (``config.json`` + ``diffusion_pytorch_model.safetensors``) with a ``scheduler_config.json``
-    beside it. Only safetensors weights are read (never pickles); errors name the offending file."""
-    root = Path(path)
-    if not root.exists():
-        raise ModelLoadError(f"model directory not found: {root}")
-    if not root.is_dir():
-        raise ModelLoadError(f"model path is not a directory: {root}")
-    if (root / "unet").is_dir():
-        unet_dir = root / "unet"
-        sched_file = root / "scheduler" / SCHEDULER_CONFIG_NAME
-    else:
-        unet_dir = root
-        sched_file = root / SCHEDULER_CONFIG_NAME
-        if not sched_file.is_file() and (root / "scheduler" / SCHEDULER_CONFIG_NAME).is_file():
-            sched_file = root / "scheduler" / SCHEDULER_CONFIG_NAME
-    config_file = unet_dir / CONFIG_NAME
-    weights_file = unet_dir / WEIGHTS_NAME
-    for f, what in ((config_file, "UNet config"), (weights_file, "UNet weights (safetensors)"),
-                    (sched_file, "scheduler config")):
-        if not f.is_file():
-            extra = ""
-            if f == weights_file and (unet_dir / "diffusion_pytorch_model.bin").is_file():
-                extra = " (only a pickle .bin file is present; skipstep loads safetensors only)"
-            raise ModelLoadError(f"{what} missing: {f}{extra}")
-    unet_config = _read_json(config_file)
-    raw_sched_config = _read_json(sched_file)
-    sched_config = lab_scheduler_config(raw_sched_config, sched_file)
-    class_name = unet_config.get("_class_name", "UNet2DModel")
-    if class_name != "UNet2DModel":
-        raise ModelLoadError(f"{config_file}: unsupported model class {class_name!r} (only unconditional "
-                             "UNet2DModel directories can be benchmarked)")
-    try:
-        with safe_open(str(weights_file), framework="pt") as fh:
-            _ = list(fh.keys())
-    except Exception as err:  # SafetensorError, OSError, ...
-        raise ModelLoadError(f"corrupt weights file {weights_file}: {err}") from err
-    try:
-        net = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, use_safetensors=True,
-                                         low_cpu_mem_usage=False)  # no "install accelerate" notice
-    except Exception as err:
-        raise ModelLoadError(f"could not load {weights_file} with {config_file}: {err}") from err
-    net = net.to(device).eval().requires_grad_(False)
-    in_ch = int(net.config.in_channels)
-    out_ch = int(net.config.out_channels)
-    size = net.config.sample_size
-    h_, w_ = (size, size) if isinstance(size, int) else tuple(size)
-    notes = []
-    used = None
-    declared_variance = raw_sched_config.get("variance_type")
-    if out_ch == 2 * in_ch:
-        used = in_ch
-        sched_config["variance_type"] = "fixed_small"
-        notes.append(f"learned-variance model: the network outputs 2C={out_ch} channels (epsilon, then the variance; "
-                     f"the scheduler config says variance_type={declared_variance!r}). The lab uses only the C "
-                     "epsilon channels, with the fixed_small posterior variance, for every sampler, so that all "
-                     "see the same model: the learned variance is NOT used here (skipstep.sample(..., "
-                     "variance_type='learned') and SkippedStepScheduler(variance_type='learned_range') use it)")
-    elif out_ch != in_ch:
-        raise ModelLoadError(f"{config_file}: out_channels={out_ch} must equal in_channels={in_ch} (or twice it)")
-    elif declared_variance in LEARNED_VARIANCE_TYPES:
-        raise ModelLoadError(f"{sched_file} says variance_type={declared_variance!r} (a learned variance, 2C "
-                             f"output channels), but {config_file} has out_channels={out_ch} = in_channels")
-    prediction_type = sched_config.get("prediction_type", "epsilon")
-    h = hashlib.sha256()
-    file_sha256(weights_file, h)
-    _hash_update_json(h, {"unet": unet_config, "scheduler": sched_config})
-    feature_fn = _digit_feature_fn(device) if (in_ch, h_, w_) == (1, 8, 8) else None
-    return LoadedModel(
-        name=name or str(root),
-        model=_wrap_diffusers_model(net, used),
-        scheduler_config=sched_config,
-        sample_shape=(in_ch, int(h_), int(w_)),
-        prediction_type=prediction_type,
-        fingerprint=_short(h),
-        feature_fn=feature_fn,
-        feature_name="digit-classifier" if feature_fn is not None else None,
-        device=device,
-        description=f"diffusers UNet2DModel from {root}",
-        notes=notes,
-    )
+# --------------------------------------------------------------------------------------------------------------
+# the digits zoo
+# --------------------------------------------------------------------------------------------------------------
+ZOO_DIR = Path(__file__).resolve().parents[1] / "assets" / "zoo"
 
 
+@dataclass(frozen=True)
+class ZooModel:
+    """One zoo model: its directory under :data:`ZOO_DIR`, and for a class-conditional model the null label
+    when its ``training_info.json`` does not name one (``null_class_label``)."""
+
+    directory: str
+    null_label: int | None = None
+
+
+#: name -> zoo directory; one line per model (the regime is read from the directory itself)
+ZOO_MODELS: dict[str, ZooModel] = {
+    "digits-cfg": ZooModel("digits-cfg", null_label=10),  # labels 0..9, null label 10 (docs/zoo.md)
+    "digits-flow": ZooModel("digits-flow"),
+    "digits-lv": ZooModel("digits-lv"),
+    "digits-vzsnr": ZooModel("digits-vzsnr"),
+    "digits-eps-b": ZooModel("digits-eps-b"),
+    "digits-eps-c": ZooModel("digits-eps-c"),
+}
+
+
+def load_zoo_model(directory: str | Path, name: str | None = None, device: str = "cpu",
+                   null_label: int | None = None, flow_mu: float | None = None,
+                   default_null_label: int | None = None) -> LoadedModel:
+    """A zoo directory (``unet/`` + ``scheduler/`` + ``training_info.json``): the regime from its scheduler and
+    UNet configs, the description and null label from ``training_info.json``, real digits for the data floors
+    and ``fd_heldout`` (class-balanced for a conditional model, see :func:`heldout_for`)."""
+    root = Path(directory)
+    default = None if default_null_label is None else (int(default_null_label), "the zoo table (skipstep.lab.models)")
+    loaded = load_diffusers_dir(root, device=device, name=name or root.name, null_label=null_label, flow_mu=flow_mu,
+                                default_null_label=default)
+    info = read_json(root / TRAINING_INFO_NAME) if (root / TRAINING_INFO_NAME).is_file() else {}
+    loaded.description = f"digits zoo: {info.get('description') or root.name} ({loaded.regime_text})"
+    loaded.real_data = digits_real_data()
+    return loaded
+
+
+def heldout_for(loaded: LoadedModel) -> torch.Tensor | None:
+    """The real held-out images ``fd_heldout`` compares with: all of them for an unconditional model; for a
+    class-conditional one (whose samples are class-balanced) the class-balanced subset -- each class's first
+    ``m`` held-out images, ``m`` the smallest class count (``10 x 25 = 250`` of the 300 digits)."""
+    real = loaded.real_data or {}
+    heldout = real.get("heldout")
+    if heldout is None or loaded.conditioning is None or real.get("heldout_labels") is None:
+        return heldout
+    return heldout[balanced_subset(real["heldout_labels"], range(loaded.conditioning.num_classes))]
+
+
+def register_zoo_models(zoo_dir: str | Path | None = None) -> list[str]:
+    """Register every :data:`ZOO_MODELS` entry whose directory exists under ``zoo_dir`` (default
+    :data:`ZOO_DIR`); returns the registered names."""
+    root = Path(zoo_dir or ZOO_DIR)
+    names = []
+    for name, entry in ZOO_MODELS.items():
+        directory = root / entry.directory
+        if (directory / "unet").is_dir():
+            def loader(device="cpu", null_label=None, flow_mu=None, directory=directory, name=name, entry=entry):
+                return load_zoo_model(directory, name, device, null_label, flow_mu, entry.null_label)
+
+            register_model(name, loader, f"digits zoo model ({directory})")
+            names.append(name)
+    return names
+
+
+# --------------------------------------------------------------------------------------------------------------
+# derived tables
+# --------------------------------------------------------------------------------------------------------------
 def optimal_variance_table(loaded: LoadedModel, directory: str | Path | None = None, num_timesteps: int = 100,
                            max_samples: int = 2000, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """The optimal-variance table ``E||eps - eps_hat||^2 / d`` per timestep of a loaded model
     (:func:`skipstep.optimal_variance.estimate_eps_mse`), estimated once on its data (the training split, or exact
     draws for analytic models) and cached under ``directory`` (default :func:`skipstep.storage.cache_dir`) by the
-    model's fingerprint."""
+    model's fingerprint. Unconditional VP models only."""
+    if loaded.regime != "vp" or loaded.conditioning is not None:
+        raise ValueError(f"the optimal variance is estimated for unconditional VP models; {loaded.name!r} is "
+                         f"{loaded.regime_text}")
     file = Path(directory or cache_dir()) / "eps_mse" / f"{loaded.fingerprint}-n{num_timesteps}.json"
     if file.is_file():
         return load_eps_mse(file, loaded.fingerprint)
@@ -419,22 +176,12 @@ def optimal_variance_table(loaded: LoadedModel, directory: str | Path | None = N
             "skipstep.optimal_variance.estimate_eps_mse(model, path, data) and pass it as eps_mse"
         )
     path = DiscreteVPPath.from_config(loaded.scheduler_config)
-    table = estimate_eps_mse(loaded.model, path, data.to(loaded.device), loaded.prediction_type,
-                             num_timesteps=num_timesteps, generator=torch.Generator().manual_seed(seed),
-                             progress=progress)
+    table = estimate_eps_mse(loaded.model_for_batch(with_variance=False), path, data.to(loaded.device),
+                             loaded.prediction_type, num_timesteps=num_timesteps,
+                             generator=torch.Generator().manual_seed(seed), progress=progress)
     save_eps_mse(file, table, loaded.fingerprint, overwrite=True, data=source, num_samples=int(data.shape[0]),
                  num_timesteps=num_timesteps, seed=seed)
     return table
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"corrupt JSON file {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"corrupt JSON file {path}: expected an object")
-    return data
 
 
 CLIP_MODES = ("model", "on", "off")
@@ -445,29 +192,38 @@ def apply_clip_mode(loaded: LoadedModel, mode: str) -> str:
     reads it from there (:func:`skipstep.lab.sampler_registry.clip_overrides`). Returns a description for the outputs."""
     if mode not in CLIP_MODES:
         raise ValueError(f"--clip must be one of {CLIP_MODES}, got {mode!r}")
+    if loaded.regime == "flow":
+        if mode == "on":
+            raise ValueError(f"--clip on: model {loaded.name!r} is a flow model; flow schedulers have no x0 "
+                             "clipping (use --clip model or off)")
+        return "no x0_hat clipping (flow model: flow schedulers have no clipping)"
     if mode != "model":
         loaded.scheduler_config = {**loaded.scheduler_config, "clip_sample": mode == "on"}
     on = bool(loaded.scheduler_config.get("clip_sample", False))
     rng = float(loaded.scheduler_config.get("clip_sample_range", 1.0) or 1.0)
     origin = "the model's scheduler config" if mode == "model" else f"--clip {mode}"
     return (f"x0_hat clipped to [-{rng:g}, {rng:g}] ({origin}) by every sampler that can clip "
-            "(clip_sample: ours, DDPM, DDIM, Heun; thresholding with sample_max_value: DPM-Solver, UniPC, DEIS; "
-            "Euler, Euler-ancestral and PNDM cannot)") if on else f"no x0_hat clipping ({origin})"
+            "(clip_sample: ours, DDPM, DDIM, Heun; thresholding with sample_max_value: DPM-Solver, UniPC, DEIS, "
+            "SA-Solver; Euler, Euler-ancestral, PNDM, LMS, KDPM2 and the k-diffusion peers cannot)"
+            ) if on else f"no x0_hat clipping ({origin})"
 
 
 # --------------------------------------------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------------------------------------------
 _MODELS: dict[str, tuple[Callable[..., LoadedModel], str]] = {}
+#: options a loader may take besides ``device`` (``--null-label``, ``--flow-mu``)
+MODEL_OPTIONS = {"null_label": "--null-label", "flow_mu": "--flow-mu"}
 
 
 def register_model(name: str, loader: Callable[..., LoadedModel], description: str = "") -> None:
-    """Register ``loader(device=...) -> LoadedModel`` under ``name``."""
+    """Register ``loader(device=..., [null_label=..., flow_mu=...]) -> LoadedModel`` under ``name``."""
     _MODELS[name] = (loader, description)
 
 
 register_model("gmm", load_gmm, "exact denoiser of a digits-mean Gaussian mixture (analytic; exact reference)")
 register_model("digits", load_digits, "the shipped 8x8 digits DDPM UNet")
+register_zoo_models()
 
 
 def available_models() -> dict[str, str]:
@@ -475,11 +231,19 @@ def available_models() -> dict[str, str]:
     return {name: desc for name, (_, desc) in _MODELS.items()}
 
 
-def load_model(name_or_path: str, device: str = "cpu") -> LoadedModel:
-    """A registered model by name, or a local diffusers directory by path."""
+def load_model(name_or_path: str, device: str = "cpu", null_label: int | None = None,
+               flow_mu: float | None = None) -> LoadedModel:
+    """A registered model by name, or a local diffusers directory by path; ``null_label`` / ``flow_mu`` as
+    ``--null-label`` / ``--flow-mu`` (refused for a model that has no use for them)."""
+    options = {k: v for k, v in {"null_label": null_label, "flow_mu": flow_mu}.items() if v is not None}
     if name_or_path in _MODELS:
         loader, _ = _MODELS[name_or_path]
-        return loader(device=device)
+        accepted = inspect.signature(loader).parameters
+        for key in options:
+            if key not in accepted:
+                why = "it is not class-conditional" if key == "null_label" else "it is not a dynamically shifted flow"
+                raise ModelLoadError(f"{MODEL_OPTIONS[key]}: model {name_or_path!r} takes no such option ({why})")
+        return loader(device=device, **options)
     p = Path(name_or_path)
     looks_like_path = p.exists() or "/" in name_or_path or name_or_path.startswith(".")
     if not looks_like_path:
@@ -488,6 +252,6 @@ def load_model(name_or_path: str, device: str = "cpu") -> LoadedModel:
             "(or a path to a local diffusers directory)"
         )
     try:
-        return load_diffusers_dir(p, device=device)
+        return load_diffusers_dir(p, device=device, **options)
     except ModelLoadError as err:
         raise ModelLoadError(f"--model {name_or_path}: {err}") from None

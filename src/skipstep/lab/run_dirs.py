@@ -21,6 +21,7 @@ pinned, and the files a run owns -- one mechanism for every command that writes 
 from __future__ import annotations
 
 import datetime as _dt
+import fnmatch
 import hashlib
 import json
 import os
@@ -250,7 +251,7 @@ def _listing(names: list[str], limit: int = 6) -> str:
 
 class RunDirectory:
     """The output directory of one command (see the module docstring). ``owned``: the top-level names the
-    command writes; ``legacy_identity_key``: a key of ``config.json``'s identity that only this command writes
+    command writes (a name may be a glob pattern, ``quality_vs_nfe_w*.png``); ``legacy_identity_key``: a key of ``config.json``'s identity that only this command writes
     (recognises directories made before markers existed)."""
 
     def __init__(self, out: str | Path, command: str, owned: Iterable[str], legacy_identity_key: str,
@@ -265,6 +266,14 @@ class RunDirectory:
     def config_file(self) -> Path:
         return self.out / CONFIG_NAME
 
+    def owns(self, name: str) -> bool:
+        """Whether a top-level ``name`` is one of the command's own (``owned``, patterns included)."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.owned)
+
+    def owned_paths(self) -> list[Path]:
+        """The command's own top-level entries that exist (patterns expanded)."""
+        return [p for p in sorted(self.out.iterdir()) if self.owns(p.name)] if self.out.is_dir() else []
+
     # -- what is in the directory ------------------------------------------------------------------------------
     def _leftover(self, path: Path, top: bool) -> bool:
         """Whether ``path`` is only what a killed first write leaves: our temporary files, the lock, folders of
@@ -273,8 +282,8 @@ class RunDirectory:
             owner = temp_file_owner(path)
             if top and path.name == LOCK_NAME:
                 return True
-            return owner is not None and (not top or owner[0] in (*self.owned, MARKER_NAME, PROBE_NAME))
-        if path.is_dir() and (not top or path.name in self.owned):
+            return owner is not None and (not top or self.owns(owner[0]) or owner[0] in (MARKER_NAME, PROBE_NAME))
+        if path.is_dir() and (not top or self.owns(path.name)):
             return all(self._leftover(p, top=False) for p in path.iterdir())
         return False
 
@@ -298,7 +307,7 @@ class RunDirectory:
             return "ours", ""
         if all(self._leftover(p, top=True) for p in entries):
             return "empty", ""
-        unknown = [p.name for p in entries if p.name not in self.owned and not self._leftover(p, top=True)]
+        unknown = [p.name for p in entries if not self.owns(p.name) and not self._leftover(p, top=True)]
         if not unknown and self._legacy_config():
             return "legacy", ""
         found = [p.name + ("/" if p.is_dir() else "") for p in entries if not self._leftover(p, top=True)]
@@ -332,8 +341,8 @@ class RunDirectory:
             if stale_holder:
                 log(f"took over the lock of a run that no longer runs ({stale_holder})")
             removed = remove_stale_temp_files(self.out, only_dead_writers=False)
-            for name in self.owned:
-                removed += remove_stale_temp_files(self.out / name, recursive=True, only_dead_writers=False)
+            for path in self.owned_paths():
+                removed += remove_stale_temp_files(path, recursive=True, only_dead_writers=False)
             if removed:
                 log(f"removed {len(removed)} temporary file(s) left by a killed run")
             if state == "legacy":
@@ -363,8 +372,7 @@ class RunDirectory:
 
     def discard_results(self) -> None:
         """Delete the command's own files and folders (``owned``) -- nothing else, and not the marker."""
-        for name in self.owned:
-            p = self.out / name
+        for p in self.owned_paths():
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
             elif p.exists() or p.is_symlink():

@@ -32,8 +32,8 @@ from ..storage import cache_dir as default_cache_root
 from ..timesteps import select_timesteps
 from ..tuned_schedules import TunedSchedule
 from .bench_report import format_value
-from .cli_args import (HelpFormatter, OptionValueError, add_common_run_args, apply_threads, check_device, check_seed,
-                       positive_int, seed_list)
+from .cli_args import (HelpFormatter, OptionValueError, add_common_run_args, add_model_args, apply_threads,
+                       check_device, check_seed, model_options, positive_int, seed_list)
 from .models import apply_clip_mode, load_model
 from .run_dirs import RunDirectoryError, check_writable_dir, check_writable_file, remove_stale_temp_files
 from .sample_sets import REFERENCE_SEED
@@ -50,7 +50,7 @@ def _time_one_call(loaded, batch: int, device: str) -> float:
     x = torch.randn((batch, *loaded.sample_shape)).to(device)
     t = torch.full((batch,), loaded.num_train_timesteps // 2, dtype=torch.int64, device=device)
     t0 = time.perf_counter()
-    loaded.model(x, t)
+    loaded.model_for_batch(range(batch))(x, t)
     if str(device).startswith("cuda") and torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -74,7 +74,7 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
                   reference_seed: int | None = None, cache_dir: str | Path | None = None, batch_size: int = 500,
                   device: str = "cpu", search_eta: bool = True, clip: str = "model",
                   eval_reference_seed: int | None = None, progress: bool = False,
-                  log: Callable[[str], None] | None = None) -> TunedSchedule:
+                  log: Callable[[str], None] | None = None, guidance_scale: float | None = None) -> TunedSchedule:
     """Search the timesteps and per-step eta of ``base`` at ``nfe`` for ``loaded`` (a LoadedModel or a model name);
     see the module docstring. ``budget_nfe`` counts batched model calls spent on candidates (one candidate costs
     ``nfe * ceil(num_samples / batch_size) * len(fit_seeds)``); ``budget_minutes`` bounds the search's wall time
@@ -84,11 +84,15 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
     the benchmark's ``--clip`` (``model``: the model's scheduler config; ``on``; ``off``). ``eval_reference_seed``:
     score the held-out comparison against a second, independent reference set drawn with this seed (so neither
     the sampler noise nor the reference set of the fit is reused), and record the finite-sample floor -- the
-    distance between the two reference sets."""
+    distance between the two reference sets. ``guidance_scale``: a class-conditional model is tuned at that
+    classifier-free guidance scale (default 1), its sample ``i`` asking for label ``real_labels[i mod K]``."""
     log = log or (lambda msg: None)
     if isinstance(loaded, str):
         loaded = load_model(loaded, device=device)
-    loaded = copy.copy(loaded)  # apply_clip_mode rebinds scheduler_config on the copy only
+    if loaded.regime != "vp":
+        raise ValueError(f"--model {loaded.name}: tune searches the integer timesteps of a discrete VP chain; a "
+                         f"{loaded.regime_text} model is not supported")
+    loaded = copy.copy(loaded.at_guidance(guidance_scale))  # apply_clip_mode rebinds scheduler_config on the copy
     clip_description = apply_clip_mode(loaded, clip)
     base = resolve_base(base, solver_order, variance_type, eta)
     T = loaded.num_train_timesteps
@@ -242,6 +246,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "skipstep_version": __version__,
         "base": base.info(),
+        "guidance_scale": loaded.guidance_scale,
+        "regime": loaded.regime_text,
         "num_samples": num_samples,
         "batch_size": batch_size,
         "device": device,
@@ -323,7 +329,7 @@ def compare_schedules(loaded, schedule: TunedSchedule, eval_seeds: Sequence[int]
     rows = []
     noises = [CommonNoise(s, num_samples, loaded.sample_shape) for s in eval_seeds]
     for name, (ts, eta) in candidates.items():
-        values = [objective(draw_samples(loaded, loaded.model, ts, eta, base, nz, batch_size, device)) for nz in noises]
+        values = [objective(draw_samples(loaded, None, ts, eta, base, nz, batch_size, device)) for nz in noises]
         rows.append({"name": name, "timesteps": list(ts), "eta": [round(e, 4) for e in eta], "values": values,
                      "mean": float(np.mean(values)),
                      "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0})
@@ -373,7 +379,9 @@ def add_subcommand(subparsers) -> None:
                     "SkippedStepScheduler(tuned_schedule=...)). --out and the cache are checked writable before "
                     "any work.",
         formatter_class=HelpFormatter)
-    p.add_argument("--model", required=True, help="gmm, digits, or a path to a local diffusers directory (required)")
+    p.add_argument("--model", required=True, help="gmm, digits, a zoo model, or a path to a local diffusers "
+                   "directory (required)")
+    add_model_args(p)
     p.add_argument("--nfe", type=positive_int, required=True,
                    help="network evaluations (= steps) of the schedule (required)")
     p.add_argument("--base", default="skipstep",
@@ -422,14 +430,14 @@ def main_tune(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     t0 = time.perf_counter()
     verbose = not args.no_progress
-    loaded = load_model(args.model, device=device)
+    loaded = load_model(args.model, device=device, **model_options(args))
     schedule = tune_schedule(
         loaded, args.nfe, args.base, solver_order=args.solver_order, variance_type=args.variance_type, eta=args.eta,
         num_samples=args.num_samples, fit_seeds=args.fit_seeds, eval_seeds=args.eval_seeds, val_seeds=args.val_seeds,
         budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, metric=args.metric,
         num_reference=args.num_reference, cache_dir=args.cache_dir, batch_size=args.batch_size, device=device,
         search_eta=not args.no_eta_search, clip=args.clip, eval_reference_seed=args.eval_reference_seed,
-        progress=verbose, log=print if verbose else None)
+        progress=verbose, log=print if verbose else None, guidance_scale=args.guidance_scale)
     total = time.perf_counter() - t0
     schedule.provenance["timing"]["total_seconds"] = round(total, 2)
     prov = schedule.provenance

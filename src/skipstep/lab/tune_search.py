@@ -31,10 +31,11 @@ from ..paths import DiscreteVPPath
 from ..plan import plan_steps, resolve_eta_schedule
 from ..predictions import X0Clipping
 from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type, needs_noise
-from ..storage import cache_dir, derived_seed
+from ..storage import derived_seed
 from ..timesteps import make_strictly_descending, select_timesteps
 from . import metrics as M
-from .sample_sets import REFERENCE_SEED, initial_noise, reference_samples as draw_reference
+from .sample_sets import REFERENCE_SEED, initial_noise, reference_cache_dir
+from .sample_sets import reference_samples as draw_reference
 from .sampler_registry import CallCounter, get_sampler, sampler_names
 
 #: Relative improvement a move must bring to be accepted (guards against chasing round-off).
@@ -150,16 +151,14 @@ def spacing_starts(path, n: int) -> dict[str, tuple[list[int], SpacingParams]]:
 
 def reference_samples(loaded, num_reference: int, reference_seed: int | None = None, directory: str | Path | None = None,
                       batch_size: int = 500, device: str = "cpu", progress: bool = False) -> tuple[torch.Tensor, dict]:
-    """The model's reference set, drawn as the benchmark draws it (:func:`skipstep.lab.sample_sets.reference_samples`: 1000-step
-    ancestral samples with the x0 clipping of the model's scheduler config, or exact data samples for analytic
-    models) and cached in ``cache_dir/references/<model>-<fingerprint>/seed<S>_n<N>_bs<B>_clip<on|off>/``."""
+    """The model's reference set (at the view's guidance scale), drawn and cached as the benchmark does
+    (:func:`skipstep.lab.sample_sets.reference_samples`; ``directory``: the cache root, default
+    :func:`skipstep.storage.cache_dir`)."""
     seed = REFERENCE_SEED if reference_seed is None else int(reference_seed)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in loaded.name)[-40:]
-    out = Path(directory or cache_dir()) / "references" / f"{safe}-{loaded.fingerprint}" / \
-        f"seed{seed}_n{int(num_reference)}_bs{int(batch_size)}_clip{'on' if x0_clipping(loaded).active else 'off'}"
-    samples, meta = draw_reference(loaded, int(num_reference), seed, out / "reference", batch_size, device, progress)
+    samples, meta = draw_reference(loaded, int(num_reference), seed, batch_size, device, progress,
+                                   cache_root=directory)
     meta = dict(meta)
-    meta["cache"] = str(out)
+    meta["cache"] = str(reference_cache_dir(loaded, int(num_reference), seed, batch_size, directory))
     return samples, meta
 
 class Objective:
@@ -207,11 +206,13 @@ def x0_clipping(loaded):
     return X0Clipping(bool(cfg.get("clip_sample", False)), float(cfg.get("clip_sample_range", 1.0) or 1.0))
 
 @torch.no_grad()
-def draw_samples(loaded, model: Callable, timesteps: Sequence[int], eta: Sequence[float], base: BaseSampler,
-                 noise: CommonNoise, batch_size: int = 500, device: str = "cpu") -> torch.Tensor:
+def draw_samples(loaded, counter: CallCounter | Callable | None, timesteps: Sequence[int], eta: Sequence[float],
+                 base: BaseSampler, noise: CommonNoise, batch_size: int = 500, device: str = "cpu") -> torch.Tensor:
     """Few-step samples of one candidate (the skipstep posterior step, x0 clipped as the model's scheduler config
-    says, as in the benchmark) from the common random numbers ``noise``; ``model`` is called once per step per
-    batch."""
+    says, as in the benchmark) from the common random numbers ``noise``; the model (the batch's labels and
+    guidance for a conditional model, :meth:`LoadedModel.model_for_batch`) is called once per step per batch and
+    counted in ``counter`` (a :class:`CallCounter`; ``None``: not counted; a plain callable: that model itself,
+    for an unconditional model)."""
     path = DiscreteVPPath.from_config(loaded.scheduler_config)
     plan = plan_steps(path, torch.as_tensor(list(timesteps), dtype=torch.int64), list(eta))
     config = StepConfig(prediction_type=loaded.prediction_type, variance_type=base.variance_type,
@@ -219,6 +220,13 @@ def draw_samples(loaded, model: Callable, timesteps: Sequence[int], eta: Sequenc
     chunks = []
     for start in range(0, noise.num_samples, batch_size):
         x = noise.x_T[start:start + batch_size].to(device)
+        model = loaded.model_for_batch(range(start, start + x.shape[0]), with_variance=base.variance_type == "learned")
+        if isinstance(counter, CallCounter):
+            model = counter.counting(model)
+        elif counter is not None:
+            if loaded.conditioning is not None:
+                raise ValueError("a class-conditional model is sampled through loaded.model_for_batch, not a callable")
+            model = counter
         stepper = TrajectoryStepper(plan, config)
         for step in plan:
             t = torch.full((x.shape[0],), int(step.t), dtype=torch.int64, device=device)
@@ -249,7 +257,7 @@ class Search:
         self.loaded, self.base, self.objective, self.noises = loaded, base, objective, noises
         self.val_noises = list(val_noises)
         self.batch_size, self.device, self.log = batch_size, device, log
-        self.counter = CallCounter(loaded.model)
+        self.counter = CallCounter()
         self.n_batches = sum(math.ceil(nz.num_samples / batch_size) for nz in noises)
         self.n_val_batches = sum(math.ceil(nz.num_samples / batch_size) for nz in self.val_noises)
         self.val_memo: dict[tuple, float] = {}

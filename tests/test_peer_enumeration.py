@@ -1,0 +1,115 @@
+"""The peer set the bench enumerates for a model: every diffusers scheduler class listed with its peers or the
+reason it is not run, the recommended variants present, the peers' timesteps from the model's own spacing (or
+trailing), and ``--samplers peers`` running what was enumerated."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from diffusers import DDPMScheduler
+
+from skipstep.lab import cli
+from skipstep.lab import peer_samplers
+from skipstep.lab.bench import BenchConfig, run_bench
+from skipstep.lab.models import load_model
+from skipstep.lab.peer_samplers import enumerate_peers, scheduler_classes
+from skipstep.lab.sampler_registry import build_scheduler, get_sampler, scheduler_config_for
+
+from tiny_dirs import flow_dir, tiny_unet, vzsnr_dir
+
+NEW_PEERS = {"sa-solver", "sa-solver-3", "unipc", "unipc-2", "deis", "deis-2", "dpmpp-3m", "dpmpp-3m-sde", "ipndm",
+             "dpmpp-3m-sde-k"}
+
+
+def vp_dir(root, **config):
+    tiny_unet(root)
+    DDPMScheduler(num_train_timesteps=20, **config).save_pretrained(root / "scheduler")
+    return root
+
+
+def test_vp_epsilon_enumeration_lists_every_class_and_the_new_peers(tmp_path):
+    loaded = load_model(str(vp_dir(tmp_path / "m")))
+    found = enumerate_peers(loaded)
+    assert set(scheduler_classes()) <= set(found.classes)
+    assert NEW_PEERS <= set(found.peers) and {"ddim", "ddpm", "pndm", "euler", "heun", "lms", "kdpm2"} <= set(found.peers)
+    assert "ignores the betas" in found.refused["IPNDMScheduler"]
+    assert "distilled" in found.refused["LCMScheduler"] and "distilled" in found.refused["TCDScheduler"]
+    assert "flow-matching scheduler" in found.refused["FlowMatchEulerDiscreteScheduler"]
+    assert "EDM" in found.refused["EDMEulerScheduler"]
+    assert found.classes["SASolverScheduler"] == "peers: sa-solver, sa-solver-3"
+
+
+def test_flow_and_zero_snr_enumerations(tmp_path):
+    flow = enumerate_peers(load_model(str(flow_dir(tmp_path / "f"))))
+    assert {"flow-euler", "flow-heun", "dpmpp-2m", "unipc", "sa-solver", "ipndm"} <= set(flow.peers)
+    assert "ddim" not in flow.peers and "without flow sigmas" in flow.refused["DDIMScheduler"]
+    assert "zero-length" in flow.refused["UniPCMultistepScheduler: unipc-bh1"]
+    vz = enumerate_peers(load_model(str(vzsnr_dir(tmp_path / "v"))))
+    assert "rescale_betas_zero_snr" in vz.refused["DEISMultistepScheduler"]
+    assert {"ddim", "dpmpp-3m", "unipc", "euler-a"} <= set(vz.peers) and "pndm" not in vz.peers
+
+
+def test_unknown_classes_and_missing_modules_are_refused_with_the_reason(tmp_path, monkeypatch):
+    loaded = load_model(str(vp_dir(tmp_path / "m")))
+    monkeypatch.setattr(peer_samplers, "scheduler_classes", lambda: ["DDIMScheduler", "BrandNewScheduler"])
+    monkeypatch.setattr(peer_samplers, "_params", lambda name: set())
+    found = enumerate_peers(loaded)
+    assert "not in skipstep's peer table" in found.refused["BrandNewScheduler"]
+    real_find_spec = peer_samplers.importlib.util.find_spec
+    monkeypatch.setattr(peer_samplers.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchsde" else real_find_spec(name, *a))
+    assert "needs torchsde" in enumerate_peers(loaded).refused["DPMSolverSDEScheduler: dpmpp-sde"]
+
+
+def test_peer_timesteps_follow_the_models_spacing_or_trailing(tmp_path):
+    loaded = load_model(str(vp_dir(tmp_path / "m", timestep_spacing="leading")))
+    ddim, dpm, ours = get_sampler("ddim"), get_sampler("dpmpp-2m"), get_sampler("skipstep")
+
+    def timesteps(recipe):
+        sched = build_scheduler(recipe, scheduler_config_for(recipe, loaded), 4)
+        sched.set_timesteps(4)
+        return sched.timesteps.tolist()
+
+    assert timesteps(ddim) == [15, 10, 5, 0] and timesteps(ours) == [19, 14, 9, 4]
+    loaded.peer_spacing = "trailing"
+    assert timesteps(ddim) == [19, 14, 9, 4] and timesteps(dpm) == [19, 14, 9, 4]
+    # a key the model's file left out takes the peer's own class default, as X.from_config does
+    bare = tmp_path / "bare"
+    tiny_unet(bare)
+    (bare / "scheduler").mkdir()
+    (bare / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDPMScheduler",
+                                                                          "num_train_timesteps": 20}))
+    plain = load_model(str(bare))
+    config = scheduler_config_for(dpm, plain)
+    assert "timestep_spacing" not in config
+    assert build_scheduler(dpm, config, 4).config.timestep_spacing == "linspace"  # DPM-Solver's default
+
+
+def test_bench_peers_group_runs_the_enumeration_and_reports_refusals(tmp_path, capsys):
+    root = vp_dir(tmp_path / "m")
+    result = run_bench(BenchConfig(model=str(root), samplers=["peers"], nfes=[4], seeds=[0], num_samples=6,
+                                   out=tmp_path / "b", batch_size=6, progress=False), log=lambda m: None)
+    ran = {r["sampler"] for r in result.records}
+    assert ran == set(result.peers["peers"]) and NEW_PEERS <= ran
+    assert all(r["actual_nfe"] <= 4 for r in result.records)
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert "IPNDMScheduler" in config["peer_enumeration"]["refused"]
+    assert config["sampler_settings"]["ddim"]["effective"]["timestep_spacing"] == "leading"  # DDPMScheduler's
+    assert "| IPNDMScheduler | ignores the betas" in result.markdown
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--model", str(root), "--peer-spacing", "sideways", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--peer-spacing" in err and "'config', 'trailing'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", sorted(NEW_PEERS - {"ipndm", "dpmpp-3m-sde-k"}))
+def test_each_new_diffusers_peer_records_its_recommended_settings(tmp_path, name):
+    from skipstep.lab.sampler_registry import sampler_settings
+
+    settings = sampler_settings(get_sampler(name), load_model(str(vp_dir(tmp_path / "m"))))
+    effective = settings["effective"]
+    expected = {"sa-solver": ("predictor_order", 2), "sa-solver-3": ("predictor_order", 3), "unipc": ("solver_order", 3),
+                "unipc-2": ("solver_order", 2), "deis": ("solver_order", 3), "deis-2": ("solver_order", 2),
+                "dpmpp-3m": ("solver_order", 3), "dpmpp-3m-sde": ("algorithm_type", "sde-dpmsolver++")}[name]
+    assert effective[expected[0]] == expected[1]
