@@ -59,7 +59,7 @@ PROTOCOL_VERSION = 1
 STOP_AFTER_ENV = "SKIPSTEP_BENCH_STOP_AFTER"
 #: ``--peer-spacing``: the peers' timesteps from the model's own timestep_spacing, or trailing
 PEER_SPACINGS = ("config", "trailing")
-GROUPS = ("all", "ours", "peers")
+GROUPS = ("all", "ours", "peers", "candidates")
 
 
 class BenchConfigError(ValueError):
@@ -159,7 +159,8 @@ class BenchResult:
 
 
 def expand_sampler_names(names: Sequence[str], loaded: LoadedModel | None = None) -> list[str]:
-    """Sampler names with the groups ``all``, ``ours`` and ``peers`` expanded for ``loaded`` (``ours``: our
+    """Sampler names with the groups ``all``, ``ours``, ``peers`` and ``candidates`` (the default's candidates,
+    :mod:`skipstep.lab.candidates`) expanded for ``loaded`` (``ours``: our
     samplers that can sample it; ``peers``: :func:`skipstep.lab.peer_samplers.enumerate_peers`); without a model
     the groups are kept (they are expanded once the model is loaded). Unknown names raise :class:`SamplerError`
     listing the valid ones."""
@@ -178,6 +179,8 @@ def expand_sampler_names(names: Sequence[str], loaded: LoadedModel | None = None
                 out += [n for n in sampler_names("skipstep") if sampler_refusal(get_sampler(n), loaded) is None]
             if name in ("peers", "all"):
                 out += enumerate_peers(loaded).peers
+            if name == "candidates":
+                out += sampler_names("candidate")
     return list(dict.fromkeys(out))
 
 

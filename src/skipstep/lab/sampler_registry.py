@@ -1,6 +1,7 @@
 """The sampler registry, in one import: the mechanics (:mod:`skipstep.lab.sampler_recipes`), skipstep's own
 samplers and ``tuned:FILE`` (:mod:`skipstep.lab.our_samplers`), diffusers' peers and their enumeration for a model
-(:mod:`skipstep.lab.peer_samplers`), and the k-diffusion-convention peers (:mod:`skipstep.lab.kdiffusion_peers`).
+(:mod:`skipstep.lab.peer_samplers`), the k-diffusion-convention peers (:mod:`skipstep.lab.kdiffusion_peers`), and
+the candidates for the default (:mod:`skipstep.lab.candidates`).
 Importing this module registers all of them.
 
 Settings shared by all samplers (stated in every benchmark output, see :data:`COMMON_SETTINGS`). Add a sampler
@@ -15,6 +16,7 @@ from ..tuned_schedules import TUNED_SCHEDULES_DIR
 from .our_samplers import TUNED_PREFIX, tuned_sampler  # registered first: ours lead every list
 from .peer_samplers import PeerEnumeration, enumerate_peers  # noqa: I001 - registration order
 from .kdiffusion_peers import KDiffusionRunner  # noqa: I001
+from . import candidates  # noqa: F401,I001 - registers the default's candidates (family "candidate")
 from .sampler_recipes import (CallCounter, SamplerError, SamplerRecipe, available_samplers, build_scheduler,
                               check_sampler_for_model, clip_overrides, from_config_accepting, get_sampler,
                               register_sampler, run_standard_loop, sampler_names, sampler_refusal, sampler_settings,

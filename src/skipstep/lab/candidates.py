@@ -1,0 +1,70 @@
+"""Candidates for the default sampler (family ``candidate``): the members of the posterior family among which
+:mod:`skipstep.lab.selection` chooses, leave-one-model-out.
+
+Each candidate is a step placement and a solver, every one with the corrector (``use_corrector=True``):
+
+* placement ``p<P>``: the ``power`` spacing with a fixed exponent ``P`` (:func:`skipstep.timesteps.power_grid`;
+  ``p1`` is the DPM-Solver family's leading grid), or ``pn<C>``: the exponent ``1 + C / n`` for ``n`` steps (more
+  curvature for fewer steps);
+* solver ``e<eta>-o<order>``: the constant ``eta`` and multistep order.
+
+On a VP chain they are :class:`~skipstep.SkippedStepScheduler` s, on a flow model
+:class:`~skipstep.SkippedStepFlowScheduler` s (whose ``power`` spacing starts at ``t = 1``, then the model's shift),
+both built from the model's scheduler config with its x0 clipping.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..diffusers_schedulers import SkippedStepScheduler
+from ..flow_schedulers import SkippedStepFlowScheduler
+from .sampler_recipes import clip_overrides, from_config_accepting, is_flow_config, register_sampler
+
+#: placement name -> exponent of the power spacing as a function of the step count n
+PLACEMENTS: dict[str, Callable[[int], float]] = {
+    "p1": lambda n: 1.0,
+    "p1.25": lambda n: 1.25,
+    "pn2": lambda n: 1.0 + 2.0 / n,
+    "pn4": lambda n: 1.0 + 4.0 / n,
+}
+#: solver name -> (eta, solver_order)
+SOLVERS: dict[str, tuple[float, int]] = {
+    "e0-o3": (0.0, 3),
+    "e0.5-o3": (0.5, 3),
+    "e1-o2": (1.0, 2),
+    "e1-o3": (1.0, 3),
+}
+PLACEMENT_TEXT = {"p1": "power spacing p=1 (the DPM-Solver family's leading grid)", "p1.25": "power spacing p=1.25",
+                  "pn2": "power spacing p=1+2/n", "pn4": "power spacing p=1+4/n"}
+
+
+def candidate_name(placement: str, solver: str) -> str:
+    return f"cand-{placement}-{solver}"
+
+
+def build_candidate(config: dict, steps: int, power: float, eta: float, order: int):
+    """The candidate's scheduler for ``steps`` steps from a model's scheduler config."""
+    common = dict(eta=eta, solver_order=order, use_corrector=True, timestep_spacing="power", spacing_power=power)
+    if is_flow_config(config):
+        return from_config_accepting(SkippedStepFlowScheduler, config, **common)
+    return from_config_accepting(SkippedStepScheduler, config, **common, **clip_overrides(config, "clip_sample"))
+
+
+def _register() -> None:
+    for placement, power_of in PLACEMENTS.items():
+        for solver, (eta, order) in SOLVERS.items():
+            def factory(config: dict, steps: int, power_of=power_of, eta=eta, order=order):
+                return build_candidate(config, steps, power_of(steps), eta, order)
+
+            register_sampler(
+                candidate_name(placement, solver), factory, family="candidate", stochastic=eta > 0,
+                learned_variance=True,
+                description=f"default candidate: {PLACEMENT_TEXT[placement]}, eta={eta:g}, order {order}, corrector",
+                settings={"class": "SkippedStepScheduler / SkippedStepFlowScheduler", "timestep_spacing": "power",
+                          "spacing_power": placement, "eta": eta, "solver_order": order, "use_corrector": True})
+
+
+_register()
+
+__all__ = ["PLACEMENTS", "SOLVERS", "build_candidate", "candidate_name"]
