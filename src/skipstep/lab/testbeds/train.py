@@ -54,15 +54,17 @@ DEFAULT_DOCS = REPO_ROOT / "docs" if (REPO_ROOT / "pyproject.toml").is_file() el
 UNET_BLOCK_CHANNELS = (16, 24, 32)
 
 
-def make_unet(block_out_channels=UNET_BLOCK_CHANNELS, norm_num_groups: int = 8, attention_head_dim: int = 8):
-    """The testbed architecture: 3 levels (8x8, 4x4, 2x2), one ResNet per level, self-attention in the mid block."""
+def make_unet(block_out_channels=UNET_BLOCK_CHANNELS, norm_num_groups: int = 8, attention_head_dim: int = 8,
+              out_channels: int = 1, num_class_embeds: int | None = None):
+    """The testbed architecture: 3 levels (8x8, 4x4, 2x2), one ResNet per level, self-attention in the mid block;
+    ``out_channels=2`` for a learned-variance model, ``num_class_embeds`` for integer class labels."""
     from diffusers import UNet2DModel
 
     n = len(block_out_channels)
     return UNet2DModel(
         sample_size=8,
         in_channels=1,
-        out_channels=1,
+        out_channels=out_channels,
         layers_per_block=1,
         block_out_channels=tuple(block_out_channels),
         down_block_types=("DownBlock2D",) * n,
@@ -70,6 +72,7 @@ def make_unet(block_out_channels=UNET_BLOCK_CHANNELS, norm_num_groups: int = 8, 
         norm_num_groups=norm_num_groups,
         attention_head_dim=attention_head_dim,
         add_attention=True,
+        num_class_embeds=num_class_embeds,
     )
 
 
@@ -92,7 +95,7 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _lr_at(step: int, *, peak: float, warmup: int, total: int, final_ratio: float) -> float:
+def lr_at(step: int, *, peak: float, warmup: int, total: int, final_ratio: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -100,7 +103,7 @@ def _lr_at(step: int, *, peak: float, warmup: int, total: int, final_ratio: floa
 
 
 @torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     ema_p = [p for p in ema.parameters()]
     mod_p = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(ema_p, mod_p, 1.0 - decay)
@@ -180,7 +183,7 @@ def train_unet(args: argparse.Namespace) -> dict[str, Any]:
             eps = torch.randn(x0.shape, generator=gen)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
             xt = scheduler.add_noise(x0, eps, t)
-            lr = _lr_at(step, peak=args.lr, warmup=args.warmup, total=args.steps, final_ratio=args.final_lr_ratio)
+            lr = lr_at(step, peak=args.lr, warmup=args.warmup, total=args.steps, final_ratio=args.final_lr_ratio)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = F.mse_loss(model(xt, t).sample, eps)
@@ -189,7 +192,7 @@ def train_unet(args: argparse.Namespace) -> dict[str, Any]:
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             opt.step()
-            _ema_update(ema, model, min(args.ema_decay, (1.0 + step) / (10.0 + step)))
+            ema_update(ema, model, min(args.ema_decay, (1.0 + step) / (10.0 + step)))
             running += loss.item()
             running_n += 1
 
@@ -264,7 +267,8 @@ def train_unet(args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
-def plot_unet_curve(csv_path: Path, png_path: Path) -> None:
+def plot_unet_curve(csv_path: Path, png_path: Path, title: str = "Digits DDPM UNet training",
+                    ylabel: str = "epsilon MSE") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,7 +278,8 @@ def plot_unet_curve(csv_path: Path, png_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     step = np.array([int(r["step"]) for r in rows])
     loss = np.array([float(r["train_loss"]) for r in rows])
-    ev = [(int(r["step"]), float(r["ema_eval_loss_train"]), float(r["ema_eval_loss_heldout"])) for r in rows if r["ema_eval_loss_train"]]
+    ev = [(int(r["step"]), float(r["ema_eval_loss_train"] or "nan"), float(r["ema_eval_loss_heldout"]))
+          for r in rows if r["ema_eval_loss_heldout"]]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(step, loss, lw=0.8, alpha=0.7, label="training loss (raw weights, mean per log window)")
     if ev:
@@ -283,8 +288,8 @@ def plot_unet_curve(csv_path: Path, png_path: Path) -> None:
         ax.plot(e[:, 0], e[:, 2], "s-", ms=3, label="EMA weights, fixed eval set (held-out split)")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("epsilon MSE")
-    ax.set_title("Digits DDPM UNet training")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -342,7 +347,7 @@ def train_classifier(args: argparse.Namespace) -> dict[str, Any]:
             idx = perm[i : i + args.clf_batch_size]
             xb = _random_shift(x_tr[idx], gen)
             xb = xb + args.clf_noise * torch.randn(xb.shape, generator=gen)
-            lr = _lr_at(step, peak=args.clf_lr, warmup=steps_per_epoch, total=total, final_ratio=0.01)
+            lr = lr_at(step, peak=args.clf_lr, warmup=steps_per_epoch, total=total, final_ratio=0.01)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = F.cross_entropy(model(xb), y_tr[idx], label_smoothing=0.05)
