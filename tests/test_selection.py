@@ -47,3 +47,18 @@ def test_missing_or_non_finite_cells():
         select(_records(TABLE), ["A"], ["m1"], [5])
     with pytest.raises(ValueError, match="no candidate has a finite"):
         scores({("A", "m1", 5): math.inf}, ["A"], ["m1"], [5])
+
+
+def test_several_metrics_are_factors_of_one_score_and_a_fold_leaves_out_all_of_a_model_s():
+    records = _records(TABLE)
+    for r in records:  # a second metric on which B is best on m1 and m2, A on m3
+        r["metrics"]["fd_heldout"] = {"A": 4.0, "B": 1.0, "C": 4.0}[r["sampler"]] if r["model"] != "m3" else (
+            {"A": 1.0, "B": 8.0, "C": 2.0}[r["sampler"]])
+    sel = select(records, ["A", "B", "C"], ["m1", "m2", "m3"], [5], metric=["fd", "fd_heldout"])
+    by = {f.held_out: f for f in sel.folds}
+    # fold m3 (m1, m2 on both metrics): A (1, 1, 4, 4) 2.0, B (2, 3, 1, 1) 1.57, C (1.5, 1.2, 4, 4) 2.32
+    assert by["m3"].chosen == "B" and by["m3"].score == pytest.approx((2 * 3) ** 0.25)
+    assert dict(sel.overall)["A"] == pytest.approx((1 * 1 * 9 * 4 * 4 * 1) ** (1 / 6))
+    assert sel.metric == "fd, fd_heldout"
+    with pytest.raises(ValueError, match="at least one metric"):
+        select(records, ["A"], ["m1", "m2"], [5], metric=[])

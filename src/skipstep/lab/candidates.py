@@ -6,7 +6,9 @@ Each candidate is a step placement and a solver, every one with the corrector (`
 * placement ``p<P>``: the ``power`` spacing with a fixed exponent ``P`` (:func:`skipstep.timesteps.power_grid`;
   ``p1`` is the DPM-Solver family's leading grid), or ``pn<C>``: the exponent ``1 + C / n`` for ``n`` steps (more
   curvature for fewer steps);
-* solver ``e<eta>-o<order>``: the constant ``eta`` and multistep order.
+* solver ``e<eta>-o<order>``: the constant ``eta`` and multistep order; ``ew-o<order>``: an eta window, noise
+  (``eta = 1``) on the middle steps only and ``eta = 0`` on the first and last -- SA-Solver's default (tau = 1 only
+  for 200 <= t <= 800) in step-index form.
 
 On a VP chain they are :class:`~skipstep.SkippedStepScheduler` s, on a flow model
 :class:`~skipstep.SkippedStepFlowScheduler` s (whose ``power`` spacing starts at ``t = 1``, then the model's shift),
@@ -28,13 +30,21 @@ PLACEMENTS: dict[str, Callable[[int], float]] = {
     "pn2": lambda n: 1.0 + 2.0 / n,
     "pn4": lambda n: 1.0 + 4.0 / n,
 }
-#: solver name -> (eta, solver_order)
-SOLVERS: dict[str, tuple[float, int]] = {
+#: solver name -> (eta, solver_order); eta ``WINDOW`` is the window rule of :func:`window_eta`
+WINDOW = "window"
+SOLVERS: dict[str, tuple[float | str, int]] = {
     "e0-o3": (0.0, 3),
     "e0.5-o3": (0.5, 3),
     "e1-o2": (1.0, 2),
     "e1-o3": (1.0, 3),
+    "ew-o2": (WINDOW, 2),
+    "ew-o3": (WINDOW, 3),
 }
+
+
+def window_eta(steps: int) -> list[float]:
+    """``[0, 1, ..., 1, 0]``: noise on steps ``1 .. n-2`` (the last step injects none whatever its eta)."""
+    return [0.0] + [1.0] * max(0, steps - 2) + [0.0] * (1 if steps > 1 else 0)
 PLACEMENT_TEXT = {"p1": "power spacing p=1 (the DPM-Solver family's leading grid)", "p1.25": "power spacing p=1.25",
                   "pn2": "power spacing p=1+2/n", "pn4": "power spacing p=1+4/n"}
 
@@ -43,9 +53,9 @@ def candidate_name(placement: str, solver: str) -> str:
     return f"cand-{placement}-{solver}"
 
 
-def build_candidate(config: dict, steps: int, power: float, eta: float, order: int):
+def build_candidate(config: dict, steps: int, power: float, eta: float | str, order: int):
     """The candidate's scheduler for ``steps`` steps from a model's scheduler config."""
-    common = dict(eta=eta, solver_order=order, use_corrector=True, timestep_spacing="power", spacing_power=power)
+    common = dict(eta=window_eta(steps) if eta == WINDOW else eta, solver_order=order, use_corrector=True, timestep_spacing="power", spacing_power=power)
     if is_flow_config(config):
         return from_config_accepting(SkippedStepFlowScheduler, config, **common)
     return from_config_accepting(SkippedStepScheduler, config, **common, **clip_overrides(config, "clip_sample"))
@@ -58,13 +68,15 @@ def _register() -> None:
                 return build_candidate(config, steps, power_of(steps), eta, order)
 
             register_sampler(
-                candidate_name(placement, solver), factory, family="candidate", stochastic=eta > 0,
+                candidate_name(placement, solver), factory, family="candidate", stochastic=eta != 0,
                 learned_variance=True,
-                description=f"default candidate: {PLACEMENT_TEXT[placement]}, eta={eta:g}, order {order}, corrector",
+                description=f"default candidate: {PLACEMENT_TEXT[placement]}, "
+                            f"{'eta window (1 on the middle steps)' if eta == WINDOW else f'eta={eta:g}'}, "
+                            f"order {order}, corrector",
                 settings={"class": "SkippedStepScheduler / SkippedStepFlowScheduler", "timestep_spacing": "power",
                           "spacing_power": placement, "eta": eta, "solver_order": order, "use_corrector": True})
 
 
 _register()
 
-__all__ = ["PLACEMENTS", "SOLVERS", "build_candidate", "candidate_name"]
+__all__ = ["PLACEMENTS", "SOLVERS", "WINDOW", "build_candidate", "candidate_name", "window_eta"]

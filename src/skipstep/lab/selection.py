@@ -4,9 +4,10 @@ A *choice* (the default sampler, a constant, a step rule) is picked from a finit
 registered sampler. Every candidate is benchmarked on every model at a set of NFEs on *selection seeds*; for each
 (model, NFE) the candidates' quality ``q`` (a metric of the bench records, lower is better: FD vs the model's own
 converged samples by default) is divided by the best candidate's, and a candidate's score over a set of models is
-the geometric mean of those ratios over the models and NFEs:
+the geometric mean of those ratios over the models, NFEs and metrics ``k`` (one or several, e.g. FD vs the model's
+own samples and FD vs real data, so a choice must be good on both):
 
-    score_M(c) = exp( mean_{m in M, n} log( q(c, m, n) / min_c' q(c', m, n) ) ).
+    score_M(c) = exp( mean_{m in M, n, k} log( q_k(c, m, n) / min_c' q_k(c', m, n) ) ).
 
 Fold ``h`` (one per model) chooses ``c*_h = argmin_c score_{M \\ {h}}(c)`` -- without looking at model ``h`` -- and
 reports ``c*_h`` on model ``h``, on *report seeds* that no choice has seen. The shipped default is
@@ -81,20 +82,36 @@ def scores(quality: dict, candidates: Sequence[str], models: Sequence[str], nfes
 
 
 def select(records: Iterable[dict], candidates: Sequence[str], models: Sequence[str], nfes: Sequence[int],
-           metric: str = "fd", seeds: Sequence[int] | None = None) -> Selection:
-    """The leave-one-model-out folds and the overall choice from bench records of the selection seeds."""
+           metric: str | Sequence[str] = "fd", seeds: Sequence[int] | None = None) -> Selection:
+    """The leave-one-model-out folds and the overall choice from bench records of the selection seeds; with
+    several metrics each (model, metric) pair is one factor of the score, and a fold leaves out all of a model's."""
     candidates, models, nfes = list(candidates), list(models), [int(n) for n in nfes]
+    metrics = [metric] if isinstance(metric, str) else list(metric)
     if len(models) < 2:
         raise ValueError("leave-one-model-out needs at least two models")
     if not candidates:
         raise ValueError("give at least one candidate")
-    quality = mean_quality(records, metric, seeds)
+    if not metrics:
+        raise ValueError("give at least one metric")
+    records = list(records)
+    quality: dict[tuple[str, str, int], float] = {}
+    for k in metrics:  # key the model axis by (model, metric) so scores() sees one factor per pair
+        quality.update({(c, _pair(m, k, metrics), n): v for (c, m, n), v in mean_quality(records, k, seeds).items()})
+
+    def pairs(ms):
+        return [_pair(m, k, metrics) for m in ms for k in metrics]
+
     folds = []
     for held in models:
-        ranking = scores(quality, candidates, [m for m in models if m != held], nfes)
+        ranking = scores(quality, candidates, pairs([m for m in models if m != held]), nfes)
         runner = ranking[1] if len(ranking) > 1 else (None, None)
         folds.append(FoldChoice(held, ranking[0][0], ranking[0][1], runner[0], runner[1], ranking))
-    return Selection(candidates, models, nfes, metric, quality, folds, scores(quality, candidates, models, nfes))
+    return Selection(candidates, models, nfes, ", ".join(metrics), quality, folds,
+                     scores(quality, candidates, pairs(models), nfes))
+
+
+def _pair(model: str, metric: str, metrics: Sequence[str]) -> str:
+    return model if len(metrics) == 1 else f"{model} [{metric}]"
 
 
 def render_selection(sel: Selection, top: int = 5) -> str:
