@@ -169,8 +169,9 @@ def check_sampler_for_model(recipe: SamplerRecipe, model_fingerprint: str, num_t
     notes = []
     for w in dict.fromkeys(guidance_scales):
         if tuned_w is not None and w is not None and float(w) != float(tuned_w):
-            message = (f"sampler {recipe.name!r} was tuned at guidance scale {float(tuned_w):g} and runs at {float(w):g}: "
-                       f"it was fitted for the other scale (tune one with `skipstep tune --guidance-scale {float(w):g}`)")
+            message = (f"sampler {recipe.name!r} was tuned at guidance scale {float(tuned_w):g} and runs at "
+                       f"{float(w):g}: it was fitted for the other scale (tune one with `skipstep tune "
+                       f"--guidance-scale {float(w):g}`)")
             warnings.warn(message, TunedScheduleWarning, stacklevel=2)
             notes.append(message)
     return notes

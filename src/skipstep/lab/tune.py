@@ -79,7 +79,7 @@ def _check_seeds(fit, val, ev, reserved: set[int]):
 
 def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *, solver_order: int | None = None,
                   variance_type: str | None = None, eta=None, objective: str | None = None,
-                  reference: str = "ode", reference_steps: int = DEFAULT_REFERENCE_STEPS,
+                  reference: str = "ode", reference_steps: int | None = None,
                   num_samples: int | None = None, fit_seeds: Sequence[int] = DEFAULT_FIT_SEEDS,
                   val_seeds: Sequence[int] = DEFAULT_VAL_SEEDS, eval_seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                   budget_nfe: int | None = None, budget_minutes: float = DEFAULT_BUDGET_MINUTES,
@@ -93,7 +93,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     spacing; see the module docstring. ``objective``: ``None`` (``paired`` for a deterministic base, else
     ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd`` (:mod:`skipstep.lab.tune_objectives`);
     ``reference``: the distribution objectives' reference set (``ode`` or ``ancestral``); ``min_gap``: the gap
-    rule of :class:`~skipstep.lab.tune_search.GapRule`. ``guidance_scale``: a class-conditional model is tuned at
+    rule of :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the converged solution
+    (default ``min(200, T)``). ``guidance_scale``: a class-conditional model is tuned at
     that classifier-free guidance scale (default 1), sample ``i`` asking for label ``real_labels[i mod K]``; the
     scale is recorded in the schedule. ``eval_reference_seed`` (distribution objectives): score the check against
     a second reference set of that seed and record the floor (the two reference sets' distance)."""
@@ -119,9 +120,11 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
         search_eta = False  # eta > 0 would make the sampler stochastic: the paired distance would be meaningless
     if reference not in REFERENCE_KINDS:
         raise ValueError(f"--reference must be one of {', '.join(REFERENCE_KINDS)}, got {reference!r}")
-    if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or not 2 * nfe <= reference_steps <= T:
-        raise ValueError(f"--reference-steps must be an integer in [{2 * nfe}, {T}] (at least twice --nfe), got "
-                         f"{reference_steps!r}")
+    reference_steps = min(DEFAULT_REFERENCE_STEPS, T) if reference_steps is None else reference_steps
+    low = min(2 * nfe, T)
+    if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or not low <= reference_steps <= T:
+        raise ValueError(f"--reference-steps must be an integer in [{low}, {T}] (at least twice --nfe, at most T), "
+                         f"got {reference_steps!r}")
     num_samples = int(num_samples or DEFAULT_NUM_SAMPLES[objective])
     if num_samples < 4:
         raise ValueError(f"--num-samples must be >= 4, got {num_samples}")
@@ -279,10 +282,10 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     check["floor"] = floor
     check_seconds = time.perf_counter() - t_check
     log(decision_line(check))
-    fit_rows = [{"name": name, "seeds": seeds_text("fit", fit_seeds), "timesteps": list(t_s), "eta": e,
-                 "mean": v, "std": None, "plain": name != "tuned"}
-                for name, t_s, e, v in (("tuned", ts, [round(x, 4) for x in eta_best], value),
-                                        (chosen_start, plain[chosen_start], [round(x, 4) for x in base_eta], start_values[chosen_start]))]
+    fit_rows = [{"name": name, "seeds": seeds_text("fit", fit_seeds), "timesteps": list(t_s),
+                 "eta": [round(x, 4) for x in e], "mean": v, "std": None, "plain": name != "tuned"}
+                for name, t_s, e, v in (("tuned", ts, eta_best, value),
+                                        (chosen_start, plain[chosen_start], base_eta, start_values[chosen_start]))]
     provenance = {
         "model": loaded.name,
         "model_description": loaded.description,
@@ -391,8 +394,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--reference", default="ode", choices=REFERENCE_KINDS,
                    help="the distribution objectives' reference set: ode (converged deterministic samples) or "
                         "ancestral (the bench's 1000-step set, 5x the cost)")
-    p.add_argument("--reference-steps", type=positive_int, default=DEFAULT_REFERENCE_STEPS,
-                   help="steps of the converged deterministic (order-2) solution")
+    p.add_argument("--reference-steps", type=positive_int, default=None,
+                   help=f"steps of the converged deterministic (order-2) solution (default: {DEFAULT_REFERENCE_STEPS}, "
+                        "at most the chain's T)")
     p.add_argument("--num-samples", type=positive_int, default=None,
                    help="samples per seed (default: 256 for paired, 500 for pixel-fd and sw, 1000 for fd)")
     p.add_argument("--fit-seeds", type=seed_list, default=list(DEFAULT_FIT_SEEDS), help="seeds the search fits")

@@ -61,7 +61,8 @@ def final_check(loaded, rows: dict[str, tuple[list[int], list[float]]], base: Ba
     tuned = out_rows[0]
     plain = [r for r in out_rows if r["plain"]]
     best = min(plain, key=lambda r: r["mean"])
-    wins = bool(np.isfinite(tuned["mean"]) and tuned["mean"] < best["mean"] - MIN_RELATIVE_IMPROVEMENT * abs(best["mean"]))
+    margin = MIN_RELATIVE_IMPROVEMENT * abs(best["mean"])
+    wins = bool(np.isfinite(tuned["mean"]) and tuned["mean"] < best["mean"] - margin)
     change = tuned["mean"] / best["mean"] - 1.0 if best["mean"] > 0 else None
     return {"metric": metric, "seeds": seeds, "num_samples": noises[0].num_samples if noises else 0, "rows": out_rows,
             "best_plain": {"name": best["name"], "mean": best["mean"]}, "tuned": tuned["mean"], "tuned_wins": wins,
