@@ -166,7 +166,7 @@ def test_tune_and_sample_check_their_outputs_before_any_work_and_print_before_wr
     from skipstep.tuned_schedules import TunedSchedule
 
     tune_args = ["tune", "--model", "tiny-gmm", "--nfe", "3", "--base", "skipstep-ddim", "--num-samples", "16",
-                 "--fit-seeds", "0", "--eval-seeds", "1", "--budget-nfe", "20", "--cache-dir", str(tmp_path / "c"),
+                 "--fit-seeds", "0", "--eval-seeds", "2", "--budget-nfe", "20", "--cache-dir", str(tmp_path / "c"),
                  "--no-progress"]
     # an output that cannot be written is refused before the model is even loaded
     real_load = tune.load_model
@@ -179,6 +179,11 @@ def test_tune_and_sample_check_their_outputs_before_any_work_and_print_before_wr
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "s.json")
 
+    def tuned_wins(*args, **kwargs):  # the write path, whatever this tiny search found
+        return {**real_check(*args, **kwargs), "tuned_wins": True}
+
+    real_check = tune.final_check
+    monkeypatch.setattr(tune, "final_check", tuned_wins)
     # a write that fails at the very end loses nothing: the schedule was printed, and is printed as JSON
     monkeypatch.setattr(TunedSchedule, "save", refuse)
     assert cli.main(tune_args + ["--out", str(tmp_path / "s.json")]) == 2

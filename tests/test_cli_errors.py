@@ -30,7 +30,7 @@ SMALL_GENERATE = ["generate", "--model", "gmm", "--nfe", "2", "--num-samples", "
                   "--no-progress"]
 SMALL_BENCH = ["bench", "--model", "gmm", "--samplers", "ddim", "--nfe", "2", "--num-samples", "6", "--no-progress"]
 SMALL_SAMPLE = ["sample", "--model", "gmm", "--nfe", "2", "--num-samples", "4", "--no-progress"]
-SMALL_TUNE = ["tune", "--model", "gmm", "--nfe", "3", "--num-samples", "8", "--no-progress", "--eval-seeds", "1"]
+SMALL_TUNE = ["tune", "--model", "gmm", "--nfe", "3", "--num-samples", "8", "--no-progress", "--eval-seeds", "2"]
 
 
 def _refuses_new_files(folder: Path) -> bool:
@@ -228,6 +228,20 @@ CASES = [
     Case("tune --eval-seeds overlapping --fit-seeds",
          lambda t: with_option(SMALL_TUNE, "--eval-seeds", "0") + ["--out", str(t / "s.json")], "--eval-seeds"),
     Case("tune --base not ours", lambda t: SMALL_TUNE + ["--out", str(t / "s.json"), "--base", "ddim"], "--base"),
+    Case("tune --eval-seeds overlapping --val-seeds",
+         lambda t: with_option(SMALL_TUNE, "--eval-seeds", "1") + ["--out", str(t / "s.json")], "--eval-seeds"),
+    Case("tune --objective paired with a stochastic base",
+         lambda t: SMALL_TUNE + ["--out", str(t / "s.json"), "--base", "skipstep", "--objective", "paired"],
+         "--objective"),
+    Case("tune --objective bogus", lambda t: SMALL_TUNE + ["--out", str(t / "s.json"), "--objective", "mse"],
+         "--objective"),
+    Case("tune --min-gap 2", lambda t: SMALL_TUNE + ["--out", str(t / "s.json"), "--min-gap", "2"], "--min-gap"),
+    Case("tune --budget-minutes 0", lambda t: SMALL_TUNE + ["--out", str(t / "s.json"), "--budget-minutes", "0"],
+         "--budget-minutes"),
+    Case("tune --reference-steps below twice the NFE",
+         lambda t: SMALL_TUNE + ["--out", str(t / "s.json"), "--reference-steps", "5"], "--reference-steps"),
+    Case("tune --guidance-scale for an unconditional model",
+         lambda t: SMALL_TUNE + ["--out", str(t / "s.json"), "--guidance-scale", "2"], "--guidance-scale"),
     Case("tune --eta out of range", lambda t: SMALL_TUNE + ["--out", str(t / "s.json"), "--eta", "2"], "--eta"),
     Case("bench --samplers empty", lambda t: with_option(SMALL_BENCH, "--samplers", ",") + ["--out", str(t / "b")],
          "--samplers"),

@@ -126,16 +126,24 @@ def test_bench_killed_at_chosen_writes_resumes_to_the_same_results(tmp_path, cap
         assert _temp_files(out) == [], k
 
 
-def test_tune_killed_in_its_cache_and_output_writes_leaves_nothing_behind(tmp_path, capsys):
+def test_tune_killed_in_its_cache_and_output_writes_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    import skipstep.lab.tune as tune
+
+    def tuned_wins(*args, **kwargs):  # the write path (forked children inherit the patch)
+        return {**real_check(*args, **kwargs), "tuned_wins": True}
+
+    real_check = tune.final_check
+    monkeypatch.setattr(tune, "final_check", tuned_wins)
+
     def args(name):
         return ["tune", "--model", "gmm", "--nfe", "3", "--base", "skipstep-ddim", "--num-samples", "24",
-                "--batch-size", "24", "--fit-seeds", "0", "--eval-seeds", "1", "--budget-nfe", "24",
-                "--budget-minutes", "10", "--cache-dir", str(tmp_path / f"cache-{name}"), "--out",
-                str(tmp_path / f"{name}.json"), "--no-progress"]
+                "--batch-size", "24", "--fit-seeds", "0", "--eval-seeds", "2", "--budget-nfe", "24",
+                "--reference-steps", "20", "--budget-minutes", "10", "--cache-dir", str(tmp_path / f"cache-{name}"),
+                "--out", str(tmp_path / f"{name}.json"), "--no-progress"]
 
     assert cli.main(args("uninterrupted")) == 0
     want = json.loads((tmp_path / "uninterrupted.json").read_text())
-    # writes: the reference cache (samples, metadata), then the schedule
+    # writes: the converged solutions of seeds 0, 1, 2 (samples, metadata), then the schedule
     for k in (1, 2, 3):
         name = f"killed-at-{k}"
         assert _killed_cli(args(name), k) == -signal.SIGKILL, k

@@ -125,9 +125,10 @@ def test_generate_and_tune_take_a_guidance_scale(tmp_path):
     index = json.loads((out / "index.json").read_text())
     assert index["guidance_scale"] == 3.0 and "i mod 10" in index["class_labels"]
     schedule = tune_schedule(load_model(str(root)), 2, "skipstep-ddim", num_samples=8, batch_size=8,
-                             budget_nfe=48, budget_minutes=5, metric="sw", guidance_scale=2.0,
+                             budget_nfe=48, budget_minutes=5, objective="sw", guidance_scale=2.0,
                              cache_dir=tmp_path / "cache")
     assert schedule.provenance["guidance_scale"] == 2.0 and "_w2" in schedule.provenance["reference"]["cache"]
+    assert schedule.guidance_scale == 2.0
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tuned step schedules: the file (round trip, validation, refusals), the scheduler / sample() / bench integration,
-and the search (budget refusals before any work, never worse than its best starting spacing)."""
+and the search (budget refusals before any work, never worse than its best starting spacing). The objectives, the
+gap rule and the final check: tests/test_tune_objectives.py."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ from skipstep.lab.sampler_registry import CallCounter, SamplerError, get_sampler
 from skipstep.paths import DiscreteVPPath
 from skipstep.timesteps import select_timesteps
 from skipstep.lab.tune import tune_schedule
+from skipstep.lab.tune_objectives import DistributionObjective, ode_solution
 from skipstep.lab.tune_search import (
     BaseSampler,
     CommonNoise,
-    Objective,
     SpacingParams,
     draw_samples,
     family_timesteps,
-    reference_samples,
+    plain_spacings,
     resolve_base,
 )
 from skipstep.tuned_schedules import TUNED_SCHEDULES_DIR as SCHEDULES_DIR
@@ -215,69 +216,70 @@ def test_family_contains_the_library_spacings():
 
 def test_too_small_budget_is_refused_before_any_model_call(gmm, tmp_path):
     spec, counter = counted(gmm)
-    # one candidate: 3 steps x 2 batches x 1 fit seed = 6 NFE, plus two validations on 2 seeds kept in reserve: 24
-    for budget in (5, 12):  # 12 paid for a candidate but not its reserve: the search crashed on an empty result
+    # one candidate: 3 steps x 2 batches x 1 fit seed = 6 NFE, plus two validations on 1 seed kept in reserve: 18
+    for budget in (5, 12):
         with pytest.raises(ValueError, match=rf"--budget-nfe {budget} cannot pay for one candidate: it needs at "
-                                             r"least 30 NFE \(a candidate costs 6"):
+                                             r"least 18 NFE \(a candidate costs 6"):
             tune_schedule(spec, 3, "skipstep-ddim", num_samples=40, batch_size=20, budget_nfe=budget,
                           cache_dir=tmp_path)
     assert counter.calls == 0
     with pytest.raises(ValueError, match=r"--budget-minutes 1e-09 cannot pay for one candidate"):
         tune_schedule(spec, 3, "skipstep-ddim", num_samples=40, batch_size=20, budget_nfe=100,
                       budget_minutes=1e-9, cache_dir=tmp_path)
-    assert counter.calls == 1  # the single timed call of the estimate; no reference, no candidate
-    assert not (tmp_path / "references").exists()
-    with pytest.raises(ValueError, match="held out"):
-        tune_schedule(spec, 3, num_samples=40, fit_seeds=[0, 1], eval_seeds=[1], cache_dir=tmp_path)
-    assert counter.calls == 1
+    assert counter.calls == 2  # the warm-up and the timed call of the estimate; no reference, no candidate
+    assert not (tmp_path / "tune-references").exists() and not (tmp_path / "references").exists()
+    with pytest.raises(ValueError, match="--eval-seeds must be held out"):
+        tune_schedule(spec, 3, num_samples=40, fit_seeds=[0, 2], eval_seeds=[2], cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="--val-seeds must be held out"):
+        tune_schedule(spec, 3, num_samples=40, fit_seeds=[0, 1], cache_dir=tmp_path)
+    assert counter.calls == 2
 
 
-def test_search_is_never_worse_than_its_best_start_and_beats_uniform(gmm, tmp_path):
+def test_search_is_never_worse_than_its_best_start_and_checks_every_plain_spacing(gmm, tmp_path):
     spec, counter = counted(gmm)
-    s = tune_schedule(spec, 4, "skipstep-eta0.5", solver_order=2, num_samples=96, batch_size=96, budget_nfe=160,
-                      budget_minutes=2, cache_dir=tmp_path, eval_seeds=[1, 2])
+    s = tune_schedule(spec, 4, "skipstep-ddim-o2", num_samples=96, batch_size=96, budget_nfe=240,
+                      budget_minutes=10, cache_dir=tmp_path, reference_steps=40)
     obj = s.provenance["objective"]
-    # never worse than the start it chose (the best spacing on the fit and validation seeds pooled)
+    assert obj["name"] == s.metric == "paired" and not obj["eta_searched"] and s.eta == [0.0] * 4
+    # never worse than the best plain spacing on the fit seeds (its start)
     start = obj["best_start"]["name"]
-    assert obj["tuned"] <= obj["starts"][start]
-    pooled = {k: (obj["starts"][k] + 2 * obj["starts_validation"][k]) / 3 for k in obj["starts"]}
-    assert start == min(pooled, key=pooled.get)
-    assert obj["tuned"] < obj["uniform_trailing"]
+    assert start == min(obj["starts"], key=obj["starts"].get) and obj["tuned"] <= obj["starts"][start]
+    path = DiscreteVPPath.from_config(gmm.scheduler_config)
+    assert set(obj["starts"]) == set(plain_spacings(path, 4))  # every plain spacing was a start
     budget = s.provenance["budget"]
-    assert budget["nfe_used"] <= 160 and budget["stopped_by"] in ("NFE budget", "time budget", "converged")
-    assert counter.calls == 1 + budget["nfe_used"] + 5 * 2 * 4  # probe + search + 5 rows x 2 eval seeds x NFE 4
-    assert s.solver_order == 2 and s.model_fingerprint == gmm.fingerprint and s.fit_seeds == [0]
-    # common random numbers make the objective reproducible: re-evaluating the result gives the recorded value
-    reference, _ = reference_samples(gmm, 96, directory=tmp_path, batch_size=96)
-    x = draw_samples(gmm, gmm.model, s.timesteps, s.eta, resolve_base("skipstep-eta0.5", 2), CommonNoise(0, 96, (1, 8, 8)),
-                     batch_size=96)
-    assert Objective(gmm, reference, "fd")(x) == pytest.approx(obj["tuned"], rel=1e-6)
-    rows = {r["name"]: r for r in s.provenance["heldout"]["rows"]}
-    assert {"tuned", "uniform (trailing)", "quadratic", "log-SNR"} <= set(rows)
-    assert all(len(r["values"]) == 2 for r in rows.values())
-    # the validation gate: a stage result replaced the best start only if it was better on the validation seeds
-    val_seeds = obj["validation_seeds"]
-    assert val_seeds and not set(val_seeds) & {0, 1, 2}
-    assert all("decision" in st for st in s.provenance["search"]["stages"][1:])
-    if obj["result_from"] != obj["best_start"]["name"]:
-        base = resolve_base("skipstep-eta0.5", 2)
-        start_ts = select_timesteps(DiscreteVPPath.from_config(gmm.scheduler_config), 4,
-                                    obj["best_start"]["name"]).tolist()
-
-        def val(ts, eta):
-            return sum(Objective(gmm, reference, "fd")(draw_samples(gmm, gmm.model, ts, eta, base,
-                                                                    CommonNoise(v, 96, (1, 8, 8)), 96))
-                       for v in val_seeds) / len(val_seeds)
-
-        assert val(s.timesteps, s.eta) < val(start_ts, base.eta_list(4))
+    assert budget["nfe_used"] <= 240 and budget["stopped_by"] in ("NFE budget", "time budget", "converged")
+    check = s.provenance["final_check"]
+    plain = [r for r in check["rows"] if r["plain"]]
+    assert {r["name"] for r in plain} == set(plain_spacings(path, 4))
+    assert all(r["seeds"] == "eval 2,3" and len(r["values"]) == 2 for r in check["rows"])
+    # 2 probe calls + 4 converged solutions (fit 0, val 1, eval 2, 3) x 40 steps + the search + 14 check rows x 2 seeds x NFE 4
+    assert counter.calls == 2 + 4 * 40 + budget["nfe_used"] + (1 + len(plain)) * 2 * 4
+    # common random numbers make the check reproducible: re-scoring the tuned schedule gives the recorded value
+    base = resolve_base("skipstep-ddim-o2")
+    target, _ = ode_solution(gmm, 3, 96, 40, 96, root=tmp_path)
+    x = draw_samples(gmm, gmm.model, s.timesteps, s.eta, base, CommonNoise(3, 96, (1, 8, 8)), batch_size=96)
+    d = float(((x - target) ** 2).flatten(1).mean(1).sqrt().mean())
+    assert check["rows"][0]["name"] == "tuned" and check["rows"][0]["values"][1] == pytest.approx(d, rel=1e-6)
+    assert check["tuned_wins"] == (check["tuned"] < min(r["mean"] for r in plain))
 
 
-def test_sliced_wasserstein_without_a_feature_network(gmm, tmp_path):
+def test_distribution_objective_for_a_stochastic_base(gmm, tmp_path):
     spec = dataclasses.replace(gmm, feature_fn=None)
-    s = tune_schedule(spec, 3, "skipstep-ddim", num_samples=48, batch_size=48, budget_nfe=30, cache_dir=tmp_path,
-                      search_eta=False)
-    assert s.metric == "sw" and s.eta == [0.0, 0.0, 0.0]
-    assert s.provenance["objective"]["tuned"] <= s.provenance["objective"]["uniform_trailing"]
+    s = tune_schedule(spec, 3, "skipstep-linear", num_samples=48, batch_size=48, budget_nfe=60, cache_dir=tmp_path,
+                      reference_steps=30)
+    assert s.metric == "pixel-fd" and s.provenance["objective"]["eta_searched"]
+    assert s.provenance["reference"]["seed"] == 1_000_003  # independent of every sampler seed
+    obj = s.provenance["objective"]
+    assert obj["tuned"] <= obj["best_start"]["value"] <= min(obj["starts"].values()) + 1e-8
+    reference, _ = ode_solution(spec, 1_000_003, 48, 30, 48, root=tmp_path)
+    x = draw_samples(spec, spec.model, s.timesteps, s.eta, resolve_base("skipstep-linear"), CommonNoise(0, 48, (1, 8, 8)),
+                     batch_size=48)
+    assert DistributionObjective("pixel-fd", spec, reference)(x) == pytest.approx(s.provenance["objective"]["tuned"],
+                                                                                rel=1e-6)
+    with pytest.raises(ValueError, match="--objective paired needs a deterministic base"):
+        tune_schedule(spec, 3, "skipstep-linear", objective="paired", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="--objective fd needs the model's feature network"):
+        tune_schedule(spec, 3, "skipstep-linear", objective="fd", cache_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -304,24 +306,6 @@ def test_tuned_sampler_in_the_bench(gmm, tmp_path):
     with pytest.raises(SamplerError, match="fingerprint 0000"):
         run_bench(BenchConfig(model="tune-gmm", samplers=[f"tuned:{other}"], nfes=[4], seeds=[0], num_samples=8,
                               out=tmp_path / "bench2", progress=False), log=None)
-
-
-def test_cli_tune_writes_the_schedule_and_prints_the_table(tmp_path, capsys):
-    out = tmp_path / "s.json"
-    args = ["tune", "--model", "tune-gmm", "--nfe", "3", "--base", "skipstep-ddim", "--num-samples", "48",
-            "--fit-seeds", "0", "--eval-seeds", "1,2", "--budget-nfe", "24", "--budget-minutes", "1",
-            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
-    assert cli.main(args + ["--eval-reference-seed", "7"]) == 0
-    text = capsys.readouterr().out
-    assert "| tuned |" in text and "| uniform (trailing) |" in text and "| log-SNR |" in text
-    assert "seed 7" in text and "Floor" in text
-    s = load_schedule(out, model_fingerprint=load_model("tune-gmm").fingerprint, nfe=3)
-    assert s.provenance["budget"]["nfe_used"] <= 24
-    assert cli.main(args) == 2
-    assert "already exists" in capsys.readouterr().err
-    assert cli.main(args[:-7] + ["--budget-nfe", "2", "--budget-minutes", "1", "--out", str(tmp_path / "x.json")]
-                    + ["--cache-dir", str(tmp_path / "cache")]) == 2
-    assert "cannot pay for one candidate" in capsys.readouterr().err
 
 
 def test_shipped_schedules_are_valid():

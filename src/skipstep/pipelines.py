@@ -29,6 +29,8 @@ from diffusers import DiTPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .tuned_schedules import TunedSchedule
+
 LEARNED_VARIANCE_TYPES = ("learned_range", "learned")
 
 
@@ -75,6 +77,9 @@ class LearnedVarianceDiTPipeline(DiTPipeline):
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(device) * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        tuned = getattr(self.scheduler, "config", {}).get("tuned_schedule")
+        if tuned:  # a schedule tuned at another guidance scale warns (TunedScheduleWarning)
+            TunedSchedule.from_dict(tuned, source="(scheduler config)").check_guidance(guidance_scale)
         cfg = guidance_scale > 1
         labels = torch.tensor(class_labels, device=device).reshape(-1)
         if cfg:

@@ -21,13 +21,20 @@ left at their defaults are replaced by the schedule's values (the scheduler rewr
 ``save_config`` tells the truth); a non-default value that contradicts the schedule is refused with the reason, as is
 an explicit ``timesteps=`` list, a step count other than the schedule's NFE, or a model / chain length other than
 the one it was tuned for (model fingerprint, ``num_train_timesteps``).
+
+Guidance. A schedule tuned on a class-conditional model records the classifier-free guidance scale it was tuned at
+(``guidance_scale``; ``None``: an unconditional model, or a file older than the field). Using it at another scale
+is allowed -- guidance changes the denoiser, not the chain -- but :meth:`TunedSchedule.check_guidance` warns
+(:class:`TunedScheduleWarning`): the schedule was fitted for the other scale's model.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +60,10 @@ class TunedScheduleError(ValueError):
     names the file and says why)."""
 
 
+class TunedScheduleWarning(UserWarning):
+    """A tuned schedule is used at a guidance scale other than the one it was tuned at."""
+
+
 def _jsonable(obj):
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
@@ -72,8 +83,10 @@ class TunedSchedule:
     """A tuned few-step schedule for one model (``model_fingerprint``), one chain (``num_train_timesteps``) and one
     base sampler (``solver_order``, ``variance_type``): ``timesteps`` strictly descending (one model evaluation
     each, so ``nfe = len(timesteps)``) and ``eta`` (one per step, in [0, 1]; the last step's is unused: it goes to
-    clean data). ``metric`` is the objective it minimised on ``fit_seeds``; ``provenance`` records how it was
-    made (sample counts, reference, objective before/after, search history, budget, date, versions)."""
+    clean data). ``metric`` is the objective it minimised on ``fit_seeds``; ``guidance_scale`` the classifier-free
+    guidance scale of a class-conditional model it was tuned at (``None``: unconditional); ``provenance`` records
+    how it was made (sample counts, reference, objective before/after, search history, the final check, budget,
+    date, versions)."""
 
     timesteps: list[int]
     eta: list[float]
@@ -84,6 +97,7 @@ class TunedSchedule:
     model_fingerprint: str | None = None
     metric: str = "fd"
     fit_seeds: list[int] = field(default_factory=list)
+    guidance_scale: float | None = None
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -135,6 +149,12 @@ class TunedSchedule:
         if not isinstance(self.fit_seeds, (list, tuple)) or not all(_is_int(s) for s in self.fit_seeds):
             raise TunedScheduleError(f"fit_seeds must be a list of integers, got {self.fit_seeds!r}")
         self.fit_seeds = [int(s) for s in self.fit_seeds]
+        if self.guidance_scale is not None:
+            w = self.guidance_scale
+            if isinstance(w, bool) or not isinstance(w, (int, float, np.floating, np.integer)) or not (
+                    math.isfinite(float(w)) and float(w) >= 0):
+                raise TunedScheduleError(f"guidance_scale must be null or a finite number >= 0, got {w!r}")
+            self.guidance_scale = float(w)
         if not isinstance(self.provenance, dict):
             raise TunedScheduleError("provenance must be a dict")
 
@@ -202,6 +222,18 @@ class TunedSchedule:
                 f"{where} was tuned for NFE={self.nfe}, but NFE={int(nfe)} was asked: a tuned schedule runs at "
                 "exactly the NFE it was tuned for (tune another one for this NFE)")
         return self
+
+    def check_guidance(self, guidance_scale: float | None, source: str | None = None) -> str | None:
+        """Warn (:class:`TunedScheduleWarning`) and return the message when the schedule is used at a guidance
+        scale other than the one it was tuned at; ``None`` when they agree or either is unknown (``None``)."""
+        if self.guidance_scale is None or guidance_scale is None or float(guidance_scale) == self.guidance_scale:
+            return None
+        where = f"tuned schedule {source}" if source else "tuned schedule"
+        message = (f"{where} was tuned at guidance scale {self.guidance_scale:g} and is used at "
+                   f"{float(guidance_scale):g}: it was fitted for the other scale (tune one with `skipstep tune "
+                   f"--guidance-scale {float(guidance_scale):g}`)")
+        warnings.warn(message, TunedScheduleWarning, stacklevel=2)
+        return message
 
     def timesteps_for(self, num_inference_steps: int | None = None, timesteps=None) -> torch.Tensor:
         """The scheduler's ``set_timesteps`` with a tuned schedule: the tuned timesteps (int64)."""
@@ -334,6 +366,7 @@ __all__ = [
     "TUNED_SCHEDULES_DIR",
     "TunedSchedule",
     "TunedScheduleError",
+    "TunedScheduleWarning",
     "load_schedule",
     "load_tuned_schedule",
     "resolve_tuned_schedule_path",

@@ -342,7 +342,7 @@ def _plan(cfg: BenchConfig, loaded: LoadedModel, samplers: list[str]) -> tuple[l
                            "timesteps")
     for name in samplers:
         recipe = get_sampler(name)
-        check_sampler_for_model(recipe, loaded.fingerprint, T)
+        check_sampler_for_model(recipe, loaded.fingerprint, T, _guidance_scales(cfg, loaded))
         reason = sampler_refusal(recipe, loaded)
         if reason is not None:
             raise SamplerError(f"--samplers {name}: it cannot sample model {loaded.name!r} ({loaded.regime_text}): "

@@ -377,7 +377,9 @@ def _generate(cfg: GenerateConfig, ctx: DistContext, device: str, log: Callable[
     for note in loaded.notes:
         say(f"note: {note}")
     sampler = get_sampler(cfg.sampler)
-    check_sampler_for_model(sampler, loaded.fingerprint, loaded.num_train_timesteps)
+    for note in check_sampler_for_model(sampler, loaded.fingerprint, loaded.num_train_timesteps,
+                                        [loaded.guidance_scale]):
+        say(f"warning: {note}")
     if sampler_refusal(sampler, loaded) is not None:
         raise SamplerError(f"--sampler {cfg.sampler}: it cannot sample model {loaded.name!r} ({loaded.regime_text}): "
                            f"{sampler_refusal(sampler, loaded)}")

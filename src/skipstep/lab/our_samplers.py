@@ -167,7 +167,8 @@ def tuned_sampler(name: str) -> SamplerRecipe:
         settings={"class": "SkippedStepScheduler", "tuned_schedule": str(path), "timesteps": schedule.timesteps,
                   "eta": schedule.eta, "solver_order": schedule.solver_order,
                   "variance": schedule.variance_type, "model_fingerprint": schedule.model_fingerprint,
-                  "num_train_timesteps": schedule.num_train_timesteps},
+                  "num_train_timesteps": schedule.num_train_timesteps,
+                  "tuned_guidance_scale": schedule.guidance_scale},
         order_reason=f"a tuned schedule runs at exactly the NFE it was tuned for ({schedule.nfe})",
     )
 

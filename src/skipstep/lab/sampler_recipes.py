@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER
+from ..tuned_schedules import TunedScheduleWarning
 from .loaded_model import LoadedModel
 from .models import optimal_variance_table
 
@@ -146,9 +148,12 @@ def steps_for_nfe(recipe: SamplerRecipe, nfe: int, num_train_timesteps: int) -> 
     return k, recipe.nfe_of_steps(k)
 
 
-def check_sampler_for_model(recipe: SamplerRecipe, model_fingerprint: str, num_train_timesteps: int) -> None:
+def check_sampler_for_model(recipe: SamplerRecipe, model_fingerprint: str, num_train_timesteps: int,
+                            guidance_scales: Sequence[float | None] = ()) -> list[str]:
     """Refuse a sampler made for another model (its settings name ``model_fingerprint`` / ``num_train_timesteps``,
-    as tuned schedules do)."""
+    as tuned schedules do). A tuned schedule used at a guidance scale other than the one it was tuned at
+    (``tuned_guidance_scale``) is allowed with a warning (:class:`skipstep.tuned_schedules.TunedScheduleWarning`);
+    the warnings are returned."""
     want_fp, want_T = recipe.settings.get("model_fingerprint"), recipe.settings.get("num_train_timesteps")
     if "model_fingerprint" in recipe.settings and want_fp is None:
         raise SamplerError(f"sampler {recipe.name!r} records no model fingerprint (model_fingerprint: null), so it "
@@ -160,6 +165,16 @@ def check_sampler_for_model(recipe: SamplerRecipe, model_fingerprint: str, num_t
     if want_T is not None and int(want_T) != int(num_train_timesteps):
         raise SamplerError(f"sampler {recipe.name!r} was made for T={want_T} training timesteps, but the model has "
                            f"T={num_train_timesteps}")
+    tuned_w = recipe.settings.get("tuned_guidance_scale")
+    notes = []
+    for w in dict.fromkeys(guidance_scales):
+        if tuned_w is not None and w is not None and float(w) != float(tuned_w):
+            message = (f"sampler {recipe.name!r} was tuned at guidance scale {float(tuned_w):g} and runs at "
+                       f"{float(w):g}: it was fitted for the other scale (tune one with `skipstep tune "
+                       f"--guidance-scale {float(w):g}`)")
+            warnings.warn(message, TunedScheduleWarning, stacklevel=2)
+            notes.append(message)
+    return notes
 
 
 def sampler_refusal(recipe: SamplerRecipe, loaded: LoadedModel) -> str | None:

@@ -1,14 +1,16 @@
-"""``skipstep tune``: tuned timesteps and per-step eta of a skipstep sampler for one model and one NFE.
+"""``skipstep tune``: tuned timesteps (and per-step eta) of a skipstep sampler for one model and one NFE, written only
+when they beat every plain spacing on held-out seeds.
 
-``skipstep tune --model digits --nfe 10 --base skipstep-eta0.5 --solver-order 2 --num-samples 1000 --fit-seeds 0
---eval-seeds 1,2,3 --budget-nfe 3000 --budget-minutes 5 --out digits-nfe10.json``
+``skipstep tune --model digits --nfe 10 --base skipstep-ddim-o2 --out digits-nfe10.json`` (about two minutes).
 
-:func:`tune_schedule` runs the search of :mod:`skipstep.lab.tune_search` within an NFE budget (batched network
-evaluations spent on candidates, counted) and a time budget, accepts a stage's result only if it also improves on
-validation seeds, and returns a :class:`skipstep.TunedSchedule` (the file format, :mod:`skipstep.tuned_schedules`).
-The result is the best candidate evaluated, so it is never worse (on the fit seeds) than the best starting
-spacing. A budget too small for one candidate is refused before any work. :func:`compare_schedules` scores the
-tuned schedule against the plain spacings on held-out seeds.
+:func:`tune_schedule` (1) draws the model's converged samples the objective needs
+(:mod:`skipstep.lab.tune_objectives`; cached), (2) runs the search of :mod:`skipstep.lab.tune_search` on the fit
+seeds, accepting a stage's result only if it also improves on the validation seeds, and (3) runs the final check
+of :mod:`skipstep.lab.tune_check` on the evaluation seeds: the tuned schedule against every plain spacing. It
+returns a :class:`skipstep.TunedSchedule` whose ``provenance['final_check']['tuned_wins']`` says whether the CLI
+writes it. ``budget_minutes`` bounds all three (estimated from two timed model calls before any work and refused,
+naming what it needs, when even one candidate does not fit); ``budget_nfe`` additionally caps the search's model
+calls (deterministic, for tests and reproducible runs).
 """
 
 from __future__ import annotations
@@ -20,73 +22,84 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from .. import __version__
 from ..paths import DiscreteVPPath
 from ..storage import CACHE_DIR_ENV
 from ..storage import cache_dir as default_cache_root
-from ..timesteps import select_timesteps
 from ..tuned_schedules import TunedSchedule
-from .bench_report import format_value
 from .cli_args import (HelpFormatter, OptionValueError, add_common_run_args, add_model_args, apply_threads,
                        check_device, check_seed, model_options, positive_int, seed_list)
 from .models import apply_clip_mode, load_model
 from .run_dirs import RunDirectoryError, check_writable_dir, check_writable_file, remove_stale_temp_files
-from .sample_sets import REFERENCE_SEED
-from .tune_search import (SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, CommonNoise, Objective, Search, StageLimit,
-                          base_names, coordinate_stage, draw_samples, reference_samples, resolve_base, smooth_stage,
-                          is_better, spacing_starts)
+from .sample_sets import REFERENCE_SEED, reference_cache_dir
+from .tune_check import NO_IMPROVEMENT_EXIT, check_rows, decision_line, final_check, format_check, seeds_text
+from .tune_objectives import (DEFAULT_NUM_SAMPLES, DEFAULT_REFERENCE_STEPS, OBJECTIVES, REFERENCE_KINDS,
+                              DistributionObjective, PairedObjective, check_objective, ode_cached, ode_solution,
+                              reference_set)
+from .tune_search import (DEFAULT_MIN_GAP, SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, CommonNoise, GapRule,
+                          Search, StageLimit, base_names, coordinate_stage, is_better, nearest_family_member,
+                          plain_spacings, resolve_base, smooth_stage)
 
-#: Validation seeds by default (the smallest seeds not used for fitting, evaluation or the references).
-DEFAULT_NUM_VAL_SEEDS = 2
+DEFAULT_BUDGET_MINUTES = 2.0
+DEFAULT_FIT_SEEDS, DEFAULT_VAL_SEEDS, DEFAULT_EVAL_SEEDS = (0,), (1,), (2, 3)
 
 
 def _time_one_call(loaded, batch: int, device: str) -> float:
-    """Seconds of one model call on a batch of ``batch`` noise samples (the budget check's estimate)."""
+    """Seconds of one model call on a batch of ``batch`` noise samples (after one untimed warm-up call)."""
     x = torch.randn((batch, *loaded.sample_shape)).to(device)
     t = torch.full((batch,), loaded.num_train_timesteps // 2, dtype=torch.int64, device=device)
-    t0 = time.perf_counter()
-    loaded.model_for_batch(range(batch))(x, t)
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    model = loaded.model_for_batch(range(batch))
+    seconds = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        model(x, t)
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - t0)
+    return seconds[-1]
 
-def _check_seeds(fit_seeds, eval_seeds, reference_seed):
-    fit, ev = [int(s) for s in fit_seeds], [int(s) for s in eval_seeds]
+def _check_seeds(fit, val, ev, reserved: set[int]):
+    fit, val, ev = ([int(s) for s in dict.fromkeys(x)] for x in (fit, val, ev))
     if not fit:
         raise ValueError("--fit-seeds: give at least one fit seed")
-    overlap = sorted(set(fit) & set(ev))
-    if overlap:
-        raise ValueError(f"--eval-seeds must be held out: {overlap} are also --fit-seeds")
-    if reference_seed in fit + ev:
-        raise ValueError(f"seed {reference_seed} is the reference set's seed; choose other fit/eval seeds")
-    return list(dict.fromkeys(fit)), list(dict.fromkeys(ev))
+    if not ev:
+        raise ValueError("--eval-seeds: give at least one evaluation seed (the final check runs on them)")
+    for name, a, b in (("--val-seeds", val, fit), ("--eval-seeds", ev, fit), ("--eval-seeds", ev, val)):
+        if set(a) & set(b):
+            raise ValueError(f"{name} must be held out: {sorted(set(a) & set(b))} are also "
+                             f"{'--fit-seeds' if b is fit else '--val-seeds'}")
+    clash = sorted(set(fit + val + ev) & reserved)
+    if clash:
+        raise ValueError(f"--fit-seeds/--val-seeds/--eval-seeds: seed(s) {clash} are reference seeds; choose others")
+    return fit, val, ev
 
-def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, solver_order: int | None = None,
-                  variance_type: str | None = None, eta=None, num_samples: int = 1000,
-                  fit_seeds: Sequence[int] = (0,), eval_seeds: Sequence[int] = (),
-                  val_seeds: Sequence[int] | None = None, budget_nfe: int = 2000,
-                  budget_minutes: float = 5.0, metric: str | None = None, num_reference: int | None = None,
-                  reference_seed: int | None = None, cache_dir: str | Path | None = None, batch_size: int = 500,
-                  device: str = "cpu", search_eta: bool = True, clip: str = "model",
-                  eval_reference_seed: int | None = None, progress: bool = False,
+def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *, solver_order: int | None = None,
+                  variance_type: str | None = None, eta=None, objective: str | None = None,
+                  reference: str = "ode", reference_steps: int | None = None,
+                  num_samples: int | None = None, fit_seeds: Sequence[int] = DEFAULT_FIT_SEEDS,
+                  val_seeds: Sequence[int] = DEFAULT_VAL_SEEDS, eval_seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
+                  budget_nfe: int | None = None, budget_minutes: float = DEFAULT_BUDGET_MINUTES,
+                  min_gap: float = DEFAULT_MIN_GAP, num_reference: int | None = None,
+                  reference_seed: int | None = None, eval_reference_seed: int | None = None,
+                  cache_dir: str | Path | None = None, batch_size: int = 500, device: str = "cpu",
+                  search_eta: bool = True, clip: str = "model", progress: bool = False,
                   log: Callable[[str], None] | None = None, guidance_scale: float | None = None) -> TunedSchedule:
-    """Search the timesteps and per-step eta of ``base`` at ``nfe`` for ``loaded`` (a LoadedModel or a model name);
-    see the module docstring. ``budget_nfe`` counts batched model calls spent on candidates (one candidate costs
-    ``nfe * ceil(num_samples / batch_size) * len(fit_seeds)``); ``budget_minutes`` bounds the search's wall time
-    (the cached reference and the held-out comparison come on top and are reported separately). With
-    ``eval_seeds`` the tuned schedule is compared on those held-out seeds with the trailing, quadratic and log-SNR
-    spacings (same base sampler) and the table is stored in ``provenance['heldout']``. ``clip``: x0 clipping as
-    the benchmark's ``--clip`` (``model``: the model's scheduler config; ``on``; ``off``). ``eval_reference_seed``:
-    score the held-out comparison against a second, independent reference set drawn with this seed (so neither
-    the sampler noise nor the reference set of the fit is reused), and record the finite-sample floor -- the
-    distance between the two reference sets. ``guidance_scale``: a class-conditional model is tuned at that
-    classifier-free guidance scale (default 1), its sample ``i`` asking for label ``real_labels[i mod K]``."""
+    """Search the timesteps (and, for distribution objectives, the per-step eta) of ``base`` at ``nfe`` for
+    ``loaded`` (a LoadedModel or a model name), then check the result on ``eval_seeds`` against every plain
+    spacing; see the module docstring. ``objective``: ``None`` (``paired`` for a deterministic base, else
+    ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd`` (:mod:`skipstep.lab.tune_objectives`);
+    ``reference``: the distribution objectives' reference set (``ode`` or ``ancestral``); ``min_gap``: the gap
+    rule of :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the converged solution
+    (default ``min(200, T)``). ``guidance_scale``: a class-conditional model is tuned at
+    that classifier-free guidance scale (default 1), sample ``i`` asking for label ``real_labels[i mod K]``; the
+    scale is recorded in the schedule. ``eval_reference_seed`` (distribution objectives): score the check against
+    a second reference set of that seed and record the floor (the two reference sets' distance)."""
     log = log or (lambda msg: None)
+    t_begin = time.perf_counter()
     if isinstance(loaded, str):
         loaded = load_model(loaded, device=device)
     if loaded.regime != "vp":
@@ -97,102 +110,126 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
     base = resolve_base(base, solver_order, variance_type, eta)
     T = loaded.num_train_timesteps
     if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= T:
-        raise ValueError(f"nfe must be an integer in [1, {T}], got {nfe!r}")
+        raise ValueError(f"--nfe must be an integer in [1, {T}], got {nfe!r}")
     base_eta = base.eta_list(nfe)
-    if int(num_samples) < 4:
-        raise ValueError(f"num_samples must be >= 4, got {num_samples}")
+    deterministic = all(e == 0 for e in base_eta[:-1])
+    base_text = f"base {base.name} (eta {base.eta})"
+    objective = check_objective(objective, deterministic, loaded.feature_fn is not None, base_text)
+    paired = objective == "paired"
+    if paired:
+        search_eta = False  # eta > 0 would make the sampler stochastic: the paired distance would be meaningless
+    if reference not in REFERENCE_KINDS:
+        raise ValueError(f"--reference must be one of {', '.join(REFERENCE_KINDS)}, got {reference!r}")
+    reference_steps = min(DEFAULT_REFERENCE_STEPS, T) if reference_steps is None else reference_steps
+    low = min(2 * nfe, T)
+    if isinstance(reference_steps, bool) or not isinstance(reference_steps, int) or not low <= reference_steps <= T:
+        raise ValueError(f"--reference-steps must be an integer in [{low}, {T}] (at least twice --nfe, at most T), "
+                         f"got {reference_steps!r}")
+    num_samples = int(num_samples or DEFAULT_NUM_SAMPLES[objective])
+    if num_samples < 4:
+        raise ValueError(f"--num-samples must be >= 4, got {num_samples}")
     if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    num_samples, batch_size = int(num_samples), int(batch_size)
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    batch_size = int(batch_size)
     if num_reference is not None and int(num_reference) < 4:
         raise ValueError(f"--num-reference must be >= 4 (the reference set's size), got {num_reference}")
+    num_reference = int(num_reference or num_samples)
     reference_seed = REFERENCE_SEED if reference_seed is None else int(reference_seed)
-    fit_seeds, eval_seeds = _check_seeds(fit_seeds, eval_seeds, reference_seed)
-    if eval_reference_seed is not None:
-        eval_reference_seed = int(eval_reference_seed)
-        if eval_reference_seed in fit_seeds + eval_seeds + [reference_seed]:
-            raise ValueError(f"eval_reference_seed={eval_reference_seed} must differ from the fit, eval and "
-                             f"reference seeds")
-    taken = set(fit_seeds + eval_seeds + [reference_seed, eval_reference_seed])
-    if val_seeds is None:
-        val_seeds = [s for s in range(len(taken) + 2) if s not in taken][:DEFAULT_NUM_VAL_SEEDS]
-    val_seeds = list(dict.fromkeys(int(s) for s in val_seeds))
-    if taken & set(val_seeds):
-        raise ValueError(f"--val-seeds {sorted(taken & set(val_seeds))} are also fit, eval or reference seeds")
-    metric = metric or ("fd" if loaded.feature_fn is not None else "sw")
-    if metric not in ("fd", "sw") or (metric == "fd" and loaded.feature_fn is None):
-        raise ValueError(f"metric must be 'sw' or (with a feature network) 'fd'; got {metric!r} for {loaded.name!r}")
+    if eval_reference_seed is not None and paired:
+        raise ValueError("--eval-reference-seed applies to the distribution objectives (pixel-fd, sw, fd); the "
+                         "paired objective scores each evaluation seed against its own converged solution")
+    reserved = set() if paired else {reference_seed} | ({int(eval_reference_seed)} if eval_reference_seed is not None
+                                                        else set())
+    fit_seeds, val_seeds, eval_seeds = _check_seeds(fit_seeds, val_seeds, eval_seeds, reserved)
+    if not budget_minutes > 0:
+        raise ValueError(f"--budget-minutes must be > 0, got {budget_minutes}")
+    gap_rule = GapRule(DiscreteVPPath.from_config(loaded.scheduler_config), nfe, min_gap)
+    path = DiscreteVPPath.from_config(loaded.scheduler_config)
+    plain = plain_spacings(path, nfe, int(loaded.scheduler_config.get("steps_offset", 0) or 0))
+    rows = check_rows(plain, plain[next(iter(plain))], base_eta, base_eta)  # the check's size (+1 if eta differs)
+    n_rows = len(rows) + (1 if search_eta else 0)
     # -- budgets: refuse before any work ------------------------------------------------------------------------
     batches = math.ceil(num_samples / batch_size)
     cost = nfe * batches * len(fit_seeds)
-    # the search keeps two validations in reserve before it evaluates a candidate (tune_search.Search)
-    reserve = 2 * nfe * batches * len(val_seeds)
-    if budget_nfe < cost + reserve:
+    reserve = 2 * nfe * batches * len(val_seeds)  # the search keeps two validations in reserve (tune_search.Search)
+    if budget_nfe is not None and budget_nfe < cost + reserve:
         raise ValueError(f"--budget-nfe {budget_nfe} cannot pay for one candidate: it needs at least "
                          f"{cost + reserve} NFE (a candidate costs {cost}: nfe {nfe} x {batches} batches x "
                          f"{len(fit_seeds)} fit seed(s); plus {reserve} kept for two validations on "
                          f"{len(val_seeds)} validation seed(s))")
-    if not budget_minutes > 0:
-        raise ValueError(f"--budget-minutes must be > 0, got {budget_minutes}")
     per_call = _time_one_call(loaded, min(batch_size, num_samples), device)
-    estimate = cost * per_call
-    needed = (cost + reserve) * per_call
+    if paired:
+        todo = [s for s in fit_seeds + val_seeds + eval_seeds
+                if not ode_cached(loaded, s, num_samples, reference_steps, batch_size, cache_dir)]
+        reference_calls = len(todo) * reference_steps * batches
+    else:
+        ref_seeds = [reference_seed] + ([int(eval_reference_seed)] if eval_reference_seed is not None else [])
+        ref_batches = math.ceil(num_reference / batch_size)
+        if reference == "ode":
+            todo = [s for s in ref_seeds if not ode_cached(loaded, s, num_reference, reference_steps, batch_size,
+                                                           cache_dir)]
+            reference_calls = len(todo) * reference_steps * ref_batches
+        else:
+            todo = [s for s in ref_seeds if not (reference_cache_dir(loaded, num_reference, s, batch_size, cache_dir)
+                                                 / "reference" / "reference.json").is_file()]
+            reference_calls = len(todo) * T * ref_batches * (0 if loaded.reference is not None else 1)
+    check_calls = n_rows * nfe * batches * len(eval_seeds)
+    fixed_seconds = (reference_calls + check_calls) * per_call
+    needed = fixed_seconds + (cost + reserve) * per_call
     if budget_minutes * 60 < needed:
-        raise ValueError(f"--budget-minutes {budget_minutes} cannot pay for one candidate: one model call took "
-                         f"{per_call:.3g} s, so one candidate and its validation reserve ({cost + reserve} calls) "
-                         f"need about {needed:.3g} s")
-    # -- reference, objective, common random numbers ------------------------------------------------------------
+        raise ValueError(f"--budget-minutes {budget_minutes:g} cannot pay for one candidate: one model call took "
+                         f"{per_call:.3g} s, so the converged samples not yet cached ({reference_calls} calls), the "
+                         f"final check ({check_calls} calls) and one candidate with its validation reserve "
+                         f"({cost + reserve} calls) need about {needed / 60:.3g} min")
+    # -- converged samples, objective, common random numbers ----------------------------------------------------
     t_ref = time.perf_counter()
-    num_reference = int(num_reference or num_samples)
-    log(f"reference: {num_reference} samples (seed {reference_seed}), cached under "
-        f"{Path(cache_dir or default_cache_root()) / 'references'}")
-    reference, ref_meta = reference_samples(loaded, num_reference, reference_seed, cache_dir, batch_size, device,
-                                            progress)
-    objective = Objective(loaded, reference, metric)
+    ref_info: dict = {}
+    eval_objective, floor = None, None
+    if paired:
+        targets = {s: ode_solution(loaded, s, num_samples, reference_steps, batch_size, device, cache_dir, log)[0]
+                   for s in fit_seeds + val_seeds + eval_seeds}
+        fit_objective = eval_objective = PairedObjective(targets)
+        ref_info = {"source": f"{reference_steps}-step deterministic order-2 solution from each seed's own x_T",
+                    "steps": reference_steps, "cache": str(Path(cache_dir or default_cache_root()) / "tune-references")}
+    else:
+        ref, meta = reference_set(loaded, reference, num_reference, reference_seed, reference_steps, batch_size,
+                                  device, cache_dir, progress, log)
+        fit_objective = eval_objective = DistributionObjective(objective, loaded, ref)
+        ref_info = {k: meta.get(k) for k in ("source", "num_samples", "seed", "cache")}
+        if eval_reference_seed is not None:
+            ref2, meta2 = reference_set(loaded, reference, num_reference, int(eval_reference_seed), reference_steps,
+                                        batch_size, device, cache_dir, progress, log)
+            eval_objective = DistributionObjective(objective, loaded, ref2)
+            floor = eval_objective(ref)  # two independent sets of the reference distribution
     reference_seconds = time.perf_counter() - t_ref
     noises = [CommonNoise(s, num_samples, loaded.sample_shape) for s in fit_seeds]
     val_noises = [CommonNoise(s, num_samples, loaded.sample_shape) for s in val_seeds]
-    path = DiscreteVPPath.from_config(loaded.scheduler_config)
-    search = Search(loaded, base, objective, noises, batch_size, device, int(budget_nfe), 60.0 * budget_minutes,
-                     estimate, log, val_noises)
+    eval_noises = [CommonNoise(s, num_samples, loaded.sample_shape) for s in eval_seeds]
+    search_seconds_budget = budget_minutes * 60 - (time.perf_counter() - t_begin) - check_calls * per_call
+    search = Search(loaded, base, fit_objective, noises, batch_size, device, budget_nfe, search_seconds_budget,
+                    cost * per_call, log, val_noises, gap_rule, objective)
+    # -- stage 1: the plain spacings ----------------------------------------------------------------------------
     stages: list[dict] = []
-    starts = spacing_starts(path, nfe)
     start_values: dict[str, float] = {}
-    accepted: dict | None = None  # the current result: a best start, then stage results the validation confirmed
-    log(f"stage 1: the library's spacings with the base eta ({base.name}, order {base.solver_order})")
+    log(f"stage 1: the library's {len(plain)} plain spacings with the base eta ({base.name}, order "
+        f"{base.solver_order}); objective {objective}")
     stopped = False
     try:
-        for name, (ts, _) in starts.items():
-            start_values[name] = search(ts, base_eta, label=name)
-            if accepted is None or start_values[name] < accepted["f"]:
-                accepted = {"ts": list(ts), "eta": list(base_eta), "f": start_values[name], "from": name}
+        for name, ts in plain.items():
+            start_values[name] = search(ts, base_eta, label=name, check_gap=False)
     except BudgetExhausted:
         stopped = True
-    start_val: dict[str, float] = {}
-    if val_noises and not stopped and len(start_values) > 1:
-        # choose the start on the fit and validation seeds together: one seed's noise can reorder close spacings
-        try:
-            for name, (ts, _) in starts.items():
-                start_val[name] = search.validate(ts, base_eta)
-        except BudgetExhausted:
-            start_val = {}
-        if start_val:
-            k_fit, k_val = len(noises), len(val_noises)
-            pooled = {n: (k_fit * start_values[n] + k_val * start_val[n]) / (k_fit + k_val) for n in start_val}
-            name = min(pooled, key=pooled.get)
-            accepted = {"ts": list(starts[name][0]), "eta": list(base_eta), "f": start_values[name], "from": name}
-            log(f"  best start on fit + validation seeds: {name} ({metric} {pooled[name]:.5g})")
-    if accepted is None:  # the machine slowed down after the budget check: not even one candidate fitted
-        raise ValueError(f"--budget-minutes {budget_minutes} / --budget-nfe {budget_nfe}: the search could not "
+    if not start_values:
+        raise ValueError(f"--budget-minutes {budget_minutes:g} / --budget-nfe {budget_nfe}: the search could not "
                          f"evaluate a single candidate (stopped by the {search.stopped_by}); raise the budget")
-    chosen_start = accepted["from"]
-    stages.append({"stage": "spacings", "candidates": len(search.memo), "best": accepted["f"],
-                   "note": f"stopped by the {search.stopped_by}" if stopped else f"best: {chosen_start}"
-                   + (" (fit + validation seeds)" if start_val else "")})
+    chosen_start = min(start_values, key=start_values.get)
+    accepted = {"ts": list(plain[chosen_start]), "eta": list(base_eta), "f": start_values[chosen_start],
+                "from": chosen_start}
+    stages.append({"stage": "plain spacings", "candidates": len(search.memo), "best": accepted["f"],
+                   "note": f"stopped by the {search.stopped_by}" if stopped else f"best: {chosen_start}"})
 
     def gate(stage: str, result: dict) -> str:
-        """Accept a stage's result if it beats the accepted one on the fit seeds and (when there are validation
-        seeds) on the validation seeds too -- a guard against fitting the fit seeds' noise."""
+        """Accept a stage's result if it beats the accepted one on the fit seeds and on the validation seeds."""
         nonlocal accepted
         if not result or not is_better(result["f"], accepted["f"]):
             return "no improvement on the fit seeds"
@@ -202,27 +239,24 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
                                                                                              accepted["eta"])
             except BudgetExhausted:
                 return "not accepted: no budget left to validate it"
-            log(f"  validation {metric}: {v_old:.5g} (kept) vs {v_new:.5g} ({stage})")
+            log(f"  validation {objective}: {v_old:.5g} (kept) vs {v_new:.5g} ({stage})")
             if not is_better(v_new, v_old):
-                return f"rejected: validation {metric} {v_new:.5g} >= {v_old:.5g} (fit gain did not transfer)"
+                return f"rejected: validation {objective} {v_new:.5g} >= {v_old:.5g} (fit gain did not transfer)"
             accepted = {**result, "from": stage, "val": v_new}
-            return f"accepted (validation {metric} {v_old:.5g} -> {v_new:.5g})"
+            return f"accepted (validation {objective} {v_old:.5g} -> {v_new:.5g})"
         accepted = {**result, "from": stage}
         return "accepted"
 
-    plan = [("smooth family", SMOOTH_STAGE_SHARE), ("coordinate", None)]
-    for stage, share in plan:
+    for stage, share in (("smooth family", SMOOTH_STAGE_SHARE), ("coordinate", None)):
         if stopped:
             break
-        before = len(search.memo)
-        holder: dict = {}
+        before, holder = len(search.memo), {}
         search.limit_stage(share)
         try:
             if stage == "smooth family":
                 log("stage 2: smooth family (kappa, rho, t_start, t_end" + (", eta ramp)" if search_eta else ")"))
-                start_p = starts[accepted["from"]][1] if accepted["from"] in starts else starts["trailing"][1]
-                smooth_stage(search, path, nfe, start_p, (base_eta[0], base_eta[-2 if nfe > 1 else 0]),
-                              search_eta, base_eta, holder)
+                smooth_stage(search, path, nfe, nearest_family_member(path, accepted["ts"]),
+                             (base_eta[0], base_eta[-2 if nfe > 1 else 0]), search_eta, base_eta, holder)
             else:
                 log("stage 3: coordinate moves of single timesteps" + (" and etas" if search_eta else "")
                     + f" (from the {accepted['from']} result)")
@@ -235,11 +269,23 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
         search.limit_stage(None)
         decision = gate(stage, holder)
         log(f"  {stage}: {decision}")
-        stages.append({"stage": stage, "candidates": len(search.memo) - before,
-                       "best": holder.get("f"), "note": note, "decision": decision})
+        stages.append({"stage": stage, "candidates": len(search.memo) - before, "best": holder.get("f"),
+                       "note": note, "decision": decision})
     search_seconds = search.elapsed()
     value, ts, eta_best = accepted["f"], accepted["ts"], accepted["eta"]
-    uniform = start_values.get("trailing")
+    # -- the final check ----------------------------------------------------------------------------------------
+    t_check = time.perf_counter()
+    log(f"final check: the tuned schedule and {len(plain)} plain spacings on {seeds_text('eval seeds', eval_seeds)}")
+    check = final_check(loaded, check_rows(plain, ts, eta_best, base_eta), base, eval_noises, eval_objective,
+                        objective, batch_size, device)
+    check["reference"] = ref_info
+    check["floor"] = floor
+    check_seconds = time.perf_counter() - t_check
+    log(decision_line(check))
+    fit_rows = [{"name": name, "seeds": seeds_text("fit", fit_seeds), "timesteps": list(t_s),
+                 "eta": [round(x, 4) for x in e], "mean": v, "std": None, "plain": name != "tuned"}
+                for name, t_s, e, v in (("tuned", ts, eta_best, value),
+                                        (chosen_start, plain[chosen_start], base_eta, start_values[chosen_start]))]
     provenance = {
         "model": loaded.name,
         "model_description": loaded.description,
@@ -253,106 +299,35 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep", *, sol
         "device": device,
         "x0_clipping": clip_description,
         "noise": "common random numbers: x_T = skipstep.lab.sample_sets.initial_noise(seed); step i uses a fixed "
-                 "randn tensor per (seed, i)",
-        "reference": {k: ref_meta.get(k) for k in ("source", "num_samples", "seed", "cache")},
+                 "randn tensor per (seed, i); class-conditional sample i asks for real_labels[i mod K]",
+        "reference": ref_info,
         "objective": {
-            "metric": metric,
-            "fit_seeds": fit_seeds,
-            "starts": {k: round(v, 6) for k, v in start_values.items()},
-            "uniform_trailing": uniform,
-            "starts_validation": {k: round(v, 6) for k, v in start_val.items()},
-            "best_start": {"name": chosen_start, "value": start_values[chosen_start],
-                           "chosen_on": "fit + validation seeds" if start_val else "fit seeds"},
-            "tuned": value,
-            "validation_seeds": val_seeds,
+            "name": objective, "eta_searched": bool(search_eta), "fit_seeds": fit_seeds,
+            "starts": {k: round(v, 8) for k, v in start_values.items()},
+            "best_start": {"name": chosen_start, "value": start_values[chosen_start]},
+            "tuned": value, "validation_seeds": val_seeds,
             "validation": {"tuned": search.val_memo.get((tuple(ts), tuple(round(e, 6) for e in eta_best[:-1])))},
             "result_from": accepted["from"],
-            "relative_change_vs_uniform": (value / uniform - 1.0) if uniform else None,
+            "relative_change_vs_best_start": value / start_values[chosen_start] - 1.0
+            if start_values[chosen_start] else None,
         },
-        "search": {"stages": stages, "candidates_evaluated": len(search.memo),
-                   "validations": len(search.val_memo),
-                   "improvements": search.improvements[-40:]},
-        "budget": {"budget_nfe": int(budget_nfe), "budget_minutes": float(budget_minutes),
+        "gap_rule": {"min_gap": gap_rule.min_gap, "min_log_snr_gap": gap_rule.delta,
+                     "tuned_log_snr_gaps": [round(g, 4) for g in gap_rule.gaps(ts)]},
+        "search": {"stages": stages, "candidates_evaluated": len(search.memo), "validations": len(search.val_memo),
+                   "rejected_by_gap_rule": search.rejected_gaps, "improvements": search.improvements[-40:]},
+        "final_check": check,
+        "fit_rows": fit_rows,
+        "budget": {"budget_nfe": budget_nfe, "budget_minutes": float(budget_minutes),
                    "nfe_used": search.counter.calls, "cost_per_candidate_nfe": cost,
-                   "seconds_used": round(search_seconds, 2), "stopped_by": search.stopped_by,
-                   "estimated_seconds_per_candidate": round(estimate, 3)},
-        "timing": {"reference_seconds": round(reference_seconds, 2), "search_seconds": round(search_seconds, 2)},
+                   "search_seconds_budget": round(search_seconds_budget, 2), "seconds_used": round(search_seconds, 2),
+                   "stopped_by": search.stopped_by, "seconds_per_model_call": round(per_call, 5)},
+        "timing": {"reference_seconds": round(reference_seconds, 2), "search_seconds": round(search_seconds, 2),
+                   "check_seconds": round(check_seconds, 2),
+                   "sampling_seconds": round(time.perf_counter() - t_begin, 2)},
     }
-    schedule = TunedSchedule(timesteps=ts, eta=eta_best, nfe=nfe, num_train_timesteps=T,
-                             solver_order=base.solver_order, variance_type=base.variance_type,
-                             model_fingerprint=loaded.fingerprint, metric=metric, fit_seeds=fit_seeds,
-                             provenance=provenance)
-    log(f"search: {len(search.memo)} candidates, {search.counter.calls} NFE, {search_seconds:.1f} s "
-        f"(stopped by {search.stopped_by}); {metric} {uniform:.5g} (uniform) -> {value:.5g} (tuned)"
-        if uniform is not None else f"search: {len(search.memo)} candidates; {metric} {value:.5g}")
-    if eval_seeds:
-        t_eval = time.perf_counter()
-        eval_objective, floor = objective, None
-        ref_info = {k: ref_meta.get(k) for k in ("source", "num_samples", "seed")}
-        if eval_reference_seed is not None:
-            log(f"held-out reference: {num_reference} samples (seed {eval_reference_seed})")
-            reference2, meta2 = reference_samples(loaded, num_reference, eval_reference_seed, cache_dir, batch_size,
-                                                  device, progress)
-            eval_objective = Objective(loaded, reference2, metric)
-            floor = eval_objective(reference)  # two independent sets of the reference distribution
-            ref_info = {k: meta2.get(k) for k in ("source", "num_samples", "seed")}
-        table = compare_schedules(loaded, schedule, eval_seeds, num_samples=num_samples, base=base,
-                                  objective=eval_objective, batch_size=batch_size, device=device)
-        table["reference"] = ref_info
-        table["floor"] = floor
-        provenance["heldout"] = table
-        provenance["timing"]["heldout_seconds"] = round(time.perf_counter() - t_eval, 2)
-    return schedule
-
-def compare_schedules(loaded, schedule: TunedSchedule, eval_seeds: Sequence[int], *, num_samples: int = 1000,
-                      base: BaseSampler | None = None, objective: Objective | None = None, metric: str | None = None,
-                      num_reference: int | None = None, reference_seed: int | None = None, cache_dir=None,
-                      batch_size: int = 500, device: str = "cpu") -> dict[str, Any]:
-    """The tuned schedule against the trailing (uniform), quadratic and log-SNR spacings with the same base
-    sampler (and the tuned timesteps with the base eta, separating the two effects), on ``eval_seeds``:
-    ``{"metric", "seeds", "rows": [{"name", "timesteps", "eta", "values", "mean", "std"}]}``."""
-    if base is None:
-        b = schedule.provenance.get("base", {})
-        base = BaseSampler(b.get("name", "?"), b.get("eta", 1.0), schedule.solver_order, schedule.variance_type)
-    if objective is None:
-        reference, _ = reference_samples(loaded, int(num_reference or num_samples), reference_seed, cache_dir,
-                                         batch_size, device)
-        objective = Objective(loaded, reference, metric or schedule.metric)
-    path = DiscreteVPPath.from_config(loaded.scheduler_config)
-    n = schedule.nfe
-    base_eta = base.eta_list(n)
-    candidates = {"tuned": (schedule.timesteps, schedule.eta)}
-    if list(schedule.eta) != list(base_eta):
-        candidates["tuned timesteps, base eta"] = (schedule.timesteps, base_eta)
-    for name, label in (("trailing", "uniform (trailing)"), ("quadratic", "quadratic"), ("log_snr", "log-SNR")):
-        candidates[label] = ([int(v) for v in select_timesteps(path, n, name).tolist()], base_eta)
-    rows = []
-    noises = [CommonNoise(s, num_samples, loaded.sample_shape) for s in eval_seeds]
-    for name, (ts, eta) in candidates.items():
-        values = [objective(draw_samples(loaded, None, ts, eta, base, nz, batch_size, device)) for nz in noises]
-        rows.append({"name": name, "timesteps": list(ts), "eta": [round(e, 4) for e in eta], "values": values,
-                     "mean": float(np.mean(values)),
-                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0})
-    return {"metric": objective.metric, "seeds": list(eval_seeds), "num_samples": num_samples, "rows": rows}
-
-def format_comparison(table: dict[str, Any]) -> str:
-    """The held-out comparison as a Markdown table."""
-    metric = {"fd": "FD vs reference (classifier features)", "sw": "sliced W2 vs reference"}.get(table["metric"],
-                                                                                               table["metric"])
-    lines = [f"{metric}, mean ± std over held-out seeds {table['seeds']} ({table['num_samples']} samples each; "
-             "lower is better)", "", "| schedule | timesteps | eta | " + table["metric"] + " |", "|---|---|---|---:|"]
-    for r in table["rows"]:
-        eta = r["eta"][:-1]
-        eta_txt = f"{eta[0]:g}" if len(set(eta)) <= 1 and eta else ",".join(f"{e:g}" for e in eta)
-        lines.append(f"| {r['name']} | {','.join(str(t) for t in r['timesteps'])} | {eta_txt} | "
-                     f"{format_value(r['mean'], r['std'])} |")
-    ref = table.get("reference")
-    if ref:
-        lines += ["", f"Scored against: {ref.get('source')}, {ref.get('num_samples')} samples, seed {ref.get('seed')}."]
-    if table.get("floor") is not None:
-        lines.append(f"Floor (an independent set of the reference distribution, same size, against it): "
-                     f"{format_value(table['floor'])}.")
-    return "\n".join(lines)
+    return TunedSchedule(timesteps=ts, eta=eta_best, nfe=nfe, num_train_timesteps=T, solver_order=base.solver_order,
+                         variance_type=base.variance_type, model_fingerprint=loaded.fingerprint, metric=objective,
+                         fit_seeds=fit_seeds, guidance_scale=loaded.guidance_scale, provenance=provenance)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -367,24 +342,43 @@ def _seed_list_or_none(text: str) -> list[int]:
     except OptionValueError as err:
         raise OptionValueError(f"{err} (or 'none')") from None
 
+def _budget_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionValueError(f"expected a number of minutes > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise OptionValueError(f"expected a number of minutes > 0, got {text!r}")
+    return value
+
+def _min_gap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionValueError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise OptionValueError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
-        "tune", help="tune the timesteps and per-step eta of a skipstep sampler for one model and NFE",
-        description="Search the timestep subsequence and per-step eta schedule of a skipstep sampler that minimise "
-                    "the Fréchet distance (classifier features; sliced W2 without a feature network) to the "
-                    "model's own 1000-step samples on --fit-seeds, within --budget-nfe and --budget-minutes; "
-                    "compare it on --eval-seeds with trailing, quadratic and log-SNR spacing, print the table and "
-                    "the schedule, then write the schedule JSON (use it with `skipstep bench --samplers "
-                    "tuned:FILE.json`, skipstep.sample(..., tuned_schedule=FILE) or "
-                    "SkippedStepScheduler(tuned_schedule=...)). --out and the cache are checked writable before "
-                    "any work.",
+        "tune", help="tune the timesteps (and per-step eta) of a skipstep sampler for one model and NFE",
+        description="Search the timesteps (and, for stochastic bases, the per-step eta) of a skipstep sampler "
+                    "for one model and NFE on --fit-seeds, then check the result on held-out --eval-seeds "
+                    "against every plain spacing of the library; write the schedule JSON only if it beats the "
+                    f"best of them (else exit {NO_IMPROVEMENT_EXIT}, writing nothing). Objective: the paired "
+                    "distance to the model's own converged solution from the same x_T (deterministic bases) or "
+                    "the pixel Fréchet distance to converged samples (stochastic bases); no feature network. "
+                    "--budget-minutes bounds everything the command samples. Use the file with `skipstep bench "
+                    "--samplers tuned:FILE.json`, skipstep.sample(..., tuned_schedule=FILE) or "
+                    "SkippedStepScheduler(tuned_schedule=...).",
         formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="gmm, digits, a zoo model, or a path to a local diffusers "
                    "directory (required)")
     add_model_args(p)
     p.add_argument("--nfe", type=positive_int, required=True,
                    help="network evaluations (= steps) of the schedule (required)")
-    p.add_argument("--base", default="skipstep",
+    p.add_argument("--base", default="skipstep-ddim",
                    help="the skipstep sampler to tune (its eta is the start): " + ", ".join(base_names()))
     p.add_argument("--solver-order", type=int, default=None, choices=(1, 2, 3),
                    help="multistep order (default: the base sampler's own order)")
@@ -392,33 +386,46 @@ def add_subcommand(subparsers) -> None:
                    help="noise variance (default: the base sampler's, small for every shipped base)")
     p.add_argument("--eta", default=None,
                    help="override the base's starting eta: a number or a schedule string (default: the base's eta)")
-    p.add_argument("--no-eta-search", action="store_true", help="keep the base eta; tune the timesteps only")
-    p.add_argument("--num-samples", type=positive_int, default=1000,
-                   help="samples per candidate (and per eval seed; at least 4)")
-    p.add_argument("--fit-seeds", type=seed_list, default=[0], help="seeds the objective is averaged over")
-    p.add_argument("--eval-seeds", type=seed_list, default=[1, 2, 3], help="held-out seeds of the comparison")
-    p.add_argument("--val-seeds", type=_seed_list_or_none, default=None,
-                   help="seeds a stage's result must also improve on to be accepted (guards against fitting the "
-                        "fit seeds' noise; 'none' disables the check). Default: the two smallest seeds not used "
-                        "elsewhere")
-    p.add_argument("--budget-nfe", type=positive_int, default=2000, help="batched model calls the search may spend")
-    p.add_argument("--budget-minutes", type=float, default=5.0, help="wall time the search may spend")
-    p.add_argument("--metric", default=None, choices=("fd", "sw"), help="objective (default: fd if the model has "
-                   "a feature network, else sw)")
+    p.add_argument("--no-eta-search", action="store_true", help="keep the base eta; tune the timesteps only "
+                   "(always so with --objective paired)")
+    p.add_argument("--objective", default=None, choices=OBJECTIVES,
+                   help="paired (default for a deterministic base), pixel-fd (default for a stochastic base), sw, "
+                        "or fd (feature network; the earlier objective); see docs/tuning.md")
+    p.add_argument("--reference", default="ode", choices=REFERENCE_KINDS,
+                   help="the distribution objectives' reference set: ode (converged deterministic samples) or "
+                        "ancestral (the bench's 1000-step set, 5x the cost)")
+    p.add_argument("--reference-steps", type=positive_int, default=None,
+                   help=f"steps of the converged deterministic (order-2) solution (default: {DEFAULT_REFERENCE_STEPS}, "
+                        "at most the chain's T)")
+    p.add_argument("--num-samples", type=positive_int, default=None,
+                   help="samples per seed (default: 256 for paired, 500 for pixel-fd and sw, 1000 for fd)")
+    p.add_argument("--fit-seeds", type=seed_list, default=list(DEFAULT_FIT_SEEDS), help="seeds the search fits")
+    p.add_argument("--val-seeds", type=_seed_list_or_none, default=list(DEFAULT_VAL_SEEDS),
+                   help="seeds a search stage's result must also improve on ('none' disables the gate)")
+    p.add_argument("--eval-seeds", type=seed_list, default=list(DEFAULT_EVAL_SEEDS),
+                   help="held-out seeds of the final check (disjoint from the fit and validation seeds)")
+    p.add_argument("--budget-minutes", type=_budget_minutes, default=DEFAULT_BUDGET_MINUTES,
+                   help="wall time of everything the command samples: converged samples not yet cached, the search, "
+                        "the final check")
+    p.add_argument("--budget-nfe", type=positive_int, default=None,
+                   help="also cap the search's batched model calls (default: no cap; the time budget decides)")
+    p.add_argument("--min-gap", type=_min_gap, default=DEFAULT_MIN_GAP,
+                   help="smallest log-SNR gap between consecutive searched timesteps, as a share of the uniform "
+                        "log-SNR step")
     p.add_argument("--num-reference", type=positive_int, default=None,
-                   help="reference-set size (default: --num-samples)")
+                   help="reference-set size of the distribution objectives (default: --num-samples)")
     p.add_argument("--eval-reference-seed", type=check_seed, default=None,
-                   help="score the held-out comparison against a second reference set drawn with this seed "
-                        "(default: the fit's reference set) and report the two sets' distance as the floor")
+                   help="distribution objectives: score the final check against a second reference set drawn with "
+                        "this seed and report the two sets' distance as the floor")
     p.add_argument("--cache-dir", type=Path, default=None,
-                   help=f"where reference sets are cached (default ${CACHE_DIR_ENV} or ~/.cache/skipstep)")
+                   help=f"where converged samples are cached (default ${CACHE_DIR_ENV} or ~/.cache/skipstep)")
     p.add_argument("--out", type=Path, required=True, help="schedule JSON file to write (required)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_common_run_args(p)  # --device, --batch-size, --no-progress, --clip, --threads (as bench)
     p.set_defaults(func=main_tune)
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Everything tune will write, checked before any work: --out and the reference cache."""
+    """Everything tune will write, checked before any work: --out and the cache."""
     check_writable_file(args.out, "--out", args.overwrite)
     remove_stale_temp_files(args.out.parent, targets=[args.out.name])  # of killed tune runs only
     cache = Path(args.cache_dir or default_cache_root())
@@ -433,26 +440,33 @@ def main_tune(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, device=device, **model_options(args))
     schedule = tune_schedule(
         loaded, args.nfe, args.base, solver_order=args.solver_order, variance_type=args.variance_type, eta=args.eta,
-        num_samples=args.num_samples, fit_seeds=args.fit_seeds, eval_seeds=args.eval_seeds, val_seeds=args.val_seeds,
-        budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, metric=args.metric,
-        num_reference=args.num_reference, cache_dir=args.cache_dir, batch_size=args.batch_size, device=device,
-        search_eta=not args.no_eta_search, clip=args.clip, eval_reference_seed=args.eval_reference_seed,
+        objective=args.objective, reference=args.reference, reference_steps=args.reference_steps,
+        num_samples=args.num_samples, fit_seeds=args.fit_seeds, val_seeds=args.val_seeds, eval_seeds=args.eval_seeds,
+        budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, min_gap=args.min_gap,
+        num_reference=args.num_reference, eval_reference_seed=args.eval_reference_seed, cache_dir=args.cache_dir,
+        batch_size=args.batch_size, device=device, search_eta=not args.no_eta_search, clip=args.clip,
         progress=verbose, log=print if verbose else None, guidance_scale=args.guidance_scale)
     total = time.perf_counter() - t0
-    schedule.provenance["timing"]["total_seconds"] = round(total, 2)
     prov = schedule.provenance
+    prov["timing"]["total_seconds"] = round(total, 2)
+    check = prov["final_check"]
     # printed before it is written: a failing write loses nothing
+    guidance = f", guidance scale {schedule.guidance_scale:g}" if schedule.guidance_scale is not None else ""
     print(f"\n{loaded.name} (fingerprint {loaded.fingerprint}), NFE {schedule.nfe}, base {prov['base']['name']} "
-          f"(eta {prov['base']['eta']}, solver_order {schedule.solver_order}, variance {schedule.variance_type})")
+          f"(eta {prov['base']['eta']}, solver_order {schedule.solver_order}, variance {schedule.variance_type})"
+          f"{guidance}; objective {schedule.metric}")
     print(f"tuned timesteps: {schedule.timesteps}")
     print(f"tuned eta:       {[round(e, 4) for e in schedule.eta]}")
-    if "heldout" in prov:
-        print()
-        print(format_comparison(prov["heldout"]))
+    print()
+    print(format_check(check, prov["fit_rows"]))
     b, tm = prov["budget"], prov["timing"]
-    print(f"\nsearch: {prov['search']['candidates_evaluated']} candidates, {b['nfe_used']}/{b['budget_nfe']} NFE, "
-          f"{b['seconds_used']:.0f}/{60 * b['budget_minutes']:.0f} s (stopped by {b['stopped_by']}); reference "
-          f"{tm['reference_seconds']:.0f} s; held-out {tm.get('heldout_seconds', 0):.0f} s; total {total:.0f} s")
+    print(f"\nsearch: {prov['search']['candidates_evaluated']} candidates, {b['nfe_used']} NFE, "
+          f"{b['seconds_used']:.0f}/{b['search_seconds_budget']:.0f} s (stopped by {b['stopped_by']}); converged "
+          f"samples {tm['reference_seconds']:.0f} s; final check {tm['check_seconds']:.0f} s; total {total:.0f} s "
+          f"(budget {60 * b['budget_minutes']:.0f} s)")
+    print(decision_line(check))
+    if not check["tuned_wins"]:
+        return NO_IMPROVEMENT_EXIT
     try:
         schedule.save(args.out, overwrite=args.overwrite)
     except (OSError, ValueError) as err:
@@ -463,4 +477,4 @@ def main_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_subcommand", "compare_schedules", "format_comparison", "main_tune", "tune_schedule"]
+__all__ = ["DEFAULT_BUDGET_MINUTES", "NO_IMPROVEMENT_EXIT", "add_subcommand", "main_tune", "tune_schedule"]

@@ -1,19 +1,22 @@
-"""The search behind ``skipstep tune``: candidate timesteps and per-step eta for one model and NFE, the objective
-they are scored by, the common random numbers they are sampled with, and the search stages.
+"""The search behind ``skipstep tune``: candidate timesteps and per-step eta for one model and NFE, the common random
+numbers they are sampled with, the library's plain spacings, the gap rule, and the search stages. What a
+candidate is scored by is :mod:`skipstep.lab.tune_objectives`.
 
-Objective: the Fréchet distance in the model's feature space (``LoadedModel.feature_fn``) between a candidate's
-few-step samples and a reference set -- the model's own 1000-step ancestral samples (the exact data distribution
-for analytic models), drawn by :func:`skipstep.lab.sample_sets.reference_samples` and cached under
-:func:`skipstep.storage.cache_dir` -- or the sliced Wasserstein distance in pixel space when the model has no
-feature network. Every candidate is sampled from the same initial noise and the same per-step noise (common
-random numbers: noise ``z_i`` of step ``i`` is fixed per fit seed, whatever the timesteps and eta), so
-differences between candidates are differences of the schedules, not of the noise. Stages:
+Every candidate is sampled from the same initial noise and the same per-step noise (common random numbers: noise
+``z_i`` of step ``i`` is fixed per seed, whatever the timesteps and eta), so differences between candidates are
+differences of the schedules, not of the noise. Stages:
 
-1. the library's spacings with the base eta: trailing (uniform in t), quadratic, uniform in log-SNR;
+1. every plain spacing the library offers (:func:`plain_spacings`) with the base eta;
 2. a pattern search over a smooth family: positions ``u_i = (n-1-i)/(n-1)`` warped by a power ``rho`` and placed
    uniformly in a coordinate that blends time (``kappa = 0``) and log-SNR (``kappa = 1``) between ``t_start`` and
-   ``t_end`` (trailing, quadratic and log-SNR spacing are members), with eta a linear ramp ``eta_a -> eta_b``;
+   ``t_end`` (trailing, quadratic and log-SNR spacing are members), with eta a linear ramp ``eta_a -> eta_b``,
+   started from the member nearest to the best plain spacing;
 3. a coordinate search that moves single timesteps and single etas, accepting improvements.
+
+**No wasted steps** (:class:`GapRule`): a candidate of stages 2 and 3 is sampled only if consecutive timesteps
+are at least ``min_gap * Lambda / n`` apart in log-SNR, ``Lambda = lambda(0) - lambda(T-1)`` the chain's whole
+log-SNR range (``min_gap`` 0.1 by default: a tenth of the uniform log-SNR step). A pair such as 899, 898 (0.018 in
+log-SNR on the linear chain, against 0.19 needed at NFE 10) spends an evaluation on almost the same noise level.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -32,16 +34,17 @@ from ..plan import plan_steps, resolve_eta_schedule
 from ..predictions import X0Clipping
 from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type, needs_noise
 from ..storage import derived_seed
-from ..timesteps import make_strictly_descending, select_timesteps
-from . import metrics as M
-from .sample_sets import REFERENCE_SEED, initial_noise, reference_cache_dir
-from .sample_sets import reference_samples as draw_reference
+from ..timesteps import make_strictly_descending, select_timesteps, sigma_spaced_timesteps
+from .sample_sets import initial_noise
 from .sampler_registry import CallCounter, get_sampler, sampler_names
 
 #: Relative improvement a move must bring to be accepted (guards against chasing round-off).
 MIN_RELATIVE_IMPROVEMENT = 1e-4
 #: Share of the budget the smooth (parametric) stage may use; the coordinate stage gets the rest.
 SMOOTH_STAGE_SHARE = 0.5
+#: Smallest log-SNR gap between consecutive timesteps of a searched candidate, in units of the chain's log-SNR
+#: range over the NFE (:class:`GapRule`).
+DEFAULT_MIN_GAP = 0.1
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -133,56 +136,93 @@ def ramp(a: float, b: float, n: int) -> list[float]:
     k = max(n - 2, 1)
     return [round(min(1.0, max(0.0, a + (b - a) * min(i, k) / k)), 4) for i in range(n)]
 
-def spacing_starts(path, n: int) -> dict[str, tuple[list[int], SpacingParams]]:
-    """The library's spacings (exact) and their nearest members of the family (for the smooth stage)."""
-    T = path.t_max + 1
-    out = {}
-    for name, kappa, rho in (("trailing", 0.0, 1.0), ("quadratic", 0.0, 2.0), ("log_snr", 1.0, 1.0)):
-        ts = [int(v) for v in select_timesteps(path, n, name).tolist()]
-        t_start = min(ts[0], T - 1)
-        t_end = min(ts[-1], t_start - (n - 1))
-        out[name] = (ts, SpacingParams(kappa, rho, t_start, max(t_end, 0)))
-    return out
+def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
+    """Every plain spacing the library's scheduler offers at ``n`` steps (:mod:`skipstep.timesteps`): trailing,
+    leading, linspace (and the DPM-Solver family's grids of the last two), quadratic, log-SNR, the power spacing at
+    the exponents of the candidate placements (1, 1.25, 1 + 2/n, 1 + 4/n), and the sigma spacings (Karras,
+    exponential, beta, Lu). Spacings that give the same timesteps are merged (``"exponential / lu"``)."""
+    specs: list[tuple[str, Callable[[], Any]]] = [
+        ("trailing", lambda: select_timesteps(path, n, "trailing")),
+        ("leading", lambda: select_timesteps(path, n, "leading", steps_offset)),
+        ("leading (DPM-Solver grid)", lambda: select_timesteps(path, n, "leading", steps_offset, grid="drop_zero")),
+        ("linspace", lambda: select_timesteps(path, n, "linspace")),
+        ("linspace (DPM-Solver grid)", lambda: select_timesteps(path, n, "linspace", grid="drop_zero")),
+        ("quadratic", lambda: select_timesteps(path, n, "quadratic")),
+        ("log-SNR", lambda: select_timesteps(path, n, "log_snr"))]
+    for label, p in (("1", 1.0), ("1.25", 1.25), ("1+2/n", 1.0 + 2.0 / n), ("1+4/n", 1.0 + 4.0 / n)):
+        specs.append((f"power p={label}", lambda p=p: select_timesteps(path, n, "power", power=p)))
+    for kind in ("karras", "exponential", "beta", "lu"):
+        specs.append((kind, lambda kind=kind: sigma_spaced_timesteps(path, n, kind)))
+    by_ts: dict[tuple[int, ...], list[str]] = {}
+    for name, make in specs:
+        try:
+            ts = tuple(int(t) for t in make().tolist())
+        except (ValueError, ImportError):  # e.g. steps_offset past T-1, beta without scipy
+            continue
+        by_ts.setdefault(ts, []).append(name)
+    return {" / ".join(names): list(ts) for ts, names in by_ts.items()}
+
+def nearest_family_member(path, ts: Sequence[int]) -> SpacingParams:
+    """The member of the smooth family (within the smooth stage's bounds) closest to ``ts`` in summed ``|t|``
+    (a grid over ``kappa`` and ``rho``, ends at ``ts``'s own): where the smooth stage starts from a plain spacing."""
+    T, n = path.t_max + 1, len(ts)
+    t_start = int(min(T - 1, max(T // 2, ts[0])))
+    t_end = int(min(max(ts[-1], 0), t_start - (n - 1), T // 2))
+    best, best_d = SpacingParams(0.0, 1.0, t_start, t_end), math.inf
+    for kappa in np.linspace(0.0, 1.0, 9):
+        for rho in np.exp(np.linspace(math.log(0.5), math.log(4.0), 19)):
+            p = SpacingParams(float(kappa), float(rho), t_start, t_end)
+            d = sum(abs(a - b) for a, b in zip(family_timesteps(path, n, p), ts)) if n > 1 else 0
+            if d < best_d:
+                best, best_d = p, d
+    return best
+
+class GapRule:
+    r"""Consecutive timesteps at least ``delta = min_gap * Lambda / n`` apart in log-SNR:
+
+        lambda(t_{i+1}) - lambda(t_i) >= delta,    Lambda = lambda(0) - lambda(T-1),
+
+    (``lambda = log(alpha_bar / (1 - alpha_bar))``; a zero terminal SNR's ``-inf`` is read as one below the next
+    level), so no step evaluates the model at almost the noise level of the step before."""
+
+    def __init__(self, path, n: int, min_gap: float = DEFAULT_MIN_GAP):
+        if isinstance(min_gap, bool) or not isinstance(min_gap, (int, float)) or not 0.0 <= min_gap <= 1.0:
+            raise ValueError(f"--min-gap must be a number in [0, 1] (a share of the uniform log-SNR step), got "
+                             f"{min_gap!r}")
+        T = path.t_max + 1
+        lam = path.log_snr(torch.arange(T)).double().numpy()
+        finite = np.isfinite(lam)
+        self.lam = np.where(finite, lam, lam[finite].min() - 1.0)
+        self.neg_lam = -self.lam  # increasing in t
+        self.T, self.min_gap = T, float(min_gap)
+        self.delta = self.min_gap * float(self.lam[0] - self.lam[-1]) / max(int(n), 1)
+
+    def gaps(self, ts: Sequence[int]) -> list[float]:
+        return [float(self.lam[b] - self.lam[a]) for a, b in zip(ts, ts[1:])]
+
+    def ok(self, ts: Sequence[int]) -> bool:
+        ts = [int(t) for t in ts]
+        if any(b >= a for a, b in zip(ts, ts[1:])) or ts[-1] < 0 or ts[0] > self.T - 1:
+            return False
+        return all(g >= self.delta - 1e-9 for g in self.gaps(ts))
+
+    def window(self, above: int | None, below: int | None) -> tuple[int, int]:
+        """The timesteps ``t`` allowed between the neighbours ``above`` (the step before, larger ``t``) and
+        ``below`` (the step after): ``lambda(t) >= lambda(above) + delta`` and ``lambda(t) <= lambda(below) -
+        delta``; ``lo > hi`` when there is none."""
+        hi, lo = self.T - 1, 0
+        if above is not None:
+            c = self.lam[int(above)] + self.delta  # t <= max{t: lambda(t) >= c}
+            hi = min(int(above) - 1, int(np.searchsorted(self.neg_lam, -c + 1e-9, side="right")) - 1)
+        if below is not None:
+            c = self.lam[int(below)] - self.delta  # t >= min{t: lambda(t) <= c}
+            lo = max(int(below) + 1, int(np.searchsorted(self.neg_lam, -c - 1e-9, side="left")))
+        return lo, hi
 
 
 # --------------------------------------------------------------------------------------------------------------
-# the reference and the objective
+# common random numbers and sampling
 # --------------------------------------------------------------------------------------------------------------
-
-def reference_samples(loaded, num_reference: int, reference_seed: int | None = None, directory: str | Path | None = None,
-                      batch_size: int = 500, device: str = "cpu", progress: bool = False) -> tuple[torch.Tensor, dict]:
-    """The model's reference set (at the view's guidance scale), drawn and cached as the benchmark does
-    (:func:`skipstep.lab.sample_sets.reference_samples`; ``directory``: the cache root, default
-    :func:`skipstep.storage.cache_dir`)."""
-    seed = REFERENCE_SEED if reference_seed is None else int(reference_seed)
-    samples, meta = draw_reference(loaded, int(num_reference), seed, batch_size, device, progress,
-                                   cache_root=directory)
-    meta = dict(meta)
-    meta["cache"] = str(reference_cache_dir(loaded, int(num_reference), seed, batch_size, directory))
-    return samples, meta
-
-class Objective:
-    """``metric`` ('fd': Fréchet distance in ``loaded.feature_fn`` space; 'sw': sliced W2 in pixels) of a sample set
-    against the reference; ``inf`` for non-finite samples."""
-
-    def __init__(self, loaded, reference: torch.Tensor, metric: str | None = None, sw_projections: int = 256):
-        metric = metric or ("fd" if loaded.feature_fn is not None else "sw")
-        if metric not in ("fd", "sw"):
-            raise ValueError(f"metric must be 'fd' or 'sw', got {metric!r}")
-        if metric == "fd" and loaded.feature_fn is None:
-            raise ValueError(f"model {loaded.name!r} has no feature network: use metric 'sw'")
-        self.metric, self.loaded, self.reference, self.sw_projections = metric, loaded, reference.float(), sw_projections
-        if metric == "fd":
-            self.ref_stats = M.gaussian_stats(M.compute_features(self.reference, loaded.feature_fn, 1000))
-
-    def __call__(self, samples: torch.Tensor) -> float:
-        samples = samples.float()
-        if not bool(torch.isfinite(samples).all()):
-            return math.inf
-        if self.metric == "fd":
-            feats = M.compute_features(samples, self.loaded.feature_fn, 1000)
-            return float(M.frechet_distance_from_stats(*M.gaussian_stats(feats), *self.ref_stats))
-        return float(M.sliced_wasserstein(samples, self.reference, num_projections=self.sw_projections, seed=0))
 
 class CommonNoise:
     """The common random numbers of one seed: ``x_T`` (the bench's :func:`~skipstep.lab.sample_sets.initial_noise`) and one
@@ -249,27 +289,35 @@ class BudgetExhausted(Exception):
 class StageLimit(BudgetExhausted):
     """The current stage used its share of the budget (the search goes on with the next stage)."""
 
+def _key(ts: Sequence[int], eta: Sequence[float]) -> tuple:
+    return tuple(int(t) for t in ts), tuple(round(float(e), 6) for e in eta[:-1])
+
 class Search:
-    """Evaluates candidates (memoised) within the NFE and time budgets and keeps the best one."""
+    """Evaluates candidates (memoised) within the NFE and time budgets and keeps the best one. ``objective(samples,
+    noise)`` scores one seed's samples; a candidate's value is the mean over ``noises``. Candidates that break the
+    ``gap_rule`` score ``inf`` without being sampled (unless ``check_gap=False``: the plain spacings)."""
 
     def __init__(self, loaded, base, objective, noises, batch_size, device, budget_nfe, budget_seconds,
-                 estimate_seconds, log, val_noises=()):
+                 estimate_seconds, log, val_noises=(), gap_rule: GapRule | None = None, metric: str = ""):
         self.loaded, self.base, self.objective, self.noises = loaded, base, objective, noises
         self.val_noises = list(val_noises)
         self.batch_size, self.device, self.log = batch_size, device, log
+        self.gap_rule, self.metric = gap_rule, metric or getattr(objective, "name", "objective")
         self.counter = CallCounter()
         self.n_batches = sum(math.ceil(nz.num_samples / batch_size) for nz in noises)
         self.n_val_batches = sum(math.ceil(nz.num_samples / batch_size) for nz in self.val_noises)
         self.val_memo: dict[tuple, float] = {}
-        self.budget_nfe, self.budget_seconds = budget_nfe, budget_seconds
+        self.budget_nfe = math.inf if budget_nfe is None else budget_nfe
+        self.budget_seconds = budget_seconds
         self.estimate = estimate_seconds
         self.memo: dict[tuple, float] = {}
+        self.rejected_gaps = 0
         self.t0 = time.perf_counter()
         self.seconds: list[float] = []
         self.best: tuple[float, list[int], list[float]] | None = None
         self.improvements: list[list] = []
         self.stopped_by = "converged"
-        self.stage_limit_nfe = budget_nfe
+        self.stage_limit_nfe = self.budget_nfe
         self.stage_limit_seconds = budget_seconds
 
     def limit_stage(self, share: float | None) -> None:
@@ -277,7 +325,7 @@ class Search:
         if share is None:
             self.stage_limit_nfe, self.stage_limit_seconds = self.budget_nfe, self.budget_seconds
             return
-        self.stage_limit_nfe = self.counter.calls + int(share * (self.budget_nfe - self.counter.calls))
+        self.stage_limit_nfe = self.counter.calls + share * (self.budget_nfe - self.counter.calls)
         self.stage_limit_seconds = self.elapsed() + share * (self.budget_seconds - self.elapsed())
 
     def cost(self, nfe: int) -> int:
@@ -286,10 +334,13 @@ class Search:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
+    def per_candidate(self) -> float:
+        return float(np.mean(self.seconds)) if self.seconds else self.estimate
+
     def check_affordable(self, nfe: int) -> None:
         """Raise :class:`BudgetExhausted` (or :class:`StageLimit`) when the next candidate does not fit, keeping
         a reserve for two validations (a stage's result and the candidate it would replace)."""
-        per = float(np.mean(self.seconds)) if self.seconds else self.estimate
+        per = self.per_candidate()
         reserve_nfe = 2 * nfe * self.n_val_batches
         need = self.counter.calls + self.cost(nfe) + reserve_nfe
         per += 2 * per * self.n_val_batches / self.n_batches
@@ -304,35 +355,37 @@ class Search:
 
     def validate(self, ts: Sequence[int], eta: Sequence[float]) -> float:
         """The objective on the validation seeds (memoised); :class:`BudgetExhausted` when it does not fit."""
-        key = (tuple(int(t) for t in ts), tuple(round(float(e), 6) for e in eta[:-1]))
+        key = _key(ts, eta)
         if key not in self.val_memo:
-            per = (float(np.mean(self.seconds)) if self.seconds else self.estimate) * self.n_val_batches / \
-                self.n_batches
+            per = self.per_candidate() * self.n_val_batches / self.n_batches
             if (self.counter.calls + len(ts) * self.n_val_batches > self.budget_nfe
                     or self.elapsed() + per > self.budget_seconds):
                 raise BudgetExhausted
             values = [self.objective(draw_samples(self.loaded, self.counter, ts, eta, self.base, nz, self.batch_size,
-                                                  self.device)) for nz in self.val_noises]
+                                                  self.device), nz) for nz in self.val_noises]
             self.val_memo[key] = float(np.mean(values))
         return self.val_memo[key]
 
-    def __call__(self, ts: Sequence[int], eta: Sequence[float], label: str = "") -> float:
-        key = (tuple(int(t) for t in ts), tuple(round(float(e), 6) for e in eta[:-1]))
+    def __call__(self, ts: Sequence[int], eta: Sequence[float], label: str = "", check_gap: bool = True) -> float:
+        key = _key(ts, eta)
         if key in self.memo:
             return self.memo[key]
+        if check_gap and self.gap_rule is not None and not self.gap_rule.ok(ts):
+            self.rejected_gaps += 1
+            return math.inf
         self.check_affordable(len(ts))
         t0 = time.perf_counter()
         values = []
         for nz in self.noises:
             x = draw_samples(self.loaded, self.counter, ts, eta, self.base, nz, self.batch_size, self.device)
-            values.append(self.objective(x))
+            values.append(self.objective(x, nz))
         value = float(np.mean(values))
         self.seconds.append(time.perf_counter() - t0)
         self.memo[key] = value
         if self.best is None or value < self.best[0]:
             self.best = (value, [int(t) for t in ts], [float(e) for e in eta])
-            self.improvements.append([len(self.memo), round(value, 6)])
-            self.log(f"  candidate {len(self.memo):4d}{(' ' + label) if label else ''}: {self.objective.metric} "
+            self.improvements.append([len(self.memo), round(value, 8)])
+            self.log(f"  candidate {len(self.memo):4d}{(' ' + label) if label else ''}: {self.metric} "
                      f"{value:.5g} (best)")
         return value
 
@@ -342,7 +395,8 @@ def is_better(new: float, old: float) -> bool:
 def smooth_stage(search: Search, path, n: int, p0: SpacingParams, eta0: tuple[float, float], search_eta: bool,
                   fixed_eta: list[float], holder: dict) -> None:
     """Pattern search over (kappa, log rho, t_start, t_end[, eta_a, eta_b]); ``holder`` always holds the stage's
-    incumbent (``ts``, ``eta``, ``f``), also when the budget stops it."""
+    incumbent (``ts``, ``eta``, ``f``), also when the budget stops it. Members that break the gap rule score
+    ``inf`` (they are never sampled)."""
     T = path.t_max + 1
     x = {"kappa": p0.kappa, "log_rho": math.log(p0.rho), "t_start": p0.t_start, "t_end": p0.t_end,
          "eta_a": eta0[0], "eta_b": eta0[1]}
@@ -378,7 +432,7 @@ def smooth_stage(search: Search, path, n: int, p0: SpacingParams, eta0: tuple[fl
                 if y == x:
                     continue
                 fy = search(*candidate(y), label=f"smooth {k}")
-                if is_better(fy, f):
+                if is_better(fy, f) or (math.isinf(f) and fy < f):
                     x, f, improved = y, fy, True
                     holder.update(zip(("ts", "eta"), candidate(x)), f=f)
                     break
@@ -388,12 +442,14 @@ def smooth_stage(search: Search, path, n: int, p0: SpacingParams, eta0: tuple[fl
 
 def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], search_eta: bool,
                       holder: dict) -> None:
-    """Move single timesteps (and single etas), accepting improvements; per-coordinate steps halve on failure.
-    ``holder`` always holds the stage's incumbent."""
+    """Move single timesteps (within the window the gap rule leaves between their neighbours) and single etas,
+    accepting improvements; per-coordinate steps halve on failure. ``holder`` always holds the stage's
+    incumbent."""
     T = path.t_max + 1
     n = len(ts)
+    rule = search.gap_rule or GapRule(path, n, 0.0)
     ts, eta = list(ts), list(eta)
-    f = search(ts, eta)
+    f = search(ts, eta, check_gap=False)
     holder.update(ts=ts, eta=eta, f=f)
     bounds = [T - 1] + ts[:-1]
     dt = [max(1, (bounds[i] - (ts[i + 1] if i + 1 < n else -1)) // 4) for i in range(n)]
@@ -402,12 +458,11 @@ def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], sear
         for i in range(n):
             if dt[i] < 1:
                 continue
-            upper = T - 1 if i == 0 else ts[i - 1] - 1
-            lower = 0 if i == n - 1 else ts[i + 1] + 1
+            lower, upper = rule.window(ts[i - 1] if i > 0 else None, ts[i + 1] if i + 1 < n else None)
             moved = False
             for sign in (1, -1):
                 v = min(upper, max(lower, ts[i] + sign * dt[i]))
-                if v == ts[i]:
+                if v == ts[i] or lower > upper:
                     continue
                 cand = ts[:i] + [v] + ts[i + 1:]
                 fc = search(cand, eta, label=f"t[{i}]")
@@ -426,7 +481,7 @@ def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], sear
                 if v == eta[i]:
                     continue
                 cand = eta[:i] + [v] + eta[i + 1:]
-                fc = search(ts, cand, label=f"eta[{i}]")
+                fc = search(ts, cand, label=f"eta[{i}]", check_gap=False)
                 if is_better(fc, f):
                     eta, f, moved = cand, fc, True
                     holder.update(ts=ts, eta=eta, f=f)
@@ -435,7 +490,7 @@ def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], sear
                 de[i] /= 2
 
 
-__all__ = ["BaseSampler", "BudgetExhausted", "CommonNoise", "MIN_RELATIVE_IMPROVEMENT", "Objective", "SMOOTH_STAGE_SHARE",
-           "Search", "SpacingParams", "StageLimit", "base_names", "coordinate_stage", "draw_samples",
-           "family_timesteps", "ramp", "reference_samples", "resolve_base", "smooth_stage", "spacing_starts",
-           "x0_clipping"]
+__all__ = ["BaseSampler", "BudgetExhausted", "CommonNoise", "DEFAULT_MIN_GAP", "GapRule", "MIN_RELATIVE_IMPROVEMENT",
+           "SMOOTH_STAGE_SHARE", "Search", "SpacingParams", "StageLimit", "base_names", "coordinate_stage",
+           "draw_samples", "family_timesteps", "is_better", "nearest_family_member", "plain_spacings", "ramp",
+           "resolve_base", "smooth_stage", "x0_clipping"]
