@@ -120,7 +120,7 @@ def test_round_trip_through_every_compatible_scheduler(compatible):
     hidden keys), and no extra key is an __init__ argument of ours."""
     original = SkippedStepScheduler(**CHAIN, eta=0.5, solver_order=3, timestep_spacing="linspace", clip_sample=True)
     other = compatible.from_config(original.config)
-    back = SkippedStepScheduler.from_config(other.config)
+    back = SkippedStepScheduler.from_config(other.config, keep_grid=True)
     for key, value in original.config.items():
         if key != "_use_default_values":
             assert back.config[key] == value, key
@@ -132,7 +132,7 @@ def test_from_config_of_every_compatible_scheduler_and_back(source):
     again gives back the source's chain and prediction type."""
     kwargs = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction")
     theirs = source(**kwargs)
-    ours = SkippedStepScheduler.from_config(theirs.config)
+    ours = SkippedStepScheduler.from_config(theirs.config, keep_grid=True)
     assert torch.equal(ours.alphas_cumprod, theirs.alphas_cumprod.float())
     assert ours.config.prediction_type == "v_prediction"
     back = source.from_config(ours.config)
@@ -285,7 +285,7 @@ def test_eta0_order1_equals_ddim_with_clipped_model_output(prediction_type, spac
 def test_ddim_set_alpha_to_one_false_is_final_sigmas_type_sigma_min():
     ddim = DDIMScheduler(**dict(CHAIN, beta_start=0.01), clip_sample=True, set_alpha_to_one=False,
                          timestep_spacing="leading")
-    ours = SkippedStepScheduler.from_config(ddim.config, eta=0.0, solver_order=1, final_sigmas_type="sigma_min")
+    ours = SkippedStepScheduler.from_config(ddim.config, eta=0.0, solver_order=1, final_sigmas_type="sigma_min", keep_grid=True)
     ref = full_loop(ddim, step_kwargs=dict(use_clipped_model_output=True))
     assert max_diff(full_loop(ours), ref) < 1e-5
 
@@ -326,7 +326,7 @@ def test_eta0_order2_midpoint_equals_dpm_solver_pp_2m(spacing, prediction_type):
     """diffusers' default DPM-Solver++(2M) (midpoint, lower_order_final) through from_config."""
     dpm = DPMSolverMultistepScheduler(**CHAIN, timestep_spacing=spacing, prediction_type=prediction_type,
                                       solver_type="midpoint", lower_order_final=True)
-    ours = SkippedStepScheduler.from_config(dpm.config, eta=0.0)
+    ours = SkippedStepScheduler.from_config(dpm.config, eta=0.0, keep_grid=True)
     assert ours.config.solver_type == "midpoint" and ours.config.solver_order == 2
     ref = full_loop(dpm)
     assert max_diff(full_loop(ours), ref) < 2e-6 * max(1.0, float(ref.abs().max()))
@@ -336,7 +336,7 @@ def test_eta0_order2_midpoint_equals_dpm_solver_pp_2m(spacing, prediction_type):
 def test_eta1_order2_equals_sde_dpm_solver_pp_2m_with_shared_noise(solver_type):
     dpm = DPMSolverMultistepScheduler(**CHAIN, timestep_spacing="linspace", algorithm_type="sde-dpmsolver++",
                                       solver_type=solver_type)
-    ours = SkippedStepScheduler.from_config(dpm.config, eta=1.0)
+    ours = SkippedStepScheduler.from_config(dpm.config, eta=1.0, keep_grid=True)
     noise = shared_noise(10)
     ref = full_loop(dpm, noise=noise)
     assert max_diff(full_loop(ours, noise=noise), ref) < 2e-6 * max(1.0, float(ref.abs().max()))

@@ -50,7 +50,7 @@ def test_every_key_of_every_compatible_scheduler_has_a_decision():
 @pytest.mark.parametrize("chain", [{}, SD], ids=["linear", "sd"])
 def test_timesteps_equal_the_replaced_schedulers(source, spacing, chain):
     theirs = source(**chain, timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
-    ours = SkippedStepScheduler.from_config(theirs.config)
+    ours = SkippedStepScheduler.from_config(theirs.config, keep_grid=True)
     assert ours.config.replaced_scheduler == source.__name__
     for n in (1, 5, 10, 25, 50):
         theirs.set_timesteps(n)
@@ -59,7 +59,7 @@ def test_timesteps_equal_the_replaced_schedulers(source, spacing, chain):
 
 
 def test_replaced_scheduler_survives_save_and_load(tmp_path):
-    ours = SkippedStepScheduler.from_config(DPMSolverMultistepScheduler(timestep_spacing="linspace").config)
+    ours = SkippedStepScheduler.from_config(DPMSolverMultistepScheduler(timestep_spacing="linspace").config, keep_grid=True)
     ours.save_config(tmp_path)
     again = SkippedStepScheduler.from_pretrained(tmp_path)
     assert again.config.replaced_scheduler == "DPMSolverMultistepScheduler"
@@ -70,7 +70,7 @@ def test_replaced_scheduler_survives_save_and_load(tmp_path):
 def test_euler_family_linspace_is_rounded():
     """Euler evaluates at fractional timesteps (749.25); a discrete chain's model at the nearest integers."""
     theirs = EulerDiscreteScheduler(timestep_spacing="linspace")
-    ours = SkippedStepScheduler.from_config(theirs.config)
+    ours = SkippedStepScheduler.from_config(theirs.config, keep_grid=True)
     theirs.set_timesteps(5)
     ours.set_timesteps(5)
     assert ours.timesteps.tolist() == np.round(theirs.timesteps.numpy()).astype(int).tolist()
@@ -81,7 +81,7 @@ def test_euler_family_linspace_is_rounded():
 def test_lambda_min_clipped_equals_dpm_solver(lambda_min_clipped, spacing):
     cfg = dict(beta_schedule="squaredcos_cap_v2", timestep_spacing=spacing, lambda_min_clipped=lambda_min_clipped)
     theirs = DPMSolverMultistepScheduler(**cfg)
-    ours = SkippedStepScheduler.from_config(theirs.config)
+    ours = SkippedStepScheduler.from_config(theirs.config, keep_grid=True)
     theirs.set_timesteps(10)
     ours.set_timesteps(10)
     assert torch.equal(ours.timesteps, theirs.timesteps)
@@ -97,7 +97,7 @@ def test_sigma_spacings_equal_the_replaced_schedulers_timesteps(source, flag, ch
     if flag not in inspect.signature(source.__init__).parameters:
         pytest.skip(f"{source.__name__} has no {flag}")
     theirs = source(**chain, **{flag: True})
-    ours = SkippedStepScheduler.from_config(theirs.config)
+    ours = SkippedStepScheduler.from_config(theirs.config, keep_grid=True)
     assert getattr(ours.config, flag) is True
     for n in (5, 10, 25):
         theirs.set_timesteps(n)
@@ -113,7 +113,7 @@ def test_sigma_spacings_equal_the_replaced_schedulers_timesteps(source, flag, ch
 def test_dpm_pp_2m_karras_config_is_honoured_and_algorithm_type_warned_once(caplog):
     theirs = DPMSolverMultistepScheduler(**SD, use_karras_sigmas=True, algorithm_type="dpmsolver++")
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        ours = SkippedStepScheduler.from_config(theirs.config)
+        ours = SkippedStepScheduler.from_config(theirs.config, keep_grid=True)
     warned = [r.getMessage() for r in caplog.records if "algorithm_type" in r.getMessage()]
     assert len(warned) == 1 and "'dpmsolver++'" in warned[0] and "eta=0.0" in warned[0]
     theirs.set_timesteps(10)
@@ -123,7 +123,7 @@ def test_dpm_pp_2m_karras_config_is_honoured_and_algorithm_type_warned_once(capl
     # passing eta (the choice the warning would suggest) silences it
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        SkippedStepScheduler.from_config(theirs.config, eta=0.0, solver_type="midpoint")
+        SkippedStepScheduler.from_config(theirs.config, eta=0.0, solver_type="midpoint", keep_grid=True)
     assert not [r for r in caplog.records if "algorithm_type" in r.getMessage()]
 
 
@@ -142,7 +142,7 @@ def test_dpm_pp_2m_karras_config_is_honoured_and_algorithm_type_warned_once(capl
 def test_keys_describing_the_replaced_scheduler_log_one_warning(caplog, source, key):
     theirs = source()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        ours = SkippedStepScheduler.from_config(theirs.config)
+        ours = SkippedStepScheduler.from_config(theirs.config, keep_grid=True)
     warned = [r.getMessage() for r in caplog.records if r.getMessage().split(": ", 1)[-1].startswith(key)]
     assert len(warned) == 1, [r.getMessage() for r in caplog.records]
     assert repr(theirs.config[key]) in warned[0]
@@ -151,10 +151,10 @@ def test_keys_describing_the_replaced_scheduler_log_one_warning(caplog, source, 
 
 def test_set_alpha_to_one_false_keeps_the_clean_final_step_unless_asked(caplog):
     ddim = DDIMScheduler(set_alpha_to_one=False)
-    assert SkippedStepScheduler.from_config(ddim.config).config.final_sigmas_type == "zero"
+    assert SkippedStepScheduler.from_config(ddim.config, keep_grid=True).config.final_sigmas_type == "zero"
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        ours = SkippedStepScheduler.from_config(ddim.config, final_sigmas_type="sigma_min")
+        ours = SkippedStepScheduler.from_config(ddim.config, final_sigmas_type="sigma_min", keep_grid=True)
     assert ours.config.final_sigmas_type == "sigma_min" and caplog.records == []
 
 
@@ -162,7 +162,7 @@ def test_inert_values_are_accepted_without_a_warning(caplog):
     theirs = DPMSolverMultistepScheduler(use_flow_sigmas=False, euler_at_final=False, lambda_min_clipped=-np.inf,
                                          variance_type=None, algorithm_type="dpmsolver++", solver_type="heun")
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        SkippedStepScheduler.from_config(theirs.config, eta=0.0)
+        SkippedStepScheduler.from_config(theirs.config, eta=0.0, keep_grid=True)
     assert caplog.records == []
 
 
@@ -178,7 +178,7 @@ def test_inert_values_are_accepted_without_a_warning(caplog):
 )
 def test_refused_keys_name_the_key_and_the_alternative(make, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SkippedStepScheduler.from_config(make().config, **kwargs)
+        SkippedStepScheduler.from_config(make().config, **kwargs, keep_grid=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def test_final_sigmas_type_sigma_min_equals_dpm_solver(solver_order):
 
     theirs = DPMSolverMultistepScheduler(final_sigmas_type="sigma_min", timestep_spacing="linspace",
                                          solver_order=solver_order, solver_type="midpoint", lower_order_final=True)
-    ours = SkippedStepScheduler.from_config(theirs.config, eta=0.0)
+    ours = SkippedStepScheduler.from_config(theirs.config, eta=0.0, keep_grid=True)
     assert ours.config.final_sigmas_type == "sigma_min"
     ref = full_loop(theirs)
     assert float((full_loop(ours) - ref).abs().max()) < 2e-6
@@ -278,3 +278,27 @@ def test_solver_type_heun_is_the_default_and_differs_from_midpoint():
     heun, mid = SkippedStepScheduler(eta=0.0), SkippedStepScheduler(eta=0.0, solver_type="midpoint")
     assert heun.config.solver_type == "heun"
     assert float((full_loop(heun) - full_loop(mid)).abs().max()) > 1e-4
+
+
+def test_a_foreign_grid_is_not_carried_unless_asked():
+    """The replaced scheduler's grid (timestep_spacing, steps_offset) gives way to skipstep's step rule; keep_grid or
+    a keyword keeps it; a skipstep config keeps its own, also through another class and back."""
+    sd_like = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                            timestep_spacing="leading", set_alpha_to_one=False)
+    default = SkippedStepScheduler()
+    ours = SkippedStepScheduler.from_config(sd_like.config)
+    assert ours.config.timestep_spacing == default.config.timestep_spacing
+    assert ours.config.steps_offset == default.config.steps_offset
+    ours.set_timesteps(5)
+    assert ours.timesteps.tolist() == (default.set_timesteps(5) or default.timesteps.tolist())
+    kept = SkippedStepScheduler.from_config(sd_like.config, keep_grid=True)
+    kept.set_timesteps(5)
+    sd_like.set_timesteps(5)
+    assert kept.timesteps.tolist() == sd_like.timesteps.tolist() == [801, 601, 401, 201, 1]
+    by_keyword = SkippedStepScheduler.from_config(sd_like.config, timestep_spacing="leading")
+    assert (by_keyword.config.timestep_spacing, by_keyword.config.steps_offset) == ("leading", 1)
+    mine = SkippedStepScheduler(timestep_spacing="linspace")
+    back = SkippedStepScheduler.from_config(DDIMScheduler.from_config(mine.config).config)
+    assert back.config.timestep_spacing == "linspace"
+    with pytest.raises(ValueError, match="keep_grid must be True or False"):
+        SkippedStepScheduler.from_config(sd_like.config, keep_grid="yes")

@@ -169,7 +169,7 @@ def test_custom_timesteps_equal_ddpm():
 def _ddim_pair(spacing, steps_offset=0, **kw):
     ref = DDIMScheduler(timestep_spacing=spacing, steps_offset=steps_offset, set_alpha_to_one=True, clip_sample=False,
                         **kw)
-    ours = SkippedStepScheduler.from_config(ref.config, eta=0.0, solver_order=1)
+    ours = SkippedStepScheduler.from_config(ref.config, eta=0.0, solver_order=1, keep_grid=True)
     return ours, ref
 
 
@@ -194,7 +194,7 @@ def test_eta0_equals_ddim_stable_diffusion_schedule(n):
 @pytest.mark.parametrize("n", STEPS)
 def test_eta_half_equals_ddim_same_generator(n):
     ours, ref = _ddim_pair("trailing")
-    ours = SkippedStepScheduler.from_config(ref.config, eta=0.5, solver_order=1)
+    ours = SkippedStepScheduler.from_config(ref.config, eta=0.5, solver_order=1, keep_grid=True)
     model = make_model("epsilon", ref.alphas_cumprod)
     a, b = trajectory(ours, model, n), trajectory(ref, model, n, eta=0.5)
     compare_trajectories(f"eta=0.5 vs DDIM n={n} trailing (generator)", a, b)
@@ -202,7 +202,7 @@ def test_eta_half_equals_ddim_same_generator(n):
 
 def test_eta_half_equals_ddim_same_variance_noise():
     ours, ref = _ddim_pair("trailing")
-    ours = SkippedStepScheduler.from_config(ref.config, eta=0.5, solver_order=1)
+    ours = SkippedStepScheduler.from_config(ref.config, eta=0.5, solver_order=1, keep_grid=True)
     model = make_model("epsilon", ref.alphas_cumprod)
     n = 10
     g = torch.Generator().manual_seed(7)
@@ -232,7 +232,7 @@ def test_zero_terminal_snr_v_prediction_equals_ddim(n):
 def test_zero_terminal_snr_v_prediction_eta1_equals_ddpm(n):
     ref = DDPMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing",
                         clip_sample=False)
-    ours = SkippedStepScheduler.from_config(ref.config, eta=1.0, solver_order=1)
+    ours = SkippedStepScheduler.from_config(ref.config, eta=1.0, solver_order=1, keep_grid=True)
     model = make_model("v_prediction", ref.alphas_cumprod)
     a, b = trajectory(ours, model, n), trajectory(ref, model, n)
     compare_trajectories(f"zero-SNR v_prediction eta=1 vs DDPM n={n}", a, b)

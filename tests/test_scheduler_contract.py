@@ -147,7 +147,7 @@ def test_step_shape_and_dtype_property(batch, channels, spatial, dtype, eta, ind
 @pytest.mark.parametrize("config", [{}, SD_LIKE, {"rescale_betas_zero_snr": True}])
 def test_add_noise_and_velocity_match_ddpm(config):
     ref = DDPMScheduler.from_config(DDIMScheduler(**config).config)
-    ours = SkippedStepScheduler.from_config(ref.config)
+    ours = SkippedStepScheduler.from_config(ref.config, keep_grid=True)
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn((4, 2, 3, 3), generator=g), torch.randn((4, 2, 3, 3), generator=g)
     t = torch.tensor([0, 17, 500, 999])
@@ -179,7 +179,7 @@ SOURCES = [
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda s: f"{type(s).__name__}-{s.config.beta_schedule}")
 def test_from_config_swap_keeps_the_training_chain(source):
-    ours = SkippedStepScheduler.from_config(source.config)
+    ours = SkippedStepScheduler.from_config(source.config, keep_grid=True)
     assert torch.equal(ours.alphas_cumprod, source.alphas_cumprod.float())
     # diffusers' from_config carries every key the source set explicitly; keys the source left at its own
     # default (listed in `_use_default_values`) take the target's default (our timestep_spacing is 'trailing')
@@ -205,7 +205,7 @@ def test_from_config_swap_keeps_the_training_chain(source):
 
 def test_sd_like_swap_matches_ddim_timesteps():
     ddim = DDIMScheduler(**SD_LIKE)
-    ours = SkippedStepScheduler.from_config(ddim.config)
+    ours = SkippedStepScheduler.from_config(ddim.config, keep_grid=True)
     for n in (10, 25, 50):
         ddim.set_timesteps(n)
         ours.set_timesteps(n)

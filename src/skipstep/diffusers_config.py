@@ -17,6 +17,14 @@ by the target's defaults; so does skipstep) and every keyword override, and does
   converts back.
 
 The class that was replaced is recorded as ``replaced_scheduler``: its linspace/leading grid formulas are used.
+
+One exception to "honour": the replaced scheduler's *grid* (``timestep_spacing`` and ``steps_offset``,
+:data:`REPLACED_GRID_KEYS`) is not carried from a foreign config, because it was chosen for that scheduler (DDIM's
+``leading`` grid spends the last of 5 evaluations at ``t = 0``), and skipstep's default step rule applies instead;
+it is logged (INFO). ``from_config(config, keep_grid=True)`` keeps it (what the replaced scheduler would have
+evaluated), and so does a keyword override, ``from_config(config, timestep_spacing="leading")`` (with the config's
+``steps_offset``). A
+skipstep config keeps its own, also after a round trip through another class (it carries ``replaced_scheduler``).
 """
 
 from __future__ import annotations
@@ -194,9 +202,15 @@ def source_class(config: dict, own_keys: set[str], our_class: str) -> str | None
     return max(held, key=lambda n: (len(sets[n]), -len(n))) if held else None
 
 
-def translate_config(config: dict, overrides: dict, own_keys: set[str], our_class: str) -> tuple[dict, dict]:
+#: keys that describe the replaced scheduler's own timestep grid, not the model: not carried from a foreign config
+REPLACED_GRID_KEYS = ("timestep_spacing", "steps_offset")
+
+
+def translate_config(config: dict, overrides: dict, own_keys: set[str], our_class: str, keep_grid: bool = False
+                     ) -> tuple[dict, dict]:
     """Look at every chosen key of ``config`` and every override (see the module docstring); returns the config and
-    overrides to hand to diffusers' ``from_config``. Raises ``ValueError`` for a refused key."""
+    overrides to hand to diffusers' ``from_config``. ``keep_grid`` carries the replaced scheduler's grid
+    (:data:`REPLACED_GRID_KEYS`). Raises ``ValueError`` for a refused key."""
     config = dict(config)
     overrides = dict(overrides)
     source = source_class(config, own_keys, our_class)
@@ -204,6 +218,13 @@ def translate_config(config: dict, overrides: dict, own_keys: set[str], our_clas
     if foreign and source in REFUSED_SOURCES:
         raise ValueError(f"{our_class} cannot replace {source}: {REFUSED_SOURCES[source]}")
     defaults = set(config.get("_use_default_values", []) or [])
+    # a config that went through skipstep and back carries replaced_scheduler (always written): its grid is ours
+    if foreign and not keep_grid and "timestep_spacing" not in overrides and "replaced_scheduler" not in config:
+        dropped = {k: config.pop(k) for k in REPLACED_GRID_KEYS if k in config and k not in overrides}
+        if dropped.get("timestep_spacing") is not None and "timestep_spacing" not in defaults:
+            logger.info("%s: the config's grid (%s, of %s) is not carried; skipstep's step rule applies (pass "
+                        "timestep_spacing=... to keep a grid)", our_class,
+                        ", ".join(f"{k}={v!r}" for k, v in dropped.items()), source)
     chosen = {k: v for k, v in config.items() if not k.startswith("_") and k not in defaults} if foreign else {}
     merged = {**chosen, **overrides}
     unknown = sorted(k for k in overrides if k not in own_keys and k not in FOREIGN_KEY_RULES)
@@ -247,6 +268,7 @@ __all__ = [
     "DROP_ZERO_GRID_SCHEDULERS",
     "FOREIGN_KEY_RULES",
     "REFUSED_SOURCES",
+    "REPLACED_GRID_KEYS",
     "TRUNCATES_KARRAS_ON_COSINE",
     "diffusers_scheduler_keys",
     "source_class",

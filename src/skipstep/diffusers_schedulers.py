@@ -148,11 +148,15 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
     order = 1
 
     @classmethod
-    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+    def from_config(cls, config=None, return_unused_kwargs=False, keep_grid: bool = False, **kwargs):
         """As diffusers' ``from_config``, but every key of a foreign config is honoured, mapped, refused or warned
         about once (:func:`skipstep.diffusers_config.translate_config`), and a flow-matching config (``shift``,
         ``use_flow_sigmas=True``, ``prediction_type='flow_prediction'``) is refused with the reason; use
-        :class:`skipstep.SkippedStepFlowScheduler` for those."""
+        :class:`skipstep.SkippedStepFlowScheduler` for those. The replaced scheduler's grid (``timestep_spacing``,
+        ``steps_offset``) is not carried -- skipstep's step rule applies -- unless ``keep_grid=True`` or the
+        spacing is passed as a keyword."""
+        if not isinstance(keep_grid, bool):
+            raise ValueError(f"keep_grid must be True or False, got {keep_grid!r}")
         if isinstance(config, dict):
             reason = flow_config_reason({**config, **kwargs})
             if reason is not None:
@@ -163,7 +167,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
                 )
             own = set(inspect.signature(cls.__init__).parameters) - {"self"}
             passthrough = {k: kwargs.pop(k) for k in list(kwargs) if k == "dtype" or k.startswith("_")}
-            config, kwargs = translate_config(config, kwargs, own, cls.__name__)
+            config, kwargs = translate_config(config, kwargs, own, cls.__name__, keep_grid=keep_grid)
             kwargs.update(passthrough)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
