@@ -4,7 +4,8 @@ Every one of ours is built from the model's scheduler config: :class:`~skipstep.
 chain (trailing spacing, ``x0_hat`` clipped as the config says), :class:`~skipstep.SkippedStepFlowScheduler` for a
 flow model (the sigmas of ``FlowMatchEulerDiscreteScheduler`` with the model's shift), with the same ``eta`` and
 ``solver_order``. A learned-variance model's variance is used (``variance_type="learned_range"`` from its config).
-The ``default`` sampler reads ``skipstep.DEFAULT_ETA`` / ``skipstep.DEFAULT_SOLVER_ORDER`` when it is built.
+The ``default`` sampler is what a user gets: ``SkippedStepScheduler.from_config(model config)`` (the flow scheduler
+for a flow model), nothing overridden but the lab's x0-clipping rule.
 
 ``reference-1000`` is the reference of trained models: ``T`` steps of our ``eta=1`` (every training timestep:
 ancestral DDPM, with the model's learned variance if it has one) for VP models, 1000 steps of
@@ -83,12 +84,12 @@ def _register_higher_order(members: dict[str, Any]) -> None:
                           "solver_order": order, "variance": "posterior (fixed_small)"})
 
 
-def _default_eta():
-    return DEFAULT_ETA
-
-
-def _default_order():
-    return DEFAULT_SOLVER_ORDER
+def _default_factory(config: dict, steps: int):
+    """What a user gets: the scheduler's ``from_config`` of the model's config, nothing overridden (the lab's x0
+    clipping rule aside, which every sampler shares)."""
+    if is_flow_config(config):
+        return SkippedStepFlowScheduler.from_config(dict(config))
+    return SkippedStepScheduler.from_config(dict(config), **clip_overrides(config, "clip_sample"))
 
 
 def _reference_factory(config: dict, steps: int):
@@ -101,9 +102,12 @@ def _register_ours() -> None:
     common = {"class": "SkippedStepScheduler", "timestep_spacing": "trailing", "variance": "posterior (fixed_small)",
               "x0_clip": "clip_sample"}
     ours = dict(family="skipstep", learned_variance=True)
-    register_sampler("default", _skipstep(_default_eta, _default_order), stochastic=True, **ours,
-                     description="skipstep's default sampler (skipstep.DEFAULT_ETA, skipstep.DEFAULT_SOLVER_ORDER)",
-                     settings={**common, "eta": "DEFAULT_ETA", "solver_order": "DEFAULT_SOLVER_ORDER"})
+    register_sampler("default", _default_factory, stochastic=DEFAULT_ETA != 0, **ours,
+                     description="skipstep's default: SkippedStepScheduler.from_config(model config) "
+                                 "(SkippedStepFlowScheduler for flow models), nothing overridden",
+                     settings={"class": "SkippedStepScheduler / SkippedStepFlowScheduler", "from_config": True,
+                               "eta": "DEFAULT_ETA", "solver_order": "DEFAULT_SOLVER_ORDER",
+                               "x0_clip": "clip_sample"})
     register_sampler("skipstep", _skipstep(lambda: 1.0), stochastic=True, **ours,
                      description="skipped-step posterior sampling, eta=1 (the paper's Markovian sampler)",
                      settings={**common, "eta": 1.0})

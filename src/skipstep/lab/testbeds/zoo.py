@@ -96,12 +96,12 @@ ZOO_SPECS: dict[str, ZooSpec] = {
          "variance_type": "learned_range"},
         (16, 24, 32), 6000, 5),
     "digits-vzsnr": ZooSpec(
-        "v-zero-snr", "v-prediction UNet (16/24/32), scaled-linear betas rescaled to zero terminal SNR, 6k steps, "
+        "v-zero-snr", "v-prediction UNet (16/24/32), scaled-linear betas rescaled to zero terminal SNR, 4k steps, "
         "seed 6", {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
                    "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction",
                    "rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "clip_sample": False,
                    "set_alpha_to_one": False},
-        (16, 24, 32), 6000, 6),
+        (16, 24, 32), 4000, 6),
 }
 
 
