@@ -38,7 +38,7 @@ entries (never silently dropped).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -352,7 +352,32 @@ def validate_timesteps(path: GaussianPath, timesteps: Sequence | torch.Tensor) -
     return ts
 
 
+def analytic_first_step_grid(path: GaussianPath, model_grid: Callable[[int], torch.Tensor],
+                             num_steps: int) -> torch.Tensor:
+    """The visited times of a sampler with the analytic first step (:mod:`skipstep.gaussian_data`) and
+    ``num_steps`` model evaluations: the analytic node ``path.t_max`` first, then ``num_steps`` model times
+    strictly below it.
+
+    ``model_grid(k)`` is the spacing rule's descending ``k``-point grid. The model times are ``model_grid(n)`` when
+    it starts below ``t_max`` (``power``, ``leading``, ``quadratic``: the analytic step is added in front, from
+    the noisiest time, where its closed form is most accurate, to where the grid starts); when it starts at
+    ``t_max`` (``trailing``, ``linspace``, ``log_snr``, a flow's sigmas), they are ``model_grid(n + 1)`` without its
+    first time -- the ``n + 1``-step sampler with its first evaluation replaced by the closed form. Either way the
+    model is evaluated ``n`` times and the sampler takes ``n + 1`` steps."""
+    n = int(num_steps)
+    t_max = float(path.t_max)
+    ts = model_grid(n)
+    if float(ts[0]) >= t_max:
+        ts = model_grid(n + 1)[1:]
+    if len(ts) != n or float(ts[0]) >= t_max:
+        raise ValueError(f"the spacing gives no {n} model times below the analytic node t_max={t_max:g} "
+                         f"(got {ts.tolist()})")
+    head = torch.tensor([path.t_max], dtype=ts.dtype)
+    return torch.cat([head, ts.cpu()])
+
+
 __all__ = [
+    "analytic_first_step_grid",
     "check_spacing_power",
     "power_grid",
     "power_timesteps",
