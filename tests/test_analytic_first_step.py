@@ -77,32 +77,31 @@ def test_scalar_moments_and_no_variance():
 
 
 @pytest.mark.parametrize("path,spacing,n,expected", [
-    (VP, "trailing", 3, [999, 749, 499, 249]),  # trailing starts at T-1: the 4-step grid, first time analytic
-    (VP, "power", 3, [999, 750, 500, 250]),  # power starts below T-1: the analytic node is added in front
+    (VP, "trailing", 3, [999, 749, 499, 249]),  # the 4-step grid, its first time analytic
+    (VP, "power", 3, [800, 600, 400, 200]),
     (VP, "linspace", 2, [999, 500, 0]),
     (FLOW, "trailing", 3, [1.0, 0.75, 0.5, 0.25]),
 ])
 def test_grid_convention(path, spacing, n, expected):
-    grid = analytic_first_step_grid(path, lambda k: select_timesteps(path, k, spacing), n)
+    grid = analytic_first_step_grid(lambda k: select_timesteps(path, k, spacing), n)
     assert grid.tolist() == pytest.approx(expected)
-    assert grid.dtype == select_timesteps(path, n, spacing).dtype
+    assert torch.equal(grid, select_timesteps(path, n + 1, spacing))
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # exactness on Gaussian data
 # ------------------------------------------------------------------------------------------------------------------
 def _both(path, prediction_type, n=3, spacing="trailing", **kwargs):
-    """(analytic-first-step samples, plain samples over the same times, model times called, the grid)."""
+    """(analytic-first-step samples at n evaluations, plain samples at n + 1 steps, model times called, the
+    plain sampler's times)."""
     calls: list = []
-    common = dict(path=path, prediction_type=prediction_type, progress=False, **kwargs)
-    ours = skipstep.sample(exact_gaussian_model(path, prediction_type, calls, kwargs.get("variance_type") == "learned"),
-                           SHAPE, num_steps=n, spacing=spacing, data_mean=MEAN, data_var=VAR, generator=_gen(),
-                           **common)
-    grid = analytic_first_step_grid(path, lambda k: select_timesteps(path, k, spacing), n)
-    plain = skipstep.sample(exact_gaussian_model(path, prediction_type, None,
-                                                 kwargs.get("variance_type") == "learned"),
-                            SHAPE, timesteps=grid, generator=_gen(), **common)
-    return ours, plain, calls, grid
+    learned = kwargs.get("variance_type") == "learned"
+    common = dict(path=path, prediction_type=prediction_type, progress=False, spacing=spacing, **kwargs)
+    ours = skipstep.sample(exact_gaussian_model(path, prediction_type, calls, learned), SHAPE, num_steps=n,
+                           data_mean=MEAN, data_var=VAR, generator=_gen(), **common)
+    plain = skipstep.sample(exact_gaussian_model(path, prediction_type, None, learned), SHAPE, num_steps=n + 1,
+                            generator=_gen(), **common)
+    return ours, plain, calls, select_timesteps(path, n + 1, spacing)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
@@ -123,7 +122,7 @@ def test_every_regime_and_parameterisation(path, prediction_type, eta, solver_or
     ours, plain, calls, grid = _both(path, prediction_type, 3, eta=eta, solver_order=solver_order,
                                      use_corrector=use_corrector)
     torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
-    assert len(calls) == 3 and float(grid[0]) == float(path.t_max)
+    assert calls == pytest.approx([float(v) for v in grid[1:]])
 
 
 def test_learned_variance_takes_the_small_variance_on_the_analytic_step():
@@ -139,8 +138,8 @@ def test_explicit_timesteps_list_the_analytic_time_first_and_the_callback_sees_e
     assert calls == [600.0, 300.0] and seen == [(0, 900), (1, 600), (2, 300)] and x.shape == SHAPE
 
 
-def test_the_analytic_step_needs_no_model_on_an_exact_one_step_sampler():
-    """One model evaluation: the analytic step to the model's time, then the model's step to the data."""
+def test_one_evaluation_after_the_analytic_step():
+    """num_steps=1: the analytic step from T-1 to the 2-step trailing grid's second time, then the model's step."""
     calls: list = []
     x = skipstep.sample(exact_gaussian_model(VP, "epsilon", calls), SHAPE, num_steps=1, data_mean=MEAN,
                         progress=False, generator=_gen())

@@ -112,11 +112,10 @@ def sample(
 
     and the model is not called there; it then enters the multistep history and the corrector as a model's
     ``x0_hat`` would. Both broadcast to the sample shape (e.g. ``(C, H, W)``). With ``num_steps=n`` the model is
-    called ``n`` times and the sampler takes ``n + 1`` steps: the first from ``path.t_max`` to ``n`` model times
-    strictly below it (:func:`skipstep.timesteps.analytic_first_step_grid`: the ``spacing`` grid of ``n`` steps
-    if it starts below ``t_max``, else the grid of ``n + 1`` steps without its first time). Explicit
-    ``timesteps`` list every visited time, the first being the analytic one (``len(timesteps) - 1``
-    evaluations). A per-step ``eta`` list has one value per step, the analytic one included. The callback also
+    called ``n`` times and the sampler takes ``n + 1`` steps: the ``spacing`` grid of ``n + 1`` steps, whose
+    first time is the analytic one (:func:`skipstep.timesteps.analytic_first_step_grid`); on exactly Gaussian
+    data this is the ``n + 1``-step sampler. Explicit ``timesteps`` list every visited time, the first being
+    the analytic one (``len(timesteps) - 1`` evaluations). A per-step ``eta`` list has one value per step, the analytic one included. The callback also
     runs after the analytic step. Not combined with ``tuned_schedule`` (a schedule is tuned for its NFE).
     """
     path = path if path is not None else DiscreteVPPath.from_config({})
@@ -142,8 +141,8 @@ def sample(
         if num_steps is None:
             raise ValueError("give num_steps or timesteps")
         if analytic:
-            ts = analytic_first_step_grid(
-                path, lambda k: select_timesteps(path, k, spacing, power=spacing_power), num_steps)
+            ts = analytic_first_step_grid(lambda k: select_timesteps(path, k, spacing, power=spacing_power),
+                                          num_steps)
         else:
             ts = select_timesteps(path, num_steps, spacing, power=spacing_power)
     config = StepConfig(

@@ -352,28 +352,23 @@ def validate_timesteps(path: GaussianPath, timesteps: Sequence | torch.Tensor) -
     return ts
 
 
-def analytic_first_step_grid(path: GaussianPath, model_grid: Callable[[int], torch.Tensor],
-                             num_steps: int) -> torch.Tensor:
+def analytic_first_step_grid(grid: Callable[[int], torch.Tensor], num_steps: int) -> torch.Tensor:
     """The visited times of a sampler with the analytic first step (:mod:`skipstep.gaussian_data`) and
-    ``num_steps`` model evaluations: the analytic node ``path.t_max`` first, then ``num_steps`` model times
-    strictly below it.
+    ``num_steps = n`` model evaluations: the spacing rule's grid for ``n + 1`` steps, ``grid(n + 1)``, whose first
+    (noisiest) time is the analytic node -- the ``n + 1``-step sampler with its first evaluation replaced by the
+    closed form.
 
-    ``model_grid(k)`` is the spacing rule's descending ``k``-point grid. The model times are ``model_grid(n)`` when
-    it starts below ``t_max`` (``power``, ``leading``, ``quadratic``: the analytic step is added in front, from
-    the noisiest time, where its closed form is most accurate, to where the grid starts); when it starts at
-    ``t_max`` (``trailing``, ``linspace``, ``log_snr``, a flow's sigmas), they are ``model_grid(n + 1)`` without its
-    first time -- the ``n + 1``-step sampler with its first evaluation replaced by the closed form. Either way the
-    model is evaluated ``n`` times and the sampler takes ``n + 1`` steps."""
-    n = int(num_steps)
-    t_max = float(path.t_max)
-    ts = model_grid(n)
-    if float(ts[0]) >= t_max:
-        ts = model_grid(n + 1)[1:]
-    if len(ts) != n or float(ts[0]) >= t_max:
-        raise ValueError(f"the spacing gives no {n} model times below the analytic node t_max={t_max:g} "
-                         f"(got {ts.tolist()})")
-    head = torch.tensor([path.t_max], dtype=ts.dtype)
-    return torch.cat([head, ts.cpu()])
+    Why ``n + 1`` and not an analytic node in front of the ``n``-step grid: the saving comes from the denser model
+    grid (the ``n`` evaluations where the ``n + 1``-step sampler has its last ``n``), not from where the analytic
+    node sits; on the 8x8 digits model (500 samples, one seed), power spacing, eta 1, order 2, corrector, NFE 3 / 4 /
+    6: FD 8.1 / 4.9 / 1.6
+    this way against 19.9 / 7.9 / 2.5 with the analytic node at ``t_max`` in front of the ``n``-step grid (18.7 /
+    8.5 / 2.7 without the analytic step; docs/analytic_first_step.md)."""
+    n = check_num_steps(num_steps, name="num_steps")
+    ts = grid(n + 1).cpu()
+    if ts.ndim != 1 or len(ts) != n + 1:
+        raise ValueError(f"the spacing gives {len(ts)} times for {n + 1} steps, not {n + 1}: {ts.tolist()}")
+    return ts
 
 
 __all__ = [
