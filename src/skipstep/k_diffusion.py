@@ -36,6 +36,7 @@ from typing import Callable
 import torch
 from tqdm.auto import trange
 
+from .gaussian_data import check_data_moments, gaussian_data_x0
 from .paths import VESigmaPath
 from .plan import plan_steps
 from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type
@@ -83,6 +84,8 @@ def sample_skipstep(
     variance_type: str = "small",
     lower_order_final: bool = False,
     use_corrector: bool = False,
+    data_mean: float | torch.Tensor | None = None,
+    data_var: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Skipped-step posterior sampling in k-diffusion's convention (see the module docstring).
 
@@ -93,6 +96,10 @@ def sample_skipstep(
     ``solver_type`` ``"heun"`` (exact weights) or ``"midpoint"`` (DPM-Solver++'s form); ``variance_type``
     ``"small"`` (the posterior variance) or ``"large"`` (the jump's); ``lower_order_final`` as DPM-Solver's;
     ``use_corrector`` as :class:`skipstep.SkippedStepScheduler`'s (no extra evaluation).
+    ``data_mean`` (and ``data_var``, default 0; both broadcastable to ``x``'s shape) make the first step analytic
+    (:mod:`skipstep.gaussian_data`): its denoised value is ``mu + v / (v + s_0^2) (x - mu)``, the exact denoiser
+    of data ``N(mu, diag(v))``, and the model is not called at ``sigmas[0]`` (``len(sigmas) - 2`` evaluations;
+    the callback still runs there). Put the extra, noisiest sigma in front of a schedule to keep its NFE.
     Returns the sample at ``sigmas[-1]``.
     """
     extra_args = {} if extra_args is None else extra_args
@@ -108,6 +115,14 @@ def sample_skipstep(
     if not isinstance(x, torch.Tensor) or x.ndim == 0:
         raise ValueError("x must be a tensor with a leading batch axis")
     values = _check_sigmas(sigmas)
+    moments = None
+    if data_mean is not None:
+        if values.numel() < 3:
+            raise ValueError("with data_mean (the analytic first step) sigmas need at least three noise levels: the "
+                             f"analytic one, one for the model and the final one; got {values.tolist()}")
+        moments = check_data_moments(data_mean, data_var, tuple(x.shape))
+    elif data_var is not None:
+        raise ValueError("data_var is the data variance of the analytic first step; it needs data_mean too")
     noisy, final = values[:-1], float(values[-1])
     path = VESigmaPath(min(float(noisy[-1]), final) if final > 0 else float(noisy[-1]), float(noisy[0]))
     if not isinstance(use_corrector, bool):
@@ -127,13 +142,20 @@ def sample_skipstep(
         step = plan[i]
         if i > 0:  # the model sees the caller's x at the first step, bit for bit
             x = x_vp / step.alpha_t
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        analytic = moments is not None and i == 0
+        if analytic:  # the exact denoiser of N(mu, diag(v)) data, in VP units: no evaluation
+            denoised = gaussian_data_x0(x_vp, step.alpha_t, step.sigma_t, *moments)
+        else:
+            denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         noise = None
         if stepper.coefficients[i].injects_noise:
             noise = noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise
-        x_vp, _ = stepper.step(i, denoised, x_vp, noise=noise)
+        if analytic:
+            x_vp, _ = stepper.step_from_x0(i, denoised, x_vp, noise=noise)
+        else:
+            x_vp, _ = stepper.step(i, denoised, x_vp, noise=noise)
     return x_vp / plan[-1].alpha_s  # back to x0 + s eps (alpha_s = 1 at the clean end)
 
 

@@ -8,12 +8,13 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from .gaussian_data import check_data_moments, gaussian_data_x0
 from .paths import DiscreteVPPath, GaussianPath
 from .plan import plan_steps
 from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type,
                     check_finite)
-from .timesteps import select_timesteps, validate_timesteps
+from .timesteps import analytic_first_step_grid, select_timesteps, validate_timesteps
 from .tuned_schedules import sampling_settings_from_tuned_schedule
 
 
@@ -76,6 +77,8 @@ def sample(
     progress: bool = True,
     callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None,
     tuned_schedule=None,
+    data_mean: float | torch.Tensor | None = None,
+    data_var: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw samples with the skipped-step posterior family.
 
@@ -101,6 +104,19 @@ def sample(
     becomes NaN or inf (one reduction per tensor and step).
     ``tuned_schedule``: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule` or a file path); it fixes the timesteps,
     ``eta``, ``solver_order`` and ``variance_type`` (defaults are replaced, conflicting non-defaults refused).
+
+    ``data_mean`` (and optionally ``data_var``, per-pixel or scalar; default 0) turn on the *analytic first step*
+    (:mod:`skipstep.gaussian_data`): the first step's ``x0_hat`` is the closed form of data ``N(mu, diag(v))``,
+
+        x0_hat = mu + alpha_t v / (alpha_t^2 v + sigma_t^2) (x_t - alpha_t mu),
+
+    and the model is not called there; it then enters the multistep history and the corrector as a model's
+    ``x0_hat`` would. Both broadcast to the sample shape (e.g. ``(C, H, W)``). With ``num_steps=n`` the model is
+    called ``n`` times and the sampler takes ``n + 1`` steps: the ``spacing`` grid of ``n + 1`` steps, whose
+    first time is the analytic one (:func:`skipstep.timesteps.analytic_first_step_grid`); on exactly Gaussian
+    data this is the ``n + 1``-step sampler. Explicit ``timesteps`` list every visited time, the first being
+    the analytic one (``len(timesteps) - 1`` evaluations). A per-step ``eta`` list has one value per step, the analytic one included. The callback also
+    runs after the analytic step. Not combined with ``tuned_schedule`` (a schedule is tuned for its NFE).
     """
     path = path if path is not None else DiscreteVPPath.from_config({})
     if tuned_schedule is not None:
@@ -110,12 +126,25 @@ def sample(
         if timesteps is not None:
             raise ValueError("give the timesteps either as spacing=[...] or as timesteps=[...], not both")
         timesteps, spacing = spacing, "trailing"
+    analytic = data_mean is not None
+    if data_var is not None and not analytic:
+        raise ValueError("data_var is the data variance of the analytic first step; it needs data_mean too")
+    if analytic and tuned_schedule is not None:
+        raise ValueError("data_mean (the analytic first step) cannot be combined with tuned_schedule: a tuned "
+                         "schedule fixes the timesteps of every evaluation for its own NFE")
     if timesteps is not None:
         ts = validate_timesteps(path, timesteps)
+        if analytic and len(ts) < 2:
+            raise ValueError("with data_mean (the analytic first step) the timesteps list the analytic time first "
+                             f"and then at least one model time: give at least 2 timesteps, got {ts.tolist()}")
     else:
         if num_steps is None:
             raise ValueError("give num_steps or timesteps")
-        ts = select_timesteps(path, num_steps, spacing, power=spacing_power)
+        if analytic:
+            ts = analytic_first_step_grid(lambda k: select_timesteps(path, k, spacing, power=spacing_power),
+                                          num_steps)
+        else:
+            ts = select_timesteps(path, num_steps, spacing, power=spacing_power)
     config = StepConfig(
         prediction_type=check_prediction_type(prediction_type),
         variance_type=canonical_variance_type(variance_type),
@@ -134,18 +163,22 @@ def sample(
     elif device is not None:
         noise = noise.to(device)
     _check_inputs(model, tuple(noise.shape), noise.device, generator)
+    moments = check_data_moments(data_mean, data_var, tuple(noise.shape)) if analytic else None
     x = noise.to(torch.float32)
     batch = x.shape[0]
     model_dtype = model_dtype or infer_model_dtype(model) or torch.float32
     time_dtype = torch.int64 if path.discrete else torch.float64
     stepper = TrajectoryStepper(plan, config)
     for step in tqdm(plan, disable=not progress, desc="sampling", leave=False):
-        t_batch = torch.full((batch,), step.t, dtype=time_dtype, device=x.device)
-        out = unwrap_model_output(model(x.to(model_dtype), t_batch, **(model_kwargs or {})))
-        if step.index == 0 and isinstance(out, torch.Tensor) and out.device.type == "meta":
-            raise ValueError("the model returned a tensor on the meta device: its weights were never loaded "
-                             "(e.g. built with device='meta'); load them or move the model to a real device")
-        x, x0 = stepper.step(step.index, out, x, generator)
+        if moments is not None and step.index == 0:  # the analytic first step: no evaluation
+            x, x0 = stepper.step_from_x0(0, gaussian_data_x0(x, step.alpha_t, step.sigma_t, *moments), x, generator)
+        else:
+            t_batch = torch.full((batch,), step.t, dtype=time_dtype, device=x.device)
+            out = unwrap_model_output(model(x.to(model_dtype), t_batch, **(model_kwargs or {})))
+            if step.index == int(analytic) and isinstance(out, torch.Tensor) and out.device.type == "meta":
+                raise ValueError("the model returned a tensor on the meta device: its weights were never loaded "
+                                 "(e.g. built with device='meta'); load them or move the model to a real device")
+            x, x0 = stepper.step(step.index, out, x, generator)
         if check_finite_values:  # the step arithmetic can overflow even when the model output is finite
             check_finite(x, "the sample", f"step {step.index} (t={step.t})")
         if callback is not None:

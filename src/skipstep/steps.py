@@ -373,6 +373,34 @@ class TrajectoryStepper:
              noise: torch.Tensor | None = None, eta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Step ``index`` of the plan; returns ``(x_s, x0_hat)``. ``noise`` (else drawn from ``generator``) is
         the injected noise; ``eta`` overrides the planned eta for this step."""
+        planned, coefs, noise = self._prepare(index, sample, generator, noise, eta)
+        x0, x_t, variance_values = model_x0(model_output, sample, planned, self.config)
+        return self._finish(index, x0, x_t, variance_values, sample, coefs, noise)
+
+    def step_from_x0(self, index: int, x0_hat: torch.Tensor, sample: torch.Tensor, generator=None,
+                     noise: torch.Tensor | None = None, eta: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``index`` with a data prediction given directly instead of a model output -- the closed form of the
+        analytic first step (:func:`skipstep.gaussian_data.gaussian_data_x0`). It is treated as a model's
+        ``x0_hat`` would be: clipped as configured, checked finite, kept in the multistep history, corrected by the
+        next evaluation. A learned variance (``variance_type='learned'``, which needs the model's variance
+        channels) takes the posterior's ``small`` variance on this step."""
+        planned, coefs, noise = self._prepare(index, sample, generator, noise, eta)
+        if tuple(x0_hat.shape) != tuple(sample.shape):
+            raise ValueError(f"x0_hat at {_step_name(planned)} must have the sample's shape {tuple(sample.shape)}, "
+                             f"got {tuple(x0_hat.shape)}")
+        if self.config.check_finite:
+            check_finite(x0_hat, "the data prediction", _step_name(planned))
+        compute_dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        x_t = sample if sample.dtype == compute_dtype else sample.to(compute_dtype)
+        x0 = x0_hat if x0_hat.dtype == compute_dtype else x0_hat.to(compute_dtype)
+        if self.config.clipping.active:
+            x0 = self.config.clipping(x0)
+        variance_values = -torch.ones_like(x_t) if self.config.variance_type == "learned" else None  # 'small'
+        return self._finish(index, x0, x_t, variance_values, sample, coefs, noise)
+
+    def _prepare(self, index: int, sample: torch.Tensor, generator, noise: torch.Tensor | None,
+                 eta: float | None) -> tuple[PlannedStep, StepCoefficients, torch.Tensor | None]:
+        """The step's plan entry, its coefficients and its noise (drawn here when it injects some)."""
         planned = self.plan[index]
         follows = self.last_index is not None and index == self.last_index + 1
         if not follows:
@@ -389,7 +417,13 @@ class TrajectoryStepper:
                 raise ValueError(f"sample at {_step_name(planned)} must have a leading batch axis, got a 0-d tensor")
             check_generator(generator, sample.shape[0])
             noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-        x0, x_t, variance_values = model_x0(model_output, sample, planned, self.config)
+        return planned, coefs, noise
+
+    def _finish(self, index: int, x0: torch.Tensor, x_t: torch.Tensor, variance_values: torch.Tensor | None,
+                sample: torch.Tensor, coefs: StepCoefficients, noise: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correct the previous step with ``x0`` (if it is pending), take this one, update the history."""
+        planned = self.plan[index]
         pending, self._pending = self._pending, None
         if pending is not None and pending.returned is sample and sample._version == pending.version:
             x_t = _combine(pending.x_t, pending.coefs.coef_xt, pending.coefs.corrector, [x0, *self.history])

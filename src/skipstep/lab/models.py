@@ -30,7 +30,7 @@ __all__ = [
     "CLIP_MODES", "DEFAULT_GMM_NUM_MEANS", "DEFAULT_GMM_STD", "ExactMixtureReference", "FLOW_SCHEDULER_CLASSES",
     "LoadedModel", "ModelLoadError", "VP_SCHEDULER_CLASSES", "ZOO_DIR", "ZOO_MODELS", "ZooModel", "apply_clip_mode",
     "available_models", "lab_scheduler_config", "load_diffusers_dir", "load_model", "load_zoo_model",
-    "optimal_variance_table", "register_model", "register_zoo_models",
+    "optimal_variance_table", "register_model", "register_zoo_models", "training_data_moments",
 ]
 
 #: Default per-pixel std of the ``gmm`` model's modes (pixels live in [-1, 1]).
@@ -154,6 +154,19 @@ def register_zoo_models(zoo_dir: str | Path | None = None) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 # derived tables
 # --------------------------------------------------------------------------------------------------------------
+def training_data_moments(loaded: LoadedModel, num_exact: int = 20000, seed: int = 0) -> dict[str, list]:
+    """The per-pixel mean and (population) variance of ``loaded``'s training split (``num_exact`` exact draws for
+    an analytic model), ``{"mean", "var"}`` as nested lists of the sample shape ``(C, H, W)``: the data moments of
+    the analytic first step (:mod:`skipstep.lab.analytic_first`)."""
+    train = (loaded.real_data or {}).get("train")
+    if train is None and loaded.reference is not None:  # an analytic model: exact draws of its data
+        train = loaded.reference.sample(num_exact, seed)
+    if train is None:
+        raise ValueError(f"model {loaded.name!r} has no training split to take the data mean and variance from")
+    train = train.double()
+    return {"mean": train.mean(0).float().tolist(), "var": train.var(0, unbiased=False).float().tolist()}
+
+
 def optimal_variance_table(loaded: LoadedModel, directory: str | Path | None = None, num_timesteps: int = 100,
                            max_samples: int = 2000, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """The optimal-variance table ``E||eps - eps_hat||^2 / d`` per timestep of a loaded model

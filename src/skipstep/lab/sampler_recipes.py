@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER
 from ..tuned_schedules import TunedScheduleWarning
 from .loaded_model import LoadedModel
-from .models import optimal_variance_table
+from .models import optimal_variance_table, training_data_moments
 
 __all__ = [
-    "CallCounter", "EFFECTIVE_KEYS", "SamplerError", "SamplerRecipe", "available_samplers", "build_scheduler",
+    "CallCounter", "DATA_MOMENTS_KEY", "EFFECTIVE_KEYS", "SamplerError", "SamplerRecipe", "available_samplers", "build_scheduler",
     "check_sampler_for_model", "clip_overrides", "from_config_accepting", "get_sampler", "is_flow_config",
     "register_prefix", "register_sampler", "run_standard_loop", "sampler_names", "sampler_refusal",
     "sampler_settings", "scheduler_config_for", "steps_for_nfe",
@@ -221,6 +221,10 @@ PEER_FAMILIES = ("diffusers",)
 SPACING_KEYS = ("timestep_spacing", "steps_offset")
 
 
+#: the config key of the training data's moments for the analytic-first-step samplers (skipstep.lab.analytic_first)
+DATA_MOMENTS_KEY = "analytic_first_step_moments"
+
+
 def scheduler_config_for(sampler: SamplerRecipe, loaded: LoadedModel) -> dict:
     """The config ``sampler`` is built from for ``loaded``: the model's scheduler config, with
 
@@ -229,7 +233,9 @@ def scheduler_config_for(sampler: SamplerRecipe, loaded: LoadedModel) -> dict:
       ``from_config``) -- or ``trailing``;
     * for a learned-variance model and a sampler that cannot use the variance, ``variance_type="fixed_small"``;
     * the optimal-variance table for ``variance="optimal"`` samplers (estimated once per model and cached, see
-      :func:`skipstep.lab.models.optimal_variance_table`)."""
+      :func:`skipstep.lab.models.optimal_variance_table`);
+    * the training split's per-pixel mean and variance (``DATA_MOMENTS_KEY``) for the analytic-first-step samplers
+      (:func:`skipstep.lab.models.training_data_moments`)."""
     config = dict(loaded.scheduler_config)
     if sampler.family in PEER_FAMILIES and loaded.regime == "vp":
         if loaded.peer_spacing == "trailing":
@@ -242,6 +248,8 @@ def scheduler_config_for(sampler: SamplerRecipe, loaded: LoadedModel) -> dict:
         config["variance_type"] = "fixed_small"
     if sampler.settings.get("variance") == "optimal":
         config["eps_mse"] = optimal_variance_table(loaded).tolist()
+    if sampler.settings.get("analytic_first_step"):
+        config[DATA_MOMENTS_KEY] = training_data_moments(loaded)
     return config
 
 

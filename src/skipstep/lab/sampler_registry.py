@@ -17,6 +17,7 @@ from .our_samplers import TUNED_PREFIX, tuned_sampler  # registered first: ours 
 from .peer_samplers import PeerEnumeration, enumerate_peers  # noqa: I001 - registration order
 from .kdiffusion_peers import KDiffusionRunner  # noqa: I001
 from . import candidates  # noqa: F401,I001 - registers the default's candidates (family "candidate")
+from . import analytic_first  # noqa: F401,I001 - registers <base>-af, the analytic first step (family "analytic")
 from .sampler_recipes import (CallCounter, SamplerError, SamplerRecipe, available_samplers, build_scheduler,
                               check_sampler_for_model, clip_overrides, from_config_accepting, get_sampler,
                               register_sampler, run_standard_loop, sampler_names, sampler_refusal, sampler_settings,
@@ -49,7 +50,8 @@ COMMON_SETTINGS = {
 #: Headings of the sampler families in :func:`format_sampler_list`.
 FAMILY_TITLES = {"skipstep": "skipstep's samplers (group 'ours')", "diffusers": "diffusers' samplers (group 'peers')",
                  "k-diffusion": "k-diffusion-convention samplers (group 'peers')", "reference": "the reference",
-                 "tuned": "tuned schedules"}
+                 "tuned": "tuned schedules",
+                 "analytic": "ours with the analytic first step (training-data mean and variance; one free step)"}
 
 
 def format_sampler_list() -> str:
