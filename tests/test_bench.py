@@ -168,8 +168,9 @@ def test_reference_seed_must_differ_from_sampler_seeds(tmp_path):
 def test_unknown_names_list_the_valid_ones(tmp_path):
     with pytest.raises(ModelLoadError, match=r"unknown model 'nope'.*digits.*gmm"):
         load_model("nope")
-    with pytest.raises(SamplerError, match=r"unknown sampler 'nope'.*skipstep.*dpmpp-2m"):
+    with pytest.raises(SamplerError, match=r"unknown sampler 'nope'") as err:
         get_sampler("nope")
+    assert "skipstep" in str(err.value) and "dpmpp-2m" in str(err.value)  # in registration order, which may vary
     with pytest.raises(SamplerError, match="valid samplers"):
         cfg(tmp_path, samplers=["ddim", "nope"])
 
