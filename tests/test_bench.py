@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 
+from skipstep import SkippedStepScheduler
 from skipstep.lab import bench
 from skipstep.lab.run_dirs import load_tensor
 from skipstep.lab.sample_sets import initial_noise
@@ -291,3 +292,22 @@ def test_clip_mode_follows_the_model_config(tmp_path):
     assert "no x0_hat clipping" in apply_clip_mode(spec, "off")
     assert not build_scheduler(get_sampler("ddim"), spec.scheduler_config, 4).config.clip_sample
     assert not build_scheduler(get_sampler("dpmpp-2m"), spec.scheduler_config, 4).config.thresholding
+
+
+def test_a_lab_sampler_s_spacing_survives_a_config_with_its_own_grid():
+    """The lab passes its settings as keyword overrides: a candidate's power spacing is not taken for the config's
+    own (foreign) grid, which from_config does not carry."""
+    from skipstep.lab.sampler_recipes import from_config_accepting
+
+    leading = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
+               "timestep_spacing": "leading", "steps_offset": 1}
+    grids = {}
+    for name in ("cand-p1-e0-o3", "cand-pn4-e0-o3", "skipstep"):
+        sched = get_sampler(name).factory(leading, 5)
+        sched.set_timesteps(5)
+        grids[name] = sched.timesteps.tolist()
+    assert grids["cand-p1-e0-o3"] == [833, 667, 500, 333, 167]
+    assert grids["cand-pn4-e0-o3"] != grids["cand-p1-e0-o3"]
+    assert grids["skipstep"] == [999, 799, 599, 399, 199]  # trailing, as the recipe says
+    kept = from_config_accepting(SkippedStepScheduler, leading, timestep_spacing="leading")
+    assert kept.config.steps_offset == 1  # an overridden spacing keeps the config's offset

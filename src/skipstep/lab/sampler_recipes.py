@@ -191,13 +191,14 @@ def is_flow_config(config: dict) -> bool:
 # building
 # --------------------------------------------------------------------------------------------------------------
 def from_config_accepting(cls, config: dict, **overrides):
-    """``cls.from_config`` with the keys ``cls`` accepts (so no 'unexpected key' noise) plus ``overrides``."""
+    """``cls.from_config`` with the keys ``cls`` accepts (so no 'unexpected key' noise) plus ``overrides``, passed
+    as keyword overrides (so skipstep's schedulers treat them as the caller's choices, e.g. a ``timestep_spacing``
+    that a config's own grid would not be)."""
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    kwargs = {k: v for k, v in config.items() if k in accepted}
-    kwargs.update({k: v for k, v in overrides.items() if k in accepted})
+    kwargs = {k: v for k, v in config.items() if k in accepted and k not in overrides}
     if kwargs.get("trained_betas") is None:
         kwargs.pop("trained_betas", None)
-    return cls.from_config(kwargs)
+    return cls.from_config(kwargs, **{k: v for k, v in overrides.items() if k in accepted})
 
 
 def clip_overrides(config: dict, how: str | None) -> dict:
