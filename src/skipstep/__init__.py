@@ -13,7 +13,8 @@ from .plan import plan_steps, resolve_eta_schedule
 from .posterior import Posterior, gaussian_posterior
 from .predictions import PREDICTION_TYPES, X0Clipping
 from .sampling import sample
-from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, VARIANCE_TYPES
+from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
+                    DEFAULT_USE_CORRECTOR, VARIANCE_TYPES)
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps
 from .tuned_schedules import TunedSchedule, TunedScheduleError, load_schedule, load_tuned_schedule
 
@@ -23,6 +24,9 @@ __all__ = [
     "ContinuousVPPath",
     "DEFAULT_ETA",
     "DEFAULT_SOLVER_ORDER",
+    "DEFAULT_SPACING_POWER",
+    "DEFAULT_TIMESTEP_SPACING",
+    "DEFAULT_USE_CORRECTOR",
     "DiscreteVPPath",
     "GaussianPath",
     "PREDICTION_TYPES",

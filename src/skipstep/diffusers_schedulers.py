@@ -35,7 +35,8 @@ from .diffusers_config import DROP_ZERO_GRID_SCHEDULERS, TRUNCATES_KARRAS_ON_COS
 from .paths import DiscreteVPPath, check_num_train_timesteps, flow_config_reason, make_betas, trained_alphas_cumprod
 from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
 from .predictions import X0Clipping, check_prediction_type
-from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type,
+from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
+                    DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type,
                     check_generator)
 from .timesteps import (SPACINGS, check_num_steps, check_spacing_power, select_timesteps, sigma_spaced_timesteps,
                         timesteps_from_sigmas, validate_timesteps, vp_sigmas)
@@ -182,7 +183,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         prediction_type: str = "epsilon",
         variance_type: str = "fixed_small",
         eta=DEFAULT_ETA,
-        timestep_spacing: str = "trailing",
+        timestep_spacing: str = DEFAULT_TIMESTEP_SPACING,
         steps_offset: int = 0,
         clip_sample: bool = False,
         clip_sample_range: float = 1.0,
@@ -196,8 +197,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         data_half_range: float = 1.0,
         tuned_schedule=None,
         solver_type: str = "heun",
-        use_corrector: bool = False,
-        spacing_power: float = 1.0,
+        use_corrector: bool = DEFAULT_USE_CORRECTOR,
+        spacing_power: float | None = DEFAULT_SPACING_POWER,
         lower_order_final: bool = False,
         euler_at_final: bool = False,
         final_sigmas_type: str = "zero",

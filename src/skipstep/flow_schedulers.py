@@ -48,8 +48,9 @@ from diffusers.utils import BaseOutput
 
 from .paths import RectifiedFlowPath, vp_config_reason
 from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
-from .steps import DEFAULT_ETA, StepConfig, TrajectoryStepper
-from .timesteps import check_num_steps, check_spacing_power
+from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
+                    DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper)
+from .timesteps import check_num_steps, check_spacing_power, spacing_power_for
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +118,12 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         time_shift_type: str = "exponential",
         stochastic_sampling: bool = False,
         eta=DEFAULT_ETA,
-        solver_order: int = 1,
+        solver_order: int = DEFAULT_SOLVER_ORDER,
         check_finite: bool = True,
         solver_type: str = "heun",
-        use_corrector: bool = False,
-        timestep_spacing: str = "linspace",
-        spacing_power: float = 1.0,
+        use_corrector: bool = DEFAULT_USE_CORRECTOR,
+        timestep_spacing: str = DEFAULT_TIMESTEP_SPACING,
+        spacing_power: float | None = DEFAULT_SPACING_POWER,
     ):
         if invert_sigmas:
             raise ValueError(
@@ -226,7 +227,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         src = self._sigma_source
         if self.config.timestep_spacing == "power" and sigmas is None and timesteps is None:
             n = num_inference_steps
-            sigmas = (((n - np.arange(n)) / n) ** self.config.spacing_power).tolist()
+            sigmas = (((n - np.arange(n)) / n) ** spacing_power_for(n, self.config.spacing_power)).tolist()
         src.set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
         noisy = src.sigmas[:-1].detach().cpu().double()
         if noisy.numel() == 0 or not bool(torch.isfinite(noisy).all()):

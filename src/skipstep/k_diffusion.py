@@ -39,7 +39,7 @@ from tqdm.auto import trange
 from .gaussian_data import check_data_moments, gaussian_data_x0
 from .paths import VESigmaPath
 from .plan import plan_steps
-from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type
+from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type
 
 #: the variances a denoiser (which returns x0_hat only) can use
 DENOISER_VARIANCE_TYPES = ("small", "large")
@@ -83,7 +83,7 @@ def sample_skipstep(
     noise_sampler: Callable | None = None,
     variance_type: str = "small",
     lower_order_final: bool = False,
-    use_corrector: bool = False,
+    use_corrector: bool = DEFAULT_USE_CORRECTOR,
     data_mean: float | torch.Tensor | None = None,
     data_var: float | torch.Tensor | None = None,
 ) -> torch.Tensor:

@@ -12,7 +12,8 @@ from .gaussian_data import check_data_moments, gaussian_data_x0
 from .paths import DiscreteVPPath, GaussianPath
 from .plan import plan_steps
 from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
-from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type,
+from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
+                    DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type,
                     check_finite)
 from .timesteps import analytic_first_step_grid, select_timesteps, validate_timesteps
 from .tuned_schedules import sampling_settings_from_tuned_schedule
@@ -58,12 +59,12 @@ def sample(
     path: GaussianPath | None = None,
     num_steps: int | None = 10,
     timesteps: Sequence | torch.Tensor | None = None,
-    spacing: str | Sequence | torch.Tensor = "trailing",
-    spacing_power: float = 1.0,
+    spacing: str | Sequence | torch.Tensor = DEFAULT_TIMESTEP_SPACING,
+    spacing_power: float | None = DEFAULT_SPACING_POWER,
     eta=DEFAULT_ETA,
     variance_type: str = "small",
     solver_order: int = DEFAULT_SOLVER_ORDER,
-    use_corrector: bool = False,
+    use_corrector: bool = DEFAULT_USE_CORRECTOR,
     eps_mse: Sequence[float] | torch.Tensor | None = None,
     prediction_type: str = "epsilon",
     clipping: X0Clipping | None = None,

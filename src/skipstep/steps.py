@@ -33,11 +33,18 @@ from .plan import PlannedStep, check_solver_order
 from .posterior import Posterior
 from .predictions import X0Clipping, predict_x0, split_learned_variance
 
-#: The library's default sampler, chosen by measurement on selection seeds disjoint from the reported ones
-#: (docs/results.md, "Choosing the default"): the paper's Markovian skipped-step posterior (eta = 1) with
-#: second-order multistep posterior steps. ``eta=1.0, solver_order=1`` is the paper's sampler as published.
-DEFAULT_ETA = 1.0
+#: The library's default sampler, chosen leave-one-model-out on selection seeds of the digits zoo and reported on
+#: report seeds (docs/results.md, "The default, leave-one-model-out"): the deterministic member (eta = 0) with
+#: second-order multistep posterior steps, the corrector, and the power spacing whose exponent falls with the step
+#: count. ``eta=1.0, solver_order=1, use_corrector=False, timestep_spacing="trailing"`` is the paper's sampler.
+DEFAULT_ETA = 0.0
 DEFAULT_SOLVER_ORDER = 2
+#: the corrector (:class:`TrajectoryStepper`) is on by default: it costs no evaluation
+DEFAULT_USE_CORRECTOR = True
+#: the default step placement: the ``power`` spacing with the exponent rule ``1 + POWER_SLOPE / n``
+#: (:func:`skipstep.timesteps.spacing_power_for`; ``None`` selects the rule)
+DEFAULT_TIMESTEP_SPACING = "power"
+DEFAULT_SPACING_POWER = None
 
 VARIANCE_TYPES = ("small", "large", "learned", "optimal")
 # diffusers' names for the same choices
@@ -448,6 +455,9 @@ class TrajectoryStepper:
 __all__ = [
     "DEFAULT_ETA",
     "DEFAULT_SOLVER_ORDER",
+    "DEFAULT_SPACING_POWER",
+    "DEFAULT_TIMESTEP_SPACING",
+    "DEFAULT_USE_CORRECTOR",
     "DIFFUSERS_VARIANCE_TYPES",
     "StepCoefficients",
     "StepConfig",

@@ -13,7 +13,8 @@ Spacings for a discrete chain of ``T`` steps (``n`` model evaluations), matching
 * ``power``:     ``round(T n/(n+1) (1 - i/n)^p)`` for ``i = 0..n-1`` (:func:`power_grid`): the DPM-Solver
   family's leading grid at ``p = 1`` (it starts one step below ``T`` -- on a variance-preserving chain unit noise
   is the marginal there up to ``alpha_t^2 Var(x_0)`` -- and never evaluates ``t = 0``), with the steps drawn
-  towards the data by a power ``p >= 1``
+  towards the data by a power ``p >= 1``; ``p = None`` is the default rule ``p = 1 + POWER_SLOPE / n``
+  (:func:`spacing_power_for`): more curvature the fewer the steps
 
 Grid families. diffusers' DPM-Solver family (DPMSolverMultistep/-Singlestep, UniPC, DEIS, SA-Solver) computes
 ``linspace`` and ``leading`` differently (``n + 1`` points with the last, ``t = 0``, dropped; ``leading`` multiples
@@ -46,6 +47,9 @@ import torch
 from .paths import GaussianPath
 
 SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr", "power")
+#: the default ``power`` exponent is ``1 + POWER_SLOPE / n`` for ``n`` steps (chosen leave-one-model-out on the digits
+#: zoo, docs/results.md)
+POWER_SLOPE = 4.0
 #: ``points``: DDIM/DDPM's formulas; ``drop_zero``: the DPM-Solver family's (``n + 1`` points, ``t = 0`` dropped)
 GRID_FAMILIES = ("points", "drop_zero")
 SIGMA_SPACINGS = ("karras", "exponential", "beta", "lu")
@@ -99,15 +103,15 @@ def select_timesteps(
     *,
     grid: str = "points",
     lambda_min_clipped: float = -np.inf,
-    power: float = 1.0,
+    power: float | None = 1.0,
 ) -> torch.Tensor:
     """``num_steps`` noisy times, strictly descending (int64 on discrete paths, float64 otherwise); ``grid`` and
     ``lambda_min_clipped`` (discrete chains only) as in the module docstring; ``power``: the exponent of the
-    ``power`` spacing."""
+    ``power`` spacing (``None``: :func:`spacing_power_for`)."""
     if spacing not in SPACINGS:
         raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
     if spacing == "power":
-        power = check_spacing_power(power)
+        power = spacing_power_for(check_num_steps(num_steps), power)
     if grid not in GRID_FAMILIES:
         raise ValueError(f"grid must be one of {GRID_FAMILIES}, got {grid!r}")
     if path.discrete:
@@ -161,13 +165,27 @@ def select_timesteps(
     return ts
 
 
-def check_spacing_power(power) -> float:
-    """A finite number >= 1 (the exponent of the ``power`` spacing)."""
+def check_spacing_power(power) -> float | None:
+    """A finite number >= 1 (the exponent of the ``power`` spacing), or ``None`` (the default rule)."""
+    if power is None:
+        return None
     if isinstance(power, bool) or not isinstance(power, (int, float, np.integer, np.floating)) or not (
         np.isfinite(power) and power >= 1
     ):
-        raise ValueError(f"spacing_power must be a finite number >= 1, got {power!r}")
+        raise ValueError(f"spacing_power must be a finite number >= 1 or None (the rule 1 + {POWER_SLOPE:g}/n), "
+                         f"got {power!r}")
     return float(power)
+
+
+def spacing_power_for(num_steps: int, power: float | None = None) -> float:
+    """The exponent the ``power`` spacing uses for ``num_steps`` steps: ``power`` itself, or for ``None`` the default
+    rule
+
+        p(n) = 1 + POWER_SLOPE / n        (n = 4: 2, n = 5: 1.8, n = 10: 1.4, n = 20: 1.2),
+
+    the DPM-Solver family's grid (``p = 1``) bent towards the data more for fewer steps."""
+    power = check_spacing_power(power)
+    return 1.0 + POWER_SLOPE / int(num_steps) if power is None else power
 
 
 def power_grid(n: int, power: float) -> np.ndarray:
@@ -373,9 +391,11 @@ def analytic_first_step_grid(grid: Callable[[int], torch.Tensor], num_steps: int
 
 __all__ = [
     "analytic_first_step_grid",
+    "POWER_SLOPE",
     "check_spacing_power",
     "power_grid",
     "power_timesteps",
+    "spacing_power_for",
     "GRID_FAMILIES",
     "SIGMA_MATCH_TOLERANCE",
     "SIGMA_SPACINGS",

@@ -33,6 +33,7 @@ PLACEMENTS: dict[str, Callable[[int], float]] = {
 #: solver name -> (eta, solver_order); eta ``WINDOW`` is the window rule of :func:`window_eta`
 WINDOW = "window"
 SOLVERS: dict[str, tuple[float | str, int]] = {
+    "e0-o2": (0.0, 2),
     "e0-o3": (0.0, 3),
     "e0.5-o3": (0.5, 3),
     "e1-o2": (1.0, 2),

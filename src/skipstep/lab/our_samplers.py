@@ -32,11 +32,14 @@ TUNED_PREFIX = "tuned:"
 
 
 def _ours(config: dict, **kwargs):
-    """SkippedStepScheduler (VP) or SkippedStepFlowScheduler (flow) from the model's config with ``kwargs``."""
+    """SkippedStepScheduler (VP) or SkippedStepFlowScheduler (flow) from the model's config with ``kwargs``: the
+    family members as they were defined (trailing spacing, or the flow scheduler's own sigmas; no corrector), not
+    whatever the library's default is now."""
+    kwargs = {"use_corrector": False, **kwargs}
     if is_flow_config(config):
-        return from_config_accepting(SkippedStepFlowScheduler, config, **kwargs)
-    return from_config_accepting(SkippedStepScheduler, config, timestep_spacing="trailing",
-                                 **clip_overrides(config, "clip_sample"), **kwargs)
+        return from_config_accepting(SkippedStepFlowScheduler, config, **{"timestep_spacing": "linspace", **kwargs})
+    return from_config_accepting(SkippedStepScheduler, config, **{"timestep_spacing": "trailing", **kwargs},
+                                 **clip_overrides(config, "clip_sample"))
 
 
 def _skipstep(eta_fn: Callable[[], Any], solver_order: int | Callable[[], int] = 1):
@@ -161,8 +164,8 @@ def tuned_sampler(name: str) -> SamplerRecipe:
         raise SamplerError(f"sampler {name!r}: {err}") from None
 
     def factory(config: dict, steps: int):
-        return from_config_accepting(SkippedStepScheduler, config, timestep_spacing="trailing",
-                                     **clip_overrides(config, "clip_sample"), **schedule.scheduler_kwargs())
+        kwargs = {"timestep_spacing": "trailing", "use_corrector": False, **schedule.scheduler_kwargs()}
+        return from_config_accepting(SkippedStepScheduler, config, **kwargs, **clip_overrides(config, "clip_sample"))
 
     return SamplerRecipe(
         name=name, factory=factory, min_nfe=schedule.nfe, max_nfe=schedule.nfe, family="tuned",
