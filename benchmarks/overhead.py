@@ -10,8 +10,11 @@ drives it. Each skipstep configuration is paired with the diffusers scheduler th
 | order 1, eta 0 | ``eta=0, solver_order=1`` | ``DDIMScheduler`` |
 | order 1, eta 1 | ``eta=1, solver_order=1`` | ``DDPMScheduler`` (respaced, ``fixed_small``) |
 | order 2, eta 0 | ``eta=0, solver_order=2`` | ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2) |
-| order 2, eta 1 (default) | ``SkippedStepScheduler()`` | ``DPMSolverMultistepScheduler`` (``sde-dpmsolver++``, 2) |
+| order 2, eta 1 | ``eta=1, solver_order=2`` | ``DPMSolverMultistepScheduler`` (``sde-dpmsolver++``, 2) |
+| the default | ``SkippedStepScheduler()`` (eta 0, order 2, corrector) | ``UniPCMultistepScheduler`` (bh2, order 2: a predictor-corrector) |
 | order 3, eta 0 | ``eta=0, solver_order=3`` | ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 3) |
+
+The non-default pairs run without the corrector (``use_corrector=False``), like their counterparts.
 
 skipstep runs with its defaults otherwise, including ``check_finite=True`` (one reduction per model output that
 diffusers does not do). Loops are repeated A B A B ... (skipstep, diffusers) after warm-up loops, so drifts in
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import inspect
 import io
 import json
 import os
@@ -36,7 +40,7 @@ import statistics
 import time
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from skipstep import SkippedStepScheduler
 
@@ -45,15 +49,17 @@ CHAIN = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_sc
 
 #: name -> (label, our config, their label, their scheduler)
 PAIRS = {
-    "o1-eta0": ("order 1, eta 0", dict(eta=0.0, solver_order=1), "DDIMScheduler",
+    "o1-eta0": ("order 1, eta 0", dict(eta=0.0, solver_order=1, use_corrector=False), "DDIMScheduler",
                 lambda: DDIMScheduler(**CHAIN, clip_sample=False, set_alpha_to_one=True)),
-    "o1-eta1": ("order 1, eta 1", dict(eta=1.0, solver_order=1), "DDPMScheduler",
+    "o1-eta1": ("order 1, eta 1", dict(eta=1.0, solver_order=1, use_corrector=False), "DDPMScheduler",
                 lambda: DDPMScheduler(**CHAIN, clip_sample=False, variance_type="fixed_small")),
-    "o2-eta0": ("order 2, eta 0", dict(eta=0.0, solver_order=2), "DPM-Solver++(2M)",
+    "o2-eta0": ("order 2, eta 0", dict(eta=0.0, solver_order=2, use_corrector=False), "DPM-Solver++(2M)",
                 lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="dpmsolver++", solver_order=2)),
-    "default": ("order 2, eta 1 (the default)", dict(), "SDE-DPM-Solver++(2M)",
+    "o2-eta1": ("order 2, eta 1", dict(eta=1.0, solver_order=2, use_corrector=False), "SDE-DPM-Solver++(2M)",
                 lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="sde-dpmsolver++", solver_order=2)),
-    "o3-eta0": ("order 3, eta 0", dict(eta=0.0, solver_order=3), "DPM-Solver++(3M)",
+    "default": ("the default (eta 0, order 2, corrector)", dict(), "UniPC-bh2 (order 2)",
+                lambda: UniPCMultistepScheduler(**CHAIN, solver_order=2, solver_type="bh2")),
+    "o3-eta0": ("order 3, eta 0", dict(eta=0.0, solver_order=3, use_corrector=False), "DPM-Solver++(3M)",
                 lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="dpmsolver++", solver_order=3)),
 }
 
@@ -65,9 +71,11 @@ def run_loop(sched, x_T: torch.Tensor, model_output: torch.Tensor, steps: int, s
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     sched.set_timesteps(steps, device=x_T.device)
+    # pipelines pass a generator only to schedulers whose step() takes one (UniPC's does not)
+    kwargs = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}
     x = x_T
     for t in sched.timesteps:
-        x = sched.step(model_output, t, x, generator=g).prev_sample
+        x = sched.step(model_output, t, x, **kwargs).prev_sample
     if x_T.is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -78,7 +86,9 @@ def measure(pair: str, shape, steps: int, repeats: int, device: str, warmup: int
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(shape, generator=g).to(device)
     model_output = (0.1 * torch.randn(shape, generator=g)).to(device)
-    ours, theirs = SkippedStepScheduler(**CHAIN, **ours_kwargs), make_theirs()
+    # the default pair takes the default spacing too (what users get); the step's cost does not depend on it
+    chain = CHAIN if ours_kwargs else {k: v for k, v in CHAIN.items() if k != "timestep_spacing"}
+    ours, theirs = SkippedStepScheduler(**chain, **ours_kwargs), make_theirs()
     for _ in range(warmup):
         run_loop(ours, x_T, model_output, steps)
         run_loop(theirs, x_T, model_output, steps)
