@@ -91,25 +91,28 @@ def test_grid_convention(path, spacing, n, expected):
 # ------------------------------------------------------------------------------------------------------------------
 # exactness on Gaussian data
 # ------------------------------------------------------------------------------------------------------------------
-def _both(path, prediction_type, n=3, spacing="trailing", **kwargs):
+def _both(path, prediction_type, n=3, spacing="trailing", spacing_power=1.0, **kwargs):
     """(analytic-first-step samples at n evaluations, plain samples at n + 1 steps, model times called, the
-    plain sampler's times)."""
+    plain sampler's times). ``spacing_power=None``: the default exponent rule, applied to the ``n + 1``-step grid."""
     calls: list = []
     learned = kwargs.get("variance_type") == "learned"
-    common = dict(path=path, prediction_type=prediction_type, progress=False, spacing=spacing, **kwargs)
+    common = dict(path=path, prediction_type=prediction_type, progress=False, spacing=spacing,
+                  spacing_power=spacing_power, **kwargs)
     ours = skipstep.sample(exact_gaussian_model(path, prediction_type, calls, learned), SHAPE, num_steps=n,
                            data_mean=MEAN, data_var=VAR, generator=_gen(), **common)
     plain = skipstep.sample(exact_gaussian_model(path, prediction_type, None, learned), SHAPE, num_steps=n + 1,
                             generator=_gen(), **common)
-    return ours, plain, calls, select_timesteps(path, n + 1, spacing)
+    return ours, plain, calls, select_timesteps(path, n + 1, spacing, power=spacing_power)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("solver_order", [1, 2, 3])
 @pytest.mark.parametrize("use_corrector", [False, True])
-@pytest.mark.parametrize("spacing", ["trailing", "power"])
-def test_equals_the_plain_sampler_with_the_exact_first_evaluation(eta, solver_order, use_corrector, spacing):
-    ours, plain, calls, grid = _both(VP, "sample", 4, spacing, eta=eta, solver_order=solver_order,
+@pytest.mark.parametrize("spacing,spacing_power", [("trailing", 1.0), ("power", 1.0), ("power", None)],
+                         ids=["trailing", "power", "power-rule"])
+def test_equals_the_plain_sampler_with_the_exact_first_evaluation(eta, solver_order, use_corrector, spacing,
+                                                                  spacing_power):
+    ours, plain, calls, grid = _both(VP, "sample", 4, spacing, spacing_power, eta=eta, solver_order=solver_order,
                                      use_corrector=use_corrector)
     assert torch.equal(ours, plain)  # bitwise: the exact model's x0_hat is the closed form
     assert calls == [float(v) for v in grid[1:]]  # 4 evaluations for 5 steps, none at the analytic node
@@ -142,7 +145,7 @@ def test_one_evaluation_after_the_analytic_step():
     """num_steps=1: the analytic step from T-1 to the 2-step trailing grid's second time, then the model's step."""
     calls: list = []
     x = skipstep.sample(exact_gaussian_model(VP, "epsilon", calls), SHAPE, num_steps=1, data_mean=MEAN,
-                        progress=False, generator=_gen())
+                        spacing="trailing", progress=False, generator=_gen())
     assert calls == [499.0] and bool(torch.isfinite(x).all())
 
 

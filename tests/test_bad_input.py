@@ -14,8 +14,8 @@ SHAPE = (2, 3, 4, 4)
 
 @pytest.fixture
 def sched():
-    s = SkippedStepScheduler(num_train_timesteps=100, eta=1.0)
-    s.set_timesteps(5)
+    s = SkippedStepScheduler(num_train_timesteps=100, eta=1.0, timestep_spacing="trailing")
+    s.set_timesteps(5)  # [99, 79, 59, 39, 19]
     return s
 
 

@@ -23,6 +23,12 @@ from skipstep.lab.testbeds.gmm import GaussianMixture, GMMDenoiser
 
 
 
+#: FlowMatchEulerDiscreteScheduler's own sigmas (the flow scheduler's ``linspace``), for comparisons with it
+EULER_GRID = dict(timestep_spacing="linspace")
+#: the flow-matching Euler member: order 1, no corrector (with eta=0), on Euler's grid
+EULER_MEMBER = dict(solver_order=1, use_corrector=False, **EULER_GRID)
+
+
 def velocity_model(x, t):
     """A smooth nonlinear stand-in for a flow network (t is the pipeline's timestep, sigma * 1000)."""
     s = torch.as_tensor(t, dtype=torch.float32) / 1000.0
@@ -49,7 +55,7 @@ SIGMA_CASES = [
 @pytest.mark.parametrize("config, call", SIGMA_CASES)
 def test_same_sigmas_and_timesteps_as_flow_match_euler(config, call):
     ref = FlowMatchEulerDiscreteScheduler(**config)
-    ours = SkippedStepFlowScheduler.from_config(ref.config)
+    ours = SkippedStepFlowScheduler.from_config(ref.config, **EULER_GRID)
     assert torch.equal(ours.timesteps, ref.timesteps) and torch.equal(ours.sigmas, ref.sigmas)  # before set_timesteps
     ref.set_timesteps(**call)
     ours.set_timesteps(**call)
@@ -91,7 +97,7 @@ def test_unipc_flow_config_is_read_with_its_flow_shift():
 @pytest.mark.parametrize("config, call", SIGMA_CASES[:8])
 def test_eta0_is_the_flow_matching_euler_step_over_a_trajectory(config, call):
     ref = FlowMatchEulerDiscreteScheduler(**config)
-    ours = SkippedStepFlowScheduler.from_config(ref.config, eta=0.0)
+    ours = SkippedStepFlowScheduler.from_config(ref.config, eta=0.0, **EULER_MEMBER)
     ref.set_timesteps(**call)
     ours.set_timesteps(**call)
     x = torch.randn((3, 4, 2, 6, 6), generator=torch.Generator().manual_seed(0))  # video-shaped latents
@@ -109,7 +115,7 @@ def test_eta0_is_the_flow_matching_euler_step_over_a_trajectory(config, call):
 def test_eta1_step_is_the_flow_path_posterior():
     """x_s = (a s^2/t^2) x_t + ((1 - s) v_jump / t^2) x0_hat + sqrt(v_jump s^2 / t^2) z with a = (1-t)/(1-s),
     v_jump = t^2 - a^2 s^2 and x0_hat = x_t - t v."""
-    ours = SkippedStepFlowScheduler(shift=3.0)
+    ours = SkippedStepFlowScheduler(shift=3.0, eta=1.0, solver_order=1, use_corrector=False)  # one step at a time
     ours.set_timesteps(5)
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     for i, tt in enumerate(ours.timesteps[:-1]):
@@ -162,7 +168,7 @@ def test_standard_loop_with_solver_order_2_and_eta_schedule():
 # ---------------------------------------------------------------------------------------------------------------
 def test_scale_noise_matches_flow_match_euler():
     ref = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    ours = SkippedStepFlowScheduler.from_config(ref.config)
+    ours = SkippedStepFlowScheduler.from_config(ref.config, **EULER_GRID)
     x0, noise = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
     for sched in (ref, ours):
         sched.set_timesteps(10)
@@ -182,7 +188,7 @@ def test_scale_noise_matches_flow_match_euler():
 def test_entering_mid_trajectory_like_img2img(order):
     """Start at index k (after set_begin_index(k)) == the tail of a trajectory whose history was reset at k."""
     ref = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    ours = SkippedStepFlowScheduler.from_config(ref.config, eta=0.0, solver_order=order)
+    ours = SkippedStepFlowScheduler.from_config(ref.config, eta=0.0, **{**EULER_MEMBER, "solver_order": order})
     for sched in (ref, ours):
         sched.set_timesteps(10)
         sched.set_begin_index(4)
@@ -196,7 +202,7 @@ def test_entering_mid_trajectory_like_img2img(order):
     if order == 1:
         assert float((x - y).abs().max()) < 2e-5 * max(1.0, float(y.abs().max()))
     else:  # the same entry in a fresh scheduler object, stepped by value without set_begin_index
-        fresh = SkippedStepFlowScheduler.from_config(ref.config, eta=0.0, solver_order=2)
+        fresh = SkippedStepFlowScheduler.from_config(ref.config, eta=0.0, **{**EULER_MEMBER, "solver_order": 2})
         fresh.set_timesteps(10)
         z = fresh.scale_noise(x0, fresh.timesteps[4:5], noise)
         for t in fresh.timesteps[4:]:
@@ -229,8 +235,8 @@ def test_quality_improves_with_nfe_on_the_exact_flow_mixture():
         m = mixture_metrics(x, mix.means, mix.weights, std)
         return sliced_wasserstein(x, data, num_projections=64), m["mode_frequency_tv"], m["within_mode_spread_ratio"]
 
-    samplers = {"eta=1": lambda: SkippedStepFlowScheduler(eta=1.0),
-                "eta=0": lambda: SkippedStepFlowScheduler(eta=0.0),
+    samplers = {"eta=1": lambda: SkippedStepFlowScheduler(eta=1.0, **EULER_MEMBER),
+                "eta=0": lambda: SkippedStepFlowScheduler(eta=0.0, **EULER_MEMBER),
                 "euler": lambda: FlowMatchEulerDiscreteScheduler()}
     results = {name: {nfe: run(make(), nfe) for nfe in (5, 10, 20, 50)} for name, make in samplers.items()}
     for name, r in results.items():

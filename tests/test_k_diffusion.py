@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdiffusion_loader import SKIP_REASON, load_k_diffusion
-from skipstep import DiscreteVPPath, SkippedStepScheduler
+from skipstep import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, DiscreteVPPath, SkippedStepScheduler
 from skipstep.k_diffusion import sample_skipstep
 
 K = load_k_diffusion()
@@ -45,16 +45,30 @@ def start(sigmas):
     return torch.randn(SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * sigmas[0]
 
 
+#: k-diffusion has no corrector: every member compared below is the predictor alone
+NO_CORRECTOR = dict(use_corrector=False)
 CASES = {
     # name: (k-diffusion sampler and kwargs, our kwargs)
-    "euler_ancestral eta=1": ("sample_euler_ancestral", dict(eta=1.0), dict(eta=1.0, solver_order=1)),
-    "euler (DDIM)": ("sample_euler", dict(), dict(eta=0.0, solver_order=1)),
+    "euler_ancestral eta=1": ("sample_euler_ancestral", dict(eta=1.0), dict(eta=1.0, solver_order=1, **NO_CORRECTOR)),
+    "euler (DDIM)": ("sample_euler", dict(), dict(eta=0.0, solver_order=1, **NO_CORRECTOR)),
     "dpmpp_2m_sde heun": ("sample_dpmpp_2m_sde", dict(eta=1.0, solver_type="heun"),
-                          dict(eta=1.0, solver_order=2, solver_type="heun")),
-    "dpmpp_2m (midpoint)": ("sample_dpmpp_2m", dict(), dict(eta=0.0, solver_order=2, solver_type="midpoint")),
+                          dict(eta=1.0, solver_order=2, solver_type="heun", **NO_CORRECTOR)),
+    "dpmpp_2m (midpoint)": ("sample_dpmpp_2m", dict(),
+                            dict(eta=0.0, solver_order=2, solver_type="midpoint", **NO_CORRECTOR)),
     "dpmpp_2m_sde midpoint": ("sample_dpmpp_2m_sde", dict(eta=1.0, solver_type="midpoint"),
-                              dict(eta=1.0, solver_order=2, solver_type="midpoint")),
+                              dict(eta=1.0, solver_order=2, solver_type="midpoint", **NO_CORRECTOR)),
 }
+
+
+def k_diffusion_reference(eta, solver_order):
+    """k-diffusion's sampler (name, kwargs) that equals our predictor (heun weights, no corrector) with ``eta`` and
+    ``solver_order``, or None where k-diffusion has none: order 1 is Euler ancestral at any eta, order 2 DPM-Solver++
+    (2M) SDE with heun weights at eta 0 and 1 (its eta in between is not the posterior's)."""
+    if solver_order == 1:
+        return "sample_euler_ancestral", dict(eta=float(eta))
+    if solver_order == 2 and float(eta) in (0.0, 1.0):
+        return "sample_dpmpp_2m_sde", dict(eta=float(eta), solver_type="heun")
+    return None
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -76,13 +90,50 @@ def test_equals_k_diffusion_samplers(case, n):
     assert diff <= 1e-12 * max(scale, 1.0), f"{case}, n={n}: max abs diff {diff:.3e} (scale {scale:.3g})"
 
 
-def test_default_is_order_two_eta_one_heun():
+def test_default_is_the_library_default_heun():
+    """The adapter's defaults are the library's: DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, heun
+    weights, the small variance."""
     sigmas = karras(8)
     x = start(sigmas)
     noise = SharedNoise()
-    ref = K.sampling.sample_dpmpp_2m_sde(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, eta=1.0,
-                                         solver_type="heun")
     ours = sample_skipstep(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise)
+    explicit = sample_skipstep(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, eta=DEFAULT_ETA,
+                               solver_order=DEFAULT_SOLVER_ORDER, solver_type="heun",
+                               use_corrector=DEFAULT_USE_CORRECTOR, variance_type="small")
+    assert torch.equal(ours, explicit)
+    other = sample_skipstep(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise,
+                            use_corrector=not DEFAULT_USE_CORRECTOR)
+    assert float((ours - other).abs().max()) > 1e-6  # the corrector setting is not a no-op here
+
+
+def test_default_predictor_equals_k_diffusion():
+    """The default member without the corrector is k-diffusion's sampler of that member (where it has one)."""
+    reference = k_diffusion_reference(DEFAULT_ETA, DEFAULT_SOLVER_ORDER)
+    if reference is None:
+        pytest.skip(f"k-diffusion has no sampler for eta={DEFAULT_ETA}, order {DEFAULT_SOLVER_ORDER}")
+    name, theirs_kwargs = reference
+    sigmas = karras(8)
+    x = start(sigmas)
+    noise = SharedNoise()
+    ref = getattr(K.sampling, name)(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, **theirs_kwargs)
+    ours = sample_skipstep(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, use_corrector=False)
+    assert float((ours - ref).abs().max()) <= 1e-12 * max(1.0, float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("solver_order", [1, 2])
+def test_k_diffusion_reference_table(eta, solver_order):
+    """Every member k_diffusion_reference names does equal that k-diffusion sampler."""
+    reference = k_diffusion_reference(eta, solver_order)
+    if reference is None:
+        return
+    name, theirs_kwargs = reference
+    sigmas = karras(8)
+    x = start(sigmas)
+    noise = SharedNoise()
+    ref = getattr(K.sampling, name)(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, **theirs_kwargs)
+    ours = sample_skipstep(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, eta=eta,
+                           solver_order=solver_order, **NO_CORRECTOR)
     assert float((ours - ref).abs().max()) <= 1e-12 * max(1.0, float(ref.abs().max()))
 
 
@@ -110,13 +161,13 @@ def test_s_noise_scales_the_injected_noise():
     ref = K.sampling.sample_euler_ancestral(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise,
                                             s_noise=0.5)
     ours = sample_skipstep(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, s_noise=0.5,
-                           solver_order=1)
+                           eta=1.0, solver_order=1, **NO_CORRECTOR)
     assert float((ours - ref).abs().max()) <= 1e-12 * max(1.0, float(ref.abs().max()))
 
 
 def test_discrete_eps_ddpm_denoiser_equals_our_scheduler():
     """k-diffusion's DiscreteEpsDDPMDenoiser around an epsilon model, on sigmas at integer timesteps, runs the same
-    posterior steps as SkippedStepScheduler on those timesteps (default sampler: eta=1, order 2)."""
+    posterior steps as SkippedStepScheduler on those timesteps (the default sampler on both sides)."""
     path = DiscreteVPPath.from_config({})
     abar = path.alphas_cumprod  # float64
 
@@ -143,7 +194,7 @@ def test_noisy_final_sigma_stops_there():
     sigmas = torch.cat([karras(5)[:-1], torch.tensor([0.01], dtype=torch.float64)])
     x = start(sigmas)
     ref = K.sampling.sample_euler(denoiser, x.clone(), sigmas, disable=True)
-    ours = sample_skipstep(denoiser, x.clone(), sigmas, disable=True, eta=0.0, solver_order=1)
+    ours = sample_skipstep(denoiser, x.clone(), sigmas, disable=True, eta=0.0, solver_order=1, **NO_CORRECTOR)
     assert float((ours - ref).abs().max()) <= 1e-12 * max(1.0, float(ref.abs().max()))
 
 
@@ -156,7 +207,7 @@ def test_noisy_final_sigma_stops_there():
         (dict(variance_type="learned"), "variance_type"),
         (dict(solver_order=2.0), "solver_order"),
         (dict(solver_type="bh2"), "solver_type"),
-        (dict(eta=0.5, eta_schedule="linear:1:0"), "either eta"),
+        (dict(eta=0.5 if DEFAULT_ETA != 0.5 else 0.25, eta_schedule="linear:1:0"), "either eta"),  # not the default
         (dict(s_noise=-1.0), "s_noise"),
     ],
 )

@@ -42,6 +42,7 @@ def rel_diff(a, b):
 
 def ours(**kw):
     kw.setdefault("solver_order", 1)  # the first-order family, compared against DDIM/DDPM
+    kw.setdefault("use_corrector", False)  # DDIM/DDPM/DPM-Solver have none
     return SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, timestep_spacing="trailing", **kw)
 
 

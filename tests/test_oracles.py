@@ -104,7 +104,8 @@ def compare_trajectories(name, ours, ref, skip_final_noise=False):
 @pytest.mark.parametrize("n", STEPS)
 def test_eta1_fixed_small_equals_ddpm(n, spacing, clip):
     ref = DDPMScheduler(variance_type="fixed_small", timestep_spacing=spacing, clip_sample=clip)
-    ours = SkippedStepScheduler(eta=1.0, solver_order=1, variance_type="fixed_small", timestep_spacing=spacing, clip_sample=clip)
+    ours = SkippedStepScheduler(eta=1.0, solver_order=1, use_corrector=False, variance_type="fixed_small",
+                                timestep_spacing=spacing, clip_sample=clip)
     assert torch.equal(ours.alphas_cumprod, ref.alphas_cumprod)
     model = make_model("epsilon", ref.alphas_cumprod)
     a, b = trajectory(ours, model, n), trajectory(ref, model, n)
@@ -116,7 +117,8 @@ def test_eta1_fixed_small_equals_ddpm(n, spacing, clip):
 @pytest.mark.parametrize("n", STEPS)
 def test_eta1_fixed_large_equals_ddpm(n, spacing):
     ref = DDPMScheduler(variance_type="fixed_large", timestep_spacing=spacing, clip_sample=False)
-    ours = SkippedStepScheduler(eta=1.0, solver_order=1, variance_type="fixed_large", timestep_spacing=spacing)
+    ours = SkippedStepScheduler(eta=1.0, solver_order=1, use_corrector=False,
+                                variance_type="fixed_large", timestep_spacing=spacing)
     model = make_model("epsilon", ref.alphas_cumprod)
     a, b = trajectory(ours, model, n), trajectory(ref, model, n)
     compare_trajectories(f"eta=1 fixed_large vs DDPM n={n} {spacing}", a, b,
@@ -127,7 +129,8 @@ def test_eta1_fixed_large_equals_ddpm(n, spacing):
 @pytest.mark.parametrize("n", STEPS)
 def test_learned_range_equals_ddpm(n, spacing):
     ref = DDPMScheduler(variance_type="learned_range", timestep_spacing=spacing, clip_sample=False)
-    ours = SkippedStepScheduler(eta=1.0, solver_order=1, variance_type="learned_range", timestep_spacing=spacing)
+    ours = SkippedStepScheduler(eta=1.0, solver_order=1, use_corrector=False,
+                                variance_type="learned_range", timestep_spacing=spacing)
     model = make_model("epsilon", ref.alphas_cumprod, learned=True)
     a, b = trajectory(ours, model, n), trajectory(ref, model, n)
     compare_trajectories(f"learned_range vs DDPM n={n} {spacing}", a, b, skip_final_noise=spacing == "trailing")
@@ -136,7 +139,8 @@ def test_learned_range_equals_ddpm(n, spacing):
 def test_ddpm_trailing_final_step_noise_is_the_only_difference():
     """Document the quirk: on ``trailing`` DDPM adds noise to its own final ``x0_hat`` (t=99 > 0)."""
     ref = DDPMScheduler(variance_type="fixed_large", timestep_spacing="trailing", clip_sample=False)
-    ours = SkippedStepScheduler(eta=1.0, solver_order=1, variance_type="fixed_large", timestep_spacing="trailing")
+    ours = SkippedStepScheduler(eta=1.0, solver_order=1, use_corrector=False,
+                                variance_type="fixed_large", timestep_spacing="trailing")
     model = make_model("epsilon", ref.alphas_cumprod)
     a, b = trajectory(ours, model, 10), trajectory(ref, model, 10)
     assert torch.equal(a[-1][0], a[-1][1])  # ours: the final sample is x0_hat
@@ -148,7 +152,8 @@ def test_ddpm_trailing_final_step_noise_is_the_only_difference():
 @pytest.mark.parametrize("n", STEPS)
 def test_prediction_types_equal_ddpm(n, spacing, prediction_type):
     ref = DDPMScheduler(prediction_type=prediction_type, timestep_spacing=spacing, clip_sample=False)
-    ours = SkippedStepScheduler(eta=1.0, solver_order=1, prediction_type=prediction_type, timestep_spacing=spacing)
+    ours = SkippedStepScheduler(eta=1.0, solver_order=1, use_corrector=False,
+                                prediction_type=prediction_type, timestep_spacing=spacing)
     model = make_model(prediction_type, ref.alphas_cumprod)
     a, b = trajectory(ours, model, n), trajectory(ref, model, n)
     compare_trajectories(f"{prediction_type} vs DDPM n={n} {spacing}", a, b)
@@ -157,7 +162,7 @@ def test_prediction_types_equal_ddpm(n, spacing, prediction_type):
 def test_custom_timesteps_equal_ddpm():
     ts = [950, 700, 420, 200, 60, 7]
     ref = DDPMScheduler(clip_sample=False)
-    ours = SkippedStepScheduler(eta=1.0, solver_order=1)
+    ours = SkippedStepScheduler(eta=1.0, solver_order=1, use_corrector=False)  # custom timesteps: no spacing
     model = make_model("epsilon", ref.alphas_cumprod)
     a, b = trajectory(ours, model, timesteps=ts), trajectory(ref, model, timesteps=ts)
     compare_trajectories("eta=1 vs DDPM custom timesteps", a, b)
@@ -169,7 +174,7 @@ def test_custom_timesteps_equal_ddpm():
 def _ddim_pair(spacing, steps_offset=0, **kw):
     ref = DDIMScheduler(timestep_spacing=spacing, steps_offset=steps_offset, set_alpha_to_one=True, clip_sample=False,
                         **kw)
-    ours = SkippedStepScheduler.from_config(ref.config, eta=0.0, solver_order=1, keep_grid=True)
+    ours = SkippedStepScheduler.from_config(ref.config, eta=0.0, solver_order=1, use_corrector=False, keep_grid=True)
     return ours, ref
 
 
@@ -194,7 +199,7 @@ def test_eta0_equals_ddim_stable_diffusion_schedule(n):
 @pytest.mark.parametrize("n", STEPS)
 def test_eta_half_equals_ddim_same_generator(n):
     ours, ref = _ddim_pair("trailing")
-    ours = SkippedStepScheduler.from_config(ref.config, eta=0.5, solver_order=1, keep_grid=True)
+    ours = SkippedStepScheduler.from_config(ref.config, eta=0.5, solver_order=1, use_corrector=False, keep_grid=True)
     model = make_model("epsilon", ref.alphas_cumprod)
     a, b = trajectory(ours, model, n), trajectory(ref, model, n, eta=0.5)
     compare_trajectories(f"eta=0.5 vs DDIM n={n} trailing (generator)", a, b)
@@ -202,7 +207,7 @@ def test_eta_half_equals_ddim_same_generator(n):
 
 def test_eta_half_equals_ddim_same_variance_noise():
     ours, ref = _ddim_pair("trailing")
-    ours = SkippedStepScheduler.from_config(ref.config, eta=0.5, solver_order=1, keep_grid=True)
+    ours = SkippedStepScheduler.from_config(ref.config, eta=0.5, solver_order=1, use_corrector=False, keep_grid=True)
     model = make_model("epsilon", ref.alphas_cumprod)
     n = 10
     g = torch.Generator().manual_seed(7)
@@ -232,7 +237,7 @@ def test_zero_terminal_snr_v_prediction_equals_ddim(n):
 def test_zero_terminal_snr_v_prediction_eta1_equals_ddpm(n):
     ref = DDPMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing",
                         clip_sample=False)
-    ours = SkippedStepScheduler.from_config(ref.config, eta=1.0, solver_order=1, keep_grid=True)
+    ours = SkippedStepScheduler.from_config(ref.config, eta=1.0, solver_order=1, use_corrector=False, keep_grid=True)
     model = make_model("v_prediction", ref.alphas_cumprod)
     a, b = trajectory(ours, model, n), trajectory(ref, model, n)
     compare_trajectories(f"zero-SNR v_prediction eta=1 vs DDPM n={n}", a, b)

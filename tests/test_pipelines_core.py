@@ -94,7 +94,8 @@ def test_ddpm_pipeline_runs_and_equals_manual_loop(tiny_unet2d):
 
 
 def test_ddpm_pipeline_equals_ddpm_scheduler_respaced(tiny_unet2d):
-    ours = SkippedStepScheduler(eta=1.0, solver_order=1, clip_sample=True, timestep_spacing="trailing")
+    ours = SkippedStepScheduler(eta=1.0, solver_order=1, use_corrector=False, clip_sample=True,
+                                timestep_spacing="trailing")
     ref = DDPMScheduler(clip_sample=True, timestep_spacing="trailing")
     outs = []
     for sched in (ours, ref):
@@ -177,7 +178,9 @@ def sd_pipe(components, scheduler) -> StableDiffusionPipeline:
 
 
 def ours_sd(eta):
-    return SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, eta=eta, solver_order=1, timestep_spacing="trailing")
+    """The first-order member (DDIM at eta=0, DDPM-type at eta=1) on DDIM's trailing grid, without the corrector."""
+    return SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, eta=eta, solver_order=1,
+                                            use_corrector=False, timestep_spacing="trailing")
 
 
 def run_sd(pipe, seed=0, output_type="latent", **kwargs):
@@ -258,8 +261,9 @@ def test_sd_pipeline_config_rewrite_is_obeyed(sd_components):
     """``StableDiffusionPipeline.__init__`` rewrites an outdated scheduler config (``clip_sample=True`` -> False,
     ``steps_offset`` -> 1) by replacing ``scheduler._internal_dict``; diffusers' schedulers read those keys at step
     time and follow. Ours must too, or its behaviour disagrees with its own (saved) config."""
-    sched = SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, eta=0.0, solver_order=1, timestep_spacing="trailing",
-                                             clip_sample=True, steps_offset=0)
+    sched = SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config, eta=0.0, solver_order=1,
+                                             use_corrector=False, timestep_spacing="trailing", clip_sample=True,
+                                             steps_offset=0)
     pipe = sd_pipe(sd_components, sched)
     assert sched.config.clip_sample is False and sched.config.steps_offset == 1  # rewritten by the pipeline
     lat = run_sd(pipe)

@@ -19,7 +19,11 @@ from hypothesis import strategies as st
 
 from tiny_models import SD_SCHEDULER_CONFIG
 
-from skipstep import SkippedStepScheduler, SkippedStepSchedulerOutput
+import skipstep
+from skipstep import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
+                      DEFAULT_USE_CORRECTOR, SkippedStepFlowScheduler, SkippedStepScheduler,
+                      SkippedStepSchedulerOutput)
+from skipstep.timesteps import select_timesteps, spacing_power_for
 
 SHAPE = (2, 3, 4, 4)
 _W = torch.randn(4, 4, generator=torch.Generator().manual_seed(0)) / 2
@@ -182,12 +186,16 @@ def test_from_config_swap_keeps_the_training_chain(source):
     ours = SkippedStepScheduler.from_config(source.config, keep_grid=True)
     assert torch.equal(ours.alphas_cumprod, source.alphas_cumprod.float())
     # diffusers' from_config carries every key the source set explicitly; keys the source left at its own
-    # default (listed in `_use_default_values`) take the target's default (our timestep_spacing is 'trailing')
+    # default (listed in `_use_default_values`) take the target's default (our timestep_spacing is
+    # DEFAULT_TIMESTEP_SPACING)
     defaulted = set(source.config.get("_use_default_values", []))
     for key in ("num_train_timesteps", "beta_schedule", "prediction_type", "timestep_spacing", "steps_offset"):
         if key not in defaulted:
             assert ours.config[key] == source.config[key], key
-    assert ours.config.eta == 1.0  # diffusers configs carry no eta: the library default applies
+    if "timestep_spacing" in defaulted:
+        assert ours.config.timestep_spacing == DEFAULT_TIMESTEP_SPACING
+    # diffusers configs carry no eta and no use_corrector: the library defaults apply
+    assert ours.config.eta == DEFAULT_ETA and ours.config.use_corrector == DEFAULT_USE_CORRECTOR
     # same timesteps as the source for the spacings both have
     n = 10
     ours.set_timesteps(n)
@@ -228,7 +236,7 @@ def test_compatibles():
 # timesteps
 # ---------------------------------------------------------------------------------------------------------------
 def test_custom_timesteps():
-    sched = SkippedStepScheduler(eta=1.0, solver_order=1)
+    sched = SkippedStepScheduler(eta=1.0, solver_order=1, timestep_spacing="trailing")
     ts = [901, 640, 333, 120, 5]
     sched.set_timesteps(timesteps=ts)
     assert sched.timesteps.tolist() == ts and sched.timesteps.dtype == torch.int64
@@ -243,6 +251,28 @@ def test_custom_timesteps():
     # back to a spacing
     sched.set_timesteps(4)
     assert not sched.custom_timesteps and sched.timesteps.tolist() == [999, 749, 499, 249]
+
+
+def test_the_defaults_are_the_library_defaults():
+    """Both schedulers and sample() default to DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR and the
+    DEFAULT_TIMESTEP_SPACING grid with DEFAULT_SPACING_POWER (None: the exponent rule of spacing_power_for)."""
+    expected = dict(eta=DEFAULT_ETA, solver_order=DEFAULT_SOLVER_ORDER, use_corrector=DEFAULT_USE_CORRECTOR,
+                    timestep_spacing=DEFAULT_TIMESTEP_SPACING, spacing_power=DEFAULT_SPACING_POWER)
+    for cls in (SkippedStepScheduler, SkippedStepFlowScheduler):
+        config = cls().config
+        assert {k: config[k] for k in expected} == expected, cls.__name__
+    params = inspect.signature(skipstep.sample).parameters
+    assert {k: params[k].default for k in ("eta", "solver_order", "use_corrector", "spacing_power")} == {
+        k: expected[k] for k in ("eta", "solver_order", "use_corrector", "spacing_power")}
+    assert params["spacing"].default == DEFAULT_TIMESTEP_SPACING
+    sched = SkippedStepScheduler()
+    for n in (4, 10):
+        sched.set_timesteps(n)
+        default_grid = select_timesteps(sched.path, n, DEFAULT_TIMESTEP_SPACING, power=DEFAULT_SPACING_POWER)
+        assert sched.timesteps.tolist() == default_grid.tolist()
+        if DEFAULT_TIMESTEP_SPACING == "power":
+            explicit = select_timesteps(sched.path, n, "power", power=spacing_power_for(n, DEFAULT_SPACING_POWER))
+            assert default_grid.tolist() == explicit.tolist()
 
 
 def test_set_timesteps_device_argument():
@@ -323,7 +353,8 @@ def test_eta_schedule_resolution(eta, n, expected):
 def test_per_step_eta_list_drives_each_step():
     """eta=[0, 1, ...]: step 0 is a DDIM step, step 1 a skipped-step (DDPM) step."""
     n = 4
-    ours = SkippedStepScheduler(eta=[0.0, 1.0, 0.0, 1.0], solver_order=1)
+    ours = SkippedStepScheduler(eta=[0.0, 1.0, 0.0, 1.0], solver_order=1, use_corrector=False,
+                                timestep_spacing="trailing")
     ddim = DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)
     ddpm = DDPMScheduler(timestep_spacing="trailing", clip_sample=False)
     for s in (ours, ddim, ddpm):
@@ -343,7 +374,7 @@ def test_per_step_eta_list_drives_each_step():
 
 
 def test_call_time_eta_overrides_one_step_only():
-    ours = SkippedStepScheduler(eta=1.0, solver_order=1)
+    ours = SkippedStepScheduler(eta=1.0, solver_order=1, use_corrector=False, timestep_spacing="trailing")
     ddim = DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)
     ours.set_timesteps(10)
     ddim.set_timesteps(10)

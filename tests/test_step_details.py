@@ -101,8 +101,9 @@ def test_dynamic_thresholding_equals_diffusers(ratio, max_value, model):
     config = dict(thresholding=True, dynamic_thresholding_ratio=ratio, sample_max_value=max_value,
                   clip_sample=False, timestep_spacing="trailing")
     ddim = DDIMScheduler(set_alpha_to_one=True, **config)
-    ours = SkippedStepScheduler.from_config(ddim.config, eta=0.0, solver_order=1)
-    plain = SkippedStepScheduler.from_config(ddim.config, eta=0.0, solver_order=1, thresholding=False)
+    member = dict(eta=0.0, solver_order=1, use_corrector=False, keep_grid=True)  # DDIM's step on DDIM's grid
+    ours = SkippedStepScheduler.from_config(ddim.config, **member)
+    plain = SkippedStepScheduler.from_config(ddim.config, **member, thresholding=False)
     for s in (ddim, ours, plain):
         s.set_timesteps(10)
     assert ddim.timesteps.tolist() == ours.timesteps.tolist()

@@ -10,9 +10,11 @@ import os
 
 import pytest
 import torch
+
+import skipstep
 from diffusers.utils.torch_utils import randn_tensor
 
-from skipstep import SkippedStepScheduler, sample
+from skipstep import DEFAULT_SOLVER_ORDER, SkippedStepScheduler, sample
 from skipstep.lab import cli
 from skipstep.lab.bench import BenchConfig, run_bench
 from skipstep.lab.models import load_gmm, load_model, register_model
@@ -56,6 +58,12 @@ def make_schedule(**overrides) -> TunedSchedule:
               provenance={"model": "gmm", "num_samples": 16, "objective": {"tuned": 1.5}})
     kw.update(overrides)
     return TunedSchedule(**kw)
+
+
+def contradicting_order(schedule: TunedSchedule) -> int:
+    """A solver order that is neither the schedule's nor the library default (an explicit default is not told
+    apart from an omitted one)."""
+    return next(o for o in (3, 1, 2) if o not in (schedule.solver_order, DEFAULT_SOLVER_ORDER))
 
 
 def counted(spec):
@@ -152,8 +160,9 @@ def test_scheduler_refuses_what_contradicts_the_schedule():
         sched.set_timesteps(timesteps=[900, 100])
     with pytest.raises(TunedScheduleError, match=r"T=1000 .*T=500"):
         SkippedStepScheduler(num_train_timesteps=500, tuned_schedule=s.to_dict())
-    with pytest.raises(TunedScheduleError, match=r"solver_order=3 \(the schedule's is 2\)"):
-        SkippedStepScheduler(solver_order=3, tuned_schedule=s.to_dict())
+    other = contradicting_order(s)
+    with pytest.raises(TunedScheduleError, match=rf"solver_order={other} \(the schedule's is 2\)"):
+        SkippedStepScheduler(solver_order=other, tuned_schedule=s.to_dict())
     with pytest.raises(TunedScheduleError, match=r"eta=0.3"):
         SkippedStepScheduler(eta=0.3, tuned_schedule=s.to_dict())
     with pytest.raises(TunedScheduleError, match=r"variance_type='fixed_large'"):
@@ -179,8 +188,9 @@ def test_scheduler_and_sample_give_the_same_samples(gmm, tmp_path):
     torch.testing.assert_close(x, ref, rtol=0, atol=0)
     with pytest.raises(TunedScheduleError, match="either timesteps or a tuned schedule"):
         sample(gmm.model, shape, tuned_schedule=s, timesteps=[900, 100], progress=False)
-    with pytest.raises(TunedScheduleError, match="solver_order=3"):
-        sample(gmm.model, shape, tuned_schedule=s, solver_order=3, progress=False)
+    other = contradicting_order(s)
+    with pytest.raises(TunedScheduleError, match=f"solver_order={other}"):
+        sample(gmm.model, shape, tuned_schedule=s, solver_order=other, progress=False)
     with pytest.raises(TunedScheduleError, match="NFE=7"):
         sample(gmm.model, shape, tuned_schedule=s, num_steps=7, progress=False)
 
@@ -199,6 +209,28 @@ def test_the_search_scores_what_the_scheduler_samples(gmm):
     for i, t in enumerate(sched.timesteps):
         y = sched.step(gmm.model(y, t.reshape(1).expand(5)), t, y, variance_noise=noise.step(i)).prev_sample
     torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tuned_schedule_runs_without_the_corrector_on_every_route(gmm):
+    """The search tunes the predictor steps alone, so the scheduler and sample() run a schedule without the
+    corrector whatever the library default is."""
+    s = make_schedule(model_fingerprint=gmm.fingerprint)
+    assert SkippedStepScheduler(tuned_schedule=s).config.use_corrector is False
+    assert SkippedStepScheduler.from_config(gmm.scheduler_config, **s.scheduler_kwargs()).config.use_corrector is False
+    calls = []
+
+    def model(x, t):
+        calls.append(x.clone())
+        return gmm.model(x, t)
+
+    path = DiscreteVPPath.from_config(gmm.scheduler_config)
+    g = torch.Generator().manual_seed(0)
+    tuned = skipstep.sample(model, (2, *gmm.sample_shape), path=path, tuned_schedule=s, generator=g, progress=False)
+    g = torch.Generator().manual_seed(0)
+    plain = skipstep.sample(gmm.model, (2, *gmm.sample_shape), path=path, timesteps=s.timesteps, eta=list(s.eta),
+                            solver_order=s.solver_order, variance_type=s.variance_type, use_corrector=False,
+                            generator=g, progress=False)
+    torch.testing.assert_close(tuned, plain, rtol=0, atol=0)
 
 
 def test_family_contains_the_library_spacings():

@@ -55,12 +55,13 @@ def test_wan_pipeline_with_the_flow_scheduler(wan_parts, embeds):
     lat_euler = run_wan(wan_parts, embeds, ref_sched)
     assert lat_euler.shape == (1, 16, 3, HW // 8, HW // 8)  # 5-D latents
 
-    # eta=0 is the flow-matching Euler sampler, inside the pipeline too
-    lat0 = run_wan(wan_parts, embeds, SkippedStepFlowScheduler.from_config(ref_sched.config, eta=0.0))
+    # eta=0 (order 1, no corrector, on Euler's own sigmas) is the flow-matching Euler sampler, inside the pipeline too
+    first_order = dict(solver_order=1, use_corrector=False, timestep_spacing="linspace")
+    lat0 = run_wan(wan_parts, embeds, SkippedStepFlowScheduler.from_config(ref_sched.config, eta=0.0, **first_order))
     assert rel_diff(lat0, lat_euler) < 1e-5
 
     # eta=1 (the skipped-step posterior): finite, different, reproducible given the global seed
-    sched = SkippedStepFlowScheduler.from_config(ref_sched.config, eta=1.0)
+    sched = SkippedStepFlowScheduler.from_config(ref_sched.config, eta=1.0, **first_order)
     lat1 = run_wan(wan_parts, embeds, sched)
     assert sched.eta_schedule == [1.0] * STEPS and sched.config.shift == 7.0
     assert bool(torch.isfinite(lat1).all()) and rel_diff(lat1, lat0) > 1e-2

@@ -142,7 +142,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         eps_mse, data_half_range: the optimal variance's table (:func:`skipstep.optimal_variance.estimate_eps_mse`)
             and the data's half-range (1.0 for data in [-1, 1]).
         tuned_schedule: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule`, its dict or a file path;
-            stored as its dict). It fixes the timesteps, ``eta``, ``solver_order`` and ``variance_type``.
+            stored as its dict). It fixes the timesteps, ``eta``, ``solver_order`` and ``variance_type``, and turns the
+            corrector off (the search tunes the predictor steps alone).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -224,6 +225,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             self._tuned, fixed = scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps, eta,
                                                                         solver_order, variance_type)
             eta, solver_order, variance_type = fixed["eta"], fixed["solver_order"], fixed["variance_type"]
+            use_corrector = fixed["use_corrector"]
             self.register_to_config(**fixed)
         if variance_type == "learned":
             # In a diffusers config 'learned' means a variance predicted directly for the full T-step chain, which

@@ -20,7 +20,8 @@ How it runs on the core. The sigmas define a Gaussian path (:class:`~skipstep.pa
 prediction, and scales back by ``1/alpha_s``. Everything else -- ``eta`` and its schedules, ``solver_order``,
 ``solver_type``, the variance -- is the library's, planned once by :func:`~skipstep.plan.plan_steps`.
 
-Equivalences (tested against the k-diffusion package with a shared noise sampler, float64): ``eta=1,
+Equivalences (tested against the k-diffusion package with a shared noise sampler, float64; all with
+``use_corrector=False``): ``eta=1,
 solver_order=1`` is ``sample_euler_ancestral(eta=1)``; ``eta=0, solver_order=1`` is ``sample_euler`` (DDIM);
 ``solver_order=2, solver_type="heun"`` at ``eta=1`` is ``sample_dpmpp_2m_sde(eta=1, solver_type="heun")``;
 ``solver_type="midpoint"`` at ``eta=0`` is ``sample_dpmpp_2m`` and at ``eta=1`` ``sample_dpmpp_2m_sde(eta=1)``.
@@ -90,7 +91,8 @@ def sample_skipstep(
     """Skipped-step posterior sampling in k-diffusion's convention (see the module docstring).
 
     ``x`` is the starting point at ``sigmas[0]`` (``noise * sigmas[0]``, as for every k-diffusion sampler).
-    ``eta`` in [0, 1]: 1 is the skipped-step posterior (the default, with ``solver_order=2``), 0 is DDIM;
+    ``eta`` in [0, 1]: 1 is the skipped-step posterior, 0 is DDIM (the default: ``eta=0, solver_order=2``, the
+    corrector on -- ``skipstep.DEFAULT_*``);
     ``eta_schedule`` (a per-step list or a schedule string such as ``"linear:1:0"`` or ``"skip-ddim:3"``, see
     :func:`skipstep.plan.resolve_eta_schedule`) replaces the constant ``eta``. ``solver_order`` 1, 2 or 3;
     ``solver_type`` ``"heun"`` (exact weights) or ``"midpoint"`` (DPM-Solver++'s form); ``variance_type``

@@ -103,7 +103,8 @@ def sample(
     ``model_dtype=torch.float16``. The step arithmetic stays in float32 whatever the model's dtype.
     ``check_finite_values``: raise ``FloatingPointError`` naming the step when the model output or the sample
     becomes NaN or inf (one reduction per tensor and step).
-    ``tuned_schedule``: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule` or a file path); it fixes the timesteps,
+    ``tuned_schedule``: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule` or a file path; it turns
+    the corrector off); it fixes the timesteps,
     ``eta``, ``solver_order`` and ``variance_type`` (defaults are replaced, conflicting non-defaults refused).
 
     ``data_mean`` (and optionally ``data_var``, per-pixel or scalar; default 0) turn on the *analytic first step*
@@ -123,6 +124,7 @@ def sample(
     if tuned_schedule is not None:
         timesteps, eta, solver_order, variance_type = sampling_settings_from_tuned_schedule(
             tuned_schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
+        use_corrector = False  # the search tunes the predictor steps alone
     if not isinstance(spacing, str):  # an explicit list
         if timesteps is not None:
             raise ValueError("give the timesteps either as spacing=[...] or as timesteps=[...], not both")

@@ -247,7 +247,7 @@ class TunedSchedule:
     def scheduler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``SkippedStepScheduler.from_config(config, **kwargs)``."""
         return {"tuned_schedule": self.to_dict(), "eta": list(self.eta), "solver_order": self.solver_order,
-                "variance_type": _DIFFUSERS_NAME[self.variance_type]}
+                "variance_type": _DIFFUSERS_NAME[self.variance_type], "use_corrector": False}
 
     @property
     def stochastic(self) -> bool:
@@ -333,13 +333,14 @@ def _adopt(schedule: TunedSchedule, source: str, eta, solver_order, variance_typ
 
 def scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: int, eta, solver_order: int,
                                      variance_type: str) -> tuple[TunedSchedule, dict[str, Any]]:
-    """For ``SkippedStepScheduler(tuned_schedule=...)``: the schedule and the config keys it fixes."""
+    """For ``SkippedStepScheduler(tuned_schedule=...)``: the schedule and the config keys it fixes (the corrector is
+    off: the search tunes the predictor steps alone)."""
     schedule, source = _as_tuned_schedule(tuned_schedule, num_train_timesteps)
     _adopt(schedule, source, eta, solver_order, variance_type)
     vt = variance_type if canonical_variance_type(variance_type) == schedule.variance_type else \
         _DIFFUSERS_NAME[schedule.variance_type]
     return schedule, {"tuned_schedule": schedule.to_dict(), "eta": list(schedule.eta),
-                      "solver_order": schedule.solver_order, "variance_type": vt}
+                      "solver_order": schedule.solver_order, "variance_type": vt, "use_corrector": False}
 
 
 def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_steps=None, eta=DEFAULT_ETA,
