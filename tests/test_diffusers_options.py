@@ -282,13 +282,20 @@ def test_solver_type_heun_is_the_default_and_differs_from_midpoint():
     assert float((full_loop(heun) - full_loop(mid)).abs().max()) > 1e-4
 
 
-def test_a_foreign_grid_is_not_carried_unless_asked():
+def test_a_foreign_grid_is_not_carried_unless_asked(caplog):
     """The replaced scheduler's grid (timestep_spacing, steps_offset) gives way to skipstep's step rule; keep_grid or
     a keyword keeps it; a skipstep config keeps its own, also through another class and back."""
     sd_like = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
                             timestep_spacing="leading", set_alpha_to_one=False)
     default = SkippedStepScheduler()
-    ours = SkippedStepScheduler.from_config(sd_like.config)
+    from skipstep import diffusers_config
+
+    diffusers_config._GRID_WARNED.clear()  # noqa: SLF001  (the warning is once per process)
+    with caplog.at_level(logging.WARNING, logger="skipstep.diffusers_config"):
+        ours = SkippedStepScheduler.from_config(sd_like.config)
+        SkippedStepScheduler.from_config(sd_like.config)
+    grid_warnings = [r for r in caplog.records if "is not carried" in r.getMessage()]
+    assert len(grid_warnings) == 1 and "timestep_spacing='leading'" in grid_warnings[0].getMessage()
     assert ours.config.timestep_spacing == default.config.timestep_spacing
     assert ours.config.steps_offset == default.config.steps_offset
     ours.set_timesteps(5)

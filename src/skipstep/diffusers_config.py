@@ -21,10 +21,10 @@ The class that was replaced is recorded as ``replaced_scheduler``: its linspace/
 One exception to "honour": the replaced scheduler's *grid* (``timestep_spacing`` and ``steps_offset``,
 :data:`REPLACED_GRID_KEYS`) is not carried from a foreign config, because it was chosen for that scheduler (DDIM's
 ``leading`` grid spends the last of 5 evaluations at ``t = 0``), and skipstep's default step rule applies instead;
-it is logged (INFO). ``from_config(config, keep_grid=True)`` keeps it (what the replaced scheduler would have
-evaluated), and so does a keyword override, ``from_config(config, timestep_spacing="leading")`` (with the config's
-``steps_offset``). A
-skipstep config keeps its own, also after a round trip through another class (it carries ``replaced_scheduler``).
+it is logged (one warning per process and grid). ``from_config(config, keep_grid=True)`` keeps it (what the
+replaced scheduler would have evaluated), and so does a keyword override, ``from_config(config,
+timestep_spacing="leading")`` (with the config's ``steps_offset``). A skipstep config keeps its own, also after a
+round trip through another class (it carries ``replaced_scheduler``).
 """
 
 from __future__ import annotations
@@ -204,6 +204,18 @@ def source_class(config: dict, own_keys: set[str], our_class: str) -> str | None
 
 #: keys that describe the replaced scheduler's own timestep grid, not the model: not carried from a foreign config
 REPLACED_GRID_KEYS = ("timestep_spacing", "steps_offset")
+_GRID_WARNED: set[tuple] = set()
+
+
+def _warn_grid_once(our_class: str, source, dropped: dict) -> None:
+    """One warning per process and (class, grid): a pipeline rebuilds its scheduler on every swap."""
+    key = (our_class, source, tuple(sorted(dropped.items())))
+    if key in _GRID_WARNED:
+        return
+    _GRID_WARNED.add(key)
+    logger.warning("%s: the grid of %s (%s) is not carried; skipstep's default step rule applies (keep_grid=True or "
+                   "timestep_spacing=... keeps a grid)", our_class, source,
+                   ", ".join(f"{k}={v!r}" for k, v in dropped.items()))
 
 
 def translate_config(config: dict, overrides: dict, own_keys: set[str], our_class: str, keep_grid: bool = False
@@ -222,9 +234,7 @@ def translate_config(config: dict, overrides: dict, own_keys: set[str], our_clas
     if foreign and not keep_grid and "timestep_spacing" not in overrides and "replaced_scheduler" not in config:
         dropped = {k: config.pop(k) for k in REPLACED_GRID_KEYS if k in config and k not in overrides}
         if dropped.get("timestep_spacing") is not None and "timestep_spacing" not in defaults:
-            logger.info("%s: the config's grid (%s, of %s) is not carried; skipstep's step rule applies (pass "
-                        "timestep_spacing=... to keep a grid)", our_class,
-                        ", ".join(f"{k}={v!r}" for k, v in dropped.items()), source)
+            _warn_grid_once(our_class, source, dropped)
     chosen = {k: v for k, v in config.items() if not k.startswith("_") and k not in defaults} if foreign else {}
     merged = {**chosen, **overrides}
     unknown = sorted(k for k in overrides if k not in own_keys and k not in FOREIGN_KEY_RULES)

@@ -90,7 +90,9 @@ def sample(
     Start from ``noise`` (``x_T``) or from ``randn(shape, generator)``. ``generator`` may be a list with one
     generator per sample (exactly one per sample), which makes each sample independent of the batch it is drawn in.
     ``spacing`` is a spacing name or an explicit descending list of timesteps (the same as ``timesteps=``);
-    ``spacing_power`` is the exponent of the ``power`` spacing (:func:`skipstep.timesteps.power_grid`).
+    ``spacing_power`` is the exponent of the ``power`` spacing (:func:`skipstep.timesteps.power_grid`); ``None``
+    (the default, with the default ``spacing="power"``) is the rule ``p = 1 + 4/n``
+    (:func:`skipstep.timesteps.spacing_power_for`).
     ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`).
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
     (order 1 is the plain step); ``use_corrector`` redoes each step once the model has been evaluated at its end
