@@ -20,7 +20,7 @@ import diffusers
 
 from ..diffusers_schedulers import SkippedStepScheduler
 from ..flow_schedulers import SkippedStepFlowScheduler
-from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER
+from ..steps import DEFAULT_ETA
 from ..tuned_schedules import TunedScheduleError, load_tuned_schedule, resolve_tuned_schedule_path
 from .loaded_model import LoadedModel
 from .sampler_recipes import (SamplerError, SamplerRecipe, clip_overrides, from_config_accepting, is_flow_config,
