@@ -84,6 +84,10 @@ def test_eta_inside_list_out_of_range():
         ("linear:-1:0", r"unknown eta schedule.*linear:A:B"),
         ("cosine:1:0", r"unknown eta schedule.*skip-ddim:K"),
         ("skip-ddim:1.5", r"eta switch point must lie in \[0, 1\]"),
+        ("below:0:0:1", r"step count N of a 'below:N:LOW:HIGH' eta schedule must be >= 1"),
+        ("below:8:ddim:1", r"LOW of a 'below:N:LOW:HIGH' eta schedule must be a number in \[0, 1\] or 'window'"),
+        ("below:8:0:1.5", r"eta must lie in \[0, 1\].*1\.5 \(HIGH of 'below:'\)"),
+        ("below:8:0", r"unknown eta schedule"),
     ],
 )
 def test_eta_inside_schedule_string_out_of_range(eta, match):

@@ -342,6 +342,12 @@ def test_half_precision_computed_in_float32(dtype, tol):
         ("ddim-skip:3", 5, [0.0, 0.0, 0.0, 1.0, 1.0]),
         ("skip-ddim:0.5", 10, [1.0] * 5 + [0.0] * 5),
         ("0.3", 2, [0.3, 0.3]),
+        ("window", 5, [0.0, 1.0, 1.0, 1.0, 0.0]),
+        ("window", 2, [0.0, 0.0]),
+        ("below:8:0:window", 7, [0.0] * 7),
+        ("below:8:0:window", 8, [0.0] + [1.0] * 6 + [0.0]),
+        ("below:4:window:0.5", 3, [0.0, 1.0, 0.0]),
+        ("below:4:window:0.5", 4, [0.5] * 4),
     ],
 )
 def test_eta_schedule_resolution(eta, n, expected):

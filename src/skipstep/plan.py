@@ -24,6 +24,7 @@ from .posterior import Posterior, SOLVER_TYPES, corrector_x0_weight_rows, gaussi
 # ----------------------------------------------------------------------------------------------------------------
 _SWITCH = re.compile(r"^(skip-ddim|ddim-skip):([0-9]*\.?[0-9]+)$")
 _LINEAR = re.compile(r"^linear:([0-9]*\.?[0-9]+):([0-9]*\.?[0-9]+)$")
+_BELOW = re.compile(r"^below:([0-9]+):([^:]+):([^:]+)$")
 ETA_SCHEDULE_FORMS = (
     "a number in [0, 1] (constant)",
     "a list of numbers in [0, 1], one per step",
@@ -31,7 +32,31 @@ ETA_SCHEDULE_FORMS = (
     "'skip-ddim:K' (skipped-step eta=1 for the first K steps, then DDIM eta=0; K an integer, or a fraction in (0,1) "
     "of the steps)",
     "'ddim-skip:K' (DDIM for the first K steps, then skipped-step)",
+    "'window' (eta=1 on the middle steps, 0 on the first and the last: SA-Solver's noise window in step-index form)",
+    "'below:N:LOW:HIGH' (the schedule LOW for fewer than N steps, HIGH from N steps on; LOW and HIGH each a number "
+    "or 'window')",
 )
+
+
+def window_schedule(num_steps: int) -> list[float]:
+    """``[0, 1, ..., 1, 0]``: noise on steps ``1 .. n-2`` only. The first step (at high noise, where the model's
+    x0 is a blur) and the last (which injects nothing whatever its eta) stay deterministic -- SA-Solver's default
+    ``tau = 1 for 200 <= t <= 800`` in step-index form."""
+    if num_steps <= 2:
+        return [0.0] * num_steps
+    return [0.0] + [1.0] * (num_steps - 2) + [0.0]
+
+
+def _simple_schedule(text: str, num_steps: int, where: str) -> list[float]:
+    """A constant or ``'window'`` -- the parts of a ``'below:'`` schedule."""
+    if text == "window":
+        return window_schedule(num_steps)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{where} of a 'below:N:LOW:HIGH' eta schedule must be a number in [0, 1] or 'window', "
+                         f"got {text!r}") from None
+    return [_check_eta(value, f"({where} of 'below:')")] * num_steps
 
 
 def _check_eta(value: float, where: str) -> float:
@@ -76,6 +101,16 @@ def resolve_eta_schedule(eta, num_steps: int) -> list[float]:
             if num_steps == 1:
                 return [start]
             return [start + (end - start) * i / (num_steps - 1) for i in range(num_steps)]
+        if text == "window":
+            return window_schedule(num_steps)
+        m = _BELOW.match(text)
+        if m:
+            threshold = int(m.group(1))
+            if threshold < 1:
+                raise ValueError(f"the step count N of a 'below:N:LOW:HIGH' eta schedule must be >= 1, got {threshold}")
+            low = _simple_schedule(m.group(2), num_steps, "LOW")
+            high = _simple_schedule(m.group(3), num_steps, "HIGH")
+            return low if num_steps < threshold else high
         m = _SWITCH.match(text)
         if m:
             k = _switch_index(m.group(2), num_steps)

@@ -30,7 +30,8 @@ PLACEMENTS: dict[str, Callable[[int], float]] = {
     "pn2": lambda n: 1.0 + 2.0 / n,
     "pn4": lambda n: 1.0 + 4.0 / n,
 }
-#: solver name -> (eta, solver_order); eta ``WINDOW`` is the window rule of :func:`window_eta`
+#: solver name -> (eta, solver_order); eta ``WINDOW`` is the schedule string of
+#: :func:`skipstep.plan.window_schedule`
 WINDOW = "window"
 SOLVERS: dict[str, tuple[float | str, int]] = {
     "e0-o2": (0.0, 2),
@@ -43,11 +44,6 @@ SOLVERS: dict[str, tuple[float | str, int]] = {
 }
 
 
-def window_eta(steps: int) -> list[float]:
-    """``[0, 1, ..., 1, 0]``: noise on steps ``1 .. n-2`` (the last step injects none whatever its eta)."""
-    return [0.0] + [1.0] * max(0, steps - 2) + [0.0] * (1 if steps > 1 else 0)
-
-
 PLACEMENT_TEXT = {"p1": "power spacing p=1 (the DPM-Solver family's leading grid)", "p1.25": "power spacing p=1.25",
                   "pn2": "power spacing p=1+2/n", "pn4": "power spacing p=1+4/n"}
 
@@ -58,7 +54,7 @@ def candidate_name(placement: str, solver: str) -> str:
 
 def build_candidate(config: dict, steps: int, power: float, eta: float | str, order: int):
     """The candidate's scheduler for ``steps`` steps from a model's scheduler config."""
-    common = dict(eta=window_eta(steps) if eta == WINDOW else eta, solver_order=order, use_corrector=True,
+    common = dict(eta=eta, solver_order=order, use_corrector=True,
                   timestep_spacing="power", spacing_power=power)
     if is_flow_config(config):
         return from_config_accepting(SkippedStepFlowScheduler, config, **common)
@@ -83,4 +79,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["PLACEMENTS", "SOLVERS", "WINDOW", "build_candidate", "candidate_name", "window_eta"]
+__all__ = ["PLACEMENTS", "SOLVERS", "WINDOW", "build_candidate", "candidate_name"]
