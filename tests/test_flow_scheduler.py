@@ -307,3 +307,24 @@ def test_bad_configs_and_calls():
     # a batch of equal timesteps (pipelines expand t to the batch) is fine
     out = sched.step(x, t.expand(2), x, generator=torch.Generator().manual_seed(0))
     assert out.prev_sample.shape == x.shape
+
+
+@pytest.mark.parametrize("steps", [4, 9])
+def test_step_count_dependent_eta_equals_its_resolved_list(steps):
+    """``below:6:0:window`` is deterministic for 4 steps and the noise window for 9: the same samples as the
+    explicit per-step list, on both sides of the threshold."""
+    rule = SkippedStepFlowScheduler(shift=3.0, eta="below:6:0:window", solver_order=2)
+    rule.set_timesteps(steps)
+    expected = [0.0] * steps if steps < 6 else [0.0] + [1.0] * (steps - 2) + [0.0]
+    assert rule.eta_schedule == expected
+    explicit = SkippedStepFlowScheduler(shift=3.0, eta=expected, solver_order=2)
+    explicit.set_timesteps(steps)
+    x0 = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for sched in (rule, explicit):
+        g = torch.Generator().manual_seed(1)
+        x = x0.clone()
+        for t in sched.timesteps:
+            x = sched.step(velocity_model(x, t), t, x, generator=g).prev_sample
+        outs.append(x)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
