@@ -202,7 +202,8 @@ def test_generate_writes_feature_stats_and_an_fid(tmp_path):
     samples, _ = G.load_samples(a)
     direct = gaussian_stats(tiny_features(samples).detach().numpy())
     saved, _ = F.load_reference_stats(stats_file, F.as_feature_extractor(tiny_features))
-    np.testing.assert_allclose(saved.cov, direct.cov, atol=1e-12)
+    # float32 features of batches of 4 vs one batch of 12 differ in the last bits (~2 ulp): rtol at float32's scale
+    np.testing.assert_allclose(saved.cov, direct.cov, rtol=1e-6, atol=1e-12)
     b = tmp_path / "b"
     rb = _gen(b, 1, fid_features="test_fid:tiny_features", fid_reference=str(stats_file))
     record = json.loads((b / "fid.json").read_text())
