@@ -328,3 +328,33 @@ def test_step_count_dependent_eta_equals_its_resolved_list(steps):
             x = sched.step(velocity_model(x, t), t, x, generator=g).prev_sample
         outs.append(x)
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def _run(sched, n, seed=0):
+    sched.set_timesteps(n)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 8, generator=g)
+    for t in sched.timesteps:
+        x = sched.step(velocity_model(x, t), t, x, generator=g).prev_sample
+    return x
+
+
+def test_lower_order_final_and_euler_at_final():
+    """DPM-Solver's final-step rules on the flow path: below 15 steps lower_order_final caps the second-to-last step
+    at order 2 (the last step, to clean data, is first order in every case), so it changes an order-3 trajectory and
+    leaves an order-2 one exactly as it is."""
+    def orders(sched, n):
+        sched.set_timesteps(n)
+        return [min(sched.step_config.solver_order, step.max_order()) for step in sched._plan]
+
+    o3 = dict(shift=3.0, solver_order=3)
+    plain, lowered = orders(SkippedStepFlowScheduler(**o3), 8), orders(SkippedStepFlowScheduler(**o3, lower_order_final=True), 8)
+    assert plain[-1] == 1 and plain[-2] == 3 and lowered[-2] == 2 and lowered[:-2] == plain[:-2]
+    assert orders(SkippedStepFlowScheduler(**o3, lower_order_final=True), 16) == orders(SkippedStepFlowScheduler(**o3), 16)
+    changed = _run(SkippedStepFlowScheduler(**o3, lower_order_final=True), 8) - _run(SkippedStepFlowScheduler(**o3), 8)
+    assert float(changed.abs().max()) > 1e-4
+    o2 = dict(shift=3.0, solver_order=2)
+    for key in ("lower_order_final", "euler_at_final"):
+        assert torch.equal(_run(SkippedStepFlowScheduler(**o2, **{key: True}), 8), _run(SkippedStepFlowScheduler(**o2), 8))
+    with pytest.raises(ValueError, match="lower_order_final must be True or False"):
+        SkippedStepFlowScheduler(lower_order_final="yes")

@@ -91,6 +91,9 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form
             of the order-2 steps), as for :class:`skipstep.SkippedStepScheduler`.
         use_corrector: the corrector of :class:`skipstep.SkippedStepScheduler` (no extra evaluation).
+        lower_order_final, euler_at_final: as for :class:`skipstep.SkippedStepScheduler` (DPM-Solver's rules for
+            the last steps; the last step to clean data, ``x0_hat`` of the last evaluation, is first order anyway,
+            so they change an order-3 trajectory's second-to-last step only).
         timestep_spacing: ``linspace`` (FlowMatchEulerDiscreteScheduler's own sigmas) or ``power``: unshifted
             sigmas ``((n - i) / n)^p``, ``p = spacing_power >= 1``, then the config's ``shift`` / dynamic shifting as
             diffusers applies it to custom sigmas.
@@ -124,6 +127,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         use_corrector: bool = DEFAULT_USE_CORRECTOR,
         timestep_spacing: str = DEFAULT_TIMESTEP_SPACING,
         spacing_power: float | None = DEFAULT_SPACING_POWER,
+        lower_order_final: bool = False,
+        euler_at_final: bool = False,
     ):
         if invert_sigmas:
             raise ValueError(
@@ -137,8 +142,10 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             )
         resolve_eta_schedule(eta, len(eta) if isinstance(eta, (list, tuple)) else num_train_timesteps)
         check_solver_type(solver_type)
-        if not isinstance(use_corrector, bool):
-            raise ValueError(f"use_corrector must be True or False, got {use_corrector!r}")
+        for key, value in (("use_corrector", use_corrector), ("lower_order_final", lower_order_final),
+                           ("euler_at_final", euler_at_final)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be True or False, got {value!r}")
         if timestep_spacing not in FLOW_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {FLOW_SPACINGS}, got {timestep_spacing!r}")
         check_spacing_power(spacing_power)
@@ -240,7 +247,9 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         if bool((ts[1:] == ts[:-1]).any()):
             raise ValueError(f"timesteps must not repeat, got {ts.tolist()}")
         self._plan = plan_steps(self.path, noisy, self.config.eta, solver_order=self.step_config.solver_order,
-                                 solver_type=self.config.solver_type, use_corrector=self.step_config.use_corrector)
+                                 solver_type=self.config.solver_type, use_corrector=self.step_config.use_corrector,
+                                 lower_order_final=self.config.lower_order_final,
+                                 euler_at_final=self.config.euler_at_final)
         self.timesteps = src.timesteps
         self.sigmas = src.sigmas
         self.num_inference_steps = len(self._plan)

@@ -33,7 +33,8 @@ AF_SUFFIX = "-af"
 #: the bases that get an ``-af`` variant
 AF_BASES = ("default", "skipstep", "skipstep-ddim", "skipstep-eta0.5", "skipstep-o2", "skipstep-o3",
             "skipstep-ddim-o2", "skipstep-ddim-o3",
-            *(candidate_name(p, s) for p in PLACEMENTS for s in SOLVERS))
+            *(candidate_name(p, s) for p in PLACEMENTS for s, (_, _, lower_order_final) in SOLVERS.items()
+              if not lower_order_final))
 
 
 def af_name(base: str) -> str:
@@ -62,6 +63,9 @@ class AnalyticFirstStepRunner:
                        "clip_sample": step.clipping.clip_sample, "analytic_first_step": "training split moments"}
         if getattr(probe.config, "solver_type", "heun") != "heun":
             raise SamplerError("the analytic first step runs through skipstep.sample, whose solver is 'heun'")
+        if getattr(probe.config, "lower_order_final", False) or getattr(probe.config, "euler_at_final", False):
+            raise SamplerError("the analytic first step runs through skipstep.sample, which has no lower_order_final "
+                               "/ euler_at_final")
         self.timesteps: list = []
 
     def _scheduler(self, steps: int):
