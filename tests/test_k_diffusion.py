@@ -8,6 +8,7 @@ import torch
 from kdiffusion_loader import SKIP_REASON, load_k_diffusion
 from skipstep import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, DiscreteVPPath, SkippedStepScheduler
 from skipstep.k_diffusion import sample_skipstep
+from skipstep.plan import resolve_eta_schedule
 
 K = load_k_diffusion()
 pytestmark = pytest.mark.skipif(K is None, reason=SKIP_REASON)
@@ -106,13 +107,16 @@ def test_default_is_the_library_default_heun():
     assert float((ours - other).abs().max()) > 1e-6  # the corrector setting is not a no-op here
 
 
-def test_default_predictor_equals_k_diffusion():
-    """The default member without the corrector is k-diffusion's sampler of that member (where it has one)."""
-    reference = k_diffusion_reference(DEFAULT_ETA, DEFAULT_SOLVER_ORDER)
-    if reference is None:
-        pytest.skip(f"k-diffusion has no sampler for eta={DEFAULT_ETA}, order {DEFAULT_SOLVER_ORDER}")
+@pytest.mark.parametrize("steps", [5, 12])
+def test_default_predictor_equals_k_diffusion(steps):
+    """The default member without the corrector is k-diffusion's sampler of that member, on both sides of the
+    default's step-count threshold (its eta depends on the number of steps)."""
+    etas = resolve_eta_schedule(DEFAULT_ETA, steps)
+    assert len(set(etas)) == 1, f"the default's eta at {steps} steps is not constant: {etas}"
+    reference = k_diffusion_reference(etas[0], DEFAULT_SOLVER_ORDER)
+    assert reference is not None, f"k-diffusion has no sampler for eta={etas[0]}, order {DEFAULT_SOLVER_ORDER}"
     name, theirs_kwargs = reference
-    sigmas = karras(8)
+    sigmas = karras(steps)
     x = start(sigmas)
     noise = SharedNoise()
     ref = getattr(K.sampling, name)(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, **theirs_kwargs)

@@ -76,7 +76,7 @@ def sample_skipstep(
     extra_args: dict | None = None,
     callback: Callable[[dict], None] | None = None,
     disable: bool | None = None,
-    eta: float = DEFAULT_ETA,
+    eta: float | str = DEFAULT_ETA,
     solver_order: int = DEFAULT_SOLVER_ORDER,
     eta_schedule=None,
     solver_type: str = "heun",
@@ -91,8 +91,9 @@ def sample_skipstep(
     """Skipped-step posterior sampling in k-diffusion's convention (see the module docstring).
 
     ``x`` is the starting point at ``sigmas[0]`` (``noise * sigmas[0]``, as for every k-diffusion sampler).
-    ``eta`` in [0, 1]: 1 is the skipped-step posterior, 0 is DDIM (the default: ``eta=0, solver_order=2``, the
-    corrector on -- ``skipstep.DEFAULT_*``);
+    ``eta`` in [0, 1] or a schedule string: 1 is the skipped-step posterior, 0 is DDIM (the default,
+    ``skipstep.DEFAULT_*``: ``eta="below:8:0:1"`` -- 0 for fewer than 8 steps, 1 from 8 on --, ``solver_order=2``,
+    the corrector on);
     ``eta_schedule`` (a per-step list or a schedule string such as ``"linear:1:0"`` or ``"skip-ddim:3"``, see
     :func:`skipstep.plan.resolve_eta_schedule`) replaces the constant ``eta``. ``solver_order`` 1, 2 or 3;
     ``solver_type`` ``"heun"`` (exact weights) or ``"midpoint"`` (DPM-Solver++'s form); ``variance_type``
