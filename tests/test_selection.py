@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from skipstep.lab.selection import render_selection, scores, select
+from skipstep.lab.selection import render_selection, scores, select, step_count_composites
 
 
 def _records(table, seeds=(100, 101)):
@@ -62,3 +62,22 @@ def test_several_metrics_are_factors_of_one_score_and_a_fold_leaves_out_all_of_a
     assert sel.metric == "fd, fd_heldout"
     with pytest.raises(ValueError, match="at least one metric"):
         select(records, ["A"], ["m1", "m2"], [5], metric=[])
+
+
+def test_step_count_composites_take_each_member_s_cells_and_rank_independently_of_the_set():
+    table = {(s, m, n): v for m in ("m1", "m2") for (s, n), v in {
+        ("D", 4): 1.0, ("D", 6): 1.0, ("D", 10): 3.0, ("D", 15): 4.0,   # deterministic: good early, worse late
+        ("S", 4): 5.0, ("S", 6): 2.0, ("S", 10): 1.0, ("S", 15): 1.0}.items()}
+    records = _records(table)
+    composites = step_count_composites(records, "D", ["S"], [8, 12])
+    by = {(r["sampler"], r["nfe"], r["seed"]): r["metrics"]["fd"] for r in composites}
+    assert by[("below:8:D:S", 6, 100)] == 1.0 and by[("below:8:D:S", 10, 100)] == 1.0
+    assert by[("below:12:D:S", 10, 100)] == 3.0 and by[("below:12:D:S", 15, 101)] == pytest.approx(1.1)
+    assert len(composites) == 2 * len(records) // 2  # each composite: one member's cell per (model, nfe, seed)
+    nfes = [4, 6, 10, 15]
+    both = select(records + composites, ["D", "S", "below:8:D:S", "below:12:D:S"], ["m1", "m2"], nfes)
+    assert both.default == "below:8:D:S" and dict(both.overall)["below:8:D:S"] == pytest.approx(1.0)
+    alone = select(records + composites, ["D", "below:8:D:S", "below:12:D:S"], ["m1", "m2"], nfes)
+    assert [c for c, _ in alone.overall] == [c for c, _ in both.overall if c != "S"]
+    with pytest.raises(ValueError, match="thresholds"):
+        step_count_composites(records, "D", ["S"], [0])

@@ -110,6 +110,31 @@ def select(records: Iterable[dict], candidates: Sequence[str], models: Sequence[
                      scores(quality, candidates, pairs(models), nfes))
 
 
+def step_count_composite_name(low: str, high: str, threshold: int) -> str:
+    return f"below:{int(threshold)}:{low}:{high}"
+
+
+def step_count_composites(records: Iterable[dict], low: str, highs: Sequence[str], thresholds: Sequence[int]
+                          ) -> list[dict]:
+    """Records of the step-count-dependent candidates ``below:N:<low>:<high>`` made from the members' own cells:
+    ``low``'s cell for NFE < N, ``high``'s from N on, renamed. For members with one evaluation per step (NFE =
+    steps, as every candidate of :mod:`skipstep.lab.candidates`) that is exactly what a sampler whose eta is
+    ``below:N:<low's eta>:<high's eta>`` (:func:`skipstep.plan.resolve_eta_schedule`) would sample from the same
+    noise. The geometric-mean ranking of :func:`select` does not depend on which other candidates are present, so
+    composites can be ranked against any set of members."""
+    records = list(records)
+    out = []
+    for threshold in thresholds:
+        if isinstance(threshold, bool) or int(threshold) != threshold or threshold < 1:
+            raise ValueError(f"thresholds: the step count N must be an integer >= 1, got {threshold!r}")
+        for high in highs:
+            name = step_count_composite_name(low, high, int(threshold))
+            for r in records:
+                if r["sampler"] == (low if int(r["nfe"]) < threshold else high):
+                    out.append({**r, "sampler": name})
+    return out
+
+
 def _pair(model: str, metric: str, metrics: Sequence[str]) -> str:
     return model if len(metrics) == 1 else f"{model} [{metric}]"
 
@@ -127,4 +152,5 @@ def render_selection(sel: Selection, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FoldChoice", "Selection", "mean_quality", "render_selection", "scores", "select"]
+__all__ = ["FoldChoice", "Selection", "mean_quality", "render_selection", "scores", "select", "step_count_composite_name",
+           "step_count_composites"]
