@@ -93,7 +93,8 @@ def sample(
     ``spacing_power`` is the exponent of the ``power`` spacing (:func:`skipstep.timesteps.power_grid`); ``None``
     (the default, with the default ``spacing="power"``) is the rule ``p = 1 + 4/n``
     (:func:`skipstep.timesteps.spacing_power_for`).
-    ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`).
+    ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`); the
+    default ``"below:8:0:1"`` is deterministic for fewer than 8 steps and the skipped-step posterior from 8 on.
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
     (order 1 is the plain step); ``use_corrector`` redoes each step once the model has been evaluated at its end
     (one more interpolation node, same noise, no extra evaluation). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
