@@ -57,8 +57,10 @@ PAIRS = {
                 lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="dpmsolver++", solver_order=2)),
     "o2-eta1": ("order 2, eta 1", dict(eta=1.0, solver_order=2, use_corrector=False), "SDE-DPM-Solver++(2M)",
                 lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="sde-dpmsolver++", solver_order=2)),
-    "default": ("the default (eta 0, order 2, corrector)", dict(), "UniPC-bh2 (order 2)",
+    "default": ("the default (order 2, corrector; eta 1 from 8 steps on)", dict(), "UniPC-bh2 (order 2)",
                 lambda: UniPCMultistepScheduler(**CHAIN, solver_order=2, solver_type="bh2")),
+    "default-sde": ("the default (order 2, corrector; eta 1 from 8 steps on)", dict(), "SDE-DPM-Solver++(2M)",
+                    lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="sde-dpmsolver++", solver_order=2)),
     "o3-eta0": ("order 3, eta 0", dict(eta=0.0, solver_order=3, use_corrector=False), "DPM-Solver++(3M)",
                 lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="dpmsolver++", solver_order=3)),
 }
