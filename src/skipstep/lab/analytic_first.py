@@ -30,7 +30,8 @@ from .sampler_recipes import DATA_MOMENTS_KEY, SamplerError, get_sampler, is_flo
 __all__ = ["AF_BASES", "AF_SUFFIX", "AnalyticFirstStepRunner", "af_name"]
 
 AF_SUFFIX = "-af"
-#: the bases that get an ``-af`` variant
+#: the bases that get an ``-af`` variant (not the ``lower_order_final`` candidates: skipstep.sample has no such
+#: option)
 AF_BASES = ("default", "skipstep", "skipstep-ddim", "skipstep-eta0.5", "skipstep-o2", "skipstep-o3",
             "skipstep-ddim-o2", "skipstep-ddim-o3",
             *(candidate_name(p, s) for p in PLACEMENTS for s, (_, _, lower_order_final) in SOLVERS.items()
@@ -63,9 +64,6 @@ class AnalyticFirstStepRunner:
                        "clip_sample": step.clipping.clip_sample, "analytic_first_step": "training split moments"}
         if getattr(probe.config, "solver_type", "heun") != "heun":
             raise SamplerError("the analytic first step runs through skipstep.sample, whose solver is 'heun'")
-        if getattr(probe.config, "lower_order_final", False) or getattr(probe.config, "euler_at_final", False):
-            raise SamplerError("the analytic first step runs through skipstep.sample, which has no lower_order_final "
-                               "/ euler_at_final")
         self.timesteps: list = []
 
     def _scheduler(self, steps: int):
