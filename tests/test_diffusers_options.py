@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -40,6 +41,31 @@ def strictly_descending(ts: torch.Tensor) -> bool:
 def test_every_key_of_every_compatible_scheduler_has_a_decision():
     undecided = sorted(k for k in diffusers_scheduler_keys() if k not in OWN_KEYS and k not in FOREIGN_KEY_RULES)
     assert undecided == []
+
+
+def test_a_scheduler_whose_optional_backend_is_missing_does_not_break_the_key_table(monkeypatch):
+    """diffusers exports a dummy for a scheduler whose backend is not installed (CosineDPMSolverMultistepScheduler
+    without torchsde: a plain `pip install skipstep`); any attribute access on it raises ImportError. The key table
+    skips it instead of failing every from_config."""
+    from diffusers.utils import DummyObject
+    from diffusers.utils.import_utils import BACKENDS_MAPPING
+
+    import skipstep.diffusers_config as dc
+
+    missing = next((k for k, (available, _) in BACKENDS_MAPPING.items() if not available()), None)
+    if missing is None:
+        pytest.skip("every optional diffusers backend is installed here")
+    dummy = DummyObject("MissingBackendScheduler", (), {"_backends": [missing]})
+    with pytest.raises(ImportError):
+        hasattr(dummy, "config_name")
+    before = dc._scheduler_key_sets()
+    monkeypatch.setattr(diffusers.schedulers, "MissingBackendScheduler", dummy, raising=False)
+    dc._scheduler_key_sets.cache_clear()
+    try:
+        after = dc._scheduler_key_sets()
+    finally:
+        dc._scheduler_key_sets.cache_clear()
+    assert "MissingBackendScheduler" not in after and after == before
 
 
 # ---------------------------------------------------------------------------------------------------------------

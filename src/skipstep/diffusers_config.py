@@ -34,6 +34,7 @@ import inspect
 import logging
 
 import diffusers
+from diffusers import SchedulerMixin
 
 from .posterior import SOLVER_TYPES
 from .steps import DEFAULT_ETA
@@ -165,7 +166,9 @@ def _scheduler_key_sets() -> dict[str, frozenset]:
     out = {}
     for name in dir(diffusers.schedulers):
         cls = getattr(diffusers.schedulers, name, None)
-        if isinstance(cls, type) and name.endswith("Scheduler") and hasattr(cls, "config_name"):
+        # issubclass, not an attribute probe: a class whose optional backend is missing (CosineDPMSolver without
+        # torchsde) is a diffusers dummy that raises ImportError on any attribute access
+        if isinstance(cls, type) and name.endswith("Scheduler") and issubclass(cls, SchedulerMixin):
             out[name] = frozenset(set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"})
     return out
 
