@@ -47,6 +47,7 @@ from skipstep import SkippedStepScheduler
 CHAIN = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
              prediction_type="epsilon", timestep_spacing="trailing")
 
+DEFAULT_LABEL = "the default (order 2, corrector; eta 1 from 8 steps on)"
 #: name -> (label, our config, their label, their scheduler)
 PAIRS = {
     "o1-eta0": ("order 1, eta 0", dict(eta=0.0, solver_order=1, use_corrector=False), "DDIMScheduler",
@@ -57,9 +58,9 @@ PAIRS = {
                 lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="dpmsolver++", solver_order=2)),
     "o2-eta1": ("order 2, eta 1", dict(eta=1.0, solver_order=2, use_corrector=False), "SDE-DPM-Solver++(2M)",
                 lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="sde-dpmsolver++", solver_order=2)),
-    "default": ("the default (order 2, corrector; eta 1 from 8 steps on)", dict(), "UniPC-bh2 (order 2)",
+    "default": (DEFAULT_LABEL, dict(), "UniPC-bh2 (order 2)",
                 lambda: UniPCMultistepScheduler(**CHAIN, solver_order=2, solver_type="bh2")),
-    "default-sde": ("the default (order 2, corrector; eta 1 from 8 steps on)", dict(), "SDE-DPM-Solver++(2M)",
+    "default-sde": (DEFAULT_LABEL, dict(), "SDE-DPM-Solver++(2M)",
                     lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="sde-dpmsolver++", solver_order=2)),
     "o3-eta0": ("order 3, eta 0", dict(eta=0.0, solver_order=3, use_corrector=False), "DPM-Solver++(3M)",
                 lambda: DPMSolverMultistepScheduler(**CHAIN, algorithm_type="dpmsolver++", solver_order=3)),

@@ -73,7 +73,8 @@ def test_step_count_composites_take_each_member_s_cells_and_rank_independently_o
     by = {(r["sampler"], r["nfe"], r["seed"]): r["metrics"]["fd"] for r in composites}
     assert by[("below:8:D:S", 6, 100)] == 1.0 and by[("below:8:D:S", 10, 100)] == 1.0
     assert by[("below:12:D:S", 10, 100)] == 3.0 and by[("below:12:D:S", 15, 101)] == pytest.approx(1.1)
-    assert len(composites) == 2 * len(records) // 2  # each composite: one member's cell per (model, nfe, seed)
+    # two thresholds, each one member's cell per (model, nfe, seed): half the records of the two members each
+    assert len(composites) == 2 * (len(records) // 2)
     nfes = [4, 6, 10, 15]
     both = select(records + composites, ["D", "S", "below:8:D:S", "below:12:D:S"], ["m1", "m2"], nfes)
     assert both.default == "below:8:D:S" and dict(both.overall)["below:8:D:S"] == pytest.approx(1.0)
