@@ -316,7 +316,7 @@ def test_a_foreign_grid_is_not_carried_unless_asked(caplog):
     default = SkippedStepScheduler()
     from skipstep import diffusers_config
 
-    diffusers_config._GRID_WARNED.clear()  # noqa: SLF001  (the warning is once per process)
+    diffusers_config._WARNED.clear()  # noqa: SLF001  (each warning is once per process)
     with caplog.at_level(logging.WARNING, logger="skipstep.diffusers_config"):
         ours = SkippedStepScheduler.from_config(sd_like.config)
         SkippedStepScheduler.from_config(sd_like.config)
@@ -337,3 +337,14 @@ def test_a_foreign_grid_is_not_carried_unless_asked(caplog):
     assert back.config.timestep_spacing == "linspace"
     with pytest.raises(ValueError, match="keep_grid must be True or False"):
         SkippedStepScheduler.from_config(sd_like.config, keep_grid="yes")
+
+
+def test_a_foreign_key_warning_is_logged_once_per_process_not_per_rebuild(caplog):
+    """A benchmark or a pipeline rebuilds its scheduler from the same config for every cell / swap."""
+    from diffusers import DDIMScheduler
+
+    config = DDIMScheduler(set_alpha_to_one=False).config
+    with caplog.at_level("WARNING", logger="skipstep"):
+        for _ in range(3):
+            SkippedStepScheduler.from_config(config)
+    assert sum("set_alpha_to_one=False" in r.getMessage() for r in caplog.records) == 1

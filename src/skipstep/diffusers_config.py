@@ -111,14 +111,15 @@ FOREIGN_KEY_RULES = {
     "algorithm_type": _algorithm_type,
     "predictor_order": _always_warn(lambda v: f"predictor_order={v!r} (SA-Solver's stochastic Adams predictor) is not "
                                               "used: skipstep's multistep order is solver_order"),
-    "corrector_order": _always_warn(lambda v: f"corrector_order={v!r} (SA-Solver's corrector) is not used: skipstep "
-                                              "has no corrector; use solver_order for the multistep order"),
+    "corrector_order": _always_warn(lambda v: f"corrector_order={v!r} (SA-Solver's corrector) is not used: "
+                                              "skipstep's corrector (use_corrector, on by default) adds one node to "
+                                              "the solver_order predictor"),
     "tau_func": _inert_unless(None, "warn", "tau_func (SA-Solver's stochasticity per timestep) is not used: "
                                             "skipstep's per-step stochasticity is eta, which may be a list with one "
                                             "value per step"),
-    "disable_corrector": _always_warn(lambda v: f"disable_corrector={v!r}: UniPC's corrector (UniC) has no "
-                                                "counterpart in skipstep, which runs predictor steps only (like "
-                                                "disable_corrector covering every step)"),
+    "disable_corrector": _always_warn(lambda v: f"disable_corrector={v!r} (UniPC's steps without UniC) is not "
+                                                "used: skipstep's corrector (use_corrector, on by default) is on at "
+                                                "every step or at none"),
     "solver_p": _inert_unless(None, "warn", "solver_p (UniPC's external predictor) is not used"),
     "predict_x0": _inert_unless(True, "warn", "predict_x0=False (UniPC's noise-prediction form) is not used: skipstep "
                                               "always steps on the data prediction x0_hat"),
@@ -207,18 +208,22 @@ def source_class(config: dict, own_keys: set[str], our_class: str) -> str | None
 
 #: keys that describe the replaced scheduler's own timestep grid, not the model: not carried from a foreign config
 REPLACED_GRID_KEYS = ("timestep_spacing", "steps_offset")
-_GRID_WARNED: set[tuple] = set()
+_WARNED: set[str] = set()
+
+
+def _warn_once(text: str) -> None:
+    """One warning per process and text: a pipeline or a benchmark rebuilds its scheduler from the same config on
+    every swap or cell."""
+    if text not in _WARNED:
+        _WARNED.add(text)
+        logger.warning("%s", text)
 
 
 def _warn_grid_once(our_class: str, source, dropped: dict) -> None:
-    """One warning per process and (class, grid): a pipeline rebuilds its scheduler on every swap."""
-    key = (our_class, source, tuple(sorted(dropped.items())))
-    if key in _GRID_WARNED:
-        return
-    _GRID_WARNED.add(key)
-    logger.warning("%s: the grid of %s (%s) is not carried; skipstep's default step rule applies (keep_grid=True or "
-                   "timestep_spacing=... keeps a grid)", our_class, source,
-                   ", ".join(f"{k}={v!r}" for k, v in dropped.items()))
+    _warn_once(f"{our_class}: the grid of {source} ("
+               + ", ".join(f"{k}={v!r}" for k, v in dropped.items())
+               + ") is not carried; skipstep's default step rule applies (keep_grid=True or timestep_spacing=... "
+                 "keeps a grid)")
 
 
 def translate_config(config: dict, overrides: dict, own_keys: set[str], our_class: str, keep_grid: bool = False
@@ -249,15 +254,15 @@ def translate_config(config: dict, overrides: dict, own_keys: set[str], our_clas
         rule = FOREIGN_KEY_RULES.get(key)
         if rule is None:
             if key in diffusers_scheduler_keys():
-                logger.warning("%s ignores %s=%r (a key of %s that skipstep does not know)", our_class, key,
-                               merged[key], source or "another scheduler")
+                _warn_once(f"{our_class} ignores {key}={merged[key]!r} (a key of {source or 'another scheduler'} "
+                           "that skipstep does not know)")
             continue  # not a scheduler key at all: diffusers' ConfigMixin warns about it
         verdict = rule(merged[key], merged)
         _act(verdict, key, merged, overrides, source)
     if "solver_type" in merged and foreign and "solver_type" not in overrides:
         verdict = _foreign_solver_type(merged["solver_type"], source)
         if verdict is not None:
-            logger.warning("%s: %s", our_class, verdict[1])
+            _warn_once(f"{our_class}: {verdict[1]}")
             config.pop("solver_type", None)
     if foreign and "replaced_scheduler" not in config and "replaced_scheduler" not in overrides and hasattr(
             diffusers, source):
@@ -274,7 +279,7 @@ def _act(verdict, key, merged, overrides, source) -> None:
         raise ValueError(f"{key}={merged[key]!r}{where}: {rest[0]}")
     if key == "algorithm_type" and "eta" in overrides:
         return  # the caller chose eta, which is what the warning would suggest
-    logger.warning("SkippedStepScheduler: %s%s", rest[0], where)
+    _warn_once(f"SkippedStepScheduler: {rest[0]}{where}")
 
 
 __all__ = [

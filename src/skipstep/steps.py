@@ -44,7 +44,9 @@ DEFAULT_SOLVER_ORDER = 2
 #: the corrector (:class:`TrajectoryStepper`) is on by default: it costs no evaluation
 DEFAULT_USE_CORRECTOR = True
 #: the default step placement: the ``power`` spacing with the exponent rule ``1 + POWER_SLOPE / n``
-#: (:func:`skipstep.timesteps.spacing_power_for`; ``None`` selects the rule)
+#: (:func:`skipstep.timesteps.spacing_power_for`; ``None`` selects the rule), on a discrete chain below
+#: ``SNR_MATCHED_BELOW`` steps carried from the reference DDPM chain at equal log-SNR
+#: (:func:`skipstep.timesteps.snr_matched_power_grid`)
 DEFAULT_TIMESTEP_SPACING = "power"
 DEFAULT_SPACING_POWER = None
 

@@ -14,7 +14,10 @@ Spacings for a discrete chain of ``T`` steps (``n`` model evaluations), matching
   family's leading grid at ``p = 1`` (it starts one step below ``T`` -- on a variance-preserving chain unit noise
   is the marginal there up to ``alpha_t^2 Var(x_0)`` -- and never evaluates ``t = 0``), with the steps drawn
   towards the data by a power ``p >= 1``; ``p = None`` is the default rule ``p = 1 + POWER_SLOPE / n``
-  (:func:`spacing_power_for`): more curvature the fewer the steps
+  (:func:`spacing_power_for`): more curvature the fewer the steps; below ``SNR_MATCHED_BELOW`` steps the default
+  rule places the steps at the log-SNRs it gives on the reference DDPM chain (:func:`snr_matched_power_grid`),
+  so a cosine or zero-terminal-SNR chain gets the same noise levels as the linear one (where the chain reaches
+  them)
 
 Grid families. diffusers' DPM-Solver family (DPMSolverMultistep/-Singlestep, UniPC, DEIS, SA-Solver) computes
 ``linspace`` and ``leading`` differently (``n + 1`` points with the last, ``t = 0``, dropped; ``leading`` multiples
@@ -39,12 +42,13 @@ entries (never silently dropped).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .paths import GaussianPath
+from .paths import DiscreteVPPath, GaussianPath
 
 SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr", "power")
 #: the default ``power`` exponent is ``1 + POWER_SLOPE / n`` for ``n`` steps (chosen leave-one-model-out on the digits
@@ -52,6 +56,12 @@ SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr", "power")
 POWER_SLOPE = 4.0
 #: ``points``: DDIM/DDPM's formulas; ``drop_zero``: the DPM-Solver family's (``n + 1`` points, ``t = 0`` dropped)
 GRID_FAMILIES = ("points", "drop_zero")
+#: below this many steps the default ``power`` rule (``power=None``) on a discrete chain is carried over from the
+#: reference DDPM chain at equal log-SNR (:func:`snr_matched_power_grid`); chosen leave-one-model-out with the
+#: deterministic member of the default (docs/results.md, section 1, "Third round")
+SNR_MATCHED_BELOW = 8
+#: the reference chain of that rule: DDPM's linear betas from 1e-4 to 0.02 over T = 1000 (Ho et al. 2020)
+REFERENCE_CHAIN = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
 SIGMA_SPACINGS = ("karras", "exponential", "beta", "lu")
 
 
@@ -110,7 +120,9 @@ def select_timesteps(
     ``power`` spacing (``None``: :func:`spacing_power_for`)."""
     if spacing not in SPACINGS:
         raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
+    snr_matched = False
     if spacing == "power":
+        snr_matched = power is None and check_num_steps(num_steps) < SNR_MATCHED_BELOW
         power = spacing_power_for(check_num_steps(num_steps), power)
     if grid not in GRID_FAMILIES:
         raise ValueError(f"grid must be one of {GRID_FAMILIES}, got {grid!r}")
@@ -135,7 +147,10 @@ def select_timesteps(
         elif spacing == "quadratic":
             ts = np.floor(np.linspace(0, np.sqrt(last_t * 0.8), n) ** 2)[::-1]
         elif spacing == "power":
-            ts = np.round(power_grid(n, power) * last_t)
+            # a chain cut by lambda_min_clipped keeps the plain grid on what is left
+            ts = snr_matched_power_grid(path, n, power) if snr_matched and last_t == T else None
+            if ts is None:
+                ts = np.round(power_grid(n, power) * last_t)
         else:  # log_snr
             lam = _log_snr_grid(path, last_t - 1, path.t_min, n)
             ts = np.round(path.time_at_log_snr(torch.as_tensor(lam)).numpy())
@@ -198,6 +213,31 @@ def power_grid(n: int, power: float) -> np.ndarray:
     visits ``round(T u_i)``, a continuous path ``t_max u_i``."""
     i = np.arange(n, dtype=np.float64)
     return n / (n + 1.0) * (1.0 - i / n) ** power
+
+
+def snr_matched_power_grid(path: GaussianPath, n: int, power: float) -> np.ndarray | None:
+    r"""The ``power`` grid of the reference DDPM chain (``REFERENCE_CHAIN``) carried to the discrete chain ``path``
+    at equal log-SNR:
+
+        t_i = lambda_path^{-1}( lambda_ref( round(1000 u_i) ) ),        u_i = n / (n + 1) (1 - i / n)^p,
+
+    rounded to the nearest index (``lambda`` interpolated linearly between indices); ``None`` when the chain does
+    not reach those log-SNRs (``lambda_path(T-1) > lambda_ref(t_0)`` or ``lambda_path(0) < lambda_ref(t_{n-1})``,
+    e.g. Stable Diffusion's scaled-linear chain or a short chain), where the caller keeps the plain grid.
+    On any linear-beta chain of ``T = 1000`` from 1e-4 to 0.02 it is the plain power grid. On a cosine chain the
+    plain grid's first point (``t = 750`` at ``n = 3``) has log-SNR -1.8, far from the start ``x_T ~ N(0, I)``;
+    this grid starts at log-SNR -5.7 (``t = 962``), as on the linear chain."""
+    ref = _reference_chain()
+    lam = ref.log_snr(torch.as_tensor(np.round(power_grid(n, power) * ref.num_train_timesteps)))
+    ends = path.log_snr(torch.as_tensor([path.t_max, path.t_min]))
+    if float(ends[0]) > float(lam[0]) or float(ends[1]) < float(lam[-1]):
+        return None
+    return np.round(path.time_at_log_snr(lam).numpy())
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_chain() -> DiscreteVPPath:
+    return DiscreteVPPath.from_config(REFERENCE_CHAIN)
 
 
 def power_timesteps(path: GaussianPath, num_steps: int, power: float) -> torch.Tensor:
@@ -398,12 +438,15 @@ __all__ = [
     "spacing_power_for",
     "GRID_FAMILIES",
     "SIGMA_MATCH_TOLERANCE",
+    "REFERENCE_CHAIN",
     "SIGMA_SPACINGS",
+    "SNR_MATCHED_BELOW",
     "SPACINGS",
     "check_num_steps",
     "clipped_chain_length",
     "make_strictly_descending",
     "select_timesteps",
+    "snr_matched_power_grid",
     "sigma_spaced_timesteps",
     "sigma_to_timestep",
     "timesteps_from_sigmas",

@@ -1,0 +1,80 @@
+"""The third selection round (docs/results.md, section 1): the power grid carried over from the reference DDPM chain
+at equal log-SNR (:func:`skipstep.timesteps.snr_matched_power_grid`) against the plain power grid, as either member
+of the default's step-count composite ``below:8``.
+
+``python benchmarks/snr_placement_round.py bench ...`` is ``skipstep bench`` with two more candidates registered:
+``x-snr-e0`` / ``x-snr-e1`` -- ``cand-pn4-e0-o2`` / ``cand-pn4-e1-o2`` with the matched grid at every step count
+(the library's default rule matches only below ``SNR_MATCHED_BELOW``; the flow scheduler has no matching, so on a
+flow model they are the plain candidates). ``python benchmarks/snr_placement_round.py score DIR [DIR ...]`` ranks
+the four composites (low member for NFE < 8, high member from 8) leave-one-model-out from the cells in DIRs.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from skipstep.diffusers_schedulers import SkippedStepScheduler
+from skipstep.lab import cli
+from skipstep.lab.candidates import build_candidate
+from skipstep.lab.sampler_recipes import (
+    clip_overrides,
+    from_config_accepting,
+    is_flow_config,
+    register_sampler,
+)
+from skipstep.lab.selection import render_selection, select, step_count_composites
+from skipstep.timesteps import (
+    make_strictly_descending,
+    power_grid,
+    snr_matched_power_grid,
+)
+
+MEMBERS = {"x-snr-e0": 0.0, "x-snr-e1": 1.0}
+PLAIN = {"x-snr-e0": "cand-pn4-e0-o2", "x-snr-e1": "cand-pn4-e1-o2"}
+
+
+class SnrMatchedAtEveryStepCount(SkippedStepScheduler):
+    def spaced_timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        n, power = num_inference_steps, 1.0 + 4.0 / num_inference_steps
+        ts = snr_matched_power_grid(self.path, n, power)
+        if ts is None:
+            return torch.as_tensor(make_strictly_descending(
+                (power_grid(n, power) * self.path.num_train_timesteps).round(), highest=self.path.t_max))
+        return torch.as_tensor(make_strictly_descending(ts, highest=self.path.t_max))
+
+
+def _factory(eta: float):
+    def factory(config: dict, steps: int):
+        if is_flow_config(config):
+            return build_candidate(config, steps, 1.0 + 4.0 / steps, eta, 2)
+        return from_config_accepting(SnrMatchedAtEveryStepCount, config, eta=eta, solver_order=2, use_corrector=True,
+                                     timestep_spacing="power", spacing_power=None,
+                                     **clip_overrides(config, "clip_sample"))
+    return factory
+
+
+def score(dirs: list[str]) -> str:
+    recs = [json.loads(Path(f).read_text()) for d in dirs for f in glob.glob(f"{d}/cells/*/*.json")]
+    recs = [r for r in recs if r["sampler"] in (*MEMBERS, *PLAIN.values())]
+    comps = []
+    for low in ("cand-pn4-e0-o2", "x-snr-e0"):
+        comps += step_count_composites(recs, low, ["cand-pn4-e1-o2", "x-snr-e1"], [8])
+    cands = sorted({r["sampler"] for r in comps})
+    models = sorted({r["model"] for r in comps})
+    return "\n\n".join(render_selection(select(comps, cands, models, [4, 6, 10, 15], metric=m), top=4)
+                       for m in (["fd", "fd_heldout"], ["fd"], ["fd_heldout"]))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["score"]:
+        print(score(sys.argv[2:]))
+        sys.exit(0)
+    for name, eta in MEMBERS.items():
+        register_sampler(name, _factory(eta), family="candidate", stochastic=eta != 0, learned_variance=True,
+                         description=f"{PLAIN[name]} with the log-SNR-matched power grid at every step count")
+    sys.exit(cli.main(sys.argv[1:]))

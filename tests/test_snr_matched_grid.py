@@ -1,0 +1,111 @@
+"""The default placement below SNR_MATCHED_BELOW steps: the power rule of the reference DDPM chain carried to the
+model's chain at equal log-SNR (skipstep.timesteps.snr_matched_power_grid)."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skipstep import DiscreteVPPath, SkippedStepScheduler, select_timesteps
+from skipstep.timesteps import (
+    REFERENCE_CHAIN,
+    SNR_MATCHED_BELOW,
+    power_grid,
+    snr_matched_power_grid,
+    spacing_power_for,
+)
+
+COSINE = {"beta_schedule": "squaredcos_cap_v2"}
+ZERO_SNR = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True}
+SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+
+
+def plain(path, n, power=None):
+    return np.round(power_grid(n, spacing_power_for(n, power)) * path.num_train_timesteps).astype(int).tolist()
+
+
+@pytest.mark.parametrize("n", range(1, 12))
+def test_on_the_reference_chain_it_is_the_plain_power_grid(n):
+    path = DiscreteVPPath.from_config(REFERENCE_CHAIN)
+    assert select_timesteps(path, n, "power", power=None).tolist() == plain(path, n)
+
+
+@pytest.mark.parametrize("config", [COSINE, ZERO_SNR])
+@pytest.mark.parametrize("n", range(1, SNR_MATCHED_BELOW))
+def test_below_the_threshold_the_steps_sit_at_the_reference_log_snrs(config, n):
+    ref = DiscreteVPPath.from_config(REFERENCE_CHAIN)
+    path = DiscreteVPPath.from_config(config)
+    ts = select_timesteps(path, n, "power", power=None)
+    target = ref.log_snr(torch.as_tensor(plain(ref, n)))
+    lam = path.log_snr(ts)
+    # each index is the nearest one: the target lies between the log-SNRs of its neighbours
+    above, below = path.log_snr(ts - 1), path.log_snr(torch.clamp(ts + 1, max=path.t_max))
+    assert bool(((below <= target) & (target <= above)).all()), (ts.tolist(), lam.tolist(), target.tolist())
+    assert ts.tolist() != plain(path, n) or n == 1 and config is ZERO_SNR
+
+
+def test_cosine_starts_as_far_from_the_data_as_the_linear_chain():
+    """The plain grid's first point on the cosine chain (t = 750 at n = 3) is at log-SNR -1.8; the matched one
+    at the linear chain's -5.7."""
+    path = DiscreteVPPath.from_config(COSINE)
+    assert plain(path, 3) == [750, 291, 58]
+    assert float(path.log_snr(torch.tensor(750))) == pytest.approx(-1.79, abs=0.01)
+    ts = select_timesteps(path, 3, "power", power=None)
+    assert ts.tolist() == [962, 549, 119]
+    assert float(path.log_snr(ts[0])) == pytest.approx(-5.71, abs=0.05)
+
+
+@pytest.mark.parametrize("config", [COSINE, ZERO_SNR])
+def test_from_the_threshold_on_and_with_an_explicit_power_the_grid_is_plain(config):
+    path = DiscreteVPPath.from_config(config)
+    for n in (SNR_MATCHED_BELOW, 10, 20):
+        assert select_timesteps(path, n, "power", power=None).tolist() == plain(path, n)
+    for n in (3, 5):
+        assert select_timesteps(path, n, "power", power=1 + 4 / n).tolist() == plain(path, n, 1 + 4 / n)
+
+
+@pytest.mark.parametrize("config", [SD, {"num_train_timesteps": 100}])
+def test_a_chain_that_does_not_reach_the_reference_log_snrs_keeps_the_plain_grid(config):
+    """Stable Diffusion's chain ends at log-SNR -5.4 (> -5.7); a 100-step linear chain far above."""
+    path = DiscreteVPPath.from_config(config)
+    for n in range(3, SNR_MATCHED_BELOW):  # (at n = 2 the first point, t = 667 on the reference, is within reach)
+        assert snr_matched_power_grid(path, n, spacing_power_for(n)) is None
+        assert select_timesteps(path, n, "power", power=None).tolist() == plain(path, n)
+
+
+def test_a_chain_cut_by_lambda_min_clipped_keeps_the_plain_grid_on_what_is_left():
+    path = DiscreteVPPath.from_config(COSINE)
+    ts = select_timesteps(path, 5, "power", power=None, lambda_min_clipped=-5.1)
+    last_t = int((path.log_snr(torch.arange(1000)) / 2 >= -5.1).sum())
+    assert last_t < 1000
+    assert ts.tolist() == np.round(power_grid(5, 1.8) * last_t).astype(int).tolist()
+
+
+def test_the_scheduler_uses_it_by_default():
+    sched = SkippedStepScheduler.from_config(dict(COSINE, num_train_timesteps=1000))
+    sched.set_timesteps(5)
+    assert sched.timesteps.tolist() == select_timesteps(DiscreteVPPath.from_config(COSINE), 5, "power",
+                                                        power=None).tolist() == [980, 867, 613, 319, 95]
+
+
+@settings(max_examples=60, deadline=None)
+@given(schedule=st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2"]), zero_snr=st.booleans(),
+       T=st.integers(8, 2000), n=st.integers(1, SNR_MATCHED_BELOW - 1))
+def test_always_n_strictly_descending_steps_on_the_chain(schedule, zero_snr, T, n):
+    config = {"beta_schedule": schedule, "num_train_timesteps": T, "rescale_betas_zero_snr": zero_snr}
+    if schedule == "scaled_linear":
+        config.update(beta_start=0.00085, beta_end=0.012)
+    path = DiscreteVPPath.from_config(config)
+    ts = select_timesteps(path, n, "power", power=None)
+    assert len(ts) == n and bool((ts[1:] < ts[:-1]).all()) and 0 <= int(ts[-1]) and int(ts[0]) <= T - 1
+
+
+def test_tune_checks_a_tuned_schedule_against_the_default_rule_too():
+    """skipstep tune writes a schedule only if it beats every plain spacing, the default's own grid included."""
+    from skipstep.lab.tune_search import plain_spacings
+
+    cosine = plain_spacings(DiscreteVPPath.from_config(COSINE), 5)
+    assert cosine["power, the default rule"] == [980, 867, 613, 319, 95]
+    linear = plain_spacings(DiscreteVPPath.from_config(REFERENCE_CHAIN), 5)
+    assert linear["power p=1+4/n / power, the default rule"] == [833, 558, 332, 160, 46]
