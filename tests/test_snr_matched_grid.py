@@ -1,4 +1,4 @@
-"""The default placement below SNR_MATCHED_BELOW steps: the power rule of the reference DDPM chain carried to the
+"""The default placement below FEW_STEPS_BELOW steps: the power rule of the reference DDPM chain carried to the
 model's chain at equal log-SNR (skipstep.timesteps.snr_matched_power_grid)."""
 
 import numpy as np
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from skipstep import DiscreteVPPath, SkippedStepScheduler, select_timesteps
 from skipstep.timesteps import (
     REFERENCE_CHAIN,
-    SNR_MATCHED_BELOW,
+    FEW_STEPS_BELOW,
     power_grid,
     snr_matched_power_grid,
     spacing_power_for,
@@ -32,7 +32,7 @@ def test_on_the_reference_chain_it_is_the_plain_power_grid(n):
 
 
 @pytest.mark.parametrize("config", [COSINE, ZERO_SNR])
-@pytest.mark.parametrize("n", range(1, SNR_MATCHED_BELOW))
+@pytest.mark.parametrize("n", range(1, FEW_STEPS_BELOW))
 def test_below_the_threshold_the_steps_sit_at_the_reference_log_snrs(config, n):
     ref = DiscreteVPPath.from_config(REFERENCE_CHAIN)
     path = DiscreteVPPath.from_config(config)
@@ -59,7 +59,7 @@ def test_cosine_starts_as_far_from_the_data_as_the_linear_chain():
 @pytest.mark.parametrize("config", [COSINE, ZERO_SNR])
 def test_from_the_threshold_on_and_with_an_explicit_power_the_grid_is_plain(config):
     path = DiscreteVPPath.from_config(config)
-    for n in (SNR_MATCHED_BELOW, 10, 20):
+    for n in (FEW_STEPS_BELOW, 10, 20):
         assert select_timesteps(path, n, "power", power=None).tolist() == plain(path, n)
     for n in (3, 5):
         assert select_timesteps(path, n, "power", power=1 + 4 / n).tolist() == plain(path, n, 1 + 4 / n)
@@ -69,7 +69,7 @@ def test_from_the_threshold_on_and_with_an_explicit_power_the_grid_is_plain(conf
 def test_a_chain_that_does_not_reach_the_reference_log_snrs_keeps_the_plain_grid(config):
     """Stable Diffusion's chain ends at log-SNR -5.4 (> -5.7); a 100-step linear chain far above."""
     path = DiscreteVPPath.from_config(config)
-    for n in range(3, SNR_MATCHED_BELOW):  # (at n = 2 the first point, t = 667 on the reference, is within reach)
+    for n in range(3, FEW_STEPS_BELOW):  # (at n = 2 the first point, t = 667 on the reference, is within reach)
         assert snr_matched_power_grid(path, n, spacing_power_for(n)) is None
         assert select_timesteps(path, n, "power", power=None).tolist() == plain(path, n)
 
@@ -91,7 +91,7 @@ def test_the_scheduler_uses_it_by_default():
 
 @settings(max_examples=60, deadline=None)
 @given(schedule=st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2"]), zero_snr=st.booleans(),
-       T=st.integers(8, 2000), n=st.integers(1, SNR_MATCHED_BELOW - 1))
+       T=st.integers(8, 2000), n=st.integers(1, FEW_STEPS_BELOW - 1))
 def test_always_n_strictly_descending_steps_on_the_chain(schedule, zero_snr, T, n):
     config = {"beta_schedule": schedule, "num_train_timesteps": T, "rescale_betas_zero_snr": zero_snr}
     if schedule == "scaled_linear":
@@ -109,3 +109,31 @@ def test_tune_checks_a_tuned_schedule_against_the_default_rule_too():
     assert cosine["power, the default rule"] == [980, 867, 613, 319, 95]
     linear = plain_spacings(DiscreteVPPath.from_config(REFERENCE_CHAIN), 5)
     assert linear["power p=1+4/n / power, the default rule"] == [833, 558, 332, 160, 46]
+
+
+def test_the_exponent_rule_has_two_regimes_split_where_the_default_eta_turns_stochastic():
+    from skipstep import DEFAULT_ETA
+    from skipstep.plan import resolve_eta_schedule
+
+    assert [spacing_power_for(n) for n in (4, 5, 7)] == pytest.approx([2.0, 1.8, 1 + 4 / 7])
+    assert [spacing_power_for(n) for n in (8, 10, 20)] == pytest.approx([1.25, 1.2, 1.1])
+    assert spacing_power_for(10, 1.4) == 1.4
+    assert resolve_eta_schedule(DEFAULT_ETA, FEW_STEPS_BELOW - 1) == [0.0] * (FEW_STEPS_BELOW - 1)
+    assert set(resolve_eta_schedule(DEFAULT_ETA, FEW_STEPS_BELOW)) == {1.0}
+
+
+@pytest.mark.parametrize("flow", [False, True])
+@pytest.mark.parametrize(("nfe", "member"), [(5, "cand-pn4-e0-o2"), (10, "cand-pn2-e1-o2")])
+def test_the_default_samples_the_chosen_composite_members_cells(flow, nfe, member):
+    """docs/results.md scores the default from its members' cells: below 8 steps the deterministic member with
+    p = 1 + 4/n (on a linear chain the matched grid is that grid), from 8 on the eta-1 member with p = 1 + 2/n."""
+    from test_analytic_first_lab import _loaded
+
+    from skipstep.lab.sample_sets import sample_cell
+    from skipstep.lab.sampler_registry import get_sampler
+
+    loaded = _loaded(flow)
+    cells = [sample_cell(loaded, get_sampler(name), nfe, seed=3, num_samples=8, batch_size=8, device="cpu")
+             for name in ("default", member)]
+    assert cells[0].timesteps == cells[1].timesteps
+    torch.testing.assert_close(cells[0].samples, cells[1].samples, rtol=0, atol=0)

@@ -131,8 +131,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             linspace and leading use the formulas of ``replaced_scheduler``'s family (DDIM/DDPM's, or the DPM-Solver
             family's). spacing_power: the exponent ``p >= 1`` of the ``power`` spacing,
             ``round(T n/(n+1) (1 - i/n)^p)`` (:func:`skipstep.timesteps.power_grid`); ``None`` (the default) is
-            ``p = 1 + 4/n``, below 8 steps at the log-SNRs that grid has on DDPM's linear chain
-            (:func:`skipstep.timesteps.snr_matched_power_grid`; unchanged on a linear chain).
+            ``p = 1 + 4/n`` below 8 steps, at the log-SNRs that grid has on DDPM's linear chain
+            (:func:`skipstep.timesteps.snr_matched_power_grid`; unchanged on a linear chain), and ``1 + 2/n`` from 8.
         steps_offset: added to ``leading`` timesteps, as in diffusers. lambda_min_clipped: DPM-Solver's clipping of
             the noisiest timesteps by half-log-SNR, applied before the spacing (default ``-inf``: none).
         use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas, sigma_min, sigma_max: sigma

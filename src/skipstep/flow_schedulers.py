@@ -96,8 +96,9 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             the last steps; the last step to clean data, ``x0_hat`` of the last evaluation, is first order anyway,
             so they change an order-3 trajectory's second-to-last step only).
         timestep_spacing: ``linspace`` (FlowMatchEulerDiscreteScheduler's own sigmas) or ``power``: unshifted
-            sigmas ``((n - i) / n)^p``, ``p = spacing_power >= 1``, then the config's ``shift`` / dynamic shifting as
-            diffusers applies it to custom sigmas.
+            sigmas ``((n - i) / n)^p``, ``p = spacing_power >= 1`` (``None``, the default: ``1 + 4/n`` below 8 steps,
+            ``1 + 2/n`` from 8, :func:`skipstep.timesteps.spacing_power_for`; no log-SNR matching on a flow path),
+            then the config's ``shift`` / dynamic shifting as diffusers applies it to custom sigmas.
         check_finite: raise (naming the step) when the model output holds NaN or inf.
     """
 

@@ -91,9 +91,9 @@ def sample(
     generator per sample (exactly one per sample), which makes each sample independent of the batch it is drawn in.
     ``spacing`` is a spacing name or an explicit descending list of timesteps (the same as ``timesteps=``);
     ``spacing_power`` is the exponent of the ``power`` spacing (:func:`skipstep.timesteps.power_grid`); ``None``
-    (the default, with the default ``spacing="power"``) is the rule ``p = 1 + 4/n``
-    (:func:`skipstep.timesteps.spacing_power_for`), on a discrete chain below 8 steps placed at the log-SNRs it gives
-    on DDPM's linear chain (:func:`skipstep.timesteps.snr_matched_power_grid`).
+    (the default, with the default ``spacing="power"``) is the rule of :func:`skipstep.timesteps.spacing_power_for`:
+    ``p = 1 + 4/n`` below 8 steps (on a discrete chain placed at the log-SNRs it gives on DDPM's linear chain,
+    :func:`skipstep.timesteps.snr_matched_power_grid`), ``1 + 2/n`` from 8 on.
     ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`); the
     default ``"below:8:0:1"`` is deterministic for fewer than 8 steps and the skipped-step posterior from 8 on.
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``

@@ -32,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .plan import PlannedStep, check_solver_order
 from .posterior import Posterior
 from .predictions import X0Clipping, predict_x0, split_learned_variance
+from .timesteps import FEW_STEPS_BELOW
 
 #: The library's default sampler, chosen leave-one-model-out on selection seeds of the digits zoo and reported on
 #: report seeds (docs/results.md, "The default, leave-one-model-out"): second-order multistep posterior steps, the
@@ -39,14 +40,14 @@ from .predictions import X0Clipping, predict_x0, split_learned_variance
 #: count -- deterministic (eta = 0) for fewer than 8 steps, the skipped-step posterior (eta = 1) from 8 steps on
 #: (:func:`skipstep.plan.resolve_eta_schedule`, form ``below:N:LOW:HIGH``). ``eta=1.0, solver_order=1,
 #: use_corrector=False, timestep_spacing="trailing"`` is the paper's sampler.
-DEFAULT_ETA = "below:8:0:1"
+DEFAULT_ETA = f"below:{FEW_STEPS_BELOW}:0:1"  # "below:8:0:1": the same split as the default placement's two regimes
 DEFAULT_SOLVER_ORDER = 2
 #: the corrector (:class:`TrajectoryStepper`) is on by default: it costs no evaluation
 DEFAULT_USE_CORRECTOR = True
-#: the default step placement: the ``power`` spacing with the exponent rule ``1 + POWER_SLOPE / n``
-#: (:func:`skipstep.timesteps.spacing_power_for`; ``None`` selects the rule), on a discrete chain below
-#: ``SNR_MATCHED_BELOW`` steps carried from the reference DDPM chain at equal log-SNR
-#: (:func:`skipstep.timesteps.snr_matched_power_grid`)
+#: the default step placement: the ``power`` spacing with the exponent rule of
+#: :func:`skipstep.timesteps.spacing_power_for` (``None`` selects it): ``1 + 4/n`` below ``FEW_STEPS_BELOW`` steps,
+#: there (on a discrete chain) carried from the reference DDPM chain at equal log-SNR
+#: (:func:`skipstep.timesteps.snr_matched_power_grid`), and ``1 + 2/n`` from there on
 DEFAULT_TIMESTEP_SPACING = "power"
 DEFAULT_SPACING_POWER = None
 

@@ -13,9 +13,9 @@ Spacings for a discrete chain of ``T`` steps (``n`` model evaluations), matching
 * ``power``:     ``round(T n/(n+1) (1 - i/n)^p)`` for ``i = 0..n-1`` (:func:`power_grid`): the DPM-Solver
   family's leading grid at ``p = 1`` (it starts one step below ``T`` -- on a variance-preserving chain unit noise
   is the marginal there up to ``alpha_t^2 Var(x_0)`` -- and never evaluates ``t = 0``), with the steps drawn
-  towards the data by a power ``p >= 1``; ``p = None`` is the default rule ``p = 1 + POWER_SLOPE / n``
-  (:func:`spacing_power_for`): more curvature the fewer the steps; below ``SNR_MATCHED_BELOW`` steps the default
-  rule places the steps at the log-SNRs it gives on the reference DDPM chain (:func:`snr_matched_power_grid`),
+  towards the data by a power ``p >= 1``; ``p = None`` is the default rule (:func:`spacing_power_for`):
+  ``p = 1 + 4/n`` below ``FEW_STEPS_BELOW`` steps, ``1 + 2/n`` from there on; below ``FEW_STEPS_BELOW`` steps the
+  default rule places the steps at the log-SNRs it gives on the reference DDPM chain (:func:`snr_matched_power_grid`),
   so a cosine or zero-terminal-SNR chain gets the same noise levels as the linear one (where the chain reaches
   them)
 
@@ -51,15 +51,15 @@ import torch
 from .paths import DiscreteVPPath, GaussianPath
 
 SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr", "power")
-#: the default ``power`` exponent is ``1 + POWER_SLOPE / n`` for ``n`` steps (chosen leave-one-model-out on the digits
-#: zoo, docs/results.md)
+#: the default ``power`` rule (``power=None``) has two regimes, split where the default eta (``below:8:0:1``) turns
+#: stochastic: fewer than ``FEW_STEPS_BELOW`` steps get ``p = 1 + POWER_SLOPE / n`` carried from the reference chain at
+#: equal log-SNR (:func:`snr_matched_power_grid`), more get the plain ``p = 1 + POWER_SLOPE_MANY_STEPS / n``; each
+#: chosen leave-one-model-out on the digits zoo (docs/results.md, section 1)
+FEW_STEPS_BELOW = 8
 POWER_SLOPE = 4.0
+POWER_SLOPE_MANY_STEPS = 2.0
 #: ``points``: DDIM/DDPM's formulas; ``drop_zero``: the DPM-Solver family's (``n + 1`` points, ``t = 0`` dropped)
 GRID_FAMILIES = ("points", "drop_zero")
-#: below this many steps the default ``power`` rule (``power=None``) on a discrete chain is carried over from the
-#: reference DDPM chain at equal log-SNR (:func:`snr_matched_power_grid`); chosen leave-one-model-out with the
-#: deterministic member of the default (docs/results.md, section 1, "Third round")
-SNR_MATCHED_BELOW = 8
 #: the reference chain of that rule: DDPM's linear betas from 1e-4 to 0.02 over T = 1000 (Ho et al. 2020)
 REFERENCE_CHAIN = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
 SIGMA_SPACINGS = ("karras", "exponential", "beta", "lu")
@@ -122,7 +122,7 @@ def select_timesteps(
         raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
     snr_matched = False
     if spacing == "power":
-        snr_matched = power is None and check_num_steps(num_steps) < SNR_MATCHED_BELOW
+        snr_matched = power is None and check_num_steps(num_steps) < FEW_STEPS_BELOW
         power = spacing_power_for(check_num_steps(num_steps), power)
     if grid not in GRID_FAMILIES:
         raise ValueError(f"grid must be one of {GRID_FAMILIES}, got {grid!r}")
@@ -187,7 +187,8 @@ def check_spacing_power(power) -> float | None:
     if isinstance(power, bool) or not isinstance(power, (int, float, np.integer, np.floating)) or not (
         np.isfinite(power) and power >= 1
     ):
-        raise ValueError(f"spacing_power must be a finite number >= 1 or None (the rule 1 + {POWER_SLOPE:g}/n), "
+        raise ValueError(f"spacing_power must be a finite number >= 1 or None (the rule 1 + {POWER_SLOPE:g}/n below "
+                         f"{FEW_STEPS_BELOW} steps, 1 + {POWER_SLOPE_MANY_STEPS:g}/n from there on), "
                          f"got {power!r}")
     return float(power)
 
@@ -196,11 +197,16 @@ def spacing_power_for(num_steps: int, power: float | None = None) -> float:
     """The exponent the ``power`` spacing uses for ``num_steps`` steps: ``power`` itself, or for ``None`` the default
     rule
 
-        p(n) = 1 + POWER_SLOPE / n        (n = 4: 2, n = 5: 1.8, n = 10: 1.4, n = 20: 1.2),
+        p(n) = 1 + POWER_SLOPE / n             for n < FEW_STEPS_BELOW    (n = 4: 2, n = 5: 1.8, n = 7: 1.57),
+        p(n) = 1 + POWER_SLOPE_MANY_STEPS / n  from there on              (n = 8: 1.25, n = 10: 1.2, n = 20: 1.1),
 
-    the DPM-Solver family's grid (``p = 1``) bent towards the data more for fewer steps."""
+    the DPM-Solver family's grid (``p = 1``) bent towards the data more for fewer steps, and less where the default
+    eta is stochastic."""
     power = check_spacing_power(power)
-    return 1.0 + POWER_SLOPE / int(num_steps) if power is None else power
+    if power is not None:
+        return power
+    n = int(num_steps)
+    return 1.0 + (POWER_SLOPE if n < FEW_STEPS_BELOW else POWER_SLOPE_MANY_STEPS) / n
 
 
 def power_grid(n: int, power: float) -> np.ndarray:
@@ -440,7 +446,8 @@ __all__ = [
     "SIGMA_MATCH_TOLERANCE",
     "REFERENCE_CHAIN",
     "SIGMA_SPACINGS",
-    "SNR_MATCHED_BELOW",
+    "FEW_STEPS_BELOW",
+    "POWER_SLOPE_MANY_STEPS",
     "SPACINGS",
     "check_num_steps",
     "clipped_chain_length",

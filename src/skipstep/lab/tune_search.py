@@ -140,7 +140,7 @@ def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
     """Every plain spacing the library's scheduler offers at ``n`` steps (:mod:`skipstep.timesteps`): trailing,
     leading, linspace (and the DPM-Solver family's grids of the last two), quadratic, log-SNR, the power spacing at
     the exponents of the candidate placements (1, 1.25, 1 + 2/n, 1 + 4/n), the default rule (``power=None``: 1 + 4/n
-    matched in log-SNR below 8 steps), and the sigma spacings (Karras,
+    matched in log-SNR below 8 steps, 1 + 2/n from 8), and the sigma spacings (Karras,
     exponential, beta, Lu). Spacings that give the same timesteps are merged (``"exponential / lu"``)."""
     specs: list[tuple[str, Callable[[], Any]]] = [
         ("trailing", lambda: select_timesteps(path, n, "trailing")),
@@ -152,7 +152,7 @@ def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
         ("log-SNR", lambda: select_timesteps(path, n, "log_snr"))]
     for label, p in (("1", 1.0), ("1.25", 1.25), ("1+2/n", 1.0 + 2.0 / n), ("1+4/n", 1.0 + 4.0 / n)):
         specs.append((f"power p={label}", lambda p=p: select_timesteps(path, n, "power", power=p)))
-    # the default rule: p = 1 + 4/n, matched in log-SNR below SNR_MATCHED_BELOW steps (the same grid on a linear chain)
+    # the default rule: p = 1 + 4/n matched in log-SNR below FEW_STEPS_BELOW steps, 1 + 2/n from there on
     specs.append(("power, the default rule", lambda: select_timesteps(path, n, "power", power=None)))
     for kind in ("karras", "exponential", "beta", "lu"):
         specs.append((kind, lambda kind=kind: sigma_spaced_timesteps(path, n, kind)))
