@@ -23,7 +23,7 @@ import torch
 
 from skipstep.diffusers_schedulers import SkippedStepScheduler
 from skipstep.lab import cli
-from skipstep.lab.candidates import build_candidate
+from skipstep.lab.candidates import PLACEMENTS, build_candidate
 from skipstep.lab.sampler_recipes import (
     clip_overrides,
     from_config_accepting,
@@ -45,7 +45,7 @@ HIGHS = ["cand-pn4-e1-o2", "x-snr-e1", "cand-pn2-e1-o2", "cand-p1-e1-o2"]
 
 class SnrMatchedAtEveryStepCount(SkippedStepScheduler):
     def spaced_timesteps(self, num_inference_steps: int) -> torch.Tensor:
-        n, power = num_inference_steps, 1.0 + 4.0 / num_inference_steps
+        n, power = num_inference_steps, PLACEMENTS["pn4"](num_inference_steps)
         ts = snr_matched_power_grid(self.path, n, power)
         if ts is None:
             return torch.as_tensor(make_strictly_descending(
@@ -56,7 +56,7 @@ class SnrMatchedAtEveryStepCount(SkippedStepScheduler):
 def _factory(eta: float):
     def factory(config: dict, steps: int):
         if is_flow_config(config):
-            return build_candidate(config, steps, 1.0 + 4.0 / steps, eta, 2)
+            return build_candidate(config, steps, PLACEMENTS["pn4"](steps), eta, 2)
         return from_config_accepting(SnrMatchedAtEveryStepCount, config, eta=eta, solver_order=2, use_corrector=True,
                                      timestep_spacing="power", spacing_power=None,
                                      **clip_overrides(config, "clip_sample"))

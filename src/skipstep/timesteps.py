@@ -122,8 +122,9 @@ def select_timesteps(
         raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
     snr_matched = False
     if spacing == "power":
-        snr_matched = power is None and check_num_steps(num_steps) < FEW_STEPS_BELOW
-        power = spacing_power_for(check_num_steps(num_steps), power)
+        n_checked = check_num_steps(num_steps)
+        snr_matched = power is None and n_checked < FEW_STEPS_BELOW
+        power = spacing_power_for(n_checked, power)
     if grid not in GRID_FAMILIES:
         raise ValueError(f"grid must be one of {GRID_FAMILIES}, got {grid!r}")
     if path.discrete:
