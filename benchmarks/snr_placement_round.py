@@ -32,6 +32,7 @@ from skipstep.lab.sampler_recipes import (
 )
 from skipstep.lab.selection import render_selection, select, step_count_composites
 from skipstep.timesteps import (
+    FEW_STEPS_BELOW,
     make_strictly_descending,
     power_grid,
     snr_matched_power_grid,
@@ -47,9 +48,8 @@ class SnrMatchedAtEveryStepCount(SkippedStepScheduler):
     def spaced_timesteps(self, num_inference_steps: int) -> torch.Tensor:
         n, power = num_inference_steps, PLACEMENTS["pn4"](num_inference_steps)
         ts = snr_matched_power_grid(self.path, n, power)
-        if ts is None:
-            return torch.as_tensor(make_strictly_descending(
-                (power_grid(n, power) * self.path.num_train_timesteps).round(), highest=self.path.t_max))
+        if ts is None:  # the chain does not reach the reference's log-SNRs: the plain grid, as the library does
+            ts = (power_grid(n, power) * self.path.num_train_timesteps).round()
         return torch.as_tensor(make_strictly_descending(ts, highest=self.path.t_max))
 
 
@@ -73,7 +73,7 @@ def score(dirs: list[str], highs: list[str] = HIGHS) -> str:
     recs = list(seen.values())
     comps = []
     for low in LOWS:
-        comps += step_count_composites(recs, low, highs, [8])
+        comps += step_count_composites(recs, low, highs, [FEW_STEPS_BELOW])
     cands = sorted({r["sampler"] for r in comps})
     models = sorted({r["model"] for r in comps})
     return "\n\n".join(render_selection(select(comps, cands, models, [4, 6, 10, 15], metric=m), top=4)
