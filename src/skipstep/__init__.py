@@ -14,7 +14,7 @@ from .posterior import Posterior, gaussian_posterior
 from .predictions import PREDICTION_TYPES, X0Clipping
 from .sampling import sample
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
-                    DEFAULT_USE_CORRECTOR, VARIANCE_TYPES)
+                    DEFAULT_USE_CORRECTOR, STRONG_GUIDANCE_FROM, VARIANCE_TYPES)
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps
 from .tuned_schedules import TunedSchedule, TunedScheduleError, load_schedule, load_tuned_schedule
 
@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_SPACING_POWER",
     "DEFAULT_TIMESTEP_SPACING",
     "DEFAULT_USE_CORRECTOR",
+    "STRONG_GUIDANCE_FROM",
     "DiscreteVPPath",
     "GaussianPath",
     "PREDICTION_TYPES",

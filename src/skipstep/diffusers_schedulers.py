@@ -36,8 +36,8 @@ from .paths import DiscreteVPPath, check_num_train_timesteps, flow_config_reason
 from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
 from .predictions import X0Clipping, check_prediction_type
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
-                    DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type,
-                    check_generator)
+                    DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type, check_generator,
+                    settings_for_guidance)
 from .timesteps import (SPACINGS, check_num_steps, check_spacing_power, select_timesteps, sigma_spaced_timesteps,
                         timesteps_from_sigmas, validate_timesteps, vp_sigmas)
 from .tuned_schedules import scheduler_settings_from_tuned_schedule
@@ -118,6 +118,11 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             ``x0_hat``; still one model evaluation per step, so the class attribute ``order`` stays 1).
         solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form
             of the order-2 steps; order-3 steps use the exact weights under both).
+        guidance_scale: the classifier-free guidance scale ``w`` the pipeline samples at, if you know it (the
+            scheduler never sees it otherwise); ``None`` (the default): unknown, the unguided rule. From
+            ``skipstep.STRONG_GUIDANCE_FROM = 6`` on, ``eta`` and ``solver_order`` left at their defaults become
+            ``1.0`` and ``1`` (:func:`skipstep.steps.settings_for_guidance`): the order-2 steps overshoot under
+            strong guidance. The config keeps what was passed; ``step_config`` and ``effective_eta`` hold what is used.
         use_corrector: redo each step once the model has been evaluated at its end, interpolating ``x0_hat``
             through one more node (the new evaluation) with the same noise: the order rises by one at no extra
             evaluation (UniPC's UniC / SA-Solver's corrector for the posterior family; see
@@ -204,6 +209,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         solver_type: str = "heun",
         use_corrector: bool = DEFAULT_USE_CORRECTOR,
         spacing_power: float | None = DEFAULT_SPACING_POWER,
+        guidance_scale: float | None = None,
         lower_order_final: bool = False,
         euler_at_final: bool = False,
         final_sigmas_type: str = "zero",
@@ -231,6 +237,9 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             eta, solver_order, variance_type = fixed["eta"], fixed["solver_order"], fixed["variance_type"]
             use_corrector = fixed["use_corrector"]
             self.register_to_config(**fixed)
+        else:  # a tuned schedule fixes eta and order whatever the guidance
+            eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)
+        self.effective_eta = eta
         if variance_type == "learned":
             # In a diffusers config 'learned' means a variance predicted directly for the full T-step chain, which
             # cannot be moved to a skipped chain; ADM/IDDPM/DiT models use 'learned_range'.
@@ -351,12 +360,12 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
     def _install_plan(self, ts: torch.Tensor, final: int) -> None:
         """Plan the trajectory (reusing the last plan when the timesteps and settings are the same)."""
         c = self.config
-        key = (tuple(ts.tolist()), final, repr(c.eta), id(c.eps_mse), c.solver_type, c.lower_order_final,
+        key = (tuple(ts.tolist()), final, repr(self.effective_eta), id(c.eps_mse), c.solver_type, c.lower_order_final,
                c.euler_at_final, self.step_config.use_corrector)
         if key == self._cached[0]:
             plan, coefficients = self._cached[1], self._cached[2]
         else:
-            plan = plan_steps(self.path, ts, c.eta, c.eps_mse, solver_order=self.step_config.solver_order,
+            plan = plan_steps(self.path, ts, self.effective_eta, c.eps_mse, solver_order=self.step_config.solver_order,
                               solver_type=c.solver_type, final_time=final, lower_order_final=c.lower_order_final,
                               euler_at_final=c.euler_at_final, use_corrector=self.step_config.use_corrector)
             coefficients = None

@@ -13,8 +13,8 @@ from .paths import DiscreteVPPath, GaussianPath
 from .plan import plan_steps
 from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
-                    DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type,
-                    check_finite)
+                    DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type, check_finite,
+                    settings_for_guidance)
 from .timesteps import analytic_first_step_grid, select_timesteps, validate_timesteps
 from .tuned_schedules import sampling_settings_from_tuned_schedule
 
@@ -80,6 +80,7 @@ def sample(
     tuned_schedule=None,
     data_mean: float | torch.Tensor | None = None,
     data_var: float | torch.Tensor | None = None,
+    guidance_scale: float | None = None,
 ) -> torch.Tensor:
     """Draw samples with the skipped-step posterior family.
 
@@ -99,7 +100,10 @@ def sample(
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
     (order 1 is the plain step); ``use_corrector`` redoes each step once the model has been evaluated at its end
     (one more interpolation node, same noise, no extra evaluation). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
-    ``callback(i, t, x_s, x0_hat)`` runs after every step. Returns ``x_0`` in ``dtype``.
+    ``guidance_scale``: the classifier-free guidance scale ``w`` the ``model`` applies inside (``None``: unknown);
+    from ``skipstep.STRONG_GUIDANCE_FROM`` on, ``eta`` and ``solver_order`` left at their defaults become ``1.0``
+    and ``1`` (:func:`skipstep.steps.settings_for_guidance`). ``callback(i, t, x_s, x0_hat)`` runs after every
+    step. Returns ``x_0`` in ``dtype``.
 
     Precision: the model is called with ``x_t`` in ``model_dtype`` -- by default the dtype of its parameters when
     it is a ``torch.nn.Module`` or a bound method of one (``unet.forward``), else float32; a lambda or function
@@ -129,6 +133,8 @@ def sample(
         timesteps, eta, solver_order, variance_type = sampling_settings_from_tuned_schedule(
             tuned_schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
         use_corrector = False  # the search tunes the predictor steps alone
+    else:
+        eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)
     if not isinstance(spacing, str):  # an explicit list
         if timesteps is not None:
             raise ValueError("give the timesteps either as spacing=[...] or as timesteps=[...], not both")

@@ -51,6 +51,15 @@ DEFAULT_USE_CORRECTOR = True
 DEFAULT_TIMESTEP_SPACING = "power"
 DEFAULT_SPACING_POWER = None
 
+#: The classifier-free guidance scale from which the default's eta and solver order give way to the strong-guidance
+#: member (docs/results.md, "Strong guidance"): under strong guidance the order-2 extrapolation of ``x0_hat`` and its
+#: corrector overshoot (the guided ``x0_hat`` moves far between steps), and the first-order skipped-step posterior
+#: (eta = 1) with the corrector is the stable member. A scheduler only knows the scale if it is told
+#: (``guidance_scale=`` of :class:`skipstep.SkippedStepScheduler` and :func:`skipstep.sample`).
+STRONG_GUIDANCE_FROM = 6.0
+STRONG_GUIDANCE_ETA = 1.0
+STRONG_GUIDANCE_SOLVER_ORDER = 1
+
 VARIANCE_TYPES = ("small", "large", "learned", "optimal")
 # diffusers' names for the same choices
 DIFFUSERS_VARIANCE_TYPES = {
@@ -457,6 +466,33 @@ class TrajectoryStepper:
         return x_s, x0_out
 
 
+def check_guidance_hint(guidance_scale) -> float | None:
+    """``None`` (guidance unknown or off) or a finite number ``w >= 0``: the classifier-free guidance scale
+    ``eps_u + w (eps_c - eps_u)`` the sampler will run at."""
+    if guidance_scale is None:
+        return None
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not (
+            math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise ValueError(f"guidance_scale must be None (unknown) or a finite number >= 0 (the classifier-free "
+                         f"guidance scale w of eps_u + w (eps_c - eps_u)), got {guidance_scale!r}")
+    return float(guidance_scale)
+
+
+def settings_for_guidance(guidance_scale, eta, solver_order: int) -> tuple:
+    """The ``(eta, solver_order)`` a sampler uses at classifier-free guidance scale ``guidance_scale``: from
+    ``STRONG_GUIDANCE_FROM`` on, each of the two that is left at its default (``DEFAULT_ETA``,
+    ``DEFAULT_SOLVER_ORDER``) becomes the strong-guidance member's (``eta = 1``, order 1); an explicit choice is kept,
+    and below the threshold or for ``None`` (unknown) nothing changes."""
+    w = check_guidance_hint(guidance_scale)
+    if w is None or w < STRONG_GUIDANCE_FROM:
+        return eta, solver_order
+    if isinstance(eta, str) and eta == DEFAULT_ETA:
+        eta = STRONG_GUIDANCE_ETA
+    if solver_order == DEFAULT_SOLVER_ORDER:
+        solver_order = STRONG_GUIDANCE_SOLVER_ORDER
+    return eta, solver_order
+
+
 __all__ = [
     "DEFAULT_ETA",
     "DEFAULT_SOLVER_ORDER",
@@ -464,6 +500,9 @@ __all__ = [
     "DEFAULT_TIMESTEP_SPACING",
     "DEFAULT_USE_CORRECTOR",
     "DIFFUSERS_VARIANCE_TYPES",
+    "STRONG_GUIDANCE_ETA",
+    "STRONG_GUIDANCE_FROM",
+    "STRONG_GUIDANCE_SOLVER_ORDER",
     "StepCoefficients",
     "StepConfig",
     "VARIANCE_TYPES",
@@ -471,6 +510,7 @@ __all__ = [
     "apply_step",
     "canonical_variance_type",
     "check_finite",
+    "check_guidance_hint",
     "check_generator",
     "check_model_output",
     "model_x0",
@@ -478,6 +518,7 @@ __all__ = [
     "noise_std",
     "optimal_noise_variance",
     "posterior_step",
+    "settings_for_guidance",
     "step_coefficients",
     "TrajectoryStepper",
 ]

@@ -58,7 +58,7 @@ class AnalyticFirstStepRunner:
         self.T = int(model_config.get("num_train_timesteps", 1000))
         probe = self._scheduler(2)
         step = probe.step_config
-        self.config = {"base_class": type(probe).__name__, "eta": probe.config.eta,
+        self.config = {"base_class": type(probe).__name__, "eta": getattr(probe, "effective_eta", probe.config.eta),
                        "solver_order": step.solver_order, "use_corrector": step.use_corrector,
                        "variance_type": step.variance_type, "prediction_type": step.prediction_type,
                        "clip_sample": step.clipping.clip_sample, "analytic_first_step": "training split moments"}
@@ -87,7 +87,8 @@ class AnalyticFirstStepRunner:
         else:
             call = model
             self.timesteps = [int(v) for v in grid[1:]]
-        return sample(call, path=path, timesteps=grid, eta=sched.config.eta, variance_type=step.variance_type,
+        return sample(call, path=path, timesteps=grid, eta=getattr(sched, "effective_eta", sched.config.eta),
+                      variance_type=step.variance_type,
                       solver_order=step.solver_order, use_corrector=step.use_corrector,
                       prediction_type=step.prediction_type, clipping=step.clipping, noise=noise,
                       generator=generator, progress=progress, data_mean=self.mean.to(noise.device),

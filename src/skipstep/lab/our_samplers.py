@@ -105,12 +105,17 @@ def _register_ours() -> None:
     common = {"class": "SkippedStepScheduler", "timestep_spacing": "trailing", "variance": "posterior (fixed_small)",
               "x0_clip": "clip_sample"}
     ours = dict(family="skipstep", learned_variance=True)
+    default_settings = {"class": "SkippedStepScheduler / SkippedStepFlowScheduler", "from_config": True,
+                        "eta": "DEFAULT_ETA", "solver_order": "DEFAULT_SOLVER_ORDER", "x0_clip": "clip_sample"}
     register_sampler("default", _default_factory, stochastic=DEFAULT_ETA != 0, **ours,
                      description="skipstep's default: SkippedStepScheduler.from_config(model config) "
-                                 "(SkippedStepFlowScheduler for flow models), nothing overridden",
-                     settings={"class": "SkippedStepScheduler / SkippedStepFlowScheduler", "from_config": True,
-                               "eta": "DEFAULT_ETA", "solver_order": "DEFAULT_SOLVER_ORDER",
-                               "x0_clip": "clip_sample"})
+                                 "(SkippedStepFlowScheduler for flow models), nothing overridden but, for a "
+                                 "class-conditional model, guidance_scale=w (as `skipstep sample` passes it)",
+                     settings={**default_settings, "guidance_scale": "passed"})
+    register_sampler("default-no-w", _default_factory, stochastic=DEFAULT_ETA != 0, **ours,
+                     description="the default not told the guidance scale (a diffusers pipeline's scheduler built "
+                                 "without guidance_scale=): from_config(model config), nothing overridden",
+                     settings=default_settings)
     register_sampler("skipstep", _skipstep(lambda: 1.0), stochastic=True, **ours,
                      description="skipped-step posterior sampling, eta=1 (the paper's Markovian sampler)",
                      settings={**common, "eta": 1.0})

@@ -236,7 +236,9 @@ def scheduler_config_for(sampler: SamplerRecipe, loaded: LoadedModel) -> dict:
     * the optimal-variance table for ``variance="optimal"`` samplers (estimated once per model and cached, see
       :func:`skipstep.lab.models.optimal_variance_table`);
     * the training split's per-pixel mean and variance (``DATA_MOMENTS_KEY``) for the analytic-first-step samplers
-      (:func:`skipstep.lab.models.training_data_moments`)."""
+      (:func:`skipstep.lab.models.training_data_moments`);
+    * for samplers whose settings say ``guidance_scale: "passed"`` (the ``default`` sampler), the run's guidance
+      scale of a class-conditional VP model as ``guidance_scale`` (:func:`skipstep.steps.settings_for_guidance`)."""
     config = dict(loaded.scheduler_config)
     if sampler.family in PEER_FAMILIES and loaded.regime == "vp":
         if loaded.peer_spacing == "trailing":
@@ -251,6 +253,9 @@ def scheduler_config_for(sampler: SamplerRecipe, loaded: LoadedModel) -> dict:
         config["eps_mse"] = optimal_variance_table(loaded).tolist()
     if sampler.settings.get("analytic_first_step"):
         config[DATA_MOMENTS_KEY] = training_data_moments(loaded)
+    if (sampler.settings.get("guidance_scale") == "passed" and loaded.conditioning is not None
+            and loaded.regime == "vp"):
+        config["guidance_scale"] = 1.0 if loaded.guidance_scale is None else float(loaded.guidance_scale)
     return config
 
 
@@ -288,6 +293,8 @@ def sampler_settings(recipe: SamplerRecipe, loaded: LoadedModel | None = None) -
     config = dict(getattr(sched, "config", {}) or {})
     settings["class"] = type(sched).__name__ if not hasattr(sched, "sample_loop") else settings.get("class")
     settings["effective"] = {k: config[k] for k in EFFECTIVE_KEYS if k in config}
+    if hasattr(sched, "effective_eta"):  # a guidance scale may replace the configured eta and order
+        settings["effective"].update(eta=sched.effective_eta, solver_order=sched.step_config.solver_order)
     if loaded.learned_variance:
         settings["learned_variance"] = ("used (variance_type='learned_range')" if recipe.learned_variance else
                                         "not used: the C prediction channels with its own fixed variance")

@@ -1,0 +1,126 @@
+"""The default told the classifier-free guidance scale (skipstep.steps.settings_for_guidance): from
+STRONG_GUIDANCE_FROM on, an eta and a solver order left at their defaults become the strong-guidance member's
+(eta = 1, order 1); everything else, and every scale below the threshold or unknown, is the unguided default."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skipstep import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, STRONG_GUIDANCE_FROM, SkippedStepScheduler, sample
+from skipstep.steps import (
+    STRONG_GUIDANCE_ETA,
+    STRONG_GUIDANCE_SOLVER_ORDER,
+    check_guidance_hint,
+    settings_for_guidance,
+)
+from skipstep.lab.models import load_model
+from skipstep.lab.sample_sets import sample_cell
+from skipstep.lab.sampler_registry import get_sampler, scheduler_config_for
+
+from tiny_dirs import conditional_dir
+
+DEFAULTS = (DEFAULT_ETA, DEFAULT_SOLVER_ORDER)
+STRONG = (STRONG_GUIDANCE_ETA, STRONG_GUIDANCE_SOLVER_ORDER)
+
+
+def test_the_strong_guidance_member_is_first_order_skipped_step_sampling():
+    assert STRONG == (1.0, 1) and STRONG_GUIDANCE_FROM > 4  # w = 4 keeps the order-2 default (docs/results.md)
+
+
+@given(st.one_of(st.none(), st.floats(0, STRONG_GUIDANCE_FROM, exclude_max=True)))
+def test_below_the_threshold_or_unknown_nothing_changes(w):
+    assert settings_for_guidance(w, *DEFAULTS) == DEFAULTS
+
+
+@given(st.floats(STRONG_GUIDANCE_FROM, 1e6))
+def test_from_the_threshold_the_defaults_become_the_strong_member(w):
+    assert settings_for_guidance(w, *DEFAULTS) == STRONG
+
+
+@pytest.mark.parametrize("eta, order, expected", [
+    (0.5, DEFAULT_SOLVER_ORDER, (0.5, STRONG_GUIDANCE_SOLVER_ORDER)),  # an explicit eta is kept
+    (DEFAULT_ETA, 3, (STRONG_GUIDANCE_ETA, 3)),  # an explicit order is kept
+    ("linear:1:0", 3, ("linear:1:0", 3)),
+    (0.0, 1, (0.0, 1)),
+])
+def test_explicit_choices_are_kept(eta, order, expected):
+    assert settings_for_guidance(8.0, eta, order) == expected
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan, "8", True])
+def test_a_bad_guidance_scale_names_the_parameter_and_the_range(bad):
+    with pytest.raises(ValueError, match=r"guidance_scale must be None .* finite number >= 0"):
+        check_guidance_hint(bad)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        SkippedStepScheduler(guidance_scale=bad)
+
+
+def _toy_eps(x, t):
+    return 0.3 * x + 0.01 * torch.as_tensor(t, dtype=x.dtype).reshape(-1, *[1] * (x.dim() - 1)) / 1000
+
+
+def _run(sched, steps, seed=0):
+    sched.set_timesteps(steps)
+    x = torch.randn(6, 2, 3, 3, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed + 1)
+    for t in sched.timesteps:
+        x = sched.step(_toy_eps(x, t.expand(x.shape[0])), t, x, generator=gen).prev_sample
+    return sched.timesteps.tolist(), x
+
+
+@pytest.mark.parametrize("steps", [3, 5, 10, 20])
+def test_the_scheduler_told_a_strong_scale_samples_as_the_strong_member(steps):
+    told = SkippedStepScheduler(guidance_scale=8.0)
+    member = SkippedStepScheduler(eta=STRONG_GUIDANCE_ETA, solver_order=STRONG_GUIDANCE_SOLVER_ORDER)
+    (ts_a, a), (ts_b, b) = _run(told, steps), _run(member, steps)
+    assert ts_a == ts_b and torch.equal(a, b)
+    assert told.config.guidance_scale == 8.0 and told.config.eta == DEFAULT_ETA  # the config keeps what was passed
+    assert told.effective_eta == 1.0 and told.step_config.solver_order == 1
+    # the unguided default differs (order 2, and eta 0 below 8 steps)
+    assert not torch.equal(a, _run(SkippedStepScheduler(), steps)[1])
+
+
+@pytest.mark.parametrize("w", [None, 0.0, 1.0, 4.0])
+def test_below_the_threshold_the_scheduler_is_the_default(w):
+    assert torch.equal(_run(SkippedStepScheduler(guidance_scale=w), 10)[1], _run(SkippedStepScheduler(), 10)[1])
+
+
+def test_the_scale_survives_a_config_round_trip(tmp_path):
+    SkippedStepScheduler(guidance_scale=7.5).save_config(tmp_path)
+    again = SkippedStepScheduler.from_config(SkippedStepScheduler.load_config(tmp_path))
+    assert again.config.guidance_scale == 7.5 and again.step_config.solver_order == 1
+
+
+def test_sample_told_a_strong_scale_is_the_strong_member():
+    noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    common = dict(noise=noise, num_steps=6, progress=False)
+    told = sample(_toy_eps, generator=torch.Generator().manual_seed(4), guidance_scale=8.0, **common)
+    member = sample(_toy_eps, generator=torch.Generator().manual_seed(4), eta=1.0, solver_order=1, **common)
+    unguided = sample(_toy_eps, generator=torch.Generator().manual_seed(4), guidance_scale=2.0, **common)
+    assert torch.equal(told, member)
+    assert torch.equal(unguided, sample(_toy_eps, generator=torch.Generator().manual_seed(4), **common))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(0, 20))
+def test_a_tuned_schedule_fixes_eta_and_order_whatever_the_scale(w):
+    tuned = {"timesteps": [900, 500, 100], "eta": [1.0, 0.5, 0.0], "solver_order": 2, "nfe": 3,
+             "num_train_timesteps": 1000}
+    sched = SkippedStepScheduler(tuned_schedule=tuned, guidance_scale=w)
+    assert sched.step_config.solver_order == 2 and list(sched.effective_eta) == [1.0, 0.5, 0.0]
+
+
+def test_the_bench_default_is_told_the_run_scale_and_default_no_w_is_not(tmp_path):
+    view = load_model(str(conditional_dir(tmp_path / "cond"))).at_guidance(8)
+    told = scheduler_config_for(get_sampler("default"), view)
+    assert told["guidance_scale"] == 8.0
+    assert "guidance_scale" not in scheduler_config_for(get_sampler("default-no-w"), view)
+    a = sample_cell(view, get_sampler("default"), 4, 0, 6, 6, "cpu").samples
+    b = sample_cell(view, get_sampler("default-no-w"), 4, 0, 6, 6, "cpu").samples
+    assert not torch.equal(a, b)  # w = 8: the strong member against the unguided default
+    weak = load_model(str(conditional_dir(tmp_path / "cond"))).at_guidance(2)
+    assert torch.equal(sample_cell(weak, get_sampler("default"), 4, 0, 6, 6, "cpu").samples,
+                       sample_cell(weak, get_sampler("default-no-w"), 4, 0, 6, 6, "cpu").samples)
