@@ -56,6 +56,11 @@ def test_a_bad_guidance_scale_names_the_parameter_and_the_range(bad):
         check_guidance_hint(bad)
     with pytest.raises(ValueError, match="guidance_scale"):
         SkippedStepScheduler(guidance_scale=bad)
+    tuned = {"timesteps": [900, 100], "eta": [0.0, 0.0], "solver_order": 1, "nfe": 2, "num_train_timesteps": 1000}
+    with pytest.raises(ValueError, match="guidance_scale"):
+        SkippedStepScheduler(guidance_scale=bad, tuned_schedule=tuned)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        sample(_toy_eps, (1, 1, 2, 2), num_steps=2, guidance_scale=bad, progress=False)
 
 
 def _toy_eps(x, t):

@@ -37,7 +37,7 @@ from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedu
 from .predictions import X0Clipping, check_prediction_type
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type, check_generator,
-                    settings_for_guidance)
+                    check_guidance_hint, settings_for_guidance)
 from .timesteps import (SPACINGS, check_num_steps, check_spacing_power, select_timesteps, sigma_spaced_timesteps,
                         timesteps_from_sigmas, validate_timesteps, vp_sigmas)
 from .tuned_schedules import scheduler_settings_from_tuned_schedule
@@ -231,6 +231,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         check_prediction_type(prediction_type)
         check_solver_type(solver_type)
         self._tuned = None
+        check_guidance_hint(guidance_scale)  # refused even where a tuned schedule makes it moot
         if tuned_schedule is not None:  # it fixes eta, solver_order, variance_type and the timesteps
             self._tuned, fixed = scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps, eta,
                                                                         solver_order, variance_type)

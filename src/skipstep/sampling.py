@@ -14,7 +14,7 @@ from .plan import plan_steps
 from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type, check_finite,
-                    settings_for_guidance)
+                    check_guidance_hint, settings_for_guidance)
 from .timesteps import analytic_first_step_grid, select_timesteps, validate_timesteps
 from .tuned_schedules import sampling_settings_from_tuned_schedule
 
@@ -129,6 +129,7 @@ def sample(
     runs after the analytic step. Not combined with ``tuned_schedule`` (a schedule is tuned for its NFE).
     """
     path = path if path is not None else DiscreteVPPath.from_config({})
+    check_guidance_hint(guidance_scale)  # refused even where a tuned schedule makes it moot
     if tuned_schedule is not None:
         timesteps, eta, solver_order, variance_type = sampling_settings_from_tuned_schedule(
             tuned_schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
