@@ -16,6 +16,7 @@ from skipstep.steps import (
     check_guidance_hint,
     settings_for_guidance,
 )
+from skipstep.lab.conditioning import check_guidance_scale
 from skipstep.lab.models import load_model
 from skipstep.lab.sample_sets import sample_cell
 from skipstep.lab.sampler_registry import get_sampler, scheduler_config_for
@@ -48,6 +49,17 @@ def test_from_the_threshold_the_defaults_become_the_strong_member(w):
 ])
 def test_explicit_choices_are_kept(eta, order, expected):
     assert settings_for_guidance(8.0, eta, order) == expected
+
+
+@pytest.mark.parametrize("bad", ["-1", "inf", "nan", "x", "", None, True, -0.5])
+def test_the_lab_parser_refuses_what_the_core_refuses_and_names_the_option(bad):
+    with pytest.raises(ValueError, match=r"^--w-option: expected a finite number >= 0"):
+        check_guidance_scale(bad, "--w-option")
+
+
+@given(st.floats(0, 1e6))
+def test_the_lab_parser_accepts_the_core_range_as_text(w):
+    assert check_guidance_scale(repr(w)) == check_guidance_hint(w) == w
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan, "8", True])

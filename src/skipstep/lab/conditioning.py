@@ -23,24 +23,31 @@ keeps the conditional branch's variance channels (as GLIDE, ADM and DiT do).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from ..steps import check_guidance_hint
+
 __all__ = ["ClassConditioning", "GuidedModel", "balanced_subset", "check_guidance_scale"]
 
 
 def check_guidance_scale(value, option: str = "--guidance-scale") -> float:
-    """A guidance scale: a finite number ``w >= 0`` (``1``: the conditional model, ``0``: the unconditional)."""
+    """A guidance scale given as text or a number: parsed here, its range checked by the core's
+    :func:`skipstep.steps.check_guidance_hint` (a finite ``w >= 0``; ``1``: the conditional model, ``0``: the
+    unconditional), the error naming ``option``."""
+    expected = f"{option}: expected a finite number >= 0 (1 = the plain conditional model), got {value!r}"
+    if isinstance(value, bool):
+        raise ValueError(expected)
     try:
         w = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{option}: expected a number >= 0 (1 = the plain conditional model), got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(w) or w < 0:
-        raise ValueError(f"{option}: expected a finite number >= 0 (1 = the plain conditional model), got {value!r}")
-    return w
+        raise ValueError(expected) from None
+    try:
+        return check_guidance_hint(w)
+    except ValueError:
+        raise ValueError(expected) from None
 
 
 @dataclass(frozen=True)
