@@ -141,3 +141,44 @@ def test_the_bench_default_is_told_the_run_scale_and_default_no_w_is_not(tmp_pat
     weak = load_model(str(conditional_dir(tmp_path / "cond"))).at_guidance(2)
     assert torch.equal(sample_cell(weak, get_sampler("default"), 4, 0, 6, 6, "cpu").samples,
                        sample_cell(weak, get_sampler("default-no-w"), 4, 0, 6, 6, "cpu").samples)
+
+
+def _k_denoiser(x, sigma):
+    """A smooth, nonlinear x0 predictor: N(0.3, 0.5^2) data's exact denoiser, bent by a tanh."""
+    s = sigma.view(-1, *([1] * (x.ndim - 1)))
+    return (0.25 * x + s * s * 0.3) / (0.25 + s * s) + 0.2 * torch.tanh(x) / (1 + s)
+
+
+def _k_run(n, **kwargs):
+    from skipstep.k_diffusion import sample_skipstep
+
+    sigmas = torch.cat([torch.logspace(1.2, -1.5, n, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    x = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * sigmas[0]
+    noise = torch.Generator().manual_seed(5)
+    table = {}
+
+    def noise_sampler(sigma, sigma_next):  # the same unit noise per step, whichever member asks
+        key = (float(sigma), float(sigma_next))
+        if key not in table:
+            table[key] = torch.randn(x.shape, generator=noise, dtype=torch.float64)
+        return table[key]
+
+    return sample_skipstep(_k_denoiser, x, sigmas, disable=True, noise_sampler=noise_sampler, **kwargs)
+
+
+@pytest.mark.parametrize("n", [3, 5, 10, 20])
+def test_the_k_diffusion_adapter_told_a_strong_scale_is_the_strong_member(n):
+    strong = _k_run(n, eta=STRONG_GUIDANCE_ETA, solver_order=STRONG_GUIDANCE_SOLVER_ORDER)
+    assert torch.equal(_k_run(n, guidance_scale=8.0), strong)
+    assert torch.equal(_k_run(n, guidance_scale=4.0), _k_run(n))  # below the threshold: the default
+    assert not torch.equal(_k_run(n, guidance_scale=4.0), strong)
+    # explicit choices are kept: an eta schedule and an order
+    assert torch.equal(_k_run(n, guidance_scale=8.0, eta_schedule="linear:1:0"),
+                       _k_run(n, eta_schedule="linear:1:0", solver_order=STRONG_GUIDANCE_SOLVER_ORDER))
+    assert torch.equal(_k_run(n, guidance_scale=8.0, solver_order=3), _k_run(n, eta=STRONG_GUIDANCE_ETA, solver_order=3))
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan, "8", True])
+def test_the_k_diffusion_adapter_refuses_a_bad_guidance_scale(bad):
+    with pytest.raises(ValueError, match=r"guidance_scale must be None .* finite number >= 0"):
+        _k_run(3, guidance_scale=bad)

@@ -40,7 +40,8 @@ from tqdm.auto import trange
 from .gaussian_data import check_data_moments, gaussian_data_x0
 from .paths import VESigmaPath
 from .plan import plan_steps
-from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type
+from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper,
+                    canonical_variance_type, settings_for_guidance)
 
 #: the variances a denoiser (which returns x0_hat only) can use
 DENOISER_VARIANCE_TYPES = ("small", "large")
@@ -87,6 +88,7 @@ def sample_skipstep(
     use_corrector: bool = DEFAULT_USE_CORRECTOR,
     data_mean: float | torch.Tensor | None = None,
     data_var: float | torch.Tensor | None = None,
+    guidance_scale: float | None = None,
 ) -> torch.Tensor:
     """Skipped-step posterior sampling in k-diffusion's convention (see the module docstring).
 
@@ -103,11 +105,18 @@ def sample_skipstep(
     (:mod:`skipstep.gaussian_data`): its denoised value is ``mu + v / (v + s_0^2) (x - mu)``, the exact denoiser
     of data ``N(mu, diag(v))``, and the model is not called at ``sigmas[0]`` (``len(sigmas) - 2`` evaluations;
     the callback still runs there). Put the extra, noisiest sigma in front of a schedule to keep its NFE.
+    ``guidance_scale``: the classifier-free guidance scale ``w`` the ``model`` applies inside (``None``: unknown);
+    from ``skipstep.STRONG_GUIDANCE_FROM`` on, an ``eta`` and a ``solver_order`` left at their defaults become the
+    first-order skipped-step posterior (:func:`skipstep.steps.settings_for_guidance`); an ``eta_schedule`` counts
+    as a chosen eta.
     Returns the sample at ``sigmas[-1]``.
     """
     extra_args = {} if extra_args is None else extra_args
     if eta_schedule is not None and eta != DEFAULT_ETA:
         raise ValueError(f"give either eta ({eta!r}) or eta_schedule ({eta_schedule!r}), not both")
+    if eta_schedule is not None:
+        eta = eta_schedule
+    eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)
     variance = canonical_variance_type(variance_type)
     if variance not in DENOISER_VARIANCE_TYPES:
         raise ValueError(f"variance_type must be one of {DENOISER_VARIANCE_TYPES} for a denoiser (it returns x0 only), "
@@ -130,7 +139,7 @@ def sample_skipstep(
     path = VESigmaPath(min(float(noisy[-1]), final) if final > 0 else float(noisy[-1]), float(noisy[0]))
     if not isinstance(use_corrector, bool):
         raise ValueError(f"use_corrector must be True or False, got {use_corrector!r}")
-    plan = plan_steps(path, noisy, eta if eta_schedule is None else eta_schedule, solver_order=solver_order,
+    plan = plan_steps(path, noisy, eta, solver_order=solver_order,
                       solver_type=solver_type, final_time=final, lower_order_final=lower_order_final,
                       use_corrector=use_corrector)
     config = StepConfig(prediction_type="sample", variance_type=variance, solver_order=solver_order,
