@@ -15,7 +15,6 @@ import skipstep
 from diffusers.utils.torch_utils import randn_tensor
 
 from skipstep import DEFAULT_SOLVER_ORDER, SkippedStepScheduler, sample
-from skipstep.lab import cli
 from skipstep.lab.bench import BenchConfig, run_bench
 from skipstep.lab.models import load_gmm, load_model, register_model
 from skipstep.lab.sampler_registry import CallCounter, SamplerError, get_sampler, steps_for_nfe

@@ -148,7 +148,7 @@ def render_selection(sel: Selection, top: int = 5) -> str:
         runner = "-" if f.runner_up is None else f"`{f.runner_up}`"
         rscore = "-" if f.runner_up_score is None else f"{f.runner_up_score:.3f}"
         lines.append(f"| {f.held_out} | `{f.chosen}` | {f.score:.3f} | {runner} | {rscore} |")
-    lines += ["", f"All models: " + ", ".join(f"`{c}` {s:.3f}" for c, s in sel.overall[:top]), ""]
+    lines += ["", "All models: " + ", ".join(f"`{c}` {s:.3f}" for c, s in sel.overall[:top]), ""]
     return "\n".join(lines)
 
 
