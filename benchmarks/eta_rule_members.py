@@ -15,24 +15,16 @@ start instead of eta = 1 everywhere:
 import math
 import sys
 
-from skipstep.diffusers_schedulers import SkippedStepScheduler
-from skipstep.flow_schedulers import SkippedStepFlowScheduler
 from skipstep.lab import cli
-from skipstep.lab.sampler_recipes import clip_overrides, is_flow_config, register_sampler
+from skipstep.lab.our_samplers import default_scheduler
+from skipstep.lab.sampler_recipes import register_sampler
 
 STOCHASTIC_FROM = 8  # the default's eta rule: deterministic below 8 steps
 
 
-def _build(config, **overrides):
-    """As the ``default`` sampler builds it (``from_config`` of the whole config), plus ``overrides``."""
-    if is_flow_config(config):
-        return SkippedStepFlowScheduler.from_config(dict(config), **overrides)
-    return SkippedStepScheduler.from_config(dict(config), **clip_overrides(config, "clip_sample"), **overrides)
-
-
 def step_log_snrs(config, steps):
     """``lambda_t`` at the start of each of the default's ``steps`` steps."""
-    probe = _build(config)
+    probe = default_scheduler(config)
     probe.set_timesteps(steps)
     return [2.0 * (math.log(p.alpha_t) - math.log(p.sigma_t)) if p.alpha_t > 0 else -math.inf for p in probe._plan]
 
@@ -50,8 +42,8 @@ for e in (0.7, 0.85):
 for rule_name, rule in RULES.items():
     def factory(config, steps, rule=rule):
         if steps < STOCHASTIC_FROM:
-            return _build(config)
-        return _build(config, eta=[rule(lam) for lam in step_log_snrs(config, steps)])
+            return default_scheduler(config)
+        return default_scheduler(config, eta=[rule(lam) for lam in step_log_snrs(config, steps)])
 
     register_sampler(f"er-{rule_name}", factory, family="candidate", stochastic=True, learned_variance=True,
                      description=f"the default with eta rule {rule_name} from {STOCHASTIC_FROM} steps",

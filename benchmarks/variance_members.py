@@ -6,14 +6,13 @@
 """
 import sys
 
-from skipstep.diffusers_schedulers import SkippedStepScheduler
 from skipstep.lab import cli
-from skipstep.lab.sampler_recipes import clip_overrides, register_sampler
+from skipstep.lab.our_samplers import default_scheduler
+from skipstep.lab.sampler_recipes import register_sampler
 
 for variance in ("fixed_small", "fixed_large"):
     def factory(config, steps, variance=variance):
-        return SkippedStepScheduler.from_config(dict(config), **clip_overrides(config, "clip_sample"),
-                                                variance_type=variance)
+        return default_scheduler(config, variance_type=variance)  # VP only: flow models have no learned variance
 
     register_sampler(f"default-{variance}", factory, family="candidate", stochastic=True, learned_variance=False,
                      description=f"the default with variance_type={variance!r}")

@@ -87,12 +87,16 @@ def _register_higher_order(members: dict[str, Any]) -> None:
                           "solver_order": order, "variance": "posterior (fixed_small)"})
 
 
-def _default_factory(config: dict, steps: int):
+def default_scheduler(config: dict, **overrides):
     """What a user gets: the scheduler's ``from_config`` of the model's config, nothing overridden (the lab's x0
-    clipping rule aside, which every sampler shares)."""
+    clipping rule aside, which every sampler shares) but ``overrides`` (for members that change one setting)."""
     if is_flow_config(config):
-        return SkippedStepFlowScheduler.from_config(dict(config))
-    return SkippedStepScheduler.from_config(dict(config), **clip_overrides(config, "clip_sample"))
+        return SkippedStepFlowScheduler.from_config(dict(config), **overrides)
+    return SkippedStepScheduler.from_config(dict(config), **clip_overrides(config, "clip_sample"), **overrides)
+
+
+def _default_factory(config: dict, steps: int):
+    return default_scheduler(config)
 
 
 def _reference_factory(config: dict, steps: int):
