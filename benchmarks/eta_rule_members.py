@@ -36,7 +36,7 @@ for hi in (0.0, 1.0, 2.0, 3.0, 4.0):
     RULES[f"tail{hi:g}"] = lambda lam, hi=hi: 1.0 if lam <= hi else 0.0
 for lo in (-8.0, -6.0, -4.0):
     RULES[f"head{lo:g}"] = lambda lam, lo=lo: 1.0 if lam >= lo else 0.0
-for e in (0.7, 0.85):
+for e in (0.0, 0.5, 0.7, 0.85):  # 0 and 0.5: the fifth round (regime pairs)
     RULES[f"c{e:g}"] = lambda lam, e=e: e
 
 for rule_name, rule in RULES.items():

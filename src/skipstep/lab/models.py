@@ -105,6 +105,8 @@ ZOO_MODELS: dict[str, ZooModel] = {
     "digits-vzsnr": ZooModel("digits-vzsnr"),
     "digits-eps-b": ZooModel("digits-eps-b"),
     "digits-eps-c": ZooModel("digits-eps-c"),
+    "digits-flow-b": ZooModel("digits-flow-b"),  # second models of two regimes (leave-one-model-out within them)
+    "digits-lv-b": ZooModel("digits-lv-b"),
 }
 
 

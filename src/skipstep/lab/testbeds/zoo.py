@@ -95,6 +95,19 @@ ZOO_SPECS: dict[str, ZooSpec] = {
         {"_class_name": "DDPMScheduler", **_LINEAR, "prediction_type": "epsilon", "clip_sample": False,
          "variance_type": "learned_range"},
         (16, 24, 32), 6000, 5),
+    # Second models of the flow and learned-variance regimes, so a rule for one of them can be chosen on one model
+    # and reported on another (leave-one-model-out needs two per regime).
+    "digits-flow-b": ZooSpec(
+        "flow", "smaller rectified-flow velocity UNet (8/16/24), FlowMatchEulerDiscreteScheduler shift 3 (SD3's), "
+        "4k steps, seed 7",
+        {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0},
+        (8, 16, 24), 4000, 7),
+    "digits-lv-b": ZooSpec(
+        "learned-variance", "smaller learned-variance UNet (8/16/24, 2C outputs, hybrid loss), cosine betas "
+        "(IDDPM's), clipped x0, 4k steps, seed 8",
+        {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
+         "prediction_type": "epsilon", "clip_sample": True, "variance_type": "learned_range"},
+        (8, 16, 24), 4000, 8),
     "digits-vzsnr": ZooSpec(
         "v-zero-snr", "v-prediction UNet (16/24/32), scaled-linear betas rescaled to zero terminal SNR, 4k steps, "
         "seed 6", {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
