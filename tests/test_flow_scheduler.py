@@ -315,6 +315,7 @@ def test_step_count_dependent_eta_equals_its_resolved_list(steps):
     explicit per-step list, on both sides of the threshold."""
     rule = SkippedStepFlowScheduler(shift=3.0, eta="below:6:0:window", solver_order=2)
     rule.set_timesteps(steps)
+    assert rule.effective_eta == "below:6:0:window"  # what the plan was built from (the lab reads it)
     expected = [0.0] * steps if steps < 6 else [0.0] + [1.0] * (steps - 2) + [0.0]
     assert rule.eta_schedule == expected
     explicit = SkippedStepFlowScheduler(shift=3.0, eta=expected, solver_order=2)

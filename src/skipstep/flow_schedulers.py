@@ -151,6 +151,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         if timestep_spacing not in FLOW_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {FLOW_SPACINGS}, got {timestep_spacing!r}")
         check_spacing_power(spacing_power)
+        self.effective_eta = eta  # as SkippedStepScheduler's (which a guidance scale can change); here always eta
         self.step_config = StepConfig(prediction_type="flow", variance_type="small", check_finite=check_finite,
                                       solver_order=solver_order, use_corrector=use_corrector)
         cfg = dict(self.config)
@@ -248,7 +249,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         ts = src.timesteps.detach().cpu()
         if bool((ts[1:] == ts[:-1]).any()):
             raise ValueError(f"timesteps must not repeat, got {ts.tolist()}")
-        self._plan = plan_steps(self.path, noisy, self.config.eta, solver_order=self.step_config.solver_order,
+        self._plan = plan_steps(self.path, noisy, self.effective_eta, solver_order=self.step_config.solver_order,
                                  solver_type=self.config.solver_type, use_corrector=self.step_config.use_corrector,
                                  lower_order_final=self.config.lower_order_final,
                                  euler_at_final=self.config.euler_at_final)

@@ -58,11 +58,11 @@ class AnalyticFirstStepRunner:
         self.T = int(model_config.get("num_train_timesteps", 1000))
         probe = self._scheduler(2)
         step = probe.step_config
-        self.config = {"base_class": type(probe).__name__, "eta": getattr(probe, "effective_eta", probe.config.eta),
+        self.config = {"base_class": type(probe).__name__, "eta": probe.effective_eta,
                        "solver_order": step.solver_order, "use_corrector": step.use_corrector,
                        "variance_type": step.variance_type, "prediction_type": step.prediction_type,
                        "clip_sample": step.clipping.clip_sample, "analytic_first_step": "training split moments"}
-        if getattr(probe.config, "solver_type", "heun") != "heun":
+        if probe.config.solver_type != "heun":
             raise SamplerError("the analytic first step runs through skipstep.sample, whose solver is 'heun'")
         self.timesteps: list = []
 
@@ -87,7 +87,7 @@ class AnalyticFirstStepRunner:
         else:
             call = model
             self.timesteps = [int(v) for v in grid[1:]]
-        return sample(call, path=path, timesteps=grid, eta=getattr(sched, "effective_eta", sched.config.eta),
+        return sample(call, path=path, timesteps=grid, eta=sched.effective_eta,
                       variance_type=step.variance_type,
                       solver_order=step.solver_order, use_corrector=step.use_corrector,
                       prediction_type=step.prediction_type, clipping=step.clipping, noise=noise,
