@@ -85,7 +85,12 @@ def test_eta_inside_list_out_of_range():
         ("cosine:1:0", r"unknown eta schedule.*skip-ddim:K"),
         ("skip-ddim:1.5", r"eta switch point must lie in \[0, 1\]"),
         ("below:0:0:1", r"step count N of a 'below:N:LOW:HIGH' eta schedule must be >= 1"),
-        ("below:8:ddim:1", r"LOW of a 'below:N:LOW:HIGH' eta schedule must be a number in \[0, 1\] or 'window'"),
+        ("below:8:ddim:1", r"LOW of a 'below:N:LOW:HIGH' eta schedule must be a number in \[0, 1\], 'window' or "
+                           r"'snr-window:L:H'"),
+        ("snr-window:2:-1", r"'snr-window:L:H' eta schedule needs L <= H, got L=2, H=-1"),
+        ("below:8:0:snr-window:inf:-inf", r"needs L <= H, got L=inf, H=-inf"),
+        ("snr-window:0", r"unknown eta schedule.*'snr-window:L:H'"),
+        ("snr-window:nan:1", r"unknown eta schedule"),
         ("below:8:0:1.5", r"eta must lie in \[0, 1\].*1\.5 \(HIGH of 'below:'\)"),
         ("below:8:0", r"unknown eta schedule"),
     ],

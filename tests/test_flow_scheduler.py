@@ -331,6 +331,19 @@ def test_step_count_dependent_eta_equals_its_resolved_list(steps):
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("steps", [5, 10])
+def test_snr_window_on_the_flow_path_is_a_sigma_threshold(steps):
+    """On the rectified-flow path ``alpha = 1 - sigma``, so ``log-SNR <= 0`` is ``sigma >= 1/2``:
+    ``below:8:0:snr-window:-inf:0`` injects noise on exactly the steps that start at ``sigma >= 1/2`` from 8 steps
+    on, and none below 8."""
+    sched = SkippedStepFlowScheduler(shift=3.0, eta="below:8:0:snr-window:-inf:0")
+    sched.set_timesteps(steps)
+    sigmas = sched.sigmas[:-1].tolist()
+    expected = [1.0 if sigma >= 0.5 else 0.0 for sigma in sigmas] if steps >= 8 else [0.0] * steps
+    assert sched.eta_schedule == expected
+    assert steps < 8 or 0 < sum(expected) < steps
+
+
 def _run(sched, n, seed=0):
     sched.set_timesteps(n)
     g = torch.Generator().manual_seed(seed)

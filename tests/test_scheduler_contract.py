@@ -356,6 +356,34 @@ def test_eta_schedule_resolution(eta, n, expected):
     assert sched.eta_schedule == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize("eta,steps", [("snr-window:-inf:0", 6), ("snr-window:-3:2", 10),
+                                       ("below:8:0:snr-window:-inf:0", 5), ("below:8:0:snr-window:-inf:0", 12)])
+def test_snr_window_eta_is_one_where_the_step_starts_inside_the_window(eta, steps):
+    """``snr-window:L:H`` reads each step's start log-SNR ``log(abar_t / (1 - abar_t))`` from the chain: the
+    resolved schedule is that rule applied to the scheduler's own timesteps, and sampling with the string equals
+    sampling with the explicit list."""
+    sched = SkippedStepScheduler(eta=eta, timestep_spacing="trailing")
+    sched.set_timesteps(steps)
+    abar = sched.alphas_cumprod.double()[sched.timesteps.long()]
+    log_snr = torch.log(abar / (1 - abar)).tolist()
+    window = eta.split("snr-window:")[1].split(":")
+    low, high = float(window[0]), float(window[1])
+    few = eta.startswith("below:") and steps < 8
+    expected = [0.0] * steps if few else [1.0 if low <= lam <= high else 0.0 for lam in log_snr]
+    assert sched.eta_schedule == expected
+    assert 0 < sum(expected) < steps or few  # the window splits these trajectories
+    explicit = SkippedStepScheduler(eta=expected, timestep_spacing="trailing")
+    explicit.set_timesteps(steps)
+    outs = []
+    for s in (sched, explicit):
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+        for t in s.timesteps:
+            x = s.step(0.3 * x, t, x, generator=g).prev_sample
+        outs.append(x)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
 def test_per_step_eta_list_drives_each_step():
     """eta=[0, 1, ...]: step 0 is a DDIM step, step 1 a skipped-step (DDPM) step."""
     n = 4

@@ -111,7 +111,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             beta), ``learned_range``/``learned`` (ADM/DiT models with 2C output channels; interpolated on the
             skipped chain), ``optimal`` (Analytic-DPM; needs ``eps_mse``); ``None`` (DPM-Solver's) = small.
         eta: stochasticity in [0, 1]: a number, a list with one value per step, or a schedule string
-            (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``, ``"window"``, ``"below:N:LOW:HIGH"``; see
+            (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``, ``"window"``, ``"snr-window:L:H"``,
+            ``"below:N:LOW:HIGH"``; see
             :func:`skipstep.plan.resolve_eta_schedule`). The default ``skipstep.DEFAULT_ETA = "below:8:0:1"``:
             deterministic for fewer than 8 steps, the skipped-step posterior from 8 on.
         solver_order: the integer 1 (the posterior step), 2 or 3 (multistep posterior steps over the previous

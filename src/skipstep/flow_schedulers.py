@@ -86,7 +86,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             this scheduler is ``eta``.
         eta: stochasticity in [0, 1] (1 = the skipped-step posterior, 0 = DDIM = flow-matching Euler): a number,
             one value per step, or a schedule string (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``,
-            ``"window"``, ``"below:N:LOW:HIGH"``); the default ``skipstep.DEFAULT_ETA`` is ``"below:8:0:1"``.
+            ``"window"``, ``"snr-window:L:H"`` -- noise where the log-SNR ``2 log((1 - sigma) / sigma)`` is in
+            ``[L, H]`` --, ``"below:N:LOW:HIGH"``); the default ``skipstep.DEFAULT_ETA`` is ``"below:8:0:1"``.
         solver_order: 1 (the posterior step), 2 or 3 (multistep posterior steps over the previous ``x0_hat``, one
             model evaluation per step; ``order`` stays 1).
         solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form

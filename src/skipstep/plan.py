@@ -24,7 +24,11 @@ from .posterior import Posterior, SOLVER_TYPES, corrector_x0_weight_rows, gaussi
 # ----------------------------------------------------------------------------------------------------------------
 _SWITCH = re.compile(r"^(skip-ddim|ddim-skip):([0-9]*\.?[0-9]+)$")
 _LINEAR = re.compile(r"^linear:([0-9]*\.?[0-9]+):([0-9]*\.?[0-9]+)$")
-_BELOW = re.compile(r"^below:([0-9]+):([^:]+):([^:]+)$")
+_NUMBER = r"[-+]?(?:inf|[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)"
+_SNR_WINDOW_TEXT = rf"snr-window:{_NUMBER}:{_NUMBER}"
+_SNR_WINDOW = re.compile(rf"^snr-window:({_NUMBER}):({_NUMBER})$")
+_BELOW_PART = rf"(?:{_SNR_WINDOW_TEXT}|[^:]+)"
+_BELOW = re.compile(rf"^below:([0-9]+):({_BELOW_PART}):({_BELOW_PART})$")
 ETA_SCHEDULE_FORMS = (
     "a number in [0, 1] (constant)",
     "a list of numbers in [0, 1], one per step",
@@ -33,8 +37,10 @@ ETA_SCHEDULE_FORMS = (
     "of the steps)",
     "'ddim-skip:K' (DDIM for the first K steps, then skipped-step)",
     "'window' (eta=1 on the middle steps, 0 on the first and the last: SA-Solver's noise window in step-index form)",
-    "'below:N:LOW:HIGH' (the schedule LOW for fewer than N steps, HIGH from N steps on; LOW and HIGH each a number "
-    "or 'window')",
+    "'snr-window:L:H' (eta=1 on the steps that start at a log-SNR log(alpha_t^2/sigma_t^2) in [L, H], 0 on the "
+    "others; L, H numbers or -inf/inf, L <= H)",
+    "'below:N:LOW:HIGH' (the schedule LOW for fewer than N steps, HIGH from N steps on; LOW and HIGH each a number, "
+    "'window' or 'snr-window:L:H')",
 )
 
 
@@ -47,15 +53,34 @@ def window_schedule(num_steps: int) -> list[float]:
     return [0.0] + [1.0] * (num_steps - 2) + [0.0]
 
 
-def _simple_schedule(text: str, num_steps: int, where: str) -> list[float]:
-    """A constant or ``'window'`` -- the parts of a ``'below:'`` schedule."""
+def snr_window_schedule(log_snrs: Sequence[float], low: float, high: float) -> list[float]:
+    """``eta_i = 1`` if ``low <= lambda_i <= high`` else 0, with ``lambda_i = log(alpha_t^2 / sigma_t^2)`` the full
+    log-SNR at the start of step ``i`` (``-inf`` at pure noise). A rule in noise level rather than step index, so it
+    means the same at every step count: ``snr-window:-inf:0`` is stochastic while the noise outweighs the signal
+    (``sigma_t >= alpha_t``) and deterministic after; SA-Solver's ``tau = 1 for 200 <= t <= 800`` on a linear-beta
+    chain is about ``snr-window:-6.5:0.65``."""
+    return [1.0 if low <= lam <= high else 0.0 for lam in log_snrs]
+
+
+def _snr_window_bounds(match) -> tuple[float, float]:
+    low, high = float(match.group(1)), float(match.group(2))
+    if not low <= high:
+        raise ValueError(f"an 'snr-window:L:H' eta schedule needs L <= H, got L={low:g}, H={high:g}")
+    return low, high
+
+
+def _simple_schedule(text: str, num_steps: int, where: str, log_snrs) -> list[float]:
+    """A constant, ``'window'`` or ``'snr-window:L:H'`` -- the parts of a ``'below:'`` schedule."""
     if text == "window":
         return window_schedule(num_steps)
+    m = _SNR_WINDOW.match(text)
+    if m:
+        return snr_window_schedule(_log_snrs_for(log_snrs, num_steps, text), *_snr_window_bounds(m))
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{where} of a 'below:N:LOW:HIGH' eta schedule must be a number in [0, 1] or 'window', "
-                         f"got {text!r}") from None
+        raise ValueError(f"{where} of a 'below:N:LOW:HIGH' eta schedule must be a number in [0, 1], 'window' or "
+                         f"'snr-window:L:H', got {text!r}") from None
     return [_check_eta(value, f"({where} of 'below:')")] * num_steps
 
 
@@ -77,10 +102,21 @@ def _switch_index(k_text: str, num_steps: int) -> int:
     return int(k)
 
 
-def resolve_eta_schedule(eta, num_steps: int) -> list[float]:
+def _log_snrs_for(log_snrs, num_steps: int, text: str) -> list[float]:
+    if log_snrs is None:  # only validating the form (a scheduler's __init__): any values will do
+        return [0.0] * num_steps
+    log_snrs = [float(v) for v in log_snrs]
+    if len(log_snrs) != num_steps:
+        raise ValueError(f"the eta schedule {text!r} needs one log-SNR per step: {num_steps}, got {len(log_snrs)}")
+    return log_snrs
+
+
+def resolve_eta_schedule(eta, num_steps: int, log_snrs: Sequence[float] | None = None) -> list[float]:
     """Per-step eta values (first step first) from any accepted form, see ``ETA_SCHEDULE_FORMS``.
 
-    The last step goes to the clean data and injects no noise whatever its eta; it is still listed.
+    ``log_snrs``: the full log-SNR ``log(alpha_t^2 / sigma_t^2)`` at each step's start, which the ``snr-window``
+    form reads (:func:`plan_steps` passes them); without them the form is only checked. The last step goes to the
+    clean data and injects no noise whatever its eta; it is still listed.
     """
     if num_steps <= 0:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -103,13 +139,16 @@ def resolve_eta_schedule(eta, num_steps: int) -> list[float]:
             return [start + (end - start) * i / (num_steps - 1) for i in range(num_steps)]
         if text == "window":
             return window_schedule(num_steps)
+        m = _SNR_WINDOW.match(text)
+        if m:
+            return snr_window_schedule(_log_snrs_for(log_snrs, num_steps, text), *_snr_window_bounds(m))
         m = _BELOW.match(text)
         if m:
             threshold = int(m.group(1))
             if threshold < 1:
                 raise ValueError(f"the step count N of a 'below:N:LOW:HIGH' eta schedule must be >= 1, got {threshold}")
-            low = _simple_schedule(m.group(2), num_steps, "LOW")
-            high = _simple_schedule(m.group(3), num_steps, "HIGH")
+            low = _simple_schedule(m.group(2), num_steps, "LOW", log_snrs)
+            high = _simple_schedule(m.group(3), num_steps, "HIGH", log_snrs)
             return low if num_steps < threshold else high
         m = _SWITCH.match(text)
         if m:
@@ -273,12 +312,12 @@ def plan_steps(
     solver_order = check_solver_order(solver_order)
     check_solver_type(solver_type)
     ts = [float(v) for v in timesteps.tolist()]
-    etas = resolve_eta_schedule(eta, len(ts))
     final = float(path.clean_time) if final_time is None else float(final_time)
     targets = ts[1:] + [final]
     alphas, sigmas = path.alpha_sigma(torch.as_tensor(ts + [final], dtype=torch.float64))
     alphas, sigmas = alphas.tolist(), sigmas.tolist()
     lambdas = [_half_log_snr(a, s) for a, s in zip(alphas, sigmas)]
+    etas = resolve_eta_schedule(eta, len(ts), log_snrs=[2.0 * lam for lam in lambdas[:-1]])
     if path.discrete:
         ts, targets = [int(v) for v in ts], [int(v) for v in targets]
     gammas = _gamma_at(path, ts, eps_mse)
