@@ -3,10 +3,14 @@
 * ``DiTPipeline`` splits the variance channels off before ``scheduler.step`` -- any scheduler there runs with a
   fixed variance. Checked here, and that our scheduler configured for learned variance refuses the C-channel output
   loudly instead of losing it.
-* ``skipstep.pipelines.LearnedVarianceDiTPipeline`` keeps them: with our scheduler (eta=1, learned_range) it equals
-  diffusers' ``DDPMScheduler(variance_type="learned_range")`` on the same respaced timesteps.
+* ``skipstep.pipelines.LearnedVarianceDiTPipeline`` keeps them: with our scheduler (eta=1, learned_range,
+  ``use_learned_variance=True``) it equals diffusers' ``DDPMScheduler(variance_type="learned_range")`` on the same
+  respaced timesteps.
 * A plain callable in the OpenAI guided-diffusion layout (``[eps, v]`` along channels, class label ``y`` as a
-  keyword) through ``skipstep.sample(..., variance_type="learned")`` equals the same DDPM loop.
+  keyword) through ``skipstep.sample(..., variance_type="learned", use_learned_variance=True)`` equals the same
+  DDPM loop.
+* By default (``use_learned_variance=False``) the variance channels are read and set aside: the samples are those of
+  ``fixed_small`` given the C prediction channels, bit for bit.
 
 DDPM's final step: diffusers adds noise whenever the *original* timestep is > 0 (``t=99`` on a 10-step trailing
 chain), with ``learned_range`` that is ``exp(0.5 (f log beta + (1 - f) log 1e-20))`` -- small but not zero.
@@ -115,7 +119,7 @@ def test_learned_variance_dit_equals_ddpm_learned_range_respaced(dit_parts, guid
     lat_ref = run_wrapper(dit_parts, ref, guidance_scale=guidance_scale)
     assert {c["shape"] for c in rec.calls} == {(2, 8, 8, 8)}  # the full 2C output reached step()
 
-    sched = ours(eta=1.0, variance_type="learned_range")
+    sched = ours(eta=1.0, variance_type="learned_range", use_learned_variance=True)
     rec_ours = Recorder(sched)
     lat = run_wrapper(dit_parts, sched, guidance_scale=guidance_scale)
     assert {c["shape"] for c in rec_ours.calls} == {(2, 8, 8, 8)}
@@ -177,7 +181,8 @@ def test_plain_callable_learned_variance_equals_ddpm_learned_range():
     shape = (6, 1, 4, 4)
     states = []
     x = skipstep.sample(model, shape, path=path, num_steps=STEPS, spacing="trailing", eta=1.0, solver_order=1,
-                        use_corrector=False, variance_type="learned", model_kwargs={"y": y},
+                        use_corrector=False, variance_type="learned", use_learned_variance=True,
+                        model_kwargs={"y": y},
                         generator=torch.Generator().manual_seed(3),
                         progress=False, callback=lambda i, t, x_s, x0: states.append((t, x_s)))
     ref = DDPMScheduler(variance_type="learned_range", timestep_spacing="trailing", clip_sample=False)
@@ -247,3 +252,74 @@ def test_classifier_guidance_with_the_exact_classifier_is_the_class_conditional_
     unguided = skipstep.sample(adm_layout, (n, 2), path=path, num_steps=STEPS, eta=1.0, variance_type="learned",
                                model_kwargs={"y": y}, generator=torch.Generator().manual_seed(1), progress=False)
     assert float((labels[torch.cdist(unguided, means).argmin(1)] == y).double().mean()) < 0.7
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the default: the variance channels are read and set aside
+# ---------------------------------------------------------------------------------------------------------------
+def _trajectory(sched, model, shape, y, seed=5):
+    sched.set_timesteps(STEPS)
+    g = torch.Generator().manual_seed(seed)
+    x = randn_tensor(shape, generator=g)
+    for t in sched.timesteps:
+        x = sched.step(model(x, t.expand(shape[0]), y=y), t, x, generator=g).prev_sample
+    return x
+
+
+def test_default_scheduler_sets_the_learned_variance_aside():
+    """``from_config`` of a ``learned_range`` config: the scheduler takes the 2C output (so it refuses a C-channel
+    one) and injects the posterior's variance -- the samples of ``fixed_small`` fed the C prediction channels, bit
+    for bit, at eta 1 and under the default eta rule; ``use_learned_variance=True`` gives others."""
+    model = ADMStyleModel(DiscreteVPPath.from_config({}))
+    y = torch.tensor([0, 1, 1, 0])
+    shape = (4, 1, 4, 4)
+    config = DDPMScheduler(variance_type="learned_range", clip_sample=False).config
+
+    def prediction_only(x, t, y):
+        return model(x, t, y=y)[:, :1]
+
+    assert SkippedStepScheduler.from_config(config).step_config.variance_channels
+    for eta in (1.0, skipstep.DEFAULT_ETA):
+        default = SkippedStepScheduler.from_config(config, eta=eta)
+        assert default.config.use_learned_variance is False
+        assert (default.step_config.variance_type, default.step_config.variance_channels) == ("small", True)
+        fixed = SkippedStepScheduler.from_config(config, eta=eta, variance_type="fixed_small")
+        got = _trajectory(default, model, shape, y)
+        torch.testing.assert_close(got, _trajectory(fixed, prediction_only, shape, y), rtol=0, atol=0)
+    learned = SkippedStepScheduler.from_config(config, eta=1.0, use_learned_variance=True)
+    assert learned.step_config.variance_type == "learned"
+    assert rel_diff(_trajectory(learned, model, shape, y), got) > 1e-3
+    with pytest.raises(ValueError, match=r"2C channels \(learned variance\)"):
+        _trajectory(SkippedStepScheduler.from_config(config), prediction_only, shape, y)
+
+
+def test_sample_sets_the_learned_variance_aside_by_default():
+    path = DiscreteVPPath.from_config({})
+    model = ADMStyleModel(path)
+    y = torch.tensor([0, 1, 0, 1])
+    common = dict(path=path, num_steps=STEPS, eta=1.0, model_kwargs={"y": y}, progress=False)
+    aside = skipstep.sample(model, (4, 1, 4, 4), variance_type="learned", generator=torch.Generator().manual_seed(2),
+                            **common)
+    small = skipstep.sample(lambda x, t, y: model(x, t, y=y)[:, :1], (4, 1, 4, 4), variance_type="small",
+                            generator=torch.Generator().manual_seed(2), **common)
+    torch.testing.assert_close(aside, small, rtol=0, atol=0)
+    used = skipstep.sample(model, (4, 1, 4, 4), variance_type="learned", use_learned_variance=True,
+                           generator=torch.Generator().manual_seed(2), **common)
+    assert rel_diff(used, aside) > 1e-3
+
+
+def test_use_learned_variance_needs_a_learned_variance_model():
+    with pytest.raises(ValueError, match=r"use_learned_variance=True needs variance_type='learned_range'.*"
+                                         r"got variance_type='fixed_small'"):
+        SkippedStepScheduler(variance_type="fixed_small", use_learned_variance=True)
+    with pytest.raises(ValueError, match=r"use_learned_variance must be True or False, got 1"):
+        SkippedStepScheduler(variance_type="learned_range", use_learned_variance=1)
+    with pytest.raises(ValueError, match=r"use_learned_variance=True needs"):
+        skipstep.sample(lambda x, t: x, (2, 1, 2, 2), num_steps=2, use_learned_variance=True, progress=False)
+
+
+def test_use_learned_variance_survives_save_and_load(tmp_path):
+    sched = SkippedStepScheduler(variance_type="learned_range", use_learned_variance=True)
+    sched.save_pretrained(tmp_path)
+    loaded = SkippedStepScheduler.from_pretrained(tmp_path)
+    assert loaded.step_config.variance_type == "learned" and loaded.config.use_learned_variance is True

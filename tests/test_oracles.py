@@ -130,7 +130,7 @@ def test_eta1_fixed_large_equals_ddpm(n, spacing):
 def test_learned_range_equals_ddpm(n, spacing):
     ref = DDPMScheduler(variance_type="learned_range", timestep_spacing=spacing, clip_sample=False)
     ours = SkippedStepScheduler(eta=1.0, solver_order=1, use_corrector=False,
-                                variance_type="learned_range", timestep_spacing=spacing)
+                                variance_type="learned_range", use_learned_variance=True, timestep_spacing=spacing)
     model = make_model("epsilon", ref.alphas_cumprod, learned=True)
     a, b = trajectory(ours, model, n), trajectory(ref, model, n)
     compare_trajectories(f"learned_range vs DDPM n={n} {spacing}", a, b, skip_final_noise=spacing == "trailing")

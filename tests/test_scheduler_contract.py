@@ -254,17 +254,27 @@ def test_custom_timesteps():
 
 
 def test_the_defaults_are_the_library_defaults():
-    """Both schedulers and sample() default to DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR and the
-    DEFAULT_TIMESTEP_SPACING grid with DEFAULT_SPACING_POWER (None: the exponent rule of spacing_power_for)."""
+    """Both schedulers and sample() default to DEFAULT_ETA (DEFAULT_FLOW_ETA for the flow scheduler and a flow path),
+    DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE and the DEFAULT_TIMESTEP_SPACING grid
+    with DEFAULT_SPACING_POWER (None: the exponent rule of spacing_power_for)."""
     expected = dict(eta=DEFAULT_ETA, solver_order=DEFAULT_SOLVER_ORDER, use_corrector=DEFAULT_USE_CORRECTOR,
                     timestep_spacing=DEFAULT_TIMESTEP_SPACING, spacing_power=DEFAULT_SPACING_POWER)
-    for cls in (SkippedStepScheduler, SkippedStepFlowScheduler):
+    for cls, eta in ((SkippedStepScheduler, DEFAULT_ETA), (SkippedStepFlowScheduler, skipstep.DEFAULT_FLOW_ETA)):
         config = cls().config
-        assert {k: config[k] for k in expected} == expected, cls.__name__
+        assert {k: config[k] for k in expected} == {**expected, "eta": eta}, cls.__name__
+    assert SkippedStepScheduler().config.use_learned_variance is skipstep.DEFAULT_USE_LEARNED_VARIANCE is False
     params = inspect.signature(skipstep.sample).parameters
-    assert {k: params[k].default for k in ("eta", "solver_order", "use_corrector", "spacing_power")} == {
-        k: expected[k] for k in ("eta", "solver_order", "use_corrector", "spacing_power")}
+    assert {k: params[k].default for k in ("solver_order", "use_corrector", "spacing_power")} == {
+        k: expected[k] for k in ("solver_order", "use_corrector", "spacing_power")}
     assert params["spacing"].default == DEFAULT_TIMESTEP_SPACING
+    assert params["use_learned_variance"].default is skipstep.DEFAULT_USE_LEARNED_VARIANCE
+    assert params["eta"].default is None  # the path's rule: the same samples as the explicit default
+    for path, eta, prediction in ((skipstep.DiscreteVPPath.from_config({}), DEFAULT_ETA, "epsilon"),
+                                  (skipstep.RectifiedFlowPath(), skipstep.DEFAULT_FLOW_ETA, "flow")):
+        outs = [skipstep.sample(lambda x, t: 0.5 * x, (3, 2), path=path, num_steps=12, progress=False,
+                                prediction_type=prediction, generator=torch.Generator().manual_seed(0), **kw)
+                for kw in ({}, {"eta": eta})]
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
     sched = SkippedStepScheduler()
     for n in (4, 10):
         sched.set_timesteps(n)

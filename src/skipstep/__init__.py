@@ -13,8 +13,9 @@ from .plan import plan_steps, resolve_eta_schedule
 from .posterior import Posterior, gaussian_posterior
 from .predictions import PREDICTION_TYPES, X0Clipping
 from .sampling import sample
-from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
-                    DEFAULT_USE_CORRECTOR, STRONG_GUIDANCE_FROM, VARIANCE_TYPES)
+from .steps import (DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER,
+                    DEFAULT_TIMESTEP_SPACING, DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE,
+                    STRONG_GUIDANCE_FROM, VARIANCE_TYPES)
 from .timesteps import SPACINGS, select_timesteps, validate_timesteps
 from .tuned_schedules import TunedSchedule, TunedScheduleError, load_schedule, load_tuned_schedule
 
@@ -23,10 +24,12 @@ __version__ = "0.1.0"
 __all__ = [
     "ContinuousVPPath",
     "DEFAULT_ETA",
+    "DEFAULT_FLOW_ETA",
     "DEFAULT_SOLVER_ORDER",
     "DEFAULT_SPACING_POWER",
     "DEFAULT_TIMESTEP_SPACING",
     "DEFAULT_USE_CORRECTOR",
+    "DEFAULT_USE_LEARNED_VARIANCE",
     "STRONG_GUIDANCE_FROM",
     "DiscreteVPPath",
     "GaussianPath",

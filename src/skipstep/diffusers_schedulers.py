@@ -36,8 +36,9 @@ from .paths import DiscreteVPPath, check_num_train_timesteps, flow_config_reason
 from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
 from .predictions import X0Clipping, check_prediction_type
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
-                    DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type, check_generator,
-                    check_guidance_hint, settings_for_guidance)
+                    DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE, StepConfig, TrajectoryStepper,
+                    canonical_variance_type, check_generator, check_guidance_hint, noise_variance_settings,
+                    settings_for_guidance)
 from .timesteps import (SPACINGS, check_num_steps, check_spacing_power, select_timesteps, sigma_spaced_timesteps,
                         timesteps_from_sigmas, validate_timesteps, vp_sigmas)
 from .tuned_schedules import scheduler_settings_from_tuned_schedule
@@ -108,8 +109,14 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             the model's training chain, as in diffusers (``trained_betas`` of any length define the chain).
         prediction_type: ``epsilon`` | ``v_prediction`` | ``sample``.
         variance_type: ``fixed_small``/``small`` (posterior variance), ``fixed_large``/``large`` (the jump's
-            beta), ``learned_range``/``learned`` (ADM/DiT models with 2C output channels; interpolated on the
-            skipped chain), ``optimal`` (Analytic-DPM; needs ``eps_mse``); ``None`` (DPM-Solver's) = small.
+            beta), ``learned_range``/``learned`` (ADM/DiT models with 2C output channels: the variance channels are
+            split off; see ``use_learned_variance``), ``optimal`` (Analytic-DPM; needs ``eps_mse``); ``None``
+            (DPM-Solver's) = small.
+        use_learned_variance: with ``variance_type="learned_range"``, inject the model's learned variance
+            (interpolated on the skipped chain) instead of the posterior's. Default ``False``
+            (``skipstep.DEFAULT_USE_LEARNED_VARIANCE``): the channels are read and set aside, as DPM-Solver's and
+            UniPC's schedulers do -- measured better with the default's multistep steps (docs/results.md, fifth
+            round). A tuned schedule fitted with the learned variance turns it on.
         eta: stochasticity in [0, 1]: a number, a list with one value per step, or a schedule string
             (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``, ``"window"``, ``"snr-window:L:H"``,
             ``"below:N:LOW:HIGH"``; see
@@ -211,6 +218,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         use_corrector: bool = DEFAULT_USE_CORRECTOR,
         spacing_power: float | None = DEFAULT_SPACING_POWER,
         guidance_scale: float | None = None,
+        use_learned_variance: bool = DEFAULT_USE_LEARNED_VARIANCE,
         lower_order_final: bool = False,
         euler_at_final: bool = False,
         final_sigmas_type: str = "zero",
@@ -238,6 +246,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
                                                                         solver_order, variance_type)
             eta, solver_order, variance_type = fixed["eta"], fixed["solver_order"], fixed["variance_type"]
             use_corrector = fixed["use_corrector"]
+            if canonical_variance_type(variance_type) == "learned":
+                use_learned_variance = True  # the schedule was fitted with the learned variance
             self.register_to_config(**fixed)
         else:  # a tuned schedule fixes eta and order whatever the guidance
             eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)
@@ -269,9 +279,11 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         self.betas = betas.float()
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = self.path.alphas_cumprod.float()
+        noise_variance, variance_channels = noise_variance_settings(variance_type, use_learned_variance)
         self.step_config = StepConfig(
             prediction_type=prediction_type,
-            variance_type=canonical_variance_type(variance_type),
+            variance_type=noise_variance,
+            variance_channels=variance_channels,
             clipping=X0Clipping(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio,
                                 sample_max_value),
             check_finite=check_finite,

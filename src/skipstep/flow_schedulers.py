@@ -48,7 +48,7 @@ from diffusers.utils import BaseOutput
 
 from .paths import RectifiedFlowPath, vp_config_reason
 from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
-from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
+from .steps import (DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper)
 from .timesteps import check_num_steps, check_spacing_power, spacing_power_for
 
@@ -87,7 +87,9 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         eta: stochasticity in [0, 1] (1 = the skipped-step posterior, 0 = DDIM = flow-matching Euler): a number,
             one value per step, or a schedule string (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``,
             ``"window"``, ``"snr-window:L:H"`` -- noise where the log-SNR ``2 log((1 - sigma) / sigma)`` is in
-            ``[L, H]`` --, ``"below:N:LOW:HIGH"``); the default ``skipstep.DEFAULT_ETA`` is ``"below:8:0:1"``.
+            ``[L, H]`` --, ``"below:N:LOW:HIGH"``); the default ``skipstep.DEFAULT_FLOW_ETA`` is
+            ``"below:8:0:snr-window:-inf:0"``: deterministic below 8 steps; from 8 on, the posterior on the steps
+            that start at ``sigma >= 1/2`` and deterministic after.
         solver_order: 1 (the posterior step), 2 or 3 (multistep posterior steps over the previous ``x0_hat``, one
             model evaluation per step; ``order`` stays 1).
         solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form
@@ -123,7 +125,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         use_beta_sigmas: bool = False,
         time_shift_type: str = "exponential",
         stochastic_sampling: bool = False,
-        eta=DEFAULT_ETA,
+        eta=DEFAULT_FLOW_ETA,
         solver_order: int = DEFAULT_SOLVER_ORDER,
         check_finite: bool = True,
         solver_type: str = "heun",

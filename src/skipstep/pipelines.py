@@ -29,9 +29,8 @@ from diffusers import DiTPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .steps import LEARNED_VARIANCE_TYPES
 from .tuned_schedules import TunedSchedule
-
-LEARNED_VARIANCE_TYPES = ("learned_range", "learned")
 
 
 def scheduler_wants_learned_variance(scheduler) -> bool:
@@ -45,7 +44,11 @@ class LearnedVarianceDiTPipeline(DiTPipeline):
     Build it from an existing pipeline or a local folder::
 
         pipe = LearnedVarianceDiTPipeline(**DiTPipeline.from_pretrained("<local DiT dir>").components)
-        pipe.scheduler = SkippedStepScheduler.from_config(pipe.scheduler.config, variance_type="learned_range")
+        pipe.scheduler = SkippedStepScheduler.from_config(pipe.scheduler.config, variance_type="learned_range",
+                                                          use_learned_variance=True)
+
+    (without ``use_learned_variance=True`` the scheduler reads the variance channels and sets them aside, see
+    ``skipstep.DEFAULT_USE_LEARNED_VARIANCE``).
     """
 
     @torch.no_grad()

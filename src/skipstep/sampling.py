@@ -9,12 +9,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from .gaussian_data import check_data_moments, gaussian_data_x0
-from .paths import DiscreteVPPath, GaussianPath
+from .paths import DiscreteVPPath, GaussianPath, RectifiedFlowPath
 from .plan import plan_steps
 from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
-from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
-                    DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type, check_finite,
-                    check_guidance_hint, settings_for_guidance)
+from .steps import (DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER,
+                    DEFAULT_TIMESTEP_SPACING, DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE, StepConfig,
+                    TrajectoryStepper, canonical_variance_type, check_finite, check_guidance_hint,
+                    noise_variance_settings, settings_for_guidance)
 from .timesteps import analytic_first_step_grid, select_timesteps, validate_timesteps
 from .tuned_schedules import sampling_settings_from_tuned_schedule
 
@@ -61,7 +62,7 @@ def sample(
     timesteps: Sequence | torch.Tensor | None = None,
     spacing: str | Sequence | torch.Tensor = DEFAULT_TIMESTEP_SPACING,
     spacing_power: float | None = DEFAULT_SPACING_POWER,
-    eta=DEFAULT_ETA,
+    eta=None,
     variance_type: str = "small",
     solver_order: int = DEFAULT_SOLVER_ORDER,
     use_corrector: bool = DEFAULT_USE_CORRECTOR,
@@ -81,12 +82,15 @@ def sample(
     data_mean: float | torch.Tensor | None = None,
     data_var: float | torch.Tensor | None = None,
     guidance_scale: float | None = None,
+    use_learned_variance: bool = DEFAULT_USE_LEARNED_VARIANCE,
 ) -> torch.Tensor:
     """Draw samples with the skipped-step posterior family.
 
     ``model(x_t, t, **model_kwargs)`` is called with ``t`` a tensor of shape ``(batch,)`` holding the current time
     (int64 on a discrete chain, float64 otherwise, on the sample's device); it returns ``epsilon``/``sample``/
-    ``v_prediction``/``flow`` outputs (plus ``C`` variance channels for ``variance_type='learned'``).
+    ``v_prediction``/``flow`` outputs (plus ``C`` variance channels for ``variance_type='learned'``, which are set
+    aside unless ``use_learned_variance=True`` -- the default injects the posterior's variance, see
+    ``skipstep.DEFAULT_USE_LEARNED_VARIANCE``).
 
     Start from ``noise`` (``x_T``) or from ``randn(shape, generator)``. ``generator`` may be a list with one
     generator per sample (exactly one per sample), which makes each sample independent of the batch it is drawn in.
@@ -95,8 +99,10 @@ def sample(
     (the default, with the default ``spacing="power"``) is the rule of :func:`skipstep.timesteps.spacing_power_for`:
     ``p = 1 + 4/n`` below 8 steps (on a discrete chain placed at the log-SNRs it gives on DDPM's linear chain,
     :func:`skipstep.timesteps.snr_matched_power_grid`), ``1 + 2/n`` from 8 on.
-    ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`); the
-    default ``"below:8:0:1"`` is deterministic for fewer than 8 steps and the skipped-step posterior from 8 on.
+    ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`);
+    ``None`` (the default) is ``skipstep.DEFAULT_ETA = "below:8:0:1"`` -- deterministic for fewer than 8 steps, the
+    skipped-step posterior from 8 on -- and, on a :class:`~skipstep.paths.RectifiedFlowPath`,
+    ``skipstep.DEFAULT_FLOW_ETA`` (from 8 steps on, the posterior only while ``sigma >= 1/2``).
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
     (order 1 is the plain step); ``use_corrector`` redoes each step once the model has been evaluated at its end
     (one more interpolation node, same noise, no extra evaluation). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
@@ -129,10 +135,14 @@ def sample(
     runs after the analytic step. Not combined with ``tuned_schedule`` (a schedule is tuned for its NFE).
     """
     path = path if path is not None else DiscreteVPPath.from_config({})
+    if eta is None:
+        eta = DEFAULT_FLOW_ETA if isinstance(path, RectifiedFlowPath) else DEFAULT_ETA
     check_guidance_hint(guidance_scale)  # refused even where a tuned schedule makes it moot
     if tuned_schedule is not None:
         timesteps, eta, solver_order, variance_type = sampling_settings_from_tuned_schedule(
             tuned_schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
+        if canonical_variance_type(variance_type) == "learned":
+            use_learned_variance = True  # the schedule was fitted with the learned variance
         use_corrector = False  # the search tunes the predictor steps alone
     else:
         eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)
@@ -159,9 +169,11 @@ def sample(
                                           num_steps)
         else:
             ts = select_timesteps(path, num_steps, spacing, power=spacing_power)
+    noise_variance, variance_channels = noise_variance_settings(variance_type, use_learned_variance)
     config = StepConfig(
         prediction_type=check_prediction_type(prediction_type),
-        variance_type=canonical_variance_type(variance_type),
+        variance_type=noise_variance,
+        variance_channels=variance_channels,
         clipping=clipping or X0Clipping(),
         solver_order=solver_order,
         check_finite=check_finite_values,

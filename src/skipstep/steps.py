@@ -41,6 +41,12 @@ from .timesteps import FEW_STEPS_BELOW
 #: (:func:`skipstep.plan.resolve_eta_schedule`, form ``below:N:LOW:HIGH``). ``eta=1.0, solver_order=1,
 #: use_corrector=False, timestep_spacing="trailing"`` is the paper's sampler.
 DEFAULT_ETA = f"below:{FEW_STEPS_BELOW}:0:1"  # "below:8:0:1": the same split as the default placement's two regimes
+#: The default eta of a flow model (:class:`skipstep.SkippedStepFlowScheduler`, :func:`skipstep.sample` on a
+#: :class:`~skipstep.paths.RectifiedFlowPath`): deterministic below 8 steps as ``DEFAULT_ETA``, and from 8 on the
+#: skipped-step posterior only while the noise outweighs the signal (log-SNR <= 0, i.e. ``sigma >= 1/2``), then
+#: deterministic. Chosen on the zoo's two flow models, one fold each, reported on the other (docs/results.md, fifth
+#: round); the VP chains keep ``DEFAULT_ETA`` (the fourth round found no log-SNR rule better there).
+DEFAULT_FLOW_ETA = f"below:{FEW_STEPS_BELOW}:0:snr-window:-inf:0"
 DEFAULT_SOLVER_ORDER = 2
 #: the corrector (:class:`TrajectoryStepper`) is on by default: it costs no evaluation
 DEFAULT_USE_CORRECTOR = True
@@ -57,6 +63,12 @@ DEFAULT_SPACING_POWER = None
 #: (eta = 1) with the corrector is the stable member. A scheduler only knows the scale if it is told
 #: (``guidance_scale=`` of :class:`skipstep.SkippedStepScheduler` and :func:`skipstep.sample`).
 STRONG_GUIDANCE_FROM = 6.0
+#: Whether the noise of a learned-variance model (2C output channels, ``variance_type="learned_range"``) follows its
+#: variance channels by default. It does not: the channels are read and set aside, as DPM-Solver's and UniPC's
+#: schedulers do, and the noise is the posterior's own (``small``). Chosen on the zoo's two learned-variance models,
+#: one fold each, reported on the other (docs/results.md, fifth round): the learned variance was fitted to the
+#: one-step posterior of the T-step chain, and the default's multistep mean is not that posterior's mean.
+DEFAULT_USE_LEARNED_VARIANCE = False
 STRONG_GUIDANCE_ETA = 1.0
 STRONG_GUIDANCE_SOLVER_ORDER = 1
 
@@ -69,6 +81,8 @@ DIFFUSERS_VARIANCE_TYPES = {
     "fixed_large_log": "large",
     "learned_range": "learned",
 }
+#: the ``variance_type`` names of a model with 2C output channels (prediction, then variance)
+LEARNED_VARIANCE_TYPES = ("learned_range", "learned")
 # the smallest posterior variance taken to a log, as in diffusers (the final step's is exactly 0)
 _MIN_LOG_VARIANCE = 1e-20
 
@@ -88,6 +102,24 @@ def canonical_variance_type(variance_type: str | None) -> str:
     )
 
 
+def noise_variance_settings(variance_type: str | None, use_learned_variance: bool) -> tuple[str, bool]:
+    """``(variance_type, variance_channels)`` of a :class:`StepConfig` from a user's ``variance_type`` (ours or
+    diffusers' name) and ``use_learned_variance``.
+
+    ``variance_type='learned_range'`` (or ``'learned'``) says the model outputs 2C channels, as in diffusers'
+    schedulers; the noise follows them only with ``use_learned_variance=True``, else it is the posterior's
+    (``small``; the default, ``DEFAULT_USE_LEARNED_VARIANCE``)."""
+    if not isinstance(use_learned_variance, bool):
+        raise ValueError(f"use_learned_variance must be True or False, got {use_learned_variance!r}")
+    canonical = canonical_variance_type(variance_type)
+    if canonical != "learned":
+        if use_learned_variance:
+            raise ValueError("use_learned_variance=True needs variance_type='learned_range' (a model with 2C output "
+                             f"channels: the prediction and the variance), got variance_type={variance_type!r}")
+        return canonical, False
+    return ("learned" if use_learned_variance else "small"), True
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the step
 # ----------------------------------------------------------------------------------------------------------------
@@ -96,6 +128,7 @@ class StepConfig:
     """What a step rule needs besides the plan: how to read the model, which noise to inject, which order."""
 
     prediction_type: str = "epsilon"
+    #: the injected noise: ``small`` / ``large`` / ``learned`` / ``optimal``
     variance_type: str = "small"
     clipping: X0Clipping = X0Clipping()
     check_finite: bool = True
@@ -104,11 +137,16 @@ class StepConfig:
     data_half_range: float = 1.0
     #: redo each step once the model has been evaluated at its end (the plan's corrector weights; no extra NFE)
     use_corrector: bool = False
+    #: the model output carries C variance channels after its C prediction channels (a learned-variance model):
+    #: they are split off, and drive the noise only with ``variance_type='learned'``
+    variance_channels: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "solver_order", check_solver_order(self.solver_order))
         if not self.data_half_range > 0:
             raise ValueError(f"data_half_range must be > 0, got {self.data_half_range}")
+        if self.variance_type == "learned":
+            object.__setattr__(self, "variance_channels", True)
 
 
 def needs_noise(post: Posterior, variance_type: str = "small") -> bool:
@@ -233,8 +271,9 @@ def model_x0(model_output: torch.Tensor, sample: torch.Tensor, step: PlannedStep
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(x0_hat, x_t, variance_values)`` in the compute dtype (float32; float64 for float64 inputs): the model's
     data prediction at the step's time (clipped as configured), the sample, and the learned-variance channels."""
-    if model_output.shape != sample.shape and config.variance_type != "learned" or sample.ndim == 0:
-        check_model_output(model_output, sample, config.variance_type, _step_name(step))
+    layout = "learned" if config.variance_channels else config.variance_type  # what the output must look like
+    if model_output.shape != sample.shape and not config.variance_channels or sample.ndim == 0:
+        check_model_output(model_output, sample, layout, _step_name(step))
     if model_output.device.type == "meta":
         raise ValueError(f"model_output at {_step_name(step)} is on the meta device (no data): the model's weights "
                          "were not loaded; move the model to a real device ('cpu', 'cuda', ...)")
@@ -245,9 +284,11 @@ def model_x0(model_output: torch.Tensor, sample: torch.Tensor, step: PlannedStep
     if model_output.dtype != compute_dtype:
         model_output = model_output.to(compute_dtype)
     variance_values = None
-    if config.variance_type == "learned":
+    if config.variance_channels:
         check_model_output(model_output, sample, "learned", _step_name(step))
         model_output, variance_values = split_learned_variance(model_output, x_t)
+        if config.variance_type != "learned":
+            variance_values = None  # read and set aside
     x0 = predict_x0(model_output, x_t, step.alpha_t, step.sigma_t, config.prediction_type)
     if config.clipping.active:
         x0 = config.clipping(x0)
@@ -480,13 +521,13 @@ def check_guidance_hint(guidance_scale) -> float | None:
 
 def settings_for_guidance(guidance_scale, eta, solver_order: int) -> tuple:
     """The ``(eta, solver_order)`` a sampler uses at classifier-free guidance scale ``guidance_scale``: from
-    ``STRONG_GUIDANCE_FROM`` on, each of the two that is left at its default (``DEFAULT_ETA``,
-    ``DEFAULT_SOLVER_ORDER``) becomes the strong-guidance member's (``eta = 1``, order 1); an explicit choice is kept,
-    and below the threshold or for ``None`` (unknown) nothing changes."""
+    ``STRONG_GUIDANCE_FROM`` on, each of the two that is left at its default (``DEFAULT_ETA`` or
+    ``DEFAULT_FLOW_ETA``, ``DEFAULT_SOLVER_ORDER``) becomes the strong-guidance member's (``eta = 1``, order 1); an
+    explicit choice is kept, and below the threshold or for ``None`` (unknown) nothing changes."""
     w = check_guidance_hint(guidance_scale)
     if w is None or w < STRONG_GUIDANCE_FROM:
         return eta, solver_order
-    if isinstance(eta, str) and eta == DEFAULT_ETA:
+    if isinstance(eta, str) and eta in (DEFAULT_ETA, DEFAULT_FLOW_ETA):
         eta = STRONG_GUIDANCE_ETA
     if solver_order == DEFAULT_SOLVER_ORDER:
         solver_order = STRONG_GUIDANCE_SOLVER_ORDER
@@ -495,10 +536,12 @@ def settings_for_guidance(guidance_scale, eta, solver_order: int) -> tuple:
 
 __all__ = [
     "DEFAULT_ETA",
+    "DEFAULT_FLOW_ETA",
     "DEFAULT_SOLVER_ORDER",
     "DEFAULT_SPACING_POWER",
     "DEFAULT_TIMESTEP_SPACING",
     "DEFAULT_USE_CORRECTOR",
+    "DEFAULT_USE_LEARNED_VARIANCE",
     "DIFFUSERS_VARIANCE_TYPES",
     "STRONG_GUIDANCE_ETA",
     "STRONG_GUIDANCE_FROM",
@@ -508,7 +551,9 @@ __all__ = [
     "VARIANCE_TYPES",
     "advance",
     "apply_step",
+    "LEARNED_VARIANCE_TYPES",
     "canonical_variance_type",
+    "noise_variance_settings",
     "check_finite",
     "check_guidance_hint",
     "check_generator",

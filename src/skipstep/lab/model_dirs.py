@@ -35,6 +35,7 @@ from ..diffusers_schedulers import SkippedStepScheduler
 from ..flow_schedulers import SkippedStepFlowScheduler
 from ..paths import DiscreteVPPath, flow_config_reason
 from ..predictions import unwrap_model_output
+from ..steps import LEARNED_VARIANCE_TYPES
 from ..storage import file_sha256
 from .conditioning import ClassConditioning
 from .loaded_model import LoadedModel, ModelLoadError
@@ -55,7 +56,6 @@ VP_SCHEDULER_CLASSES = (
 FLOW_SCHEDULER_CLASSES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
                           "SkippedStepFlowScheduler")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"

@@ -3,7 +3,9 @@
 Every one of ours is built from the model's scheduler config: :class:`~skipstep.SkippedStepScheduler` for a VP
 chain (trailing spacing, ``x0_hat`` clipped as the config says), :class:`~skipstep.SkippedStepFlowScheduler` for a
 flow model (the sigmas of ``FlowMatchEulerDiscreteScheduler`` with the model's shift), with the same ``eta`` and
-``solver_order``. A learned-variance model's variance is used (``variance_type="learned_range"`` from its config).
+``solver_order``. A learned-variance model's variance is used (``variance_type="learned_range"`` from its config,
+``use_learned_variance=True``): the members as they were defined. The default sets it aside
+(``skipstep.DEFAULT_USE_LEARNED_VARIANCE``).
 The ``default`` sampler is what a user gets: ``SkippedStepScheduler.from_config(model config)`` (the flow scheduler
 for a flow model), nothing overridden but the lab's x0-clipping rule.
 
@@ -20,7 +22,7 @@ import diffusers
 
 from ..diffusers_schedulers import SkippedStepScheduler
 from ..flow_schedulers import SkippedStepFlowScheduler
-from ..steps import DEFAULT_ETA
+from ..steps import DEFAULT_ETA, LEARNED_VARIANCE_TYPES
 from ..tuned_schedules import TunedScheduleError, load_tuned_schedule, resolve_tuned_schedule_path
 from .loaded_model import LoadedModel
 from .sampler_recipes import (SamplerError, SamplerRecipe, clip_overrides, from_config_accepting, is_flow_config,
@@ -38,6 +40,8 @@ def _ours(config: dict, **kwargs):
     kwargs = {"use_corrector": False, **kwargs}
     if is_flow_config(config):
         return from_config_accepting(SkippedStepFlowScheduler, config, **{"timestep_spacing": "linspace", **kwargs})
+    if "variance_type" not in kwargs and config.get("variance_type") in LEARNED_VARIANCE_TYPES:
+        kwargs["use_learned_variance"] = True
     return from_config_accepting(SkippedStepScheduler, config, **{"timestep_spacing": "trailing", **kwargs},
                                  **clip_overrides(config, "clip_sample"))
 

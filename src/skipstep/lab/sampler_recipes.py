@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER
+from ..steps import DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER
 from ..tuned_schedules import TunedScheduleWarning
 from .loaded_model import LoadedModel
 from .models import optimal_variance_table, training_data_moments
@@ -285,7 +285,9 @@ def sampler_settings(recipe: SamplerRecipe, loaded: LoadedModel | None = None) -
     settings = {}
     for k, v in recipe.settings.items():
         if v in ("DEFAULT_ETA", "DEFAULT_SOLVER_ORDER"):  # the 'default' sampler: record what it resolves to
-            v = {"DEFAULT_ETA": DEFAULT_ETA, "DEFAULT_SOLVER_ORDER": DEFAULT_SOLVER_ORDER}[v]
+            flow = loaded is not None and loaded.regime == "flow"
+            v = {"DEFAULT_ETA": DEFAULT_FLOW_ETA if flow else DEFAULT_ETA,
+                 "DEFAULT_SOLVER_ORDER": DEFAULT_SOLVER_ORDER}[v]
         settings[k] = v
     if loaded is None or sampler_refusal(recipe, loaded) is not None:
         return settings
@@ -296,8 +298,14 @@ def sampler_settings(recipe: SamplerRecipe, loaded: LoadedModel | None = None) -
     if hasattr(sched, "effective_eta"):  # a guidance scale may replace the configured eta and order
         settings["effective"].update(eta=sched.effective_eta, solver_order=sched.step_config.solver_order)
     if loaded.learned_variance:
-        settings["learned_variance"] = ("used (variance_type='learned_range')" if recipe.learned_variance else
-                                        "not used: the C prediction channels with its own fixed variance")
+        step_config = getattr(sched, "step_config", None)
+        if not recipe.learned_variance:
+            settings["learned_variance"] = "not used: the C prediction channels with its own fixed variance"
+        elif step_config is not None and step_config.variance_type != "learned":
+            settings["learned_variance"] = (f"read and set aside: the noise is the {step_config.variance_type!r} "
+                                            "variance (use_learned_variance=False)")
+        else:
+            settings["learned_variance"] = "used (variance_type='learned_range')"
     return settings
 
 
