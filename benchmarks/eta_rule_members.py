@@ -24,7 +24,7 @@ STOCHASTIC_FROM = 8  # the default's eta rule: deterministic below 8 steps
 RULES = {}
 for lo, hi in ((-6.5, 0.65), (-8.0, 2.0), (-5.0, 2.0), (-8.0, 4.0), (-4.0, 4.0)):
     RULES[f"win{lo:g}_{hi:g}"] = f"snr-window:{lo:g}:{hi:g}"
-for hi in (0.0, 1.0, 2.0, 3.0, 4.0):
+for hi in (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0):  # -3..-1: the sixth round (flow pair)
     RULES[f"tail{hi:g}"] = f"snr-window:-inf:{hi:g}"
 for lo in (-8.0, -6.0, -4.0):
     RULES[f"head{lo:g}"] = f"snr-window:{lo:g}:inf"
