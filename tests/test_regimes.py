@@ -158,6 +158,17 @@ def test_a_flow_directory_runs_with_our_flow_sampler_and_the_flow_peers(tmp_path
         bench(tmp_path, root, samplers=["ddim"], name="refused")
 
 
+def test_the_default_records_the_flow_eta_rule_on_a_flow_model(tmp_path):
+    from skipstep import DEFAULT_ETA, DEFAULT_FLOW_ETA
+    from skipstep.lab.sampler_recipes import sampler_settings
+
+    default, loaded = get_sampler("default"), load_model(str(flow_dir(tmp_path / "flow")))
+    flow = sampler_settings(default, loaded)
+    assert flow["eta"] == flow["effective"]["eta"] == DEFAULT_FLOW_ETA
+    assert sampler_settings(default)["eta"] == DEFAULT_ETA  # without a model: the VP rule
+    assert build_scheduler(default, scheduler_config_for(default, loaded), 12).config.eta == DEFAULT_FLOW_ETA
+
+
 # --------------------------------------------------------------------------------------------------------------
 # learned variance, zero terminal SNR
 # --------------------------------------------------------------------------------------------------------------
@@ -171,9 +182,13 @@ def test_a_learned_variance_directory_uses_the_learned_variance_for_ours(tmp_pat
     a = sample_cell(loaded, ours, 4, 0, 6, 6, "cpu").samples
     b = sample_cell(loaded, ddpm, 4, 0, 6, 6, "cpu").samples
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)  # our eta=1 with learned_range = respaced DDPM's
-    result = bench(tmp_path, tmp_path / "lv", samplers=["skipstep", "ddpm", "ddim", "dpmpp-2m"])
+    default = get_sampler("default")  # reads the 2C output, injects the posterior's variance (the library default)
+    step_config = build_scheduler(default, scheduler_config_for(default, loaded), 10).step_config
+    assert (step_config.variance_type, step_config.variance_channels) == ("small", True)
+    result = bench(tmp_path, tmp_path / "lv", samplers=["skipstep", "default", "ddpm", "ddim", "dpmpp-2m"])
     settings = json.loads((result.out / "config.json").read_text())["sampler_settings"]
     assert settings["skipstep"]["learned_variance"].startswith("used")
+    assert settings["default"]["learned_variance"].startswith("read and set aside: the noise is the 'small'")
     assert settings["ddim"]["learned_variance"].startswith("not used")
     assert all(torch.isfinite(torch.tensor(r["metrics"]["sw"])) for r in result.records)
 
