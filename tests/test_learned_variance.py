@@ -323,3 +323,28 @@ def test_use_learned_variance_survives_save_and_load(tmp_path):
     sched.save_pretrained(tmp_path)
     loaded = SkippedStepScheduler.from_pretrained(tmp_path)
     assert loaded.step_config.variance_type == "learned" and loaded.config.use_learned_variance is True
+
+
+def test_a_schedule_tuned_with_the_learned_variance_uses_it():
+    """A tuned schedule fixes the variance it was fitted with: ``learned`` turns ``use_learned_variance`` on, in the
+    scheduler (and its config) and in ``sample()``; the two give the same samples."""
+    schedule = skipstep.TunedSchedule(timesteps=[999, 600, 300], eta=[1.0, 1.0, 1.0], nfe=3, num_train_timesteps=1000,
+                                      variance_type="learned")
+    sched = SkippedStepScheduler.from_config(DDPMScheduler(variance_type="learned_range", clip_sample=False).config,
+                                             tuned_schedule=schedule.to_dict())
+    assert sched.step_config.variance_type == "learned" and sched.config.use_learned_variance is True
+    path = DiscreteVPPath.from_config({})
+    model = ADMStyleModel(path)
+    y = torch.tensor([0, 1, 1, 0])
+    x = skipstep.sample(model, (4, 1, 4, 4), path=path, tuned_schedule=schedule, variance_type="learned",
+                        model_kwargs={"y": y}, generator=torch.Generator().manual_seed(4), progress=False)
+    sched.set_timesteps(3)
+    g = torch.Generator().manual_seed(4)
+    xs = randn_tensor((4, 1, 4, 4), generator=g)
+    for t in sched.timesteps:
+        xs = sched.step(model(xs, t.expand(4), y=y), t, xs, generator=g).prev_sample
+    torch.testing.assert_close(x, xs, rtol=0, atol=1e-6)
+    aside = skipstep.sample(model, (4, 1, 4, 4), path=path, num_steps=3, timesteps=None, variance_type="learned",
+                            eta=[1.0, 1.0, 1.0], spacing=[999, 600, 300], solver_order=1, use_corrector=False,
+                            model_kwargs={"y": y}, generator=torch.Generator().manual_seed(4), progress=False)
+    assert rel_diff(aside, x) > 1e-3  # the same steps with the variance set aside differ

@@ -37,8 +37,7 @@ from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedu
 from .predictions import X0Clipping, check_prediction_type
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE, StepConfig, TrajectoryStepper,
-                    canonical_variance_type, check_generator, check_guidance_hint, noise_variance_settings,
-                    settings_for_guidance)
+                    check_generator, check_guidance_hint, noise_variance_settings, settings_for_guidance)
 from .timesteps import (SPACINGS, check_num_steps, check_spacing_power, select_timesteps, sigma_spaced_timesteps,
                         timesteps_from_sigmas, validate_timesteps, vp_sigmas)
 from .tuned_schedules import scheduler_settings_from_tuned_schedule
@@ -245,9 +244,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             self._tuned, fixed = scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps, eta,
                                                                         solver_order, variance_type)
             eta, solver_order, variance_type = fixed["eta"], fixed["solver_order"], fixed["variance_type"]
-            use_corrector = fixed["use_corrector"]
-            if canonical_variance_type(variance_type) == "learned":
-                use_learned_variance = True  # the schedule was fitted with the learned variance
+            use_corrector, use_learned_variance = fixed["use_corrector"], fixed["use_learned_variance"]
             self.register_to_config(**fixed)
         else:  # a tuned schedule fixes eta and order whatever the guidance
             eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)

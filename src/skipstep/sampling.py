@@ -14,8 +14,8 @@ from .plan import plan_steps
 from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
 from .steps import (DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER,
                     DEFAULT_TIMESTEP_SPACING, DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE, StepConfig,
-                    TrajectoryStepper, canonical_variance_type, check_finite, check_guidance_hint,
-                    noise_variance_settings, settings_for_guidance)
+                    TrajectoryStepper, check_finite, check_guidance_hint, noise_variance_settings,
+                    settings_for_guidance)
 from .timesteps import analytic_first_step_grid, select_timesteps, validate_timesteps
 from .tuned_schedules import sampling_settings_from_tuned_schedule
 
@@ -139,10 +139,8 @@ def sample(
         eta = DEFAULT_FLOW_ETA if isinstance(path, RectifiedFlowPath) else DEFAULT_ETA
     check_guidance_hint(guidance_scale)  # refused even where a tuned schedule makes it moot
     if tuned_schedule is not None:
-        timesteps, eta, solver_order, variance_type = sampling_settings_from_tuned_schedule(
+        timesteps, eta, solver_order, variance_type, use_learned_variance = sampling_settings_from_tuned_schedule(
             tuned_schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
-        if canonical_variance_type(variance_type) == "learned":
-            use_learned_variance = True  # the schedule was fitted with the learned variance
         use_corrector = False  # the search tunes the predictor steps alone
     else:
         eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)

@@ -334,18 +334,20 @@ def _adopt(schedule: TunedSchedule, source: str, eta, solver_order, variance_typ
 def scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: int, eta, solver_order: int,
                                      variance_type: str) -> tuple[TunedSchedule, dict[str, Any]]:
     """For ``SkippedStepScheduler(tuned_schedule=...)``: the schedule and the config keys it fixes (the corrector is
-    off: the search tunes the predictor steps alone)."""
+    off: the search tunes the predictor steps alone; a schedule fitted with the learned variance uses it)."""
     schedule, source = _as_tuned_schedule(tuned_schedule, num_train_timesteps)
     _adopt(schedule, source, eta, solver_order, variance_type)
     vt = variance_type if canonical_variance_type(variance_type) == schedule.variance_type else \
         _DIFFUSERS_NAME[schedule.variance_type]
     return schedule, {"tuned_schedule": schedule.to_dict(), "eta": list(schedule.eta),
-                      "solver_order": schedule.solver_order, "variance_type": vt, "use_corrector": False}
+                      "solver_order": schedule.solver_order, "variance_type": vt, "use_corrector": False,
+                      "use_learned_variance": schedule.variance_type == "learned"}
 
 
 def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_steps=None, eta=DEFAULT_ETA,
                                     solver_order: int = DEFAULT_SOLVER_ORDER, variance_type: str = "small"):
-    """For ``skipstep.sample(..., tuned_schedule=...)``: ``(timesteps, eta, solver_order, variance_type)``."""
+    """For ``skipstep.sample(..., tuned_schedule=...)``: ``(timesteps, eta, solver_order, variance_type,
+    use_learned_variance)``."""
     if not getattr(path, "discrete", False):
         raise TunedScheduleError("tuned schedules are made for discrete (DDPM-type) chains; this path is continuous")
     schedule, source = _as_tuned_schedule(schedule, path.t_max + 1)
@@ -356,7 +358,7 @@ def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_st
         schedule.check(nfe=num_steps, source=source)
     _adopt(schedule, source, eta, solver_order, variance_type)
     return (torch.as_tensor(schedule.timesteps, dtype=torch.int64), list(schedule.eta), schedule.solver_order,
-            schedule.variance_type)
+            schedule.variance_type, schedule.variance_type == "learned")
 
 
 #: The earlier name of :func:`load_tuned_schedule` (kept: the README of skipstep 0.1 used it).
