@@ -63,14 +63,15 @@ DEFAULT_SPACING_POWER = None
 #: (eta = 1) with the corrector is the stable member. A scheduler only knows the scale if it is told
 #: (``guidance_scale=`` of :class:`skipstep.SkippedStepScheduler` and :func:`skipstep.sample`).
 STRONG_GUIDANCE_FROM = 6.0
+STRONG_GUIDANCE_ETA = 1.0
+STRONG_GUIDANCE_SOLVER_ORDER = 1
+
 #: Whether the noise of a learned-variance model (2C output channels, ``variance_type="learned_range"``) follows its
 #: variance channels by default. It does not: the channels are read and set aside, as DPM-Solver's and UniPC's
 #: schedulers do, and the noise is the posterior's own (``small``). Chosen on the zoo's two learned-variance models,
-#: one fold each, reported on the other (docs/results.md, fifth round): the learned variance was fitted to the
-#: one-step posterior of the T-step chain, and the default's multistep mean is not that posterior's mean.
+#: one fold each, reported on the other (docs/results.md, fifth round). A likely reason: the learned variance was
+#: fitted to the one-step posterior of the T-step chain, and the default's multistep mean is not that posterior's.
 DEFAULT_USE_LEARNED_VARIANCE = False
-STRONG_GUIDANCE_ETA = 1.0
-STRONG_GUIDANCE_SOLVER_ORDER = 1
 
 VARIANCE_TYPES = ("small", "large", "learned", "optimal")
 # diffusers' names for the same choices
