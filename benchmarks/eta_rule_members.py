@@ -8,7 +8,8 @@ eta = 1 everywhere:
   linear-beta chain);
 * ``er-tail-H``: ``snr-window:-inf:H``, eta = 1 while ``lambda_t <= H``, deterministic after (a deterministic tail);
 * ``er-head-L``: ``snr-window:L:inf``, eta = 1 from ``lambda_t >= L`` on (a deterministic head);
-* ``er-c-E``: the constant eta ``E``.
+* ``er-c-E``: the constant eta ``E``;
+* ``er-<rule>-o3``: the same with order-3 multistep steps from 8 steps on (``tail0`` and ``c0``: the flow pair).
 
     python benchmarks/eta_rule_members.py bench --model digits --samplers default,er-tail-2 --nfe 10,15 \
         --seed 100 --num-samples 1000 --num-reference 1000
@@ -39,6 +40,16 @@ for rule_name, rule in RULES.items():
 
     register_sampler(f"er-{rule_name}", factory, family="candidate", stochastic=True, learned_variance=True,
                      description=f"the default with eta {rule} from {STOCHASTIC_FROM} steps",
+                     settings={"guidance_scale": "passed"})
+
+for rule_name in ("tail0", "c0"):
+    def factory_o3(config, steps, rule=RULES[rule_name]):
+        if steps < STOCHASTIC_FROM:
+            return default_scheduler(config)
+        return default_scheduler(config, eta=rule, solver_order=3)
+
+    register_sampler(f"er-{rule_name}-o3", factory_o3, family="candidate", stochastic=True, learned_variance=True,
+                     description=f"the default with eta {RULES[rule_name]} and order 3 from {STOCHASTIC_FROM} steps",
                      settings={"guidance_scale": "passed"})
 
 if __name__ == "__main__":
