@@ -32,23 +32,23 @@ for lo in (-8.0, -6.0, -4.0):
 for e in (0.0, 0.5, 0.7, 0.85):  # 0 and 0.5: the fifth round (regime pairs)
     RULES[f"c{e:g}"] = e
 
-for rule_name, rule in RULES.items():
-    def factory(config, steps, rule=rule):
+def member(rule, **overrides):
+    """The default below ``STOCHASTIC_FROM`` steps; from there on the default with eta ``rule`` and ``overrides``."""
+    def factory(config, steps):
         if steps < STOCHASTIC_FROM:
             return default_scheduler(config)
-        return default_scheduler(config, eta=rule)
+        return default_scheduler(config, eta=rule, **overrides)
 
-    register_sampler(f"er-{rule_name}", factory, family="candidate", stochastic=True, learned_variance=True,
+    return factory
+
+
+for rule_name, rule in RULES.items():
+    register_sampler(f"er-{rule_name}", member(rule), family="candidate", stochastic=True, learned_variance=True,
                      description=f"the default with eta {rule} from {STOCHASTIC_FROM} steps",
                      settings={"guidance_scale": "passed"})
-
 for rule_name in ("tail0", "c0"):
-    def factory_o3(config, steps, rule=RULES[rule_name]):
-        if steps < STOCHASTIC_FROM:
-            return default_scheduler(config)
-        return default_scheduler(config, eta=rule, solver_order=3)
-
-    register_sampler(f"er-{rule_name}-o3", factory_o3, family="candidate", stochastic=True, learned_variance=True,
+    register_sampler(f"er-{rule_name}-o3", member(RULES[rule_name], solver_order=3), family="candidate",
+                     stochastic=True, learned_variance=True,
                      description=f"the default with eta {RULES[rule_name]} and order 3 from {STOCHASTIC_FROM} steps",
                      settings={"guidance_scale": "passed"})
 
