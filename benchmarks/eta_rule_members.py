@@ -9,7 +9,9 @@ eta = 1 everywhere:
 * ``er-tail-H``: ``snr-window:-inf:H``, eta = 1 while ``lambda_t <= H``, deterministic after (a deterministic tail);
 * ``er-head-L``: ``snr-window:L:inf``, eta = 1 from ``lambda_t >= L`` on (a deterministic head);
 * ``er-c-E``: the constant eta ``E``;
-* ``er-<rule>-o3``: the same with order-3 multistep steps from 8 steps on (``tail0`` and ``c0``: the flow pair).
+* ``er-<rule>-o3``: the same with order-3 multistep steps from 8 steps on (``tail0`` and ``c0``: the flow pair);
+* ``er-few-<low>``: the VP default's ``below:8:<low>:1``, i.e. noise *below* 8 steps (``window``, ``0.5``, ``1``,
+  ``snr-window:-6.5:0.65`` as ``snr``): the learned-variance pair's few-step check.
 
     python benchmarks/eta_rule_members.py bench --model digits --samplers default,er-tail-2 --nfe 10,15 \
         --seed 100 --num-samples 1000 --num-reference 1000
@@ -50,6 +52,11 @@ for rule_name in ("tail0", "c0"):
     register_sampler(f"er-{rule_name}-o3", member(RULES[rule_name], solver_order=3), family="candidate",
                      stochastic=True, learned_variance=True,
                      description=f"the default with eta {RULES[rule_name]} and order 3 from {STOCHASTIC_FROM} steps",
+                     settings={"guidance_scale": "passed"})
+for name, low in (("window", "window"), ("c0.5", "0.5"), ("c1", "1"), ("snr", "snr-window:-6.5:0.65")):
+    register_sampler(f"er-few-{name}", lambda config, steps, low=low: default_scheduler(config, eta=f"below:8:{low}:1"),
+                     family="candidate", stochastic=True, learned_variance=True,
+                     description=f"the VP default with eta {low} below {STOCHASTIC_FROM} steps",
                      settings={"guidance_scale": "passed"})
 
 if __name__ == "__main__":
