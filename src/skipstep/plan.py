@@ -137,11 +137,8 @@ def resolve_eta_schedule(eta, num_steps: int, log_snrs: Sequence[float] | None =
             if num_steps == 1:
                 return [start]
             return [start + (end - start) * i / (num_steps - 1) for i in range(num_steps)]
-        if text == "window":
-            return window_schedule(num_steps)
-        m = _SNR_WINDOW.match(text)
-        if m:
-            return snr_window_schedule(_log_snrs_for(log_snrs, num_steps, text), *_snr_window_bounds(m))
+        if text == "window" or _SNR_WINDOW.match(text):
+            return _simple_schedule(text, num_steps, "the schedule", log_snrs)
         m = _BELOW.match(text)
         if m:
             threshold = int(m.group(1))
