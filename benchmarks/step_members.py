@@ -1,0 +1,79 @@
+"""The default's two members, one step setting at a time (docs/results.md, seventh and eighth rounds):
+``skipstep bench`` with members ``sm-<change>`` and ``dm-<change>`` registered. The default is deterministic below
+``FEW_STEPS_BELOW = 8`` steps and stochastic from there on (``eta="below:8:0:1"``); each member is the default with
+one setting of one of the two changed, the other left as it is.
+
+The stochastic member (``sm-``, from 8 steps on; seventh round):
+
+* ``sm-nocorr``: ``use_corrector=False`` (the posterior step without the corrector that redoes it once the next
+  evaluation is in);
+* ``sm-midpoint``: ``solver_type="midpoint"`` (DPM-Solver++'s midpoint form of the order-2 step: with eta = 1
+  and no corrector it equals SDE-DPM-Solver++(2M) on the same grid);
+* ``sm-midpoint-nocorr``: both;
+* ``sm-p1``: ``spacing_power=1`` (the DPM-Solver family's uniform grid instead of ``p = 1 + 2/n``);
+* ``sm-p1-nocorr``: both;
+* ``sm-o1``: ``solver_order=1`` (the skipped-step posterior with the corrector);
+* ``sm-o1-nocorr``: ``solver_order=1, use_corrector=False`` (the paper's sampler on the default's grid);
+* ``sm-o3``: ``solver_order=3``.
+
+The deterministic member (``dm-``, below 8 steps; eighth round), on the default's placement:
+
+* ``dm-nocorr``: ``use_corrector=False``;
+* ``dm-midpoint``: ``solver_type="midpoint"`` (with eta = 0 and no corrector, ``dm-midpoint-nocorr``, it equals
+  DPM-Solver++(2M) on the same grid);
+* ``dm-midpoint-nocorr``: both;
+* ``dm-o1``: ``solver_order=1`` (DDIM with the corrector);
+* ``dm-o3``: ``solver_order=3``;
+* ``dm-o3-nocorr``: both;
+* ``dm-lof``: ``lower_order_final=True`` (the last step first order).
+
+    python benchmarks/step_members.py bench --model digits-eps-b --samplers default,sm-nocorr --nfe 10 \
+        --seed 100 --num-samples 2000 --num-reference 5000
+"""
+
+import sys
+
+from skipstep.lab import cli
+from skipstep.lab.our_samplers import default_scheduler
+from skipstep.lab.sampler_recipes import register_sampler
+from skipstep.timesteps import FEW_STEPS_BELOW
+
+STOCHASTIC_MEMBERS = {
+    "nocorr": {"use_corrector": False},
+    "midpoint": {"solver_type": "midpoint"},
+    "midpoint-nocorr": {"solver_type": "midpoint", "use_corrector": False},
+    "p1": {"spacing_power": 1.0},
+    "p1-nocorr": {"spacing_power": 1.0, "use_corrector": False},
+    "o1": {"solver_order": 1},
+    "o1-nocorr": {"solver_order": 1, "use_corrector": False},
+    "o3": {"solver_order": 3},
+}
+DETERMINISTIC_MEMBERS = {
+    "nocorr": {"use_corrector": False},
+    "midpoint": {"solver_type": "midpoint"},
+    "midpoint-nocorr": {"solver_type": "midpoint", "use_corrector": False},
+    "o1": {"solver_order": 1},
+    "o3": {"solver_order": 3},
+    "o3-nocorr": {"solver_order": 3, "use_corrector": False},
+    "lof": {"lower_order_final": True},
+}
+
+
+def member(overrides, few_steps: bool):
+    """The default with ``overrides`` below ``FEW_STEPS_BELOW`` steps (``few_steps``) or from there on (not)."""
+    def factory(config, steps):
+        changed = (steps < FEW_STEPS_BELOW) == few_steps
+        return default_scheduler(config, **overrides) if changed else default_scheduler(config)
+    return factory
+
+
+for prefix, members, few_steps in (("sm", STOCHASTIC_MEMBERS, False), ("dm", DETERMINISTIC_MEMBERS, True)):
+    where = f"below {FEW_STEPS_BELOW} steps" if few_steps else f"from {FEW_STEPS_BELOW} steps"
+    for name, overrides in members.items():
+        settings = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        register_sampler(f"{prefix}-{name}", member(overrides, few_steps), family="candidate", stochastic=True,
+                         learned_variance=True, description=f"the default with {settings} {where}",
+                         settings={"guidance_scale": "passed", **overrides})
+
+if __name__ == "__main__":
+    sys.exit(cli.main(sys.argv[1:]))
