@@ -24,8 +24,10 @@ The deterministic member (``dm-``, below 8 steps; eighth round), on the default'
 * ``dm-midpoint-nocorr``: both;
 * ``dm-o1``: ``solver_order=1`` (DDIM with the corrector);
 * ``dm-o3``: ``solver_order=3``;
-* ``dm-o3-nocorr``: both;
-* ``dm-lof``: ``lower_order_final=True`` (the last step first order).
+* ``dm-o3-nocorr``: both.
+
+(``lower_order_final`` is no member: the final step, to clean data, is first order in every plan, and the rule's
+other half caps the step before it at order 2, the default's order.)
 
     python benchmarks/step_members.py bench --model digits-eps-b --samplers default,sm-nocorr --nfe 10 \
         --seed 100 --num-samples 2000 --num-reference 5000
@@ -55,7 +57,6 @@ DETERMINISTIC_MEMBERS = {
     "o1": {"solver_order": 1},
     "o3": {"solver_order": 3},
     "o3-nocorr": {"solver_order": 3, "use_corrector": False},
-    "lof": {"lower_order_final": True},
 }
 
 
