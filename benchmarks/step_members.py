@@ -24,7 +24,11 @@ The deterministic member (``dm-``, below 8 steps; eighth round), on the default'
 * ``dm-midpoint-nocorr``: both;
 * ``dm-o1``: ``solver_order=1`` (DDIM with the corrector);
 * ``dm-o3``: ``solver_order=3``;
-* ``dm-o3-nocorr``: both.
+* ``dm-o3-nocorr``: both;
+* ``dm-plain``: ``spacing_power=1 + 4/n`` given explicitly, i.e. the power grid in ``t`` without the log-SNR
+  matching (the default's points on a linear chain, other points on a cosine or zero-terminal-SNR one);
+* ``dm-p1``: ``spacing_power=1``: ``t_i = T n/(n+1) (1 - i/n)``, the grid SA-Solver and UniPC get from a cosine
+  model's ``leading`` config (3 steps: ``[750, 500, 250]``).
 
 (``lower_order_final`` is no member: the final step, to clean data, is first order in every plan, and the rule's
 other half caps the step before it at order 2, the default's order.)
@@ -38,7 +42,7 @@ import sys
 from skipstep.lab import cli
 from skipstep.lab.our_samplers import default_scheduler
 from skipstep.lab.sampler_recipes import register_sampler
-from skipstep.timesteps import FEW_STEPS_BELOW
+from skipstep.timesteps import FEW_STEPS_BELOW, POWER_SLOPE
 
 STOCHASTIC_MEMBERS = {
     "nocorr": {"use_corrector": False},
@@ -57,21 +61,25 @@ DETERMINISTIC_MEMBERS = {
     "o1": {"solver_order": 1},
     "o3": {"solver_order": 3},
     "o3-nocorr": {"solver_order": 3, "use_corrector": False},
+    "plain": {"spacing_power": lambda steps: 1.0 + POWER_SLOPE / steps},
+    "p1": {"spacing_power": 1.0},
 }
 
 
 def member(overrides, few_steps: bool):
-    """The default with ``overrides`` below ``FEW_STEPS_BELOW`` steps (``few_steps``) or from there on (not)."""
+    """The default with ``overrides`` below ``FEW_STEPS_BELOW`` steps (``few_steps``) or from there on (not); a
+    callable value is a function of the step count."""
     def factory(config, steps):
-        changed = (steps < FEW_STEPS_BELOW) == few_steps
-        return default_scheduler(config, **overrides) if changed else default_scheduler(config)
+        if (steps < FEW_STEPS_BELOW) != few_steps:
+            return default_scheduler(config)
+        return default_scheduler(config, **{k: v(steps) if callable(v) else v for k, v in overrides.items()})
     return factory
 
 
 for prefix, members, few_steps in (("sm", STOCHASTIC_MEMBERS, False), ("dm", DETERMINISTIC_MEMBERS, True)):
     where = f"below {FEW_STEPS_BELOW} steps" if few_steps else f"from {FEW_STEPS_BELOW} steps"
     for name, overrides in members.items():
-        settings = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        settings = ", ".join(f"{k}={f'1 + {POWER_SLOPE:g}/n' if callable(v) else repr(v)}" for k, v in overrides.items())
         register_sampler(f"{prefix}-{name}", member(overrides, few_steps), family="candidate", stochastic=True,
                          learned_variance=True, description=f"the default with {settings} {where}",
                          settings={"guidance_scale": "passed", **overrides})
