@@ -197,6 +197,26 @@ def test_tune_and_sample_check_their_outputs_before_any_work_and_print_before_wr
     assert "values   min" in captured.out and "--out" in captured.err
 
 
+def test_tune_corrector_option_is_written_into_the_schedule(tmp_path, capsys, monkeypatch):
+    import skipstep.lab.tune as tune
+    from skipstep.tuned_schedules import load_tuned_schedule
+
+    real_check = tune.final_check
+    monkeypatch.setattr(tune, "final_check", lambda *a, **k: {**real_check(*a, **k), "tuned_wins": True})
+    args = ["tune", "--model", "tiny-gmm", "--nfe", "3", "--base", "skipstep-ddim-o2", "--num-samples", "16",
+            "--fit-seeds", "0", "--eval-seeds", "2", "--budget-nfe", "40", "--cache-dir", str(tmp_path / "c"),
+            "--no-progress"]
+    assert cli.main(args + ["--corrector", "on", "--out", str(tmp_path / "on.json")]) == 0
+    assert "corrector on" in capsys.readouterr().out
+    assert load_tuned_schedule(tmp_path / "on.json").use_corrector is True
+    assert cli.main(args + ["--out", str(tmp_path / "base.json")]) == 0  # the base's own setting: off
+    assert load_tuned_schedule(tmp_path / "base.json").use_corrector is False
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args + ["--corrector", "yes"])
+    assert exc.value.code == 2 and "--corrector" in capsys.readouterr().err
+
+
 def test_the_license_is_apache_2():
     from pathlib import Path
 

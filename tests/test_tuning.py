@@ -210,26 +210,77 @@ def test_the_search_scores_what_the_scheduler_samples(gmm):
     torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_a_tuned_schedule_runs_without_the_corrector_on_every_route(gmm):
-    """The search tunes the predictor steps alone, so the scheduler and sample() run a schedule without the
-    corrector whatever the library default is."""
-    s = make_schedule(model_fingerprint=gmm.fingerprint)
-    assert SkippedStepScheduler(tuned_schedule=s).config.use_corrector is False
-    assert SkippedStepScheduler.from_config(gmm.scheduler_config, **s.scheduler_kwargs()).config.use_corrector is False
-    calls = []
-
-    def model(x, t):
-        calls.append(x.clone())
-        return gmm.model(x, t)
-
+@pytest.mark.parametrize("use_corrector", [False, True])
+def test_a_tuned_schedule_runs_with_its_own_corrector_setting_on_every_route(gmm, use_corrector):
+    """The schedule fixes the corrector as it was tuned (a file without the key: off), whatever the library
+    default is: the scheduler, its from_config kwargs and sample() all run it that way."""
+    s = make_schedule(model_fingerprint=gmm.fingerprint, use_corrector=use_corrector)
+    assert SkippedStepScheduler(tuned_schedule=s).config.use_corrector is use_corrector
+    assert SkippedStepScheduler(use_corrector=not use_corrector,
+                                tuned_schedule=s).config.use_corrector is use_corrector
+    sched = SkippedStepScheduler.from_config(gmm.scheduler_config, **s.scheduler_kwargs())
+    assert sched.config.use_corrector is use_corrector
     path = DiscreteVPPath.from_config(gmm.scheduler_config)
     g = torch.Generator().manual_seed(0)
-    tuned = skipstep.sample(model, (2, *gmm.sample_shape), path=path, tuned_schedule=s, generator=g, progress=False)
+    tuned = skipstep.sample(gmm.model, (2, *gmm.sample_shape), path=path, tuned_schedule=s, generator=g,
+                            progress=False)
     g = torch.Generator().manual_seed(0)
     plain = skipstep.sample(gmm.model, (2, *gmm.sample_shape), path=path, timesteps=s.timesteps, eta=list(s.eta),
-                            solver_order=s.solver_order, variance_type=s.variance_type, use_corrector=False,
-                            generator=g, progress=False)
+                            solver_order=s.solver_order, variance_type=s.variance_type,
+                            use_corrector=use_corrector, generator=g, progress=False)
     torch.testing.assert_close(tuned, plain, rtol=0, atol=0)
+    g = torch.Generator().manual_seed(0)
+    other = skipstep.sample(gmm.model, (2, *gmm.sample_shape), path=path, timesteps=s.timesteps, eta=list(s.eta),
+                            solver_order=s.solver_order, variance_type=s.variance_type,
+                            use_corrector=not use_corrector, generator=g, progress=False)
+    assert not torch.equal(tuned, other)  # the setting matters on this schedule
+
+
+def test_a_schedule_file_without_the_corrector_key_runs_without_it(gmm):
+    data = make_schedule(model_fingerprint=gmm.fingerprint, use_corrector=True).to_dict()
+    assert data["use_corrector"] is True
+    assert TunedSchedule.from_dict(data).use_corrector is True
+    del data["use_corrector"]  # a file written before the key existed
+    assert TunedSchedule.from_dict(data).use_corrector is False
+    with pytest.raises(TunedScheduleError, match="use_corrector must be true or false"):
+        make_schedule(use_corrector=1)
+
+
+def test_the_search_scores_what_the_scheduler_samples_with_the_corrector(gmm):
+    """With the corrector the search's loop is still the scheduler's step, noise for noise (eta 1 and 0.5 steps
+    included), and the corrector changes the samples."""
+    s = make_schedule(model_fingerprint=gmm.fingerprint, use_corrector=True)
+    noise = CommonNoise(3, 5, gmm.sample_shape)
+    base = BaseSampler("t", s.eta, 2, "small", use_corrector=True)
+    x = draw_samples(gmm, gmm.model, s.timesteps, s.eta, base, noise, batch_size=3)
+    sched = SkippedStepScheduler.from_config(gmm.scheduler_config, **s.scheduler_kwargs())
+    sched.set_timesteps(4)
+    y = noise.x_T.clone()
+    for i, t in enumerate(sched.timesteps):
+        y = sched.step(gmm.model(y, t.reshape(1).expand(5)), t, y, variance_noise=noise.step(i)).prev_sample
+    torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    without = draw_samples(gmm, gmm.model, s.timesteps, s.eta, dataclasses.replace(base, use_corrector=False), noise,
+                           batch_size=3)
+    assert (x - without).abs().max() > 1e-3
+
+
+def test_the_default_base_is_tuned_with_its_corrector(gmm, tmp_path):
+    assert resolve_base("default").use_corrector is skipstep.DEFAULT_USE_CORRECTOR is True
+    assert resolve_base("skipstep-ddim-o2").use_corrector is False
+    assert resolve_base("default", use_corrector=False).use_corrector is False
+    with pytest.raises(ValueError, match="use_corrector must be True or False"):
+        resolve_base("default", use_corrector="on")
+    s = tune_schedule(gmm, 3, "default", num_samples=32, batch_size=32, budget_nfe=200, cache_dir=tmp_path,
+                      reference_steps=30)
+    assert s.use_corrector is True and s.provenance["base"]["use_corrector"] is True
+    # the check's tuned row is what the scheduler samples from the written schedule, corrector included
+    row = s.provenance["final_check"]["rows"][0]
+    assert row["name"] == "tuned"
+    target, _ = ode_solution(gmm, s.provenance["final_check"]["seeds"][0], 32, 30, 32, root=tmp_path)
+    noise = CommonNoise(s.provenance["final_check"]["seeds"][0], 32, gmm.sample_shape)
+    x = draw_samples(gmm, gmm.model, s.timesteps, s.eta, resolve_base("default"), noise, batch_size=32)
+    d = float(((x - target) ** 2).flatten(1).mean(1).sqrt().mean())
+    assert row["values"][0] == pytest.approx(d, rel=1e-6)
 
 
 def test_family_contains_the_library_spacings():

@@ -158,8 +158,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         eps_mse, data_half_range: the optimal variance's table (:func:`skipstep.optimal_variance.estimate_eps_mse`)
             and the data's half-range (1.0 for data in [-1, 1]).
         tuned_schedule: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule`, its dict or a file path;
-            stored as its dict). It fixes the timesteps, ``eta``, ``solver_order`` and ``variance_type``, and turns the
-            corrector off (the search tunes the predictor steps alone).
+            stored as its dict). It fixes the timesteps, ``eta``, ``solver_order``, ``variance_type`` and
+            ``use_corrector`` (the corrector as the schedule was tuned).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]

@@ -117,9 +117,8 @@ def sample(
     ``model_dtype=torch.float16``. The step arithmetic stays in float32 whatever the model's dtype.
     ``check_finite_values``: raise ``FloatingPointError`` naming the step when the model output or the sample
     becomes NaN or inf (one reduction per tensor and step).
-    ``tuned_schedule``: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule` or a file path; it turns
-    the corrector off); it fixes the timesteps,
-    ``eta``, ``solver_order`` and ``variance_type`` (defaults are replaced, conflicting non-defaults refused).
+    ``tuned_schedule``: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule` or a file path); it fixes the
+    timesteps, ``eta``, ``solver_order``, ``variance_type`` and ``use_corrector`` (as tuned) (defaults are replaced, conflicting non-defaults refused).
 
     ``data_mean`` (and optionally ``data_var``, per-pixel or scalar; default 0) turn on the *analytic first step*
     (:mod:`skipstep.gaussian_data`): the first step's ``x0_hat`` is the closed form of data ``N(mu, diag(v))``,
@@ -139,9 +138,9 @@ def sample(
         eta = DEFAULT_FLOW_ETA if isinstance(path, RectifiedFlowPath) else DEFAULT_ETA
     check_guidance_hint(guidance_scale)  # refused even where a tuned schedule makes it moot
     if tuned_schedule is not None:
-        timesteps, eta, solver_order, variance_type, use_learned_variance = sampling_settings_from_tuned_schedule(
-            tuned_schedule, path, timesteps, num_steps, eta, solver_order, variance_type)
-        use_corrector = False  # the search tunes the predictor steps alone
+        timesteps, eta, solver_order, variance_type, use_learned_variance, use_corrector = \
+            sampling_settings_from_tuned_schedule(tuned_schedule, path, timesteps, num_steps, eta, solver_order,
+                                                  variance_type)
     else:
         eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)
     if not isinstance(spacing, str):  # an explicit list

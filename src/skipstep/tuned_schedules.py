@@ -81,7 +81,7 @@ def _is_int(v) -> bool:
 @dataclass
 class TunedSchedule:
     """A tuned few-step schedule for one model (``model_fingerprint``), one chain (``num_train_timesteps``) and one
-    base sampler (``solver_order``, ``variance_type``): ``timesteps`` strictly descending (one model evaluation
+    base sampler (``solver_order``, ``variance_type``, ``use_corrector``): ``timesteps`` strictly descending (one model evaluation
     each, so ``nfe = len(timesteps)``) and ``eta`` (one per step, in [0, 1]; the last step's is unused: it goes to
     clean data). ``metric`` is the objective it minimised on ``fit_seeds``; ``guidance_scale`` the classifier-free
     guidance scale of a class-conditional model it was tuned at (``None``: unconditional); ``provenance`` records
@@ -98,6 +98,7 @@ class TunedSchedule:
     metric: str = "fd"
     fit_seeds: list[int] = field(default_factory=list)
     guidance_scale: float | None = None
+    use_corrector: bool = False
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -155,6 +156,8 @@ class TunedSchedule:
                     math.isfinite(float(w)) and float(w) >= 0):
                 raise TunedScheduleError(f"guidance_scale must be null or a finite number >= 0, got {w!r}")
             self.guidance_scale = float(w)
+        if not isinstance(self.use_corrector, bool):
+            raise TunedScheduleError(f"use_corrector must be true or false, got {self.use_corrector!r}")
         if not isinstance(self.provenance, dict):
             raise TunedScheduleError("provenance must be a dict")
 
@@ -247,7 +250,7 @@ class TunedSchedule:
     def scheduler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``SkippedStepScheduler.from_config(config, **kwargs)``."""
         return {"tuned_schedule": self.to_dict(), "eta": list(self.eta), "solver_order": self.solver_order,
-                "variance_type": _DIFFUSERS_NAME[self.variance_type], "use_corrector": False}
+                "variance_type": _DIFFUSERS_NAME[self.variance_type], "use_corrector": self.use_corrector}
 
     @property
     def stochastic(self) -> bool:
@@ -333,21 +336,23 @@ def _adopt(schedule: TunedSchedule, source: str, eta, solver_order, variance_typ
 
 def scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: int, eta, solver_order: int,
                                      variance_type: str) -> tuple[TunedSchedule, dict[str, Any]]:
-    """For ``SkippedStepScheduler(tuned_schedule=...)``: the schedule and the config keys it fixes (the corrector is
-    off: the search tunes the predictor steps alone; a schedule fitted with the learned variance uses it)."""
+    """For ``SkippedStepScheduler(tuned_schedule=...)``: the schedule and the config keys it fixes (the corrector
+    as it was tuned -- off in a schedule written before ``use_corrector`` existed; a schedule fitted with the learned
+    variance uses it)."""
     schedule, source = _as_tuned_schedule(tuned_schedule, num_train_timesteps)
     _adopt(schedule, source, eta, solver_order, variance_type)
     vt = variance_type if canonical_variance_type(variance_type) == schedule.variance_type else \
         _DIFFUSERS_NAME[schedule.variance_type]
     return schedule, {"tuned_schedule": schedule.to_dict(), "eta": list(schedule.eta),
-                      "solver_order": schedule.solver_order, "variance_type": vt, "use_corrector": False,
+                      "solver_order": schedule.solver_order, "variance_type": vt,
+                      "use_corrector": schedule.use_corrector,
                       "use_learned_variance": schedule.variance_type == "learned"}
 
 
 def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_steps=None, eta=DEFAULT_ETA,
                                     solver_order: int = DEFAULT_SOLVER_ORDER, variance_type: str = "small"):
     """For ``skipstep.sample(..., tuned_schedule=...)``: ``(timesteps, eta, solver_order, variance_type,
-    use_learned_variance)``."""
+    use_learned_variance, use_corrector)``."""
     if not getattr(path, "discrete", False):
         raise TunedScheduleError("tuned schedules are made for discrete (DDPM-type) chains; this path is continuous")
     schedule, source = _as_tuned_schedule(schedule, path.t_max + 1)
@@ -358,7 +363,7 @@ def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_st
         schedule.check(nfe=num_steps, source=source)
     _adopt(schedule, source, eta, solver_order, variance_type)
     return (torch.as_tensor(schedule.timesteps, dtype=torch.int64), list(schedule.eta), schedule.solver_order,
-            schedule.variance_type, schedule.variance_type == "learned")
+            schedule.variance_type, schedule.variance_type == "learned", schedule.use_corrector)
 
 
 #: The earlier name of :func:`load_tuned_schedule` (kept: the README of skipstep 0.1 used it).

@@ -114,7 +114,8 @@ def _register_ours() -> None:
               "x0_clip": "clip_sample"}
     ours = dict(family="skipstep", learned_variance=True)
     default_settings = {"class": "SkippedStepScheduler / SkippedStepFlowScheduler", "from_config": True,
-                        "eta": "DEFAULT_ETA", "solver_order": "DEFAULT_SOLVER_ORDER", "x0_clip": "clip_sample"}
+                        "eta": "DEFAULT_ETA", "solver_order": "DEFAULT_SOLVER_ORDER",
+                        "use_corrector": "DEFAULT_USE_CORRECTOR", "x0_clip": "clip_sample"}
     register_sampler("default", _default_factory, stochastic=DEFAULT_ETA != 0, **ours,
                      description="skipstep's default: SkippedStepScheduler.from_config(model config) "
                                  "(SkippedStepFlowScheduler for flow models), nothing overridden but, for a "

@@ -78,7 +78,7 @@ def _check_seeds(fit, val, ev, reserved: set[int]):
     return fit, val, ev
 
 def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *, solver_order: int | None = None,
-                  variance_type: str | None = None, eta=None, objective: str | None = None,
+                  variance_type: str | None = None, eta=None, use_corrector: bool | None = None, objective: str | None = None,
                   reference: str = "ode", reference_steps: int | None = None,
                   num_samples: int | None = None, fit_seeds: Sequence[int] = DEFAULT_FIT_SEEDS,
                   val_seeds: Sequence[int] = DEFAULT_VAL_SEEDS, eval_seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
@@ -90,7 +90,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
                   log: Callable[[str], None] | None = None, guidance_scale: float | None = None) -> TunedSchedule:
     """Search the timesteps (and, for distribution objectives, the per-step eta) of ``base`` at ``nfe`` for
     ``loaded`` (a LoadedModel or a model name), then check the result on ``eval_seeds`` against every plain
-    spacing; see the module docstring. ``objective``: ``None`` (``paired`` for a deterministic base, else
+    spacing; see the module docstring. ``use_corrector``: ``None`` (the base's: on for ``default``) or a bool;
+    the search, the check and the schedule all run that way. ``objective``: ``None`` (``paired`` for a deterministic base, else
     ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd`` (:mod:`skipstep.lab.tune_objectives`);
     ``reference``: the distribution objectives' reference set (``ode`` or ``ancestral``); ``min_gap``: the gap
     rule of :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the converged solution
@@ -107,7 +108,7 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
                          f"{loaded.regime_text} model is not supported")
     loaded = copy.copy(loaded.at_guidance(guidance_scale))  # apply_clip_mode rebinds scheduler_config on the copy
     clip_description = apply_clip_mode(loaded, clip)
-    base = resolve_base(base, solver_order, variance_type, eta)
+    base = resolve_base(base, solver_order, variance_type, eta, use_corrector)
     T = loaded.num_train_timesteps
     if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= T:
         raise ValueError(f"--nfe must be an integer in [1, {T}], got {nfe!r}")
@@ -212,7 +213,7 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     stages: list[dict] = []
     start_values: dict[str, float] = {}
     log(f"stage 1: the library's {len(plain)} plain spacings with the base eta ({base.name}, order "
-        f"{base.solver_order}); objective {objective}")
+        f"{base.solver_order}, corrector {'on' if base.use_corrector else 'off'}); objective {objective}")
     stopped = False
     try:
         for name, ts in plain.items():
@@ -327,7 +328,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     }
     return TunedSchedule(timesteps=ts, eta=eta_best, nfe=nfe, num_train_timesteps=T, solver_order=base.solver_order,
                          variance_type=base.variance_type, model_fingerprint=loaded.fingerprint, metric=objective,
-                         fit_seeds=fit_seeds, guidance_scale=loaded.guidance_scale, provenance=provenance)
+                         fit_seeds=fit_seeds, guidance_scale=loaded.guidance_scale,
+                         use_corrector=base.use_corrector, provenance=provenance)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -384,6 +386,9 @@ def add_subcommand(subparsers) -> None:
                    help="multistep order (default: the base sampler's own order)")
     p.add_argument("--variance-type", default=None, choices=("small", "large"),
                    help="noise variance (default: the base sampler's, small for every shipped base)")
+    p.add_argument("--corrector", default=None, choices=("on", "off"),
+                   help="correct each step once the next evaluation is in (no extra NFE); the schedule is tuned and "
+                        "run that way (default: the base sampler's: on for default, off for the skipstep-* members)")
     p.add_argument("--eta", default=None,
                    help="override the base's starting eta: a number or a schedule string (default: the base's eta)")
     p.add_argument("--no-eta-search", action="store_true", help="keep the base eta; tune the timesteps only "
@@ -440,6 +445,7 @@ def main_tune(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, device=device, **model_options(args))
     schedule = tune_schedule(
         loaded, args.nfe, args.base, solver_order=args.solver_order, variance_type=args.variance_type, eta=args.eta,
+        use_corrector=None if args.corrector is None else args.corrector == "on",
         objective=args.objective, reference=args.reference, reference_steps=args.reference_steps,
         num_samples=args.num_samples, fit_seeds=args.fit_seeds, val_seeds=args.val_seeds, eval_seeds=args.eval_seeds,
         budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, min_gap=args.min_gap,
@@ -453,7 +459,8 @@ def main_tune(args: argparse.Namespace) -> int:
     # printed before it is written: a failing write loses nothing
     guidance = f", guidance scale {schedule.guidance_scale:g}" if schedule.guidance_scale is not None else ""
     print(f"\n{loaded.name} (fingerprint {loaded.fingerprint}), NFE {schedule.nfe}, base {prov['base']['name']} "
-          f"(eta {prov['base']['eta']}, solver_order {schedule.solver_order}, variance {schedule.variance_type})"
+          f"(eta {prov['base']['eta']}, solver_order {schedule.solver_order}, variance {schedule.variance_type}, "
+          f"corrector {'on' if schedule.use_corrector else 'off'})"
           f"{guidance}; objective {schedule.metric}")
     print(f"tuned timesteps: {schedule.timesteps}")
     print(f"tuned eta:       {[round(e, 4) for e in schedule.eta]}")

@@ -32,7 +32,7 @@ import torch
 from ..paths import DiscreteVPPath
 from ..plan import plan_steps, resolve_eta_schedule
 from ..predictions import X0Clipping
-from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, StepConfig, TrajectoryStepper, canonical_variance_type, needs_noise
+from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type, needs_noise
 from ..storage import derived_seed
 from ..timesteps import make_strictly_descending, select_timesteps, sigma_spaced_timesteps
 from .sample_sets import initial_noise
@@ -53,26 +53,29 @@ DEFAULT_MIN_GAP = 0.1
 
 @dataclass(frozen=True)
 class BaseSampler:
-    """The eta-family member being tuned: its starting eta, its order and its noise variance."""
+    """The eta-family member being tuned: its starting eta, its order, its noise variance and whether its steps
+    are corrected once the next evaluation is in (``use_corrector``; no extra NFE)."""
 
     name: str
     eta: Any
     solver_order: int = 1
     variance_type: str = "small"
+    use_corrector: bool = False
 
     def eta_list(self, n: int) -> list[float]:
         return resolve_eta_schedule(self.eta, n)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "eta": self.eta, "solver_order": self.solver_order,
-                "variance_type": self.variance_type}
+                "variance_type": self.variance_type, "use_corrector": self.use_corrector}
 
 def base_names() -> list[str]:
     return sampler_names("skipstep")
 
 def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None = None,
-                 variance_type: str | None = None, eta=None) -> BaseSampler:
-    """A registered skipstep sampler name (its eta), with ``solver_order``/``variance_type``/``eta`` overrides."""
+                 variance_type: str | None = None, eta=None, use_corrector: bool | None = None) -> BaseSampler:
+    """A registered skipstep sampler name (its eta, order and corrector), with ``solver_order``/``variance_type``/
+    ``eta``/``use_corrector`` overrides."""
     if isinstance(base, BaseSampler):
         b = base
     else:
@@ -82,8 +85,10 @@ def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None 
         recipe = get_sampler(base)
         e = recipe.settings.get("eta", 1.0)
         o = recipe.settings.get("solver_order", 1)
+        c = recipe.settings.get("use_corrector", False)
         b = BaseSampler(base, DEFAULT_ETA if e == "DEFAULT_ETA" else e,
-                        DEFAULT_SOLVER_ORDER if o == "DEFAULT_SOLVER_ORDER" else int(o))
+                        DEFAULT_SOLVER_ORDER if o == "DEFAULT_SOLVER_ORDER" else int(o),
+                        use_corrector=DEFAULT_USE_CORRECTOR if c == "DEFAULT_USE_CORRECTOR" else bool(c))
     order = b.solver_order if solver_order is None else solver_order
     if order not in (1, 2, 3):
         raise ValueError(f"solver_order must be 1, 2 or 3, got {order!r}")
@@ -96,7 +101,10 @@ def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None 
             resolve_eta_schedule(e, 4)
         except ValueError as err:
             raise ValueError(f"--eta: {err}") from None
-    return BaseSampler(b.name, e, int(order), vt)
+    corrector = b.use_corrector if use_corrector is None else use_corrector
+    if not isinstance(corrector, bool):
+        raise ValueError(f"use_corrector must be True or False, got {corrector!r}")
+    return BaseSampler(b.name, e, int(order), vt, corrector)
 
 @dataclass(frozen=True)
 class SpacingParams:
@@ -257,9 +265,11 @@ def draw_samples(loaded, counter: CallCounter | Callable | None, timesteps: Sequ
     counted in ``counter`` (a :class:`CallCounter`; ``None``: not counted; a plain callable: that model itself,
     for an unconditional model)."""
     path = DiscreteVPPath.from_config(loaded.scheduler_config)
-    plan = plan_steps(path, torch.as_tensor(list(timesteps), dtype=torch.int64), list(eta))
+    plan = plan_steps(path, torch.as_tensor(list(timesteps), dtype=torch.int64), list(eta),
+                      solver_order=base.solver_order, use_corrector=base.use_corrector)
     config = StepConfig(prediction_type=loaded.prediction_type, variance_type=base.variance_type,
-                        solver_order=base.solver_order, check_finite=False, clipping=x0_clipping(loaded))
+                        solver_order=base.solver_order, check_finite=False, clipping=x0_clipping(loaded),
+                        use_corrector=base.use_corrector)
     chunks = []
     for start in range(0, noise.num_samples, batch_size):
         x = noise.x_T[start:start + batch_size].to(device)
