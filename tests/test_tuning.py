@@ -384,6 +384,12 @@ def test_tuned_sampler_in_the_bench(gmm, tmp_path):
     tuned = [r for r in result.records if r["sampler"] == name]
     assert [(r["nfe"], r["actual_nfe"]) for r in tuned] == [(4, 4)]
     assert f"{name} @ NFE 5" in result.skipped
+    for use_corrector in (False, True):  # the bench runs a schedule with its own corrector setting
+        f = make_schedule(model_fingerprint=gmm.fingerprint, use_corrector=use_corrector).save(
+            tmp_path / f"c{use_corrector}.json")
+        recipe = get_sampler(f"tuned:{f}")
+        assert recipe.settings["use_corrector"] is use_corrector
+        assert recipe.factory(gmm.scheduler_config, 4).config.use_corrector is use_corrector
     other = make_schedule(model_fingerprint="0000").save(tmp_path / "other.json")
     with pytest.raises(SamplerError, match="fingerprint 0000"):
         run_bench(BenchConfig(model="tune-gmm", samplers=[f"tuned:{other}"], nfes=[4], seeds=[0], num_samples=8,

@@ -178,16 +178,17 @@ def tuned_sampler(name: str) -> SamplerRecipe:
         raise SamplerError(f"sampler {name!r}: {err}") from None
 
     def factory(config: dict, steps: int):
-        kwargs = {"timestep_spacing": "trailing", "use_corrector": False, **schedule.scheduler_kwargs()}
+        kwargs = {"timestep_spacing": "trailing", **schedule.scheduler_kwargs()}
         return from_config_accepting(SkippedStepScheduler, config, **kwargs, **clip_overrides(config, "clip_sample"))
 
     return SamplerRecipe(
         name=name, factory=factory, min_nfe=schedule.nfe, max_nfe=schedule.nfe, family="tuned",
         stochastic=schedule.stochastic, refusal=_discrete_vp_only,
-        description=f"tuned schedule {path} (NFE {schedule.nfe}, solver_order {schedule.solver_order})",
+        description=f"tuned schedule {path} (NFE {schedule.nfe}, solver_order {schedule.solver_order}, corrector "
+                    f"{'on' if schedule.use_corrector else 'off'})",
         settings={"class": "SkippedStepScheduler", "tuned_schedule": str(path), "timesteps": schedule.timesteps,
                   "eta": schedule.eta, "solver_order": schedule.solver_order,
-                  "variance": schedule.variance_type, "model_fingerprint": schedule.model_fingerprint,
+                  "use_corrector": schedule.use_corrector, "variance": schedule.variance_type, "model_fingerprint": schedule.model_fingerprint,
                   "num_train_timesteps": schedule.num_train_timesteps,
                   "tuned_guidance_scale": schedule.guidance_scale},
         order_reason=f"a tuned schedule runs at exactly the NFE it was tuned for ({schedule.nfe})",
