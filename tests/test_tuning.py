@@ -21,7 +21,7 @@ from skipstep.lab.sampler_registry import CallCounter, SamplerError, get_sampler
 from skipstep.paths import DiscreteVPPath
 from skipstep.timesteps import select_timesteps
 from skipstep.lab.tune import tune_schedule
-from skipstep.lab.tune_objectives import DistributionObjective, ode_solution
+from skipstep.lab.tune_objectives import DistributionObjective, ancestral_reference, ode_solution
 from skipstep.lab.tune_search import (
     BaseSampler,
     CommonNoise,
@@ -348,7 +348,7 @@ def test_search_is_never_worse_than_its_best_start_and_checks_every_plain_spacin
 def test_distribution_objective_for_a_stochastic_base(gmm, tmp_path):
     spec = dataclasses.replace(gmm, feature_fn=None)
     s = tune_schedule(spec, 3, "skipstep-linear", num_samples=48, batch_size=48, budget_nfe=60, cache_dir=tmp_path,
-                      reference_steps=30)
+                      reference_steps=30, reference="ode")
     assert s.metric == "pixel-fd" and s.provenance["objective"]["eta_searched"]
     assert s.provenance["reference"]["seed"] == 1_000_003  # independent of every sampler seed
     obj = s.provenance["objective"]
@@ -358,6 +358,10 @@ def test_distribution_objective_for_a_stochastic_base(gmm, tmp_path):
                      batch_size=48)
     assert DistributionObjective("pixel-fd", spec, reference)(x) == pytest.approx(s.provenance["objective"]["tuned"],
                                                                                 rel=1e-6)
+    # without --reference a stochastic base is scored against the bench's ancestral set (its samples' limit)
+    a = tune_schedule(spec, 3, "skipstep-linear", num_samples=48, batch_size=48, budget_nfe=60, cache_dir=tmp_path)
+    _, meta = ancestral_reference(spec, 48, directory=tmp_path)
+    assert a.provenance["reference"]["source"] == meta["source"] != s.provenance["reference"]["source"]
     with pytest.raises(ValueError, match="--objective paired needs a deterministic base"):
         tune_schedule(spec, 3, "skipstep-linear", objective="paired", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="--objective fd needs the model's feature network"):

@@ -79,7 +79,7 @@ def _check_seeds(fit, val, ev, reserved: set[int]):
 
 def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *, solver_order: int | None = None,
                   variance_type: str | None = None, eta=None, use_corrector: bool | None = None, objective: str | None = None,
-                  reference: str = "ode", reference_steps: int | None = None,
+                  reference: str | None = None, reference_steps: int | None = None,
                   num_samples: int | None = None, fit_seeds: Sequence[int] = DEFAULT_FIT_SEEDS,
                   val_seeds: Sequence[int] = DEFAULT_VAL_SEEDS, eval_seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
                   budget_nfe: int | None = None, budget_minutes: float = DEFAULT_BUDGET_MINUTES,
@@ -93,7 +93,9 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     spacing; see the module docstring. ``use_corrector``: ``None`` (the base's: on for ``default``) or a bool;
     the search, the check and the schedule all run that way. ``objective``: ``None`` (``paired`` for a deterministic base, else
     ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd`` (:mod:`skipstep.lab.tune_objectives`);
-    ``reference``: the distribution objectives' reference set (``ode`` or ``ancestral``); ``min_gap``: the gap
+    ``reference``: the distribution objectives' reference set, ``ode`` or ``ancestral`` (``None``: ``ancestral``
+    for a stochastic base, whose samples converge to it, ``ode`` for a deterministic one; an ODE reference made a
+    stochastic base's schedule chase a poor ODE on two zoo models, docs/results.md); ``min_gap``: the gap
     rule of :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the converged solution
     (default ``min(200, T)``). ``guidance_scale``: a class-conditional model is tuned at
     that classifier-free guidance scale (default 1), sample ``i`` asking for label ``real_labels[i mod K]``; the
@@ -119,6 +121,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     paired = objective == "paired"
     if paired:
         search_eta = False  # eta > 0 would make the sampler stochastic: the paired distance would be meaningless
+    if reference is None:
+        reference = "ode" if deterministic else "ancestral"
     if reference not in REFERENCE_KINDS:
         raise ValueError(f"--reference must be one of {', '.join(REFERENCE_KINDS)}, got {reference!r}")
     reference_steps = min(DEFAULT_REFERENCE_STEPS, T) if reference_steps is None else reference_steps
@@ -396,9 +400,10 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--objective", default=None, choices=OBJECTIVES,
                    help="paired (default for a deterministic base), pixel-fd (default for a stochastic base), sw, "
                         "or fd (feature network; the earlier objective); see docs/tuning.md")
-    p.add_argument("--reference", default="ode", choices=REFERENCE_KINDS,
-                   help="the distribution objectives' reference set: ode (converged deterministic samples) or "
-                        "ancestral (the bench's 1000-step set, 5x the cost)")
+    p.add_argument("--reference", default=None, choices=REFERENCE_KINDS,
+                   help="the distribution objectives' reference set: ode (converged deterministic samples; the "
+                        "default for a deterministic base) or ancestral (the bench's 1000-step set, 5x the cost; "
+                        "the default for a stochastic base)")
     p.add_argument("--reference-steps", type=positive_int, default=None,
                    help=f"steps of the converged deterministic (order-2) solution (default: {DEFAULT_REFERENCE_STEPS}, "
                         "at most the chain's T)")
