@@ -28,7 +28,9 @@ The deterministic member (``dm-``, below 8 steps; eighth round), on the default'
 * ``dm-plain``: ``spacing_power=1 + 4/n`` given explicitly, i.e. the power grid in ``t`` without the log-SNR
   matching (the default's points on a linear chain, other points on a cosine or zero-terminal-SNR one);
 * ``dm-p1``: ``spacing_power=1``: ``t_i = T n/(n+1) (1 - i/n)``, the grid SA-Solver and UniPC get from a cosine
-  model's ``leading`` config (3 steps: ``[750, 500, 250]``).
+  model's ``leading`` config (3 steps: ``[750, 500, 250]``);
+* ``dm-eta1``, ``dm-p1-eta1``, ``dm-p1-eta0.5``: the few-step member made stochastic (eta 1 or 0.5), on the
+  default's grid or the uniform one -- SA-Solver's few-step recipe on a cosine chain is noise on that grid.
 
 (``lower_order_final`` is no member: the final step, to clean data, is first order in every plan, and the rule's
 other half caps the step before it at order 2, the default's order.)
@@ -63,6 +65,9 @@ DETERMINISTIC_MEMBERS = {
     "o3-nocorr": {"solver_order": 3, "use_corrector": False},
     "plain": {"spacing_power": lambda steps: 1.0 + POWER_SLOPE / steps},
     "p1": {"spacing_power": 1.0},
+    "eta1": {"eta": 1.0},
+    "p1-eta1": {"spacing_power": 1.0, "eta": 1.0},
+    "p1-eta0.5": {"spacing_power": 1.0, "eta": 0.5},
 }
 
 
