@@ -84,7 +84,8 @@ def member(overrides, few_steps: bool):
 for prefix, members, few_steps in (("sm", STOCHASTIC_MEMBERS, False), ("dm", DETERMINISTIC_MEMBERS, True)):
     where = f"below {FEW_STEPS_BELOW} steps" if few_steps else f"from {FEW_STEPS_BELOW} steps"
     for name, overrides in members.items():
-        settings = ", ".join(f"{k}={f'1 + {POWER_SLOPE:g}/n' if callable(v) else repr(v)}" for k, v in overrides.items())
+        settings = ", ".join(f"{k}={f'1 + {POWER_SLOPE:g}/n' if callable(v) else repr(v)}"
+                             for k, v in overrides.items())
         register_sampler(f"{prefix}-{name}", member(overrides, few_steps), family="candidate", stochastic=True,
                          learned_variance=True, description=f"the default with {settings} {where}",
                          settings={"guidance_scale": "passed", **overrides})

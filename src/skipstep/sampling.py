@@ -117,8 +117,9 @@ def sample(
     ``model_dtype=torch.float16``. The step arithmetic stays in float32 whatever the model's dtype.
     ``check_finite_values``: raise ``FloatingPointError`` naming the step when the model output or the sample
     becomes NaN or inf (one reduction per tensor and step).
-    ``tuned_schedule``: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule` or a file path); it fixes the
-    timesteps, ``eta``, ``solver_order``, ``variance_type`` and ``use_corrector`` (as tuned) (defaults are replaced, conflicting non-defaults refused).
+    ``tuned_schedule``: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule` or a file path); it fixes
+    the timesteps, ``eta``, ``solver_order``, ``variance_type`` and ``use_corrector``, as tuned (defaults are
+    replaced, conflicting non-defaults refused).
 
     ``data_mean`` (and optionally ``data_var``, per-pixel or scalar; default 0) turn on the *analytic first step*
     (:mod:`skipstep.gaussian_data`): the first step's ``x0_hat`` is the closed form of data ``N(mu, diag(v))``,

@@ -81,12 +81,12 @@ def _is_int(v) -> bool:
 @dataclass
 class TunedSchedule:
     """A tuned few-step schedule for one model (``model_fingerprint``), one chain (``num_train_timesteps``) and one
-    base sampler (``solver_order``, ``variance_type``, ``use_corrector``): ``timesteps`` strictly descending (one model evaluation
-    each, so ``nfe = len(timesteps)``) and ``eta`` (one per step, in [0, 1]; the last step's is unused: it goes to
-    clean data). ``metric`` is the objective it minimised on ``fit_seeds``; ``guidance_scale`` the classifier-free
-    guidance scale of a class-conditional model it was tuned at (``None``: unconditional); ``provenance`` records
-    how it was made (sample counts, reference, objective before/after, search history, the final check, budget,
-    date, versions)."""
+    base sampler (``solver_order``, ``variance_type``, ``use_corrector``): ``timesteps`` strictly descending (one model
+    evaluation each, so ``nfe = len(timesteps)``) and ``eta`` (one per step, in [0, 1]; the last step's is unused:
+    it goes to clean data). ``metric`` is the objective it minimised on ``fit_seeds``; ``guidance_scale`` the
+    classifier-free guidance scale of a class-conditional model it was tuned at (``None``: unconditional);
+    ``provenance`` records how it was made (sample counts, reference, objective before/after, search history, the
+    final check, budget, date, versions)."""
 
     timesteps: list[int]
     eta: list[float]

@@ -78,7 +78,8 @@ def _check_seeds(fit, val, ev, reserved: set[int]):
     return fit, val, ev
 
 def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *, solver_order: int | None = None,
-                  variance_type: str | None = None, eta=None, use_corrector: bool | None = None, objective: str | None = None,
+                  variance_type: str | None = None, eta=None, use_corrector: bool | None = None,
+                  objective: str | None = None,
                   reference: str | None = None, reference_steps: int | None = None,
                   num_samples: int | None = None, fit_seeds: Sequence[int] = DEFAULT_FIT_SEEDS,
                   val_seeds: Sequence[int] = DEFAULT_VAL_SEEDS, eval_seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
@@ -90,13 +91,13 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
                   log: Callable[[str], None] | None = None, guidance_scale: float | None = None) -> TunedSchedule:
     """Search the timesteps (and, for distribution objectives, the per-step eta) of ``base`` at ``nfe`` for
     ``loaded`` (a LoadedModel or a model name), then check the result on ``eval_seeds`` against every plain
-    spacing; see the module docstring. ``use_corrector``: ``None`` (the base's: on for ``default``) or a bool;
-    the search, the check and the schedule all run that way. ``objective``: ``None`` (``paired`` for a deterministic base, else
-    ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd`` (:mod:`skipstep.lab.tune_objectives`);
-    ``reference``: the distribution objectives' reference set, ``ode`` or ``ancestral`` (``None``: ``ancestral``
-    for a stochastic base, whose samples converge to it, ``ode`` for a deterministic one; an ODE reference made a
-    stochastic base's schedule chase a poor ODE on two zoo models, docs/results.md); ``min_gap``: the gap
-    rule of :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the converged solution
+    spacing; see the module docstring. ``use_corrector``: ``None`` (the base's: on for ``default``) or a bool; the search, the check
+    and the schedule all run that way. ``objective``: ``None`` (``paired`` for a deterministic base, else
+    ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd`` (:mod:`skipstep.lab.tune_objectives`); ``reference``:
+    the distribution objectives' reference set, ``ode`` or ``ancestral`` (``None``: ``ancestral`` for a stochastic
+    base, whose samples converge to it, ``ode`` for a deterministic one; an ODE reference made a stochastic base's
+    schedule chase a poor ODE on two zoo models, docs/results.md); ``min_gap``: the gap rule of
+    :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the converged solution
     (default ``min(200, T)``). ``guidance_scale``: a class-conditional model is tuned at
     that classifier-free guidance scale (default 1), sample ``i`` asking for label ``real_labels[i mod K]``; the
     scale is recorded in the schedule. ``eval_reference_seed`` (distribution objectives): score the check against

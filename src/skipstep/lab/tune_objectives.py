@@ -27,7 +27,8 @@ a paired distance is meaningless): the Fréchet distance of Gaussians fitted to 
 from *independent* noise (:data:`~skipstep.lab.sample_sets.REFERENCE_SEED`, so a sampler is not rewarded for
 following its ``x_T``): ``--reference ode`` (the default for a deterministic base) the same converged ODE
 solution of that noise, ``--reference ancestral`` (the default for a stochastic base) the benchmark's 1000-step
-ancestral reference set (five times the cost; the limit of the stochastic members). Its cost grows as ``D^3`` (two ``D x D`` eigendecompositions).
+ancestral reference set (five times the cost; the limit of the stochastic members). Its cost grows as ``D^3``
+(two ``D x D`` eigendecompositions).
 
 ``sw``: the sliced 2-Wasserstein distance in pixels against the same reference (:func:`~skipstep.lab.metrics.
 sliced_wasserstein`, 256 fixed directions). ``fd``: the Fréchet distance in the model's feature network's space

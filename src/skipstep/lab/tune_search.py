@@ -32,7 +32,8 @@ import torch
 from ..paths import DiscreteVPPath
 from ..plan import plan_steps, resolve_eta_schedule
 from ..predictions import X0Clipping
-from ..steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper, canonical_variance_type, needs_noise
+from ..steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper,
+                     canonical_variance_type, needs_noise)
 from ..storage import derived_seed
 from ..timesteps import make_strictly_descending, select_timesteps, sigma_spaced_timesteps
 from .sample_sets import initial_noise
