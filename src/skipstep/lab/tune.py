@@ -90,9 +90,9 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
                   search_eta: bool = True, clip: str = "model", progress: bool = False,
                   log: Callable[[str], None] | None = None, guidance_scale: float | None = None) -> TunedSchedule:
     """Search the timesteps (and, for distribution objectives, the per-step eta) of ``base`` at ``nfe`` for
-    ``loaded`` (a LoadedModel or a model name), then check the result on ``eval_seeds`` against every plain
-    spacing; see the module docstring. ``use_corrector``: ``None`` (the base's: on for ``default``) or a bool; the search, the check
-    and the schedule all run that way. ``objective``: ``None`` (``paired`` for a deterministic base, else
+    ``loaded`` (a LoadedModel or a model name), then check the result on ``eval_seeds`` against every plain spacing;
+    see the module docstring. ``use_corrector``: ``None`` (the base's: on for ``default``) or a bool; the search,
+    the check and the schedule all run that way. ``objective``: ``None`` (``paired`` for a deterministic base, else
     ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd`` (:mod:`skipstep.lab.tune_objectives`); ``reference``:
     the distribution objectives' reference set, ``ode`` or ``ancestral`` (``None``: ``ancestral`` for a stochastic
     base, whose samples converge to it, ``ode`` for a deterministic one; an ODE reference made a stochastic base's
