@@ -197,19 +197,6 @@ def test_scheduler_and_sample_give_the_same_samples(gmm, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # the search
 # ----------------------------------------------------------------------------------------------------------------
-def test_the_search_scores_what_the_scheduler_samples(gmm):
-    """The search's sampling loop (common random numbers) is the scheduler's step, noise for noise."""
-    s = make_schedule(model_fingerprint=gmm.fingerprint)
-    noise = CommonNoise(3, 5, gmm.sample_shape)
-    x = draw_samples(gmm, gmm.model, s.timesteps, s.eta, BaseSampler("t", s.eta, 2, "small"), noise, batch_size=3)
-    sched = SkippedStepScheduler.from_config(gmm.scheduler_config, **s.scheduler_kwargs())
-    sched.set_timesteps(4)
-    y = noise.x_T.clone()
-    for i, t in enumerate(sched.timesteps):
-        y = sched.step(gmm.model(y, t.reshape(1).expand(5)), t, y, variance_noise=noise.step(i)).prev_sample
-    torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("use_corrector", [False, True])
 def test_a_tuned_schedule_runs_with_its_own_corrector_setting_on_every_route(gmm, use_corrector):
     """The schedule fixes the corrector as it was tuned (a file without the key: off), whatever the library
@@ -246,12 +233,13 @@ def test_a_schedule_file_without_the_corrector_key_runs_without_it(gmm):
         make_schedule(use_corrector=1)
 
 
-def test_the_search_scores_what_the_scheduler_samples_with_the_corrector(gmm):
-    """With the corrector the search's loop is still the scheduler's step, noise for noise (eta 1 and 0.5 steps
-    included), and the corrector changes the samples."""
-    s = make_schedule(model_fingerprint=gmm.fingerprint, use_corrector=True)
+@pytest.mark.parametrize("use_corrector", [False, True])
+def test_the_search_scores_what_the_scheduler_samples(gmm, use_corrector):
+    """The search's sampling loop (common random numbers) is the scheduler's step, noise for noise, with and
+    without the corrector (eta 1 and 0.5 steps included), and the corrector setting changes the samples."""
+    s = make_schedule(model_fingerprint=gmm.fingerprint, use_corrector=use_corrector)
     noise = CommonNoise(3, 5, gmm.sample_shape)
-    base = BaseSampler("t", s.eta, 2, "small", use_corrector=True)
+    base = BaseSampler("t", s.eta, 2, "small", use_corrector=use_corrector)
     x = draw_samples(gmm, gmm.model, s.timesteps, s.eta, base, noise, batch_size=3)
     sched = SkippedStepScheduler.from_config(gmm.scheduler_config, **s.scheduler_kwargs())
     sched.set_timesteps(4)
@@ -259,9 +247,9 @@ def test_the_search_scores_what_the_scheduler_samples_with_the_corrector(gmm):
     for i, t in enumerate(sched.timesteps):
         y = sched.step(gmm.model(y, t.reshape(1).expand(5)), t, y, variance_noise=noise.step(i)).prev_sample
     torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
-    without = draw_samples(gmm, gmm.model, s.timesteps, s.eta, dataclasses.replace(base, use_corrector=False), noise,
-                           batch_size=3)
-    assert (x - without).abs().max() > 1e-3
+    other = draw_samples(gmm, gmm.model, s.timesteps, s.eta, dataclasses.replace(base, use_corrector=not use_corrector),
+                         noise, batch_size=3)
+    assert (x - other).abs().max() > 1e-3
 
 
 def test_the_default_base_is_tuned_with_its_corrector(gmm, tmp_path):
