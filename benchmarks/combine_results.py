@@ -1,11 +1,13 @@
 """Combine the records of several ``skipstep bench`` directories into per-model Markdown tables.
 
-``python benchmarks/combine_results.py RUN_DIR [RUN_DIR ...] [--metrics fd,fd_heldout] [--ours default]``
+``python benchmarks/combine_results.py RUN_DIR [RUN_DIR ...] [--metrics fd,fd_heldout] [--ours default] [--standing]``
 
 Per model (and guidance scale) and metric: one row per sampler, one column per NFE, ``mean ± std`` over the seeds
 the cells have (the count in brackets where a row has fewer seeds than the most complete row), the best value of
 each column in bold, and a last row ``ours / best peer`` -- the ratio of the first ``--ours`` sampler's mean to the
 best other sampler's mean in that column (< 1: ours ahead). Records are read from ``RUN_DIR/results.json``.
+``--standing`` prints instead, over all the runs' models, the first ``--ours`` sampler's ratio to the best peer on
+each metric and the peers better on every metric at once (:mod:`skipstep.lab.standing`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean, stdev
+
+from skipstep.lab.standing import count_dominated, render_standings, standings
 
 
 def load_records(dirs: list[Path]) -> list[dict]:
@@ -93,8 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--metrics", default="fd,fd_heldout")
     p.add_argument("--ours", default="default", help="comma list of our samplers (rows first; the first is compared)")
+    p.add_argument("--standing", action="store_true",
+                   help="the ratio to the best peer per metric and the peers better on every metric at once")
     args = p.parse_args(argv)
-    print(tables(load_records(args.runs), args.metrics.split(","), args.ours.split(",")))
+    metrics, ours = args.metrics.split(","), args.ours.split(",")
+    records = load_records(args.runs)
+    if args.standing:
+        # the other --ours samplers are not peers
+        rows = standings([r for r in records if r["sampler"] not in ours[1:]], ours[0], metrics)
+        print(render_standings(rows, metrics))
+        print("\n%d of %d cells have a peer better on every metric" % count_dominated(rows))
+        return 0
+    print(tables(records, metrics, ours))
     return 0
 
 
