@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean, stdev
 
-from skipstep.lab.standing import count_dominated, render_standings, standings
+from skipstep.lab.standing import render_standings, standings, summary_line
 
 
 def load_records(dirs: list[Path]) -> list[dict]:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         # the other --ours samplers are not peers
         rows = standings([r for r in records if r["sampler"] not in ours[1:]], ours[0], metrics)
         print(render_standings(rows, metrics))
-        print("\n%d of %d cells have a peer better on every metric" % count_dominated(rows))
+        print("\n" + summary_line(rows))
         return 0
     print(tables(records, metrics, ours))
     return 0

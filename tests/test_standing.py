@@ -2,7 +2,7 @@
 
 import pytest
 
-from skipstep.lab.standing import count_dominated, render_standings, standings
+from skipstep.lab.standing import count_dominated, render_standings, standings, summary_line
 
 
 def _records(table):
@@ -33,6 +33,12 @@ def test_a_peer_dominates_only_when_better_on_every_metric():
     assert (d.seeds_ahead, d.seeds) == (1, 2)  # seed 1: fd 1.3 > 1.2
     assert rows[10].dominated_by == []  # behind in fd, ahead in fd_heldout
     assert count_dominated(list(rows.values())) == (1, 2)
+    assert not five.leads and not rows[10].leads
+    assert summary_line(list(rows.values())) == ("2 cells: ahead of (or level with) the best peer on every metric in "
+                                                 "0, a peer better on every metric at once in 1, a trade-off (ahead "
+                                                 "on one metric, behind on another) in 1")
+    lead = standings(_records({("ours", 5): [(0.1, 0.1)], ("worse", 5): [(2.0, 4.0)]}), "ours")
+    assert lead[0].leads and not lead[0].dominated_by
 
 
 def test_the_peer_set_can_be_restricted_and_one_metric_is_plain_ranking():

@@ -50,6 +50,11 @@ class Standing:
         return self.ours[metric] / self.best_peer[metric][1]
 
     @property
+    def leads(self) -> bool:
+        """At least level with the best peer on every metric (``ours <= best`` on each)."""
+        return all(self.ours[k] <= v for k, (_, v) in self.best_peer.items())
+
+    @property
     def label(self) -> str:
         return self.model + (f" (w = {self.guidance_scale:g})" if self.guidance_scale is not None else "")
 
@@ -126,3 +131,12 @@ def render_standings(rows: Sequence[Standing], metrics: Sequence[str] = ("fd", "
 def count_dominated(rows: Sequence[Standing]) -> tuple[int, int]:
     """(cells with a dominating peer, cells)."""
     return sum(bool(r.dominated_by) for r in rows), len(rows)
+
+
+def summary_line(rows: Sequence[Standing]) -> str:
+    """How many cells the sampler leads on every metric, trades one metric for another, or is dominated in."""
+    leads = sum(r.leads for r in rows)
+    dominated, total = count_dominated(rows)
+    return (f"{total} cells: ahead of (or level with) the best peer on every metric in {leads}, a peer better on "
+            f"every metric at once in {dominated}, a trade-off (ahead on one metric, behind on another) in "
+            f"{total - leads - dominated}")
