@@ -34,9 +34,15 @@ def test_a_peer_dominates_only_when_better_on_every_metric():
     assert rows[10].dominated_by == []  # behind in fd, ahead in fd_heldout
     assert count_dominated(list(rows.values())) == (1, 2)
     assert not five.leads and not rows[10].leads
-    assert summary_line(list(rows.values())) == ("2 cells: ahead of (or level with) the best peer on every metric in "
-                                                 "0, a peer better on every metric at once in 1, a trade-off (ahead "
-                                                 "on one metric, behind on another) in 1")
+    assert five.behind_everywhere and not rows[10].behind_everywhere
+    assert summary_line(list(rows.values())) == (
+        "2 cells: ahead of (or level with) the best peer on every metric in 0, a trade-off (ahead on one metric, "
+        "behind on another) in 1, behind on every metric but to different peers in 0, one peer better on every "
+        "metric at once in 1")
+    split = standings(_records({("ours", 5): [(1.0, 1.0)], ("fid", 5): [(0.5, 2.0)], ("real", 5): [(2.0, 0.5)]}),
+                      "ours")
+    assert split[0].behind_everywhere and not split[0].dominated_by
+    assert "behind on every metric but to different peers in 1" in summary_line(split)
     lead = standings(_records({("ours", 5): [(0.1, 0.1)], ("worse", 5): [(2.0, 4.0)]}), "ours")
     assert lead[0].leads and not lead[0].dominated_by
 

@@ -55,6 +55,11 @@ class Standing:
         return all(self.ours[k] <= v for k, (_, v) in self.best_peer.items())
 
     @property
+    def behind_everywhere(self) -> bool:
+        """Behind the best peer on every metric (the best peers may differ; see ``dominated_by``)."""
+        return all(self.ours[k] > v for k, (_, v) in self.best_peer.items())
+
+    @property
     def label(self) -> str:
         return self.model + (f" (w = {self.guidance_scale:g})" if self.guidance_scale is not None else "")
 
@@ -134,9 +139,11 @@ def count_dominated(rows: Sequence[Standing]) -> tuple[int, int]:
 
 
 def summary_line(rows: Sequence[Standing]) -> str:
-    """How many cells the sampler leads on every metric, trades one metric for another, or is dominated in."""
+    """How many cells the sampler leads on every metric, trades one metric for another, is behind on every metric
+    to different peers, or is dominated in (one peer better on every metric)."""
     leads = sum(r.leads for r in rows)
     dominated, total = count_dominated(rows)
-    return (f"{total} cells: ahead of (or level with) the best peer on every metric in {leads}, a peer better on "
-            f"every metric at once in {dominated}, a trade-off (ahead on one metric, behind on another) in "
-            f"{total - leads - dominated}")
+    split = sum(r.behind_everywhere and not r.dominated_by for r in rows)
+    return (f"{total} cells: ahead of (or level with) the best peer on every metric in {leads}, a trade-off (ahead "
+            f"on one metric, behind on another) in {total - leads - dominated - split}, behind on every metric but "
+            f"to different peers in {split}, one peer better on every metric at once in {dominated}")
