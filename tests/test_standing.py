@@ -61,3 +61,5 @@ def test_render_lists_ratios_and_dominating_peers_per_cell():
     text = render_standings(standings(_records(TABLE), "ours"))
     assert "| `m` | 1.83 / 1.08 | 1.50 / 0.67 |" in text
     assert "both (1.05 / 1.08, 1/2) | - |" in text
+    crowded = standings(_records({("ours", 5): [(1.0, 1.0)], **{(p, 5): [(0.5, 0.5)] for p in "abc"}}), "ours")
+    assert "a (2.00 / 2.00, 1/1), b (2.00 / 2.00, 1/1) + 1 more |" in render_standings(crowded)

@@ -105,10 +105,11 @@ def standings(records: Iterable[dict], ours: str, metrics: Sequence[str] = ("fd"
     return out
 
 
-def render_standings(rows: Sequence[Standing], metrics: Sequence[str] = ("fd", "fd_heldout")) -> str:
+def render_standings(rows: Sequence[Standing], metrics: Sequence[str] = ("fd", "fd_heldout"),
+                     max_listed: int = 2) -> str:
     """Two Markdown tables: ``ours / best peer`` per metric (model x NFE, ``a / b`` for the metrics in order) and
     the dominating peers per cell (``-``: none; else ``peer (ratio_1 / ratio_2, k/n seeds)``, the strongest
-    first)."""
+    first, at most ``max_listed`` of them and ``+ N more``)."""
     metrics = list(metrics)
     labels = list(dict.fromkeys(r.label for r in rows))
     nfes = sorted({r.nfe for r in rows})
@@ -125,9 +126,10 @@ def render_standings(rows: Sequence[Standing], metrics: Sequence[str] = ("fd", "
                 dom_cells.append("")
                 continue
             ratio_cells.append(" / ".join(f"{r.ratio(k):.2f}" for k in metrics))
-            dom_cells.append(", ".join(
-                f"{d.peer} ({' / '.join(f'{d.ratios[k]:.2f}' for k in metrics)}, {d.seeds_ahead}/{d.seeds})"
-                for d in r.dominated_by) or "-")
+            listed = [f"{d.peer} ({' / '.join(f'{d.ratios[k]:.2f}' for k in metrics)}, {d.seeds_ahead}/{d.seeds})"
+                      for d in r.dominated_by[:max_listed]]
+            more = len(r.dominated_by) - len(listed)
+            dom_cells.append(", ".join(listed) + (f" + {more} more" if more > 0 else "") or "-")
         ratio_lines.append(f"| `{label}` | " + " | ".join(ratio_cells) + " |")
         dom_lines.append(f"| `{label}` | " + " | ".join(dom_cells) + " |")
     return "\n".join(ratio_lines) + "\n\n" + "\n".join(dom_lines)
