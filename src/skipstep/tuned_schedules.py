@@ -248,9 +248,11 @@ class TunedSchedule:
         return torch.as_tensor(self.timesteps, dtype=torch.int64)
 
     def scheduler_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``SkippedStepScheduler.from_config(config, **kwargs)``."""
+        """Keyword arguments for ``SkippedStepScheduler.from_config(config, **kwargs)``: the config keys the
+        schedule fixes (a schedule fitted with the learned variance uses it)."""
         return {"tuned_schedule": self.to_dict(), "eta": list(self.eta), "solver_order": self.solver_order,
-                "variance_type": _DIFFUSERS_NAME[self.variance_type], "use_corrector": self.use_corrector}
+                "variance_type": _DIFFUSERS_NAME[self.variance_type], "use_corrector": self.use_corrector,
+                "use_learned_variance": self.variance_type == "learned"}
 
     @property
     def stochastic(self) -> bool:
@@ -341,12 +343,10 @@ def scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: 
     variance uses it)."""
     schedule, source = _as_tuned_schedule(tuned_schedule, num_train_timesteps)
     _adopt(schedule, source, eta, solver_order, variance_type)
-    vt = variance_type if canonical_variance_type(variance_type) == schedule.variance_type else \
-        _DIFFUSERS_NAME[schedule.variance_type]
-    return schedule, {"tuned_schedule": schedule.to_dict(), "eta": list(schedule.eta),
-                      "solver_order": schedule.solver_order, "variance_type": vt,
-                      "use_corrector": schedule.use_corrector,
-                      "use_learned_variance": schedule.variance_type == "learned"}
+    fixed = schedule.scheduler_kwargs()
+    if canonical_variance_type(variance_type) == schedule.variance_type:
+        fixed["variance_type"] = variance_type  # the caller's spelling of the same choice stays in the config
+    return schedule, fixed
 
 
 def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_steps=None, eta=DEFAULT_ETA,
