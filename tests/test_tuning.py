@@ -150,6 +150,23 @@ def test_scheduler_config_round_trip(tmp_path):
     assert SkippedStepScheduler.from_config(sched.config, **s.scheduler_kwargs()).config.solver_order == 2
 
 
+def test_scheduler_kwargs_are_the_keys_the_scheduler_fixes():
+    """``from_config(config, **schedule.scheduler_kwargs())`` and ``SkippedStepScheduler(tuned_schedule=...)`` agree
+    on every key the schedule fixes, the learned variance included."""
+    for variance_type, learned in (("small", False), ("learned", True)):
+        s = make_schedule(variance_type=variance_type)
+        kwargs = s.scheduler_kwargs()
+        assert kwargs["use_learned_variance"] is learned
+        assert kwargs["variance_type"] == {"small": "fixed_small", "learned": "learned_range"}[variance_type]
+        sched = SkippedStepScheduler.from_config(SkippedStepScheduler().config, **kwargs)
+        for key in ("eta", "solver_order", "variance_type", "use_corrector", "use_learned_variance"):
+            assert sched.config[key] == kwargs[key], key
+    # the caller's spelling of the schedule's variance type stays in the config
+    s = make_schedule()
+    assert SkippedStepScheduler(variance_type="fixed_small_log", tuned_schedule=s.to_dict()).config.variance_type == \
+        "fixed_small_log"
+
+
 def test_scheduler_refuses_what_contradicts_the_schedule():
     s = make_schedule()
     sched = SkippedStepScheduler(tuned_schedule=s.to_dict())
