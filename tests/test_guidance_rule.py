@@ -1,6 +1,8 @@
 """The default told the classifier-free guidance scale (skipstep.steps.settings_for_guidance): from
-STRONG_GUIDANCE_FROM on, an eta and a solver order left at their defaults become the strong-guidance member's
-(eta = 1, order 1); everything else, and every scale below the threshold or unknown, is the unguided default."""
+STRONG_GUIDANCE_FROM on, settings left at their defaults become the strong-guidance member's -- below
+STRONG_GUIDANCE_FEW_STEPS_BELOW steps the few-step default without the corrector, from there on the first-order
+skipped-step posterior (eta = 1, order 1); explicit choices, and every scale below the threshold or unknown, are
+kept."""
 
 import math
 
@@ -10,8 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skipstep import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, STRONG_GUIDANCE_FROM, SkippedStepScheduler, sample
+from skipstep.plan import resolve_eta_schedule
 from skipstep.steps import (
+    DEFAULT_USE_CORRECTOR,
     STRONG_GUIDANCE_ETA,
+    STRONG_GUIDANCE_FEW_STEPS_BELOW,
     STRONG_GUIDANCE_SOLVER_ORDER,
     check_guidance_hint,
     settings_for_guidance,
@@ -23,32 +28,50 @@ from skipstep.lab.sampler_registry import get_sampler, scheduler_config_for
 
 from tiny_dirs import conditional_dir
 
-DEFAULTS = (DEFAULT_ETA, DEFAULT_SOLVER_ORDER)
-STRONG = (STRONG_GUIDANCE_ETA, STRONG_GUIDANCE_SOLVER_ORDER)
+DEFAULTS = (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR)
+STRONG = (STRONG_GUIDANCE_ETA, STRONG_GUIDANCE_SOLVER_ORDER, DEFAULT_USE_CORRECTOR)  # from FEW_STEPS_BELOW on
+FEW = (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, False)  # below it
+N = STRONG_GUIDANCE_FEW_STEPS_BELOW
+STEP_COUNTS = [3, 5, N - 1, N, 10, 20]
 
 
-def test_the_strong_guidance_member_is_first_order_skipped_step_sampling():
-    assert STRONG == (1.0, 1) and STRONG_GUIDANCE_FROM > 4  # w = 4 keeps the order-2 default (docs/results.md)
+def member(n: int) -> dict:
+    """The strong-guidance member at ``n`` steps, as explicit settings."""
+    if n < N:
+        return {"use_corrector": False}
+    return {"eta": STRONG_GUIDANCE_ETA, "solver_order": STRONG_GUIDANCE_SOLVER_ORDER}
 
 
-@given(st.one_of(st.none(), st.floats(0, STRONG_GUIDANCE_FROM, exclude_max=True)))
-def test_below_the_threshold_or_unknown_nothing_changes(w):
-    assert settings_for_guidance(w, *DEFAULTS) == DEFAULTS
+def test_the_strong_guidance_members():
+    assert STRONG[:2] == (1.0, 1) and STRONG_GUIDANCE_FROM > 4  # w = 4 keeps the order-2 default (docs/results.md)
+    assert 3 < N and DEFAULT_USE_CORRECTOR is True
+    for n in range(1, N):  # below N steps the default eta is deterministic: the few-step member is eta 0, order 2
+        assert resolve_eta_schedule(DEFAULT_ETA, n) == [0.0] * n
 
 
-@given(st.floats(STRONG_GUIDANCE_FROM, 1e6))
-def test_from_the_threshold_the_defaults_become_the_strong_member(w):
-    assert settings_for_guidance(w, *DEFAULTS) == STRONG
+@given(st.one_of(st.none(), st.floats(0, STRONG_GUIDANCE_FROM, exclude_max=True)),
+       st.one_of(st.none(), st.integers(1, 1000)))
+def test_below_the_threshold_or_unknown_nothing_changes(w, n):
+    assert settings_for_guidance(w, *DEFAULTS, num_steps=n) == DEFAULTS
 
 
-@pytest.mark.parametrize("eta, order, expected", [
-    (0.5, DEFAULT_SOLVER_ORDER, (0.5, STRONG_GUIDANCE_SOLVER_ORDER)),  # an explicit eta is kept
-    (DEFAULT_ETA, 3, (STRONG_GUIDANCE_ETA, 3)),  # an explicit order is kept
-    ("linear:1:0", 3, ("linear:1:0", 3)),
-    (0.0, 1, (0.0, 1)),
+@given(st.floats(STRONG_GUIDANCE_FROM, 1e6), st.one_of(st.none(), st.integers(1, 1000)))
+def test_from_the_threshold_the_defaults_become_the_strong_member(w, n):
+    expected = FEW if n is not None and n < N else STRONG
+    assert settings_for_guidance(w, *DEFAULTS, num_steps=n) == expected
+
+
+@pytest.mark.parametrize("eta, order, corrector, many, few", [
+    (0.5, DEFAULT_SOLVER_ORDER, True, (0.5, 1, True), (0.5, 2, False)),  # an explicit eta is kept
+    (DEFAULT_ETA, 3, True, (STRONG_GUIDANCE_ETA, 3, True), (DEFAULT_ETA, 3, False)),  # an explicit order is kept
+    ("linear:1:0", 3, True, ("linear:1:0", 3, True), ("linear:1:0", 3, False)),
+    (0.0, 1, True, (0.0, 1, True), (0.0, 1, False)),
+    (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, False, (1.0, 1, False), (DEFAULT_ETA, 2, False)),  # the corrector off stays off
 ])
-def test_explicit_choices_are_kept(eta, order, expected):
-    assert settings_for_guidance(8.0, eta, order) == expected
+def test_explicit_choices_are_kept(eta, order, corrector, many, few):
+    assert settings_for_guidance(8.0, eta, order, corrector) == many  # unknown step count: the many-step member
+    assert settings_for_guidance(8.0, eta, order, corrector, num_steps=N) == many
+    assert settings_for_guidance(8.0, eta, order, corrector, num_steps=N - 1) == few
 
 
 @pytest.mark.parametrize("bad", ["-1", "inf", "nan", "x", "", None, True, -0.5])
@@ -88,37 +111,48 @@ def _run(sched, steps, seed=0):
     return sched.timesteps.tolist(), x
 
 
-@pytest.mark.parametrize("steps", [3, 5, 10, 20])
+@pytest.mark.parametrize("steps", STEP_COUNTS)
 def test_the_scheduler_told_a_strong_scale_samples_as_the_strong_member(steps):
     told = SkippedStepScheduler(guidance_scale=8.0)
-    member = SkippedStepScheduler(eta=STRONG_GUIDANCE_ETA, solver_order=STRONG_GUIDANCE_SOLVER_ORDER)
-    (ts_a, a), (ts_b, b) = _run(told, steps), _run(member, steps)
+    (ts_a, a), (ts_b, b) = _run(told, steps), _run(SkippedStepScheduler(**member(steps)), steps)
     assert ts_a == ts_b and torch.equal(a, b)
     assert told.config.guidance_scale == 8.0 and told.config.eta == DEFAULT_ETA  # the config keeps what was passed
-    assert told.effective_eta == 1.0 and told.step_config.solver_order == 1
-    # the unguided default differs (order 2, and eta 0 below 8 steps)
+    used = (told.effective_eta, told.step_config.solver_order, told.step_config.use_corrector)
+    assert used == settings_for_guidance(8.0, *DEFAULTS, num_steps=steps)
+    # the unguided default differs (the corrector below N steps; order 2 and eta 1 from N on)
     assert not torch.equal(a, _run(SkippedStepScheduler(), steps)[1])
 
 
+def test_one_scheduler_follows_the_step_count_of_each_set_timesteps():
+    told = SkippedStepScheduler(guidance_scale=8.0)
+    for steps in (4, 12, 4, N, N - 1):
+        assert torch.equal(_run(told, steps)[1], _run(SkippedStepScheduler(**member(steps)), steps)[1]), steps
+
+
 @pytest.mark.parametrize("w", [None, 0.0, 1.0, 4.0])
-def test_below_the_threshold_the_scheduler_is_the_default(w):
-    assert torch.equal(_run(SkippedStepScheduler(guidance_scale=w), 10)[1], _run(SkippedStepScheduler(), 10)[1])
+@pytest.mark.parametrize("steps", [4, 10])
+def test_below_the_threshold_the_scheduler_is_the_default(w, steps):
+    assert torch.equal(_run(SkippedStepScheduler(guidance_scale=w), steps)[1], _run(SkippedStepScheduler(), steps)[1])
 
 
 def test_the_scale_survives_a_config_round_trip(tmp_path):
     SkippedStepScheduler(guidance_scale=7.5).save_config(tmp_path)
     again = SkippedStepScheduler.from_config(SkippedStepScheduler.load_config(tmp_path))
-    assert again.config.guidance_scale == 7.5 and again.step_config.solver_order == 1
+    assert again.config.guidance_scale == 7.5 and again.step_config.solver_order == 1  # before set_timesteps
+    again.set_timesteps(4)
+    assert again.step_config.solver_order == 2 and again.step_config.use_corrector is False
 
 
-def test_sample_told_a_strong_scale_is_the_strong_member():
+@pytest.mark.parametrize("steps", [N - 2, N + 2])
+def test_sample_told_a_strong_scale_is_the_strong_member(steps):
     noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3))
-    common = dict(noise=noise, num_steps=6, progress=False)
+    common = dict(noise=noise, num_steps=steps, progress=False)
     told = sample(_toy_eps, generator=torch.Generator().manual_seed(4), guidance_scale=8.0, **common)
-    member = sample(_toy_eps, generator=torch.Generator().manual_seed(4), eta=1.0, solver_order=1, **common)
+    strong = sample(_toy_eps, generator=torch.Generator().manual_seed(4), **member(steps), **common)
     unguided = sample(_toy_eps, generator=torch.Generator().manual_seed(4), guidance_scale=2.0, **common)
-    assert torch.equal(told, member)
+    assert torch.equal(told, strong)
     assert torch.equal(unguided, sample(_toy_eps, generator=torch.Generator().manual_seed(4), **common))
+    assert not torch.equal(told, unguided)
 
 
 @settings(max_examples=20, deadline=None)
@@ -166,16 +200,19 @@ def _k_run(n, **kwargs):
     return sample_skipstep(_k_denoiser, x, sigmas, disable=True, noise_sampler=noise_sampler, **kwargs)
 
 
-@pytest.mark.parametrize("n", [3, 5, 10, 20])
+@pytest.mark.parametrize("n", STEP_COUNTS)
 def test_the_k_diffusion_adapter_told_a_strong_scale_is_the_strong_member(n):
-    strong = _k_run(n, eta=STRONG_GUIDANCE_ETA, solver_order=STRONG_GUIDANCE_SOLVER_ORDER)
+    strong = _k_run(n, **member(n))
     assert torch.equal(_k_run(n, guidance_scale=8.0), strong)
     assert torch.equal(_k_run(n, guidance_scale=4.0), _k_run(n))  # below the threshold: the default
     assert not torch.equal(_k_run(n, guidance_scale=4.0), strong)
     # explicit choices are kept: an eta schedule and an order
+    few = n < N
     assert torch.equal(_k_run(n, guidance_scale=8.0, eta_schedule="linear:1:0"),
-                       _k_run(n, eta_schedule="linear:1:0", solver_order=STRONG_GUIDANCE_SOLVER_ORDER))
-    assert torch.equal(_k_run(n, guidance_scale=8.0, solver_order=3), _k_run(n, eta=STRONG_GUIDANCE_ETA, solver_order=3))
+                       _k_run(n, eta_schedule="linear:1:0", **({"use_corrector": False} if few else
+                                                                {"solver_order": STRONG_GUIDANCE_SOLVER_ORDER})))
+    assert torch.equal(_k_run(n, guidance_scale=8.0, solver_order=3),
+                       _k_run(n, solver_order=3, **({"use_corrector": False} if few else {"eta": STRONG_GUIDANCE_ETA})))
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan, "8", True])

@@ -127,9 +127,11 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             of the order-2 steps; order-3 steps use the exact weights under both).
         guidance_scale: the classifier-free guidance scale ``w`` the pipeline samples at, if you know it (the
             scheduler never sees it otherwise); ``None`` (the default): unknown, the unguided rule. From
-            ``skipstep.STRONG_GUIDANCE_FROM = 6`` on, ``eta`` and ``solver_order`` left at their defaults become
-            ``1.0`` and ``1`` (:func:`skipstep.steps.settings_for_guidance`): the order-2 steps overshoot under
-            strong guidance. The config keeps what was passed; ``step_config`` and ``effective_eta`` hold what is used.
+            ``skipstep.STRONG_GUIDANCE_FROM = 6`` on, settings left at their defaults become the strong-guidance
+            member's (:func:`skipstep.steps.settings_for_guidance`): below 7 steps the corrector is off, from 7 on
+            ``eta`` and ``solver_order`` are ``1.0`` and ``1`` -- the corrector and the order-2 steps overshoot under
+            strong guidance. The config keeps what was passed; ``step_config`` and ``effective_eta`` hold what is
+            used (for the step count of the last ``set_timesteps``; before it, the rule from 7 steps on).
         use_corrector: redo each step once the model has been evaluated at its end, interpolating ``x0_hat``
             through one more node (the new evaluation) with the same noise: the order rises by one at no extra
             evaluation (UniPC's UniC / SA-Solver's corrector for the posterior family; see
@@ -246,8 +248,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             eta, solver_order, variance_type = fixed["eta"], fixed["solver_order"], fixed["variance_type"]
             use_corrector, use_learned_variance = fixed["use_corrector"], fixed["use_learned_variance"]
             self.register_to_config(**fixed)
-        else:  # a tuned schedule fixes eta and order whatever the guidance
-            eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)
+        # what was asked for; a guidance scale may change it per step count (_install_plan), a tuned schedule never
+        self._guidance = None if self._tuned is not None else guidance_scale
+        self._asked = (eta, solver_order, bool(use_corrector))
+        eta, solver_order, use_corrector = settings_for_guidance(self._guidance, eta, solver_order, bool(use_corrector))
         self.effective_eta = eta
         if variance_type == "learned":
             # In a diffusers config 'learned' means a variance predicted directly for the full T-step chain, which
@@ -371,8 +375,12 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
     def _install_plan(self, ts: torch.Tensor, final: int) -> None:
         """Plan the trajectory (reusing the last plan when the timesteps and settings are the same)."""
         c = self.config
+        eta, order, corrector = settings_for_guidance(self._guidance, *self._asked, num_steps=len(ts))
+        self.effective_eta = eta
+        if (order, corrector) != (self.step_config.solver_order, self.step_config.use_corrector):
+            self.step_config = replace(self.step_config, solver_order=order, use_corrector=corrector)
         key = (tuple(ts.tolist()), final, repr(self.effective_eta), id(c.eps_mse), c.solver_type, c.lower_order_final,
-               c.euler_at_final, self.step_config.use_corrector)
+               c.euler_at_final, self.step_config.solver_order, self.step_config.use_corrector)
         if key == self._cached[0]:
             plan, coefficients = self._cached[1], self._cached[2]
         else:

@@ -106,9 +106,9 @@ def sample_skipstep(
     of data ``N(mu, diag(v))``, and the model is not called at ``sigmas[0]`` (``len(sigmas) - 2`` evaluations;
     the callback still runs there). Put the extra, noisiest sigma in front of a schedule to keep its NFE.
     ``guidance_scale``: the classifier-free guidance scale ``w`` the ``model`` applies inside (``None``: unknown);
-    from ``skipstep.STRONG_GUIDANCE_FROM`` on, an ``eta`` and a ``solver_order`` left at their defaults become the
-    first-order skipped-step posterior (:func:`skipstep.steps.settings_for_guidance`); an ``eta_schedule`` counts
-    as a chosen eta.
+    from ``skipstep.STRONG_GUIDANCE_FROM`` on, settings left at their defaults become the strong-guidance member's
+    (below 7 steps the corrector off, from 7 on the first-order skipped-step posterior;
+    :func:`skipstep.steps.settings_for_guidance`); an ``eta_schedule`` counts as a chosen eta.
     Returns the sample at ``sigmas[-1]``.
     """
     extra_args = {} if extra_args is None else extra_args
@@ -116,7 +116,6 @@ def sample_skipstep(
         raise ValueError(f"give either eta ({eta!r}) or eta_schedule ({eta_schedule!r}), not both")
     if eta_schedule is not None:
         eta = eta_schedule
-    eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)
     variance = canonical_variance_type(variance_type)
     if variance not in DENOISER_VARIANCE_TYPES:
         raise ValueError(f"variance_type must be one of {DENOISER_VARIANCE_TYPES} for a denoiser (it returns x0 only), "
@@ -139,6 +138,8 @@ def sample_skipstep(
     path = VESigmaPath(min(float(noisy[-1]), final) if final > 0 else float(noisy[-1]), float(noisy[0]))
     if not isinstance(use_corrector, bool):
         raise ValueError(f"use_corrector must be True or False, got {use_corrector!r}")
+    eta, solver_order, use_corrector = settings_for_guidance(guidance_scale, eta, solver_order, use_corrector,
+                                                             len(noisy))
     plan = plan_steps(path, noisy, eta, solver_order=solver_order,
                       solver_type=solver_type, final_time=final, lower_order_final=lower_order_final,
                       use_corrector=use_corrector)

@@ -107,8 +107,9 @@ def sample(
     (order 1 is the plain step); ``use_corrector`` redoes each step once the model has been evaluated at its end
     (one more interpolation node, same noise, no extra evaluation). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
     ``guidance_scale``: the classifier-free guidance scale ``w`` the ``model`` applies inside (``None``: unknown);
-    from ``skipstep.STRONG_GUIDANCE_FROM`` on, ``eta`` and ``solver_order`` left at their defaults become ``1.0``
-    and ``1`` (:func:`skipstep.steps.settings_for_guidance`). ``callback(i, t, x_s, x0_hat)`` runs after every
+    from ``skipstep.STRONG_GUIDANCE_FROM`` on, settings left at their defaults become the strong-guidance
+    member's: below 7 steps the corrector is off, from 7 on ``eta`` and ``solver_order`` become ``1.0`` and ``1``
+    (:func:`skipstep.steps.settings_for_guidance`). ``callback(i, t, x_s, x0_hat)`` runs after every
     step. Returns ``x_0`` in ``dtype``.
 
     Precision: the model is called with ``x_t`` in ``model_dtype`` -- by default the dtype of its parameters when
@@ -142,8 +143,6 @@ def sample(
         timesteps, eta, solver_order, variance_type, use_learned_variance, use_corrector = \
             sampling_settings_from_tuned_schedule(tuned_schedule, path, timesteps, num_steps, eta, solver_order,
                                                   variance_type)
-    else:
-        eta, solver_order = settings_for_guidance(guidance_scale, eta, solver_order)
     if not isinstance(spacing, str):  # an explicit list
         if timesteps is not None:
             raise ValueError("give the timesteps either as spacing=[...] or as timesteps=[...], not both")
@@ -167,6 +166,9 @@ def sample(
                                           num_steps)
         else:
             ts = select_timesteps(path, num_steps, spacing, power=spacing_power)
+    if tuned_schedule is None:  # a tuned schedule fixes eta, order and corrector whatever the guidance
+        eta, solver_order, use_corrector = settings_for_guidance(guidance_scale, eta, solver_order,
+                                                                 _check_bool(use_corrector, "use_corrector"), len(ts))
     noise_variance, variance_channels = noise_variance_settings(variance_type, use_learned_variance)
     config = StepConfig(
         prediction_type=check_prediction_type(prediction_type),

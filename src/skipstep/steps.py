@@ -57,14 +57,20 @@ DEFAULT_USE_CORRECTOR = True
 DEFAULT_TIMESTEP_SPACING = "power"
 DEFAULT_SPACING_POWER = None
 
-#: The classifier-free guidance scale from which the default's eta and solver order give way to the strong-guidance
-#: member (docs/results.md, "Strong guidance"): under strong guidance the order-2 extrapolation of ``x0_hat`` and its
-#: corrector overshoot (the guided ``x0_hat`` moves far between steps), and the first-order skipped-step posterior
-#: (eta = 1) with the corrector is the stable member. A scheduler only knows the scale if it is told
-#: (``guidance_scale=`` of :class:`skipstep.SkippedStepScheduler` and :func:`skipstep.sample`).
+#: The classifier-free guidance scale from which the default gives way to the strong-guidance members
+#: (docs/results.md, "Strong guidance"). Under strong guidance the guided ``x0_hat`` moves far between steps and the
+#: corrector's interpolation of it overshoots. From ``STRONG_GUIDANCE_FEW_STEPS_BELOW`` steps on the stable member
+#: is the first-order skipped-step posterior (eta = 1, order 1, corrector as set); below it, where three or four
+#: first-order ancestral steps cannot resolve a digit, it is the few-step default (eta 0, order 2) without the
+#: corrector. A sampler only knows the scale if it is told (``guidance_scale=`` of
+#: :class:`skipstep.SkippedStepScheduler`, :func:`skipstep.sample` and :func:`skipstep.sample_skipped_step`).
 STRONG_GUIDANCE_FROM = 6.0
 STRONG_GUIDANCE_ETA = 1.0
 STRONG_GUIDANCE_SOLVER_ORDER = 1
+#: below this many steps, strong guidance keeps the default's eta (0 there: below ``FEW_STEPS_BELOW``) and order and
+#: turns the corrector off: the crossover of the two members lies between 6 and 7 steps at w = 6 and w = 8
+#: (selection seeds 100-101 of digits-cfg, docs/results.md)
+STRONG_GUIDANCE_FEW_STEPS_BELOW = 7
 
 #: Whether the noise of a learned-variance model (2C output channels, ``variance_type="learned_range"``) follows its
 #: variance channels by default. It does not: the channels are read and set aside, as DPM-Solver's and UniPC's
@@ -520,19 +526,29 @@ def check_guidance_hint(guidance_scale) -> float | None:
     return float(guidance_scale)
 
 
-def settings_for_guidance(guidance_scale, eta, solver_order: int) -> tuple:
-    """The ``(eta, solver_order)`` a sampler uses at classifier-free guidance scale ``guidance_scale``: from
-    ``STRONG_GUIDANCE_FROM`` on, each of the two that is left at its default (``DEFAULT_ETA`` or
-    ``DEFAULT_FLOW_ETA``, ``DEFAULT_SOLVER_ORDER``) becomes the strong-guidance member's (``eta = 1``, order 1); an
-    explicit choice is kept, and below the threshold or for ``None`` (unknown) nothing changes."""
+def settings_for_guidance(guidance_scale, eta, solver_order: int, use_corrector: bool = DEFAULT_USE_CORRECTOR,
+                          num_steps: int | None = None) -> tuple:
+    """The ``(eta, solver_order, use_corrector)`` a sampler of ``num_steps`` steps uses at classifier-free guidance
+    scale ``guidance_scale``. Below ``STRONG_GUIDANCE_FROM``, or for ``None`` (unknown), nothing changes. From it
+    on, each setting left at its default (``DEFAULT_ETA`` or ``DEFAULT_FLOW_ETA``, ``DEFAULT_SOLVER_ORDER``,
+    ``DEFAULT_USE_CORRECTOR``) becomes the strong-guidance member's:
+
+    * ``num_steps < STRONG_GUIDANCE_FEW_STEPS_BELOW``: eta and order stay (the default's eta is 0 there), the
+      corrector is off;
+    * otherwise (and for ``num_steps=None``, unknown): ``eta = 1`` and order 1, the corrector unchanged.
+
+    An explicit choice is kept (an explicit ``solver_order=2`` or ``use_corrector=True`` cannot be told from the
+    default and counts as left at it)."""
     w = check_guidance_hint(guidance_scale)
     if w is None or w < STRONG_GUIDANCE_FROM:
-        return eta, solver_order
+        return eta, solver_order, use_corrector
+    if num_steps is not None and num_steps < STRONG_GUIDANCE_FEW_STEPS_BELOW:
+        return eta, solver_order, False if use_corrector == DEFAULT_USE_CORRECTOR else use_corrector
     if isinstance(eta, str) and eta in (DEFAULT_ETA, DEFAULT_FLOW_ETA):
         eta = STRONG_GUIDANCE_ETA
     if solver_order == DEFAULT_SOLVER_ORDER:
         solver_order = STRONG_GUIDANCE_SOLVER_ORDER
-    return eta, solver_order
+    return eta, solver_order, use_corrector
 
 
 __all__ = [
@@ -545,6 +561,7 @@ __all__ = [
     "DEFAULT_USE_LEARNED_VARIANCE",
     "DIFFUSERS_VARIANCE_TYPES",
     "STRONG_GUIDANCE_ETA",
+    "STRONG_GUIDANCE_FEW_STEPS_BELOW",
     "STRONG_GUIDANCE_FROM",
     "STRONG_GUIDANCE_SOLVER_ORDER",
     "StepCoefficients",
