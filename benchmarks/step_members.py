@@ -30,7 +30,10 @@ The deterministic member (``dm-``, below 8 steps; eighth round), on the default'
 * ``dm-p1``: ``spacing_power=1``: ``t_i = T n/(n+1) (1 - i/n)``, the grid SA-Solver and UniPC get from a cosine
   model's ``leading`` config (3 steps: ``[750, 500, 250]``);
 * ``dm-eta1``, ``dm-p1-eta1``, ``dm-p1-eta0.5``: the few-step member made stochastic (eta 1 or 0.5), on the
-  default's grid or the uniform one -- SA-Solver's few-step recipe on a cosine chain is noise on that grid.
+  default's grid or the uniform one -- SA-Solver's few-step recipe on a cosine chain is noise on that grid;
+* ``dm-eta1-opt``, ``dm-eta0.5-opt``, ``dm-p1-eta1-opt``: the stochastic few-step members with Analytic-DPM's
+  optimal variance (``variance_type="optimal"``, the model's ``E||eps - eps_hat||^2`` table estimated once on its
+  training split) instead of the posterior's: the noise shrinks where the model's epsilon is uncertain.
 
 (``lower_order_final`` is no member: the final step, to clean data, is first order in every plan, and the rule's
 other half caps the step before it at order 2, the default's order.)
@@ -68,6 +71,9 @@ DETERMINISTIC_MEMBERS = {
     "eta1": {"eta": 1.0},
     "p1-eta1": {"spacing_power": 1.0, "eta": 1.0},
     "p1-eta0.5": {"spacing_power": 1.0, "eta": 0.5},
+    "eta1-opt": {"eta": 1.0, "variance_type": "optimal"},
+    "eta0.5-opt": {"eta": 0.5, "variance_type": "optimal"},
+    "p1-eta1-opt": {"spacing_power": 1.0, "eta": 1.0, "variance_type": "optimal"},
 }
 
 
@@ -87,8 +93,9 @@ for prefix, members, few_steps in (("sm", STOCHASTIC_MEMBERS, False), ("dm", DET
         settings = ", ".join(f"{k}={f'1 + {POWER_SLOPE:g}/n' if callable(v) else repr(v)}"
                              for k, v in overrides.items())
         register_sampler(f"{prefix}-{name}", member(overrides, few_steps), family="candidate", stochastic=True,
-                         learned_variance=True, description=f"the default with {settings} {where}",
-                         settings={"guidance_scale": "passed", **overrides})
+                         learned_variance=overrides.get("variance_type") != "optimal", description=f"the default with {settings} {where}",
+                         settings={"guidance_scale": "passed", **overrides,
+                                   **({"variance": "optimal"} if overrides.get("variance_type") == "optimal" else {})})
 
 if __name__ == "__main__":
     sys.exit(cli.main(sys.argv[1:]))
