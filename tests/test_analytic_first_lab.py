@@ -85,3 +85,32 @@ def test_settings_record_the_base_and_refusals_give_the_reason():
     assert settings["effective"]["eta"] == 1.0 and settings["effective"]["solver_order"] == 1
     bare = LoadedModel("bare", loaded.model, loaded.scheduler_config, SHAPE, "epsilon", "bare")
     assert "no training data" in sampler_refusal(get_sampler("skipstep-af"), bare)
+
+
+@pytest.mark.parametrize("n", [3, 9])
+def test_af_told_a_strong_guidance_scale_takes_the_member_of_its_step_count(n):
+    """The runner resolves the step-count rule of the guidance scale (the corrector off below 7 steps) for its
+    ``n + 1``-step grid, as the scheduler does in ``set_timesteps``."""
+    from skipstep import SkippedStepScheduler, sample
+    from skipstep.lab.analytic_first import AnalyticFirstStepRunner
+    from skipstep.lab.sampler_recipes import DATA_MOMENTS_KEY
+    from skipstep.steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, settings_for_guidance
+
+    mean, var = torch.full(SHAPE, 0.2), torch.full(SHAPE, 0.3)
+    config = {"num_train_timesteps": 1000, DATA_MOMENTS_KEY: {"mean": mean.tolist(), "var": var.tolist()}}
+    runner = AnalyticFirstStepRunner(lambda cfg, steps: SkippedStepScheduler.from_config(cfg, guidance_scale=8.0),
+                                     config)
+    eps = lambda x, t: 0.3 * x + 0.1  # noqa: E731
+    noise = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1))
+    ours = runner.sample_loop(eps, noise, n, generator=torch.Generator().manual_seed(2))
+    sched = SkippedStepScheduler.from_config({"num_train_timesteps": 1000}, guidance_scale=8.0)
+    sched.set_timesteps(n + 1)
+    eta, order, corrector = settings_for_guidance(8.0, DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR,
+                                                  n + 1)
+    assert (sched.step_config.solver_order, sched.step_config.use_corrector) == (order, corrector)
+    assert corrector is (n + 1 >= 7)
+    full = sched.timesteps.tolist()
+    want = sample(eps, timesteps=full, eta=eta, solver_order=order, use_corrector=corrector, noise=noise,
+                  generator=torch.Generator().manual_seed(2), progress=False, data_mean=mean, data_var=var)
+    assert runner.timesteps == full[1:]
+    assert torch.equal(ours, want)

@@ -78,8 +78,9 @@ class AnalyticFirstStepRunner:
     def sample_loop(self, model: Callable, noise: torch.Tensor, num_steps: int, generator=None,
                     progress: bool = False) -> torch.Tensor:
         sched = self._scheduler(int(num_steps) + 1)
-        path, step = sched.path, sched.step_config
         grid = analytic_first_step_grid(self._grid, int(num_steps))
+        sched.set_timesteps(len(grid))  # settings that follow the step count (a guidance scale) resolve here
+        path, step = sched.path, sched.step_config
         if self.flow:  # the lab's flow models take the FlowMatch timestep sigma * T
             def call(x, t, _model=model):
                 return _model(x, (t * self.T).to(torch.float32))
