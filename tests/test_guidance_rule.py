@@ -24,7 +24,7 @@ from skipstep.steps import (
 from skipstep.lab.conditioning import check_guidance_scale
 from skipstep.lab.models import load_model
 from skipstep.lab.sample_sets import sample_cell
-from skipstep.lab.sampler_registry import get_sampler, scheduler_config_for
+from skipstep.lab.sampler_registry import get_sampler, sampler_settings, scheduler_config_for
 
 from tiny_dirs import conditional_dir
 
@@ -169,6 +169,10 @@ def test_the_bench_default_is_told_the_run_scale_and_default_no_w_is_not(tmp_pat
     told = scheduler_config_for(get_sampler("default"), view)
     assert told["guidance_scale"] == 8.0
     assert "guidance_scale" not in scheduler_config_for(get_sampler("default-no-w"), view)
+    effective = sampler_settings(get_sampler("default"), view)["effective"]  # what the run records, both regimes
+    assert (effective["eta"], effective["solver_order"], effective["use_corrector"]) == STRONG
+    assert effective[f"below {N} steps"] == dict(zip(("eta", "solver_order", "use_corrector"), FEW))
+    assert f"below {N} steps" not in sampler_settings(get_sampler("default-no-w"), view)["effective"]
     a = sample_cell(view, get_sampler("default"), 4, 0, 6, 6, "cpu").samples
     b = sample_cell(view, get_sampler("default-no-w"), 4, 0, 6, 6, "cpu").samples
     assert not torch.equal(a, b)  # w = 8: the strong member against the unguided default

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..steps import DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER
+from ..steps import DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, STRONG_GUIDANCE_FEW_STEPS_BELOW
 from ..tuned_schedules import TunedScheduleWarning
 from .loaded_model import LoadedModel
 from .models import optimal_variance_table, training_data_moments
@@ -278,6 +278,11 @@ EFFECTIVE_KEYS = ("timestep_spacing", "steps_offset", "final_sigmas_type", "set_
                   "schedule", "sigma_min", "sigma_max")
 
 
+def _used_settings(sched) -> dict[str, Any]:
+    return {"eta": sched.effective_eta, "solver_order": sched.step_config.solver_order,
+            "use_corrector": sched.step_config.use_corrector}
+
+
 def sampler_settings(recipe: SamplerRecipe, loaded: LoadedModel | None = None) -> dict[str, Any]:
     """The settings a run records for a sampler (the default sampler's names resolved to their values); with
     ``loaded``, also what the sampler is built with for that model (``effective``: keys read back from the built
@@ -295,8 +300,12 @@ def sampler_settings(recipe: SamplerRecipe, loaded: LoadedModel | None = None) -
     config = dict(getattr(sched, "config", {}) or {})
     settings["class"] = type(sched).__name__ if not hasattr(sched, "sample_loop") else settings.get("class")
     settings["effective"] = {k: config[k] for k in EFFECTIVE_KEYS if k in config}
-    if hasattr(sched, "effective_eta"):  # a guidance scale may replace the configured eta and order
-        settings["effective"].update(eta=sched.effective_eta, solver_order=sched.step_config.solver_order)
+    if hasattr(sched, "effective_eta"):  # a guidance scale may replace the configured eta, order and corrector
+        settings["effective"].update(_used_settings(sched))
+        few = build_scheduler(recipe, scheduler_config_for(recipe, loaded), STRONG_GUIDANCE_FEW_STEPS_BELOW - 1)
+        few.set_timesteps(STRONG_GUIDANCE_FEW_STEPS_BELOW - 1)  # the step-count rule of a guidance scale resolves here
+        if _used_settings(few) != _used_settings(sched):
+            settings["effective"][f"below {STRONG_GUIDANCE_FEW_STEPS_BELOW} steps"] = _used_settings(few)
     if loaded.learned_variance:
         step_config = getattr(sched, "step_config", None)
         if not recipe.learned_variance:
