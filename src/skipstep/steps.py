@@ -63,7 +63,7 @@ DEFAULT_SPACING_POWER = None
 #: is the first-order skipped-step posterior (eta = 1, order 1, corrector as set); below it, where three or four
 #: first-order ancestral steps cannot resolve a digit, it is the few-step default (eta 0, order 2) without the
 #: corrector. A sampler only knows the scale if it is told (``guidance_scale=`` of
-#: :class:`skipstep.SkippedStepScheduler`, :func:`skipstep.sample` and :func:`skipstep.sample_skipped_step`).
+#: :class:`skipstep.SkippedStepScheduler`, :func:`skipstep.sample` and :func:`skipstep.k_diffusion.sample_skipstep`).
 STRONG_GUIDANCE_FROM = 6.0
 STRONG_GUIDANCE_ETA = 1.0
 STRONG_GUIDANCE_SOLVER_ORDER = 1
@@ -543,7 +543,7 @@ def settings_for_guidance(guidance_scale, eta, solver_order: int, use_corrector:
     if w is None or w < STRONG_GUIDANCE_FROM:
         return eta, solver_order, use_corrector
     if num_steps is not None and num_steps < STRONG_GUIDANCE_FEW_STEPS_BELOW:
-        return eta, solver_order, False if use_corrector == DEFAULT_USE_CORRECTOR else use_corrector
+        return eta, solver_order, False  # the corrector is on by default; off, it stays off
     if isinstance(eta, str) and eta in (DEFAULT_ETA, DEFAULT_FLOW_ETA):
         eta = STRONG_GUIDANCE_ETA
     if solver_order == DEFAULT_SOLVER_ORDER:

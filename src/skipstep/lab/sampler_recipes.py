@@ -301,11 +301,13 @@ def sampler_settings(recipe: SamplerRecipe, loaded: LoadedModel | None = None) -
     settings["class"] = type(sched).__name__ if not hasattr(sched, "sample_loop") else settings.get("class")
     settings["effective"] = {k: config[k] for k in EFFECTIVE_KEYS if k in config}
     if hasattr(sched, "effective_eta"):  # a guidance scale may replace the configured eta, order and corrector
-        settings["effective"].update(_used_settings(sched))
-        few = build_scheduler(recipe, scheduler_config_for(recipe, loaded), STRONG_GUIDANCE_FEW_STEPS_BELOW - 1)
-        few.set_timesteps(STRONG_GUIDANCE_FEW_STEPS_BELOW - 1)  # the step-count rule of a guidance scale resolves here
-        if _used_settings(few) != _used_settings(sched):
-            settings["effective"][f"below {STRONG_GUIDANCE_FEW_STEPS_BELOW} steps"] = _used_settings(few)
+        many = _used_settings(sched)
+        settings["effective"].update(many)
+        told = config.get("guidance_scale") is not None and config.get("tuned_schedule") is None
+        if told:  # the step-count rule of a guidance scale resolves in set_timesteps
+            sched.set_timesteps(STRONG_GUIDANCE_FEW_STEPS_BELOW - 1)
+        if told and _used_settings(sched) != many:
+            settings["effective"][f"below {STRONG_GUIDANCE_FEW_STEPS_BELOW} steps"] = _used_settings(sched)
     if loaded.learned_variance:
         step_config = getattr(sched, "step_config", None)
         if not recipe.learned_variance:
