@@ -166,9 +166,10 @@ def sample(
                                           num_steps)
         else:
             ts = select_timesteps(path, num_steps, spacing, power=spacing_power)
+    use_corrector = _check_bool(use_corrector, "use_corrector")
     if tuned_schedule is None:  # a tuned schedule fixes eta, order and corrector whatever the guidance
-        eta, solver_order, use_corrector = settings_for_guidance(guidance_scale, eta, solver_order,
-                                                                 _check_bool(use_corrector, "use_corrector"), len(ts))
+        eta, solver_order, use_corrector = settings_for_guidance(guidance_scale, eta, solver_order, use_corrector,
+                                                                 len(ts))
     noise_variance, variance_channels = noise_variance_settings(variance_type, use_learned_variance)
     config = StepConfig(
         prediction_type=check_prediction_type(prediction_type),
@@ -177,7 +178,7 @@ def sample(
         clipping=clipping or X0Clipping(),
         solver_order=solver_order,
         check_finite=check_finite_values,
-        use_corrector=_check_bool(use_corrector, "use_corrector"),
+        use_corrector=use_corrector,
     )
     plan = plan_steps(path, ts, eta, eps_mse, solver_order=config.solver_order, use_corrector=config.use_corrector)
     if noise is None:
