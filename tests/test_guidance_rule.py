@@ -17,6 +17,7 @@ from skipstep.steps import (
     DEFAULT_USE_CORRECTOR,
     STRONG_GUIDANCE_ETA,
     STRONG_GUIDANCE_FEW_STEPS_BELOW,
+    STRONG_GUIDANCE_FEW_STEPS_FROM,
     STRONG_GUIDANCE_SOLVER_ORDER,
     check_guidance_hint,
     settings_for_guidance,
@@ -45,19 +46,23 @@ def member(n: int) -> dict:
 def test_the_strong_guidance_members():
     assert STRONG[:2] == (1.0, 1) and STRONG_GUIDANCE_FROM > 4  # w = 4 keeps the order-2 default (docs/results.md)
     assert 3 < N and DEFAULT_USE_CORRECTOR is True
+    assert 4 < STRONG_GUIDANCE_FEW_STEPS_FROM <= STRONG_GUIDANCE_FROM  # w = 4 keeps the corrector (docs/results.md)
     for n in range(1, N):  # below N steps the default eta is deterministic: the few-step member is eta 0, order 2
         assert resolve_eta_schedule(DEFAULT_ETA, n) == [0.0] * n
 
 
-@given(st.one_of(st.none(), st.floats(0, STRONG_GUIDANCE_FROM, exclude_max=True)),
+@given(st.one_of(st.none(), st.floats(0, STRONG_GUIDANCE_FEW_STEPS_FROM, exclude_max=True)),
        st.one_of(st.none(), st.integers(1, 1000)))
-def test_below_the_threshold_or_unknown_nothing_changes(w, n):
+def test_below_both_thresholds_or_unknown_nothing_changes(w, n):
     assert settings_for_guidance(w, *DEFAULTS, num_steps=n) == DEFAULTS
 
 
-@given(st.floats(STRONG_GUIDANCE_FROM, 1e6), st.one_of(st.none(), st.integers(1, 1000)))
-def test_from_the_threshold_the_defaults_become_the_strong_member(w, n):
-    expected = FEW if n is not None and n < N else STRONG
+@given(st.floats(STRONG_GUIDANCE_FEW_STEPS_FROM, 1e6), st.one_of(st.none(), st.integers(1, 1000)))
+def test_from_each_threshold_the_defaults_become_its_member(w, n):
+    if n is not None and n < N:
+        expected = FEW
+    else:
+        expected = STRONG if w >= STRONG_GUIDANCE_FROM else DEFAULTS
     assert settings_for_guidance(w, *DEFAULTS, num_steps=n) == expected
 
 
@@ -127,6 +132,13 @@ def test_one_scheduler_follows_the_step_count_of_each_set_timesteps():
     told = SkippedStepScheduler(guidance_scale=8.0)
     for steps in (4, 12, 4, N, N - 1):
         assert torch.equal(_run(told, steps)[1], _run(SkippedStepScheduler(**member(steps)), steps)[1]), steps
+
+
+@pytest.mark.parametrize("steps", [4, N - 1, N, 10])
+def test_between_the_thresholds_only_the_few_step_member_applies(steps):
+    w = (STRONG_GUIDANCE_FEW_STEPS_FROM + STRONG_GUIDANCE_FROM) / 2
+    expected = SkippedStepScheduler(use_corrector=False) if steps < N else SkippedStepScheduler()
+    assert torch.equal(_run(SkippedStepScheduler(guidance_scale=w), steps)[1], _run(expected, steps)[1])
 
 
 @pytest.mark.parametrize("w", [None, 0.0, 1.0, 4.0])

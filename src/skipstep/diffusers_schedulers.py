@@ -128,9 +128,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         guidance_scale: the classifier-free guidance scale ``w`` the pipeline samples at, if you know it (the
             scheduler never sees it otherwise); ``None`` (the default): unknown, the unguided rule. From
             ``skipstep.STRONG_GUIDANCE_FROM = 6`` on, settings left at their defaults become the strong-guidance
-            member's (:func:`skipstep.steps.settings_for_guidance`): below 7 steps the corrector is off, from 7 on
-            ``eta`` and ``solver_order`` are ``1.0`` and ``1`` -- the corrector and the order-2 steps overshoot under
-            strong guidance. The config keeps what was passed; ``step_config`` and ``effective_eta`` hold what is
+            member's (:func:`skipstep.steps.settings_for_guidance`): from 7 steps on ``eta`` and ``solver_order``
+            are ``1.0`` and ``1``; below 7 steps the corrector is off, already from w = 5
+            (``STRONG_GUIDANCE_FEW_STEPS_FROM``) -- the corrector and the order-2 steps overshoot under strong
+            guidance. The config keeps what was passed; ``step_config`` and ``effective_eta`` hold what is
             used (for the step count of the last ``set_timesteps``; before it, the rule from 7 steps on).
         use_corrector: redo each step once the model has been evaluated at its end, interpolating ``x0_hat``
             through one more node (the new evaluation) with the same noise: the order rises by one at no extra

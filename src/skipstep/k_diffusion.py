@@ -106,8 +106,8 @@ def sample_skipstep(
     of data ``N(mu, diag(v))``, and the model is not called at ``sigmas[0]`` (``len(sigmas) - 2`` evaluations;
     the callback still runs there). Put the extra, noisiest sigma in front of a schedule to keep its NFE.
     ``guidance_scale``: the classifier-free guidance scale ``w`` the ``model`` applies inside (``None``: unknown);
-    from ``skipstep.STRONG_GUIDANCE_FROM`` on, settings left at their defaults become the strong-guidance member's
-    (below 7 steps the corrector off, from 7 on the first-order skipped-step posterior;
+    settings left at their defaults become the strong-guidance member's (below 7 steps the corrector off from w = 5
+    on, from 7 steps the first-order skipped-step posterior from ``skipstep.STRONG_GUIDANCE_FROM = 6`` on;
     :func:`skipstep.steps.settings_for_guidance`); an ``eta_schedule`` counts as a chosen eta.
     Returns the sample at ``sigmas[-1]``.
     """

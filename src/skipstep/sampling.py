@@ -107,9 +107,9 @@ def sample(
     (order 1 is the plain step); ``use_corrector`` redoes each step once the model has been evaluated at its end
     (one more interpolation node, same noise, no extra evaluation). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
     ``guidance_scale``: the classifier-free guidance scale ``w`` the ``model`` applies inside (``None``: unknown);
-    from ``skipstep.STRONG_GUIDANCE_FROM`` on, settings left at their defaults become the strong-guidance
-    member's: below 7 steps the corrector is off, from 7 on ``eta`` and ``solver_order`` become ``1.0`` and ``1``
-    (:func:`skipstep.steps.settings_for_guidance`). ``callback(i, t, x_s, x0_hat)`` runs after every
+    settings left at their defaults become the strong-guidance member's: below 7 steps the corrector is off from
+    w = 5 on, from 7 steps on ``eta`` and ``solver_order`` become ``1.0`` and ``1`` from
+    ``skipstep.STRONG_GUIDANCE_FROM`` (6) on (:func:`skipstep.steps.settings_for_guidance`). ``callback(i, t, x_s, x0_hat)`` runs after every
     step. Returns ``x_0`` in ``dtype``.
 
     Precision: the model is called with ``x_t`` in ``model_dtype`` -- by default the dtype of its parameters when

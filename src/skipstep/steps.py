@@ -62,7 +62,7 @@ DEFAULT_SPACING_POWER = None
 #: corrector's interpolation of it overshoots. From ``STRONG_GUIDANCE_FEW_STEPS_BELOW`` steps on the stable member
 #: is the first-order skipped-step posterior (eta = 1, order 1, corrector as set); below it, where three or four
 #: first-order ancestral steps cannot resolve a digit, it is the few-step default (eta 0, order 2) without the
-#: corrector. A sampler only knows the scale if it is told (``guidance_scale=`` of
+#: corrector, from the lower scale ``STRONG_GUIDANCE_FEW_STEPS_FROM`` on. A sampler only knows the scale if it is told (``guidance_scale=`` of
 #: :class:`skipstep.SkippedStepScheduler`, :func:`skipstep.sample` and :func:`skipstep.k_diffusion.sample_skipstep`).
 STRONG_GUIDANCE_FROM = 6.0
 STRONG_GUIDANCE_ETA = 1.0
@@ -71,6 +71,9 @@ STRONG_GUIDANCE_SOLVER_ORDER = 1
 #: turns the corrector off: the crossover of the two members lies between 6 and 7 steps at w = 6 and w = 8
 #: (selection seeds 100-101 of digits-cfg, docs/results.md)
 STRONG_GUIDANCE_FEW_STEPS_BELOW = 7
+#: the guidance scale from which the few-step member (corrector off) applies below ``STRONG_GUIDANCE_FEW_STEPS_BELOW``
+#: steps: at w = 5 it wins every cell of NFE 3-6, at w = 4 not (selection seeds 100-101 of digits-cfg, docs/results.md)
+STRONG_GUIDANCE_FEW_STEPS_FROM = 5.0
 
 #: Whether the noise of a learned-variance model (2C output channels, ``variance_type="learned_range"``) follows its
 #: variance channels by default. It does not: the channels are read and set aside, as DPM-Solver's and UniPC's
@@ -529,21 +532,25 @@ def check_guidance_hint(guidance_scale) -> float | None:
 def settings_for_guidance(guidance_scale, eta, solver_order: int, use_corrector: bool = DEFAULT_USE_CORRECTOR,
                           num_steps: int | None = None) -> tuple:
     """The ``(eta, solver_order, use_corrector)`` a sampler of ``num_steps`` steps uses at classifier-free guidance
-    scale ``guidance_scale``. Below ``STRONG_GUIDANCE_FROM``, or for ``None`` (unknown), nothing changes. From it
-    on, each setting left at its default (``DEFAULT_ETA`` or ``DEFAULT_FLOW_ETA``, ``DEFAULT_SOLVER_ORDER``,
-    ``DEFAULT_USE_CORRECTOR``) becomes the strong-guidance member's:
+    scale ``guidance_scale`` (``None``: unknown, nothing changes). Each setting left at its default (``DEFAULT_ETA``
+    or ``DEFAULT_FLOW_ETA``, ``DEFAULT_SOLVER_ORDER``, ``DEFAULT_USE_CORRECTOR``) becomes the strong-guidance
+    member's:
 
-    * ``num_steps < STRONG_GUIDANCE_FEW_STEPS_BELOW``: eta and order stay (the default's eta is 0 there), the
-      corrector is off;
-    * otherwise (and for ``num_steps=None``, unknown): ``eta = 1`` and order 1, the corrector unchanged.
+    * ``num_steps < STRONG_GUIDANCE_FEW_STEPS_BELOW`` and ``w >= STRONG_GUIDANCE_FEW_STEPS_FROM``: eta and order
+      stay (the default's eta is 0 there), the corrector is off;
+    * otherwise (and for ``num_steps=None``, unknown) and ``w >= STRONG_GUIDANCE_FROM``: ``eta = 1`` and order 1,
+      the corrector unchanged;
+    * below those scales nothing changes.
 
     An explicit choice is kept (an explicit ``solver_order=2`` or ``use_corrector=True`` cannot be told from the
     default and counts as left at it)."""
     w = check_guidance_hint(guidance_scale)
+    if num_steps is not None and num_steps < STRONG_GUIDANCE_FEW_STEPS_BELOW:
+        if w is None or w < STRONG_GUIDANCE_FEW_STEPS_FROM:
+            return eta, solver_order, use_corrector
+        return eta, solver_order, False  # the corrector is on by default; off, it stays off
     if w is None or w < STRONG_GUIDANCE_FROM:
         return eta, solver_order, use_corrector
-    if num_steps is not None and num_steps < STRONG_GUIDANCE_FEW_STEPS_BELOW:
-        return eta, solver_order, False  # the corrector is on by default; off, it stays off
     if isinstance(eta, str) and eta in (DEFAULT_ETA, DEFAULT_FLOW_ETA):
         eta = STRONG_GUIDANCE_ETA
     if solver_order == DEFAULT_SOLVER_ORDER:
@@ -562,6 +569,7 @@ __all__ = [
     "DIFFUSERS_VARIANCE_TYPES",
     "STRONG_GUIDANCE_ETA",
     "STRONG_GUIDANCE_FEW_STEPS_BELOW",
+    "STRONG_GUIDANCE_FEW_STEPS_FROM",
     "STRONG_GUIDANCE_FROM",
     "STRONG_GUIDANCE_SOLVER_ORDER",
     "StepCoefficients",
