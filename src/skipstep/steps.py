@@ -62,8 +62,9 @@ DEFAULT_SPACING_POWER = None
 #: corrector's interpolation of it overshoots. From ``STRONG_GUIDANCE_FEW_STEPS_BELOW`` steps on the stable member
 #: is the first-order skipped-step posterior (eta = 1, order 1, corrector as set); below it, where three or four
 #: first-order ancestral steps cannot resolve a digit, it is the few-step default (eta 0, order 2) without the
-#: corrector, from the lower scale ``STRONG_GUIDANCE_FEW_STEPS_FROM`` on. A sampler only knows the scale if it is told (``guidance_scale=`` of
-#: :class:`skipstep.SkippedStepScheduler`, :func:`skipstep.sample` and :func:`skipstep.k_diffusion.sample_skipstep`).
+#: corrector, from the lower scale ``STRONG_GUIDANCE_FEW_STEPS_FROM`` on. A sampler only knows the scale if it is
+#: told (``guidance_scale=`` of :class:`skipstep.SkippedStepScheduler`, :func:`skipstep.sample` and
+#: :func:`skipstep.k_diffusion.sample_skipstep`).
 STRONG_GUIDANCE_FROM = 6.0
 STRONG_GUIDANCE_ETA = 1.0
 STRONG_GUIDANCE_SOLVER_ORDER = 1

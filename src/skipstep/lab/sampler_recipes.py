@@ -303,11 +303,11 @@ def sampler_settings(recipe: SamplerRecipe, loaded: LoadedModel | None = None) -
     if hasattr(sched, "effective_eta"):  # a guidance scale may replace the configured eta, order and corrector
         many = _used_settings(sched)
         settings["effective"].update(many)
-        told = config.get("guidance_scale") is not None and config.get("tuned_schedule") is None
-        if told:  # the step-count rule of a guidance scale resolves in set_timesteps
-            sched.set_timesteps(STRONG_GUIDANCE_FEW_STEPS_BELOW - 1)
-        if told and _used_settings(sched) != many:
-            settings["effective"][f"below {STRONG_GUIDANCE_FEW_STEPS_BELOW} steps"] = _used_settings(sched)
+        if config.get("guidance_scale") is not None and config.get("tuned_schedule") is None:
+            sched.set_timesteps(STRONG_GUIDANCE_FEW_STEPS_BELOW - 1)  # the step-count rule resolves here
+            few = _used_settings(sched)
+            if few != many:
+                settings["effective"][f"below {STRONG_GUIDANCE_FEW_STEPS_BELOW} steps"] = few
     if loaded.learned_variance:
         step_config = getattr(sched, "step_config", None)
         if not recipe.learned_variance:
