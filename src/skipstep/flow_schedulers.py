@@ -51,6 +51,7 @@ from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedu
 from .steps import (DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper)
 from .timesteps import check_num_steps, check_spacing_power, spacing_power_for
+from .tuned_schedules import flow_scheduler_settings_from_tuned_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,12 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             ``1 + 2/n`` from 8, :func:`skipstep.timesteps.spacing_power_for`; no log-SNR matching on a flow path),
             then the config's ``shift`` / dynamic shifting as diffusers applies it to custom sigmas.
         check_finite: raise (naming the step) when the model output holds NaN or inf.
+        tuned_schedule: a flow schedule of ``skipstep tune`` (:class:`skipstep.tuned_schedules.TunedSchedule` with
+            ``path="flow"``, its dict or a file path): ``set_timesteps`` then visits its sigmas as they are (the
+            final sigmas: no shift, dynamic shifting or sigma conversion is applied to them, and ``mu`` is
+            ignored), at exactly its NFE; it fixes ``eta``, ``solver_order`` and ``use_corrector`` (defaults are
+            replaced, contradicting values refused); ``timesteps=`` and ``sigmas=`` other than the schedule's own
+            (a Flux pipeline always passes sigmas: pass it ``sigmas=schedule.sigmas``) are refused.
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler"]
@@ -134,7 +141,14 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         spacing_power: float | None = DEFAULT_SPACING_POWER,
         lower_order_final: bool = False,
         euler_at_final: bool = False,
+        tuned_schedule=None,
     ):
+        self._tuned = None
+        if tuned_schedule is not None:  # it fixes eta, solver_order, use_corrector and the sigmas
+            self._tuned, fixed = flow_scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps,
+                                                                             eta, solver_order)
+            eta, solver_order, use_corrector = fixed["eta"], fixed["solver_order"], fixed["use_corrector"]
+            self.register_to_config(**fixed)
         if invert_sigmas:
             raise ValueError(
                 "invert_sigmas=True (sigmas rising from data to noise, used for inversion) is not supported by "
@@ -238,26 +252,41 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps is None and sigmas is None and timesteps is None:
             raise ValueError("give num_inference_steps, sigmas or timesteps")
         src = self._sigma_source
-        if self.config.timestep_spacing == "power" and sigmas is None and timesteps is None:
-            n = num_inference_steps
-            sigmas = (((n - np.arange(n)) / n) ** spacing_power_for(n, self.config.spacing_power)).tolist()
-        src.set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
-        noisy = src.sigmas[:-1].detach().cpu().double()
+        if self._tuned is not None:
+            # a pipeline that always passes sigmas (Flux) is given the schedule's own; anything else is refused
+            same = sigmas is not None and len(sigmas) == self._tuned.nfe and np.allclose(
+                np.asarray(sigmas, dtype=np.float64), self._tuned.sigmas, rtol=0, atol=1e-6)
+            if timesteps is not None or (sigmas is not None and not same):
+                raise ValueError("sigmas= (other than the tuned schedule's own, TunedSchedule.sigmas) and timesteps= "
+                                 "are refused while a tuned schedule is configured (it fixes the sigmas); remove "
+                                 "tuned_schedule from the config to pass your own")
+            if num_inference_steps is not None:
+                self._tuned.check(nfe=num_inference_steps)
+            noisy = torch.tensor(self._tuned.sigmas, dtype=torch.float64)
+            all_sigmas = torch.cat([noisy, noisy.new_zeros(1)]).to(dtype=torch.float32, device=device)
+            schedule_timesteps = all_sigmas[:-1] * self.config.num_train_timesteps
+        else:
+            if self.config.timestep_spacing == "power" and sigmas is None and timesteps is None:
+                n = num_inference_steps
+                sigmas = (((n - np.arange(n)) / n) ** spacing_power_for(n, self.config.spacing_power)).tolist()
+            src.set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
+            noisy = src.sigmas[:-1].detach().cpu().double()
+            all_sigmas, schedule_timesteps = src.sigmas, src.timesteps
         if noisy.numel() == 0 or not bool(torch.isfinite(noisy).all()):
             raise ValueError(f"the sigmas must be a non-empty list of finite numbers, got {noisy.tolist()}")
         if bool((noisy <= 0).any()) or bool((noisy > 1).any()):
             raise ValueError(f"flow sigmas must lie in (0, 1] (sigma = 1 is pure noise), got {noisy.tolist()}")
         if bool((noisy[1:] >= noisy[:-1]).any()):
             raise ValueError(f"flow sigmas must be strictly descending (noisiest first), got {noisy.tolist()}")
-        ts = src.timesteps.detach().cpu()
+        ts = schedule_timesteps.detach().cpu()
         if bool((ts[1:] == ts[:-1]).any()):
             raise ValueError(f"timesteps must not repeat, got {ts.tolist()}")
         self._plan = plan_steps(self.path, noisy, self.effective_eta, solver_order=self.step_config.solver_order,
                                  solver_type=self.config.solver_type, use_corrector=self.step_config.use_corrector,
                                  lower_order_final=self.config.lower_order_final,
                                  euler_at_final=self.config.euler_at_final)
-        self.timesteps = src.timesteps
-        self.sigmas = src.sigmas
+        self.timesteps = schedule_timesteps
+        self.sigmas = all_sigmas
         self.num_inference_steps = len(self._plan)
         self._step_index, self._begin_index = None, None
         self._stepper = TrajectoryStepper(self._plan, self.step_config)

@@ -22,6 +22,13 @@ left at their defaults are replaced by the schedule's values (the scheduler rewr
 an explicit ``timesteps=`` list, a step count other than the schedule's NFE, or a model / chain length other than
 the one it was tuned for (model fingerprint, ``num_train_timesteps``).
 
+Flow models. A schedule with ``path="flow"`` is tuned for a rectified-flow model (``SkippedStepFlowScheduler``):
+its ``timesteps`` are the model's time input ``t = sigma * num_train_timesteps`` as integers in ``[1,
+num_train_timesteps]`` (``FlowMatchEulerDiscreteScheduler``'s timesteps, on a grid of ``1 / num_train_timesteps`` in
+sigma), the sigmas it visits are ``t / num_train_timesteps`` (:attr:`TunedSchedule.sigmas`) -- the final sigmas:
+the config's ``shift`` is not applied to them again --, and its variance is the posterior's (``small``). A VP
+scheduler refuses a flow schedule and the flow scheduler a VP one, naming the path.
+
 Guidance. A schedule tuned on a class-conditional model records the classifier-free guidance scale it was tuned at
 (``guidance_scale``; ``None``: an unconditional model, or a file older than the field). Using it at another scale
 is allowed -- guidance changes the denoiser, not the chain -- but :meth:`TunedSchedule.check_guidance` warns
@@ -43,7 +50,8 @@ import numpy as np
 import torch
 
 from .plan import resolve_eta_schedule
-from .steps import DEFAULT_ETA, DEFAULT_SOLVER_ORDER, canonical_variance_type
+from .paths import RectifiedFlowPath
+from .steps import DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, canonical_variance_type
 from .storage import atomic_write_bytes
 
 FORMAT = "skipstep-tuned-schedule"
@@ -52,6 +60,9 @@ FORMAT_VERSION = 1
 TUNED_SCHEDULES_DIR = Path(__file__).parent / "assets" / "schedules"
 #: Variance choices a schedule can carry ('optimal' needs an eps_mse table the file does not hold).
 SCHEDULE_VARIANCE_TYPES = ("small", "large", "learned")
+#: The noise paths a schedule is made for: a discrete VP chain (integer timesteps ``0..T-1``) or a rectified flow
+#: (integer model times ``1..T``, ``sigma = t / T``).
+SCHEDULE_PATHS = ("vp", "flow")
 _DIFFUSERS_NAME = {"small": "fixed_small", "large": "fixed_large", "learned": "learned_range"}
 
 
@@ -84,8 +95,10 @@ class TunedSchedule:
     base sampler (``solver_order``, ``variance_type``, ``use_corrector``): ``timesteps`` strictly descending (one model
     evaluation each, so ``nfe = len(timesteps)``) and ``eta`` (one per step, in [0, 1]; the last step's is unused:
     it goes to clean data). ``metric`` is the objective it minimised on ``fit_seeds``; ``guidance_scale`` the
-    classifier-free guidance scale of a class-conditional model it was tuned at (``None``: unconditional);
-    ``provenance`` records how it was made (sample counts, reference, objective before/after, search history, the
+    classifier-free guidance scale of a class-conditional model it was tuned at (``None``: unconditional); ``path``
+    ``"vp"`` (timesteps of the discrete chain, ``0..T-1``) or ``"flow"`` (model times ``1..T`` of a rectified flow,
+    ``sigma = t / T``; see the module docstring); ``provenance`` records how it was made (sample counts, reference,
+    objective before/after, search history, the
     final check, budget, date, versions)."""
 
     timesteps: list[int]
@@ -100,8 +113,11 @@ class TunedSchedule:
     guidance_scale: float | None = None
     use_corrector: bool = False
     provenance: dict = field(default_factory=dict)
+    path: str = "vp"
 
     def __post_init__(self):
+        if self.path not in SCHEDULE_PATHS:
+            raise TunedScheduleError(f"path must be one of {', '.join(SCHEDULE_PATHS)}, got {self.path!r}")
         if isinstance(self.timesteps, torch.Tensor):
             self.timesteps = self.timesteps.tolist()
         if isinstance(self.eta, torch.Tensor):
@@ -121,8 +137,10 @@ class TunedSchedule:
         ts = self.timesteps
         if any(b >= a for a, b in zip(ts, ts[1:])):
             raise TunedScheduleError(f"timesteps must be strictly descending (noisiest first), got {ts}")
-        if ts[-1] < 0 or ts[0] > self.num_train_timesteps - 1:
-            raise TunedScheduleError(f"timesteps must lie in [0, {self.num_train_timesteps - 1}], got {ts}")
+        low, high = (1, self.num_train_timesteps) if self.path == "flow" else (0, self.num_train_timesteps - 1)
+        if ts[-1] < low or ts[0] > high:
+            what = "model times t = sigma * T of a flow schedule" if self.path == "flow" else "timesteps"
+            raise TunedScheduleError(f"{what} must lie in [{low}, {high}], got {ts}")
         if not isinstance(self.eta, (list, tuple)) or len(self.eta) != self.nfe:
             raise TunedScheduleError(f"eta must be a list with one value per step ({self.nfe}), got {self.eta!r}")
         etas = []
@@ -143,6 +161,8 @@ class TunedSchedule:
         if vt not in SCHEDULE_VARIANCE_TYPES:
             raise TunedScheduleError(f"variance_type must be one of {SCHEDULE_VARIANCE_TYPES}, got {self.variance_type!r}")
         self.variance_type = vt
+        if self.path == "flow" and vt != "small":
+            raise TunedScheduleError(f"a flow schedule's variance_type is the posterior's ('small'), got {vt!r}")
         if self.model_fingerprint is not None and not isinstance(self.model_fingerprint, str):
             raise TunedScheduleError(f"model_fingerprint must be a string, got {self.model_fingerprint!r}")
         if not isinstance(self.metric, str):
@@ -207,9 +227,15 @@ class TunedSchedule:
 
     # -- use -----------------------------------------------------------------------------------------------------
     def check(self, model_fingerprint: str | None = None, num_train_timesteps: int | None = None,
-              nfe: int | None = None, source: str | None = None) -> "TunedSchedule":
-        """Refuse (with the reason) a model, chain length or NFE this schedule was not made for."""
+              nfe: int | None = None, source: str | None = None, path: str | None = None) -> "TunedSchedule":
+        """Refuse (with the reason) a model, chain length, NFE or noise path (``"vp"``/``"flow"``) this schedule
+        was not made for."""
         where = f"tuned schedule {source}" if source else "tuned schedule"
+        if path is not None and path != self.path:
+            kinds = {"vp": "a discrete VP chain (SkippedStepScheduler)",
+                     "flow": "a rectified-flow model (SkippedStepFlowScheduler)"}
+            raise TunedScheduleError(f"{where} was tuned for {kinds[self.path]}, but it is used with "
+                                     f"{kinds.get(path, path)}: tune one for this model with `skipstep tune`")
         if model_fingerprint is not None and self.model_fingerprint != model_fingerprint:
             made_for = self.provenance.get("model", "?")
             raise TunedScheduleError(
@@ -238,6 +264,14 @@ class TunedSchedule:
         warnings.warn(message, TunedScheduleWarning, stacklevel=2)
         return message
 
+    @property
+    def sigmas(self) -> list[float]:
+        """The sigmas a flow schedule visits, ``t / T`` (the final ones: no shift is applied to them)."""
+        if self.path != "flow":
+            raise TunedScheduleError("sigmas are the noise levels of a flow schedule; this one is for a VP chain "
+                                     "(its timesteps index the chain)")
+        return [t / self.num_train_timesteps for t in self.timesteps]
+
     def timesteps_for(self, num_inference_steps: int | None = None, timesteps=None) -> torch.Tensor:
         """The scheduler's ``set_timesteps`` with a tuned schedule: the tuned timesteps (int64)."""
         if timesteps is not None:
@@ -248,8 +282,12 @@ class TunedSchedule:
         return torch.as_tensor(self.timesteps, dtype=torch.int64)
 
     def scheduler_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``SkippedStepScheduler.from_config(config, **kwargs)``: the config keys the
-        schedule fixes (a schedule fitted with the learned variance uses it)."""
+        """Keyword arguments for ``SkippedStepScheduler.from_config(config, **kwargs)`` (``SkippedStepFlowScheduler``
+        for a flow schedule): the config keys the schedule fixes (a schedule fitted with the learned variance uses
+        it)."""
+        if self.path == "flow":
+            return {"tuned_schedule": self.to_dict(), "eta": list(self.eta), "solver_order": self.solver_order,
+                    "use_corrector": self.use_corrector}
         return {"tuned_schedule": self.to_dict(), "eta": list(self.eta), "solver_order": self.solver_order,
                 "variance_type": _DIFFUSERS_NAME[self.variance_type], "use_corrector": self.use_corrector,
                 "use_learned_variance": self.variance_type == "learned"}
@@ -296,7 +334,8 @@ def load_tuned_schedule(path: str | Path, model_fingerprint: str | None = None, 
     return schedule.check(model_fingerprint, num_train_timesteps, nfe, source=f"file {path}")
 
 
-def _as_tuned_schedule(schedule, num_train_timesteps: int | None = None) -> tuple[TunedSchedule, str]:
+def _as_tuned_schedule(schedule, num_train_timesteps: int | None = None,
+                       noise_path: str | None = None) -> tuple[TunedSchedule, str]:
     if isinstance(schedule, TunedSchedule):
         source = "(given)"
     elif isinstance(schedule, dict):
@@ -307,7 +346,7 @@ def _as_tuned_schedule(schedule, num_train_timesteps: int | None = None) -> tupl
     else:
         raise TunedScheduleError(f"a tuned schedule must be a TunedSchedule, its dict or a path; got "
                             f"{type(schedule).__name__}")
-    schedule.check(num_train_timesteps=num_train_timesteps, source=source)
+    schedule.check(num_train_timesteps=num_train_timesteps, source=source, path=noise_path)
     return schedule, source
 
 
@@ -319,11 +358,12 @@ def _same_eta(a, b, n: int) -> bool:
     return all(abs(x - y) <= 1e-12 for x, y in zip(la, lb))
 
 
-def _adopt(schedule: TunedSchedule, source: str, eta, solver_order, variance_type) -> None:
-    """Refuse explicit (non-default) settings that contradict the schedule (see the module docstring)."""
+def _adopt(schedule: TunedSchedule, source: str, eta, solver_order, variance_type, default_eta=DEFAULT_ETA) -> None:
+    """Refuse explicit (non-default) settings that contradict the schedule (see the module docstring);
+    ``default_eta``: the eta a caller who set none has (``DEFAULT_FLOW_ETA`` on a flow path)."""
     conflicts = []
     n = schedule.nfe
-    if not _same_eta(eta, DEFAULT_ETA, n) and not _same_eta(eta, schedule.eta, n):
+    if not _same_eta(eta, default_eta, n) and not _same_eta(eta, schedule.eta, n):
         conflicts.append(f"eta={eta!r} (the schedule's is {schedule.eta})")
     if solver_order not in (DEFAULT_SOLVER_ORDER, schedule.solver_order):
         conflicts.append(f"solver_order={solver_order!r} (the schedule's is {schedule.solver_order})")
@@ -341,7 +381,7 @@ def scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: 
     """For ``SkippedStepScheduler(tuned_schedule=...)``: the schedule and the config keys it fixes (the corrector
     as it was tuned -- off in a schedule written before ``use_corrector`` existed; a schedule fitted with the learned
     variance uses it)."""
-    schedule, source = _as_tuned_schedule(tuned_schedule, num_train_timesteps)
+    schedule, source = _as_tuned_schedule(tuned_schedule, num_train_timesteps, "vp")
     _adopt(schedule, source, eta, solver_order, variance_type)
     fixed = schedule.scheduler_kwargs()
     if canonical_variance_type(variance_type) == schedule.variance_type:
@@ -349,19 +389,33 @@ def scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: 
     return schedule, fixed
 
 
+def flow_scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: int, eta, solver_order: int
+                                                ) -> tuple[TunedSchedule, dict[str, Any]]:
+    """For ``SkippedStepFlowScheduler(tuned_schedule=...)``: the flow schedule and the config keys it fixes."""
+    schedule, source = _as_tuned_schedule(tuned_schedule, num_train_timesteps, "flow")
+    _adopt(schedule, source, eta, solver_order, "small", default_eta=DEFAULT_FLOW_ETA)
+    return schedule, schedule.scheduler_kwargs()
+
+
 def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_steps=None, eta=DEFAULT_ETA,
                                     solver_order: int = DEFAULT_SOLVER_ORDER, variance_type: str = "small"):
     """For ``skipstep.sample(..., tuned_schedule=...)``: ``(timesteps, eta, solver_order, variance_type,
-    use_learned_variance, use_corrector)``."""
-    if not getattr(path, "discrete", False):
-        raise TunedScheduleError("tuned schedules are made for discrete (DDPM-type) chains; this path is continuous")
-    schedule, source = _as_tuned_schedule(schedule, path.t_max + 1)
+    use_learned_variance, use_corrector)``; on a :class:`~skipstep.paths.RectifiedFlowPath` a flow schedule's
+    sigmas are the timesteps (float64)."""
+    flow = isinstance(path, RectifiedFlowPath)
+    if not flow and not getattr(path, "discrete", False):
+        raise TunedScheduleError("tuned schedules are made for discrete (DDPM-type) chains and rectified flows; this "
+                                 f"path ({type(path).__name__}) is neither")
+    schedule, source = _as_tuned_schedule(schedule, None if flow else path.t_max + 1, "flow" if flow else "vp")
     if timesteps is not None:
         raise TunedScheduleError(f"pass either timesteps or a tuned schedule, not both (tuned schedule {source} fixes "
                             "the timesteps)")
     if num_steps not in (None, 10, schedule.nfe):  # 10 is sample()'s default
         schedule.check(nfe=num_steps, source=source)
-    _adopt(schedule, source, eta, solver_order, variance_type)
+    _adopt(schedule, source, eta, solver_order, variance_type, DEFAULT_FLOW_ETA if flow else DEFAULT_ETA)
+    if flow:
+        return (torch.as_tensor(schedule.sigmas, dtype=torch.float64), list(schedule.eta), schedule.solver_order,
+                "small", False, schedule.use_corrector)
     return (torch.as_tensor(schedule.timesteps, dtype=torch.int64), list(schedule.eta), schedule.solver_order,
             schedule.variance_type, schedule.variance_type == "learned", schedule.use_corrector)
 
@@ -370,11 +424,13 @@ def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_st
 load_schedule = load_tuned_schedule
 
 __all__ = [
+    "SCHEDULE_PATHS",
     "SCHEDULE_VARIANCE_TYPES",
     "TUNED_SCHEDULES_DIR",
     "TunedSchedule",
     "TunedScheduleError",
     "TunedScheduleWarning",
+    "flow_scheduler_settings_from_tuned_schedule",
     "load_schedule",
     "load_tuned_schedule",
     "resolve_tuned_schedule_path",

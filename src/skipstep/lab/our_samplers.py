@@ -160,13 +160,19 @@ def _register_ours() -> None:
 # --------------------------------------------------------------------------------------------------------------
 # tuned:PATH
 # --------------------------------------------------------------------------------------------------------------
-def _discrete_vp_only(loaded: LoadedModel) -> str | None:
-    return None if loaded.regime == "vp" else "a tuned schedule lists timesteps of a discrete VP chain"
+def _schedule_path_refusal(schedule_path: str):
+    def refusal(loaded: LoadedModel) -> str | None:
+        if loaded.regime == schedule_path:
+            return None
+        return ("the tuned schedule is for a rectified-flow model" if schedule_path == "flow"
+                else "the tuned schedule lists timesteps of a discrete VP chain") + f"; this is a {loaded.regime_text} model"
+    return refusal
 
 
 def tuned_sampler(name: str) -> SamplerRecipe:
     """The :class:`SamplerRecipe` of ``tuned:PATH.json`` (or ``tuned:NAME`` for a shipped schedule): a
-    :class:`~skipstep.SkippedStepScheduler` carrying the schedule, runnable at exactly the schedule's NFE; its
+    :class:`~skipstep.SkippedStepScheduler` (:class:`~skipstep.SkippedStepFlowScheduler` for a flow schedule)
+    carrying the schedule, runnable at exactly the schedule's NFE; its
     settings name the model fingerprint and T, which the bench checks."""
     ref = name[len(TUNED_PREFIX):]
     if not ref:
@@ -177,16 +183,21 @@ def tuned_sampler(name: str) -> SamplerRecipe:
     except TunedScheduleError as err:
         raise SamplerError(f"sampler {name!r}: {err}") from None
 
+    flow = schedule.path == "flow"
+
     def factory(config: dict, steps: int):
+        if flow:
+            return SkippedStepFlowScheduler.from_config(dict(config), **schedule.scheduler_kwargs())
         kwargs = {"timestep_spacing": "trailing", **schedule.scheduler_kwargs()}
         return from_config_accepting(SkippedStepScheduler, config, **kwargs, **clip_overrides(config, "clip_sample"))
 
     return SamplerRecipe(
         name=name, factory=factory, min_nfe=schedule.nfe, max_nfe=schedule.nfe, family="tuned",
-        stochastic=schedule.stochastic, refusal=_discrete_vp_only,
+        stochastic=schedule.stochastic, refusal=_schedule_path_refusal(schedule.path),
         description=f"tuned schedule {path} (NFE {schedule.nfe}, solver_order {schedule.solver_order}, corrector "
                     f"{'on' if schedule.use_corrector else 'off'})",
-        settings={"class": "SkippedStepScheduler", "tuned_schedule": str(path), "timesteps": schedule.timesteps,
+        settings={"class": "SkippedStepFlowScheduler" if flow else "SkippedStepScheduler", "tuned_schedule": str(path),
+                  "path": schedule.path, "timesteps": schedule.timesteps,
                   "eta": schedule.eta, "solver_order": schedule.solver_order,
                   "use_corrector": schedule.use_corrector, "variance": schedule.variance_type,
                   "model_fingerprint": schedule.model_fingerprint,

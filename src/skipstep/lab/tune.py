@@ -27,7 +27,6 @@ from typing import Callable, Sequence
 import torch
 
 from .. import __version__
-from ..paths import DiscreteVPPath
 from ..storage import CACHE_DIR_ENV
 from ..storage import cache_dir as default_cache_root
 from ..tuned_schedules import TunedSchedule
@@ -41,8 +40,9 @@ from .tune_objectives import (DEFAULT_NUM_SAMPLES, DEFAULT_REFERENCE_STEPS, OBJE
                               DistributionObjective, PairedObjective, check_objective, ode_cached, ode_solution,
                               reference_set)
 from .tune_search import (DEFAULT_MIN_GAP, SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, CommonNoise, GapRule,
-                          Search, StageLimit, base_names, coordinate_stage, is_better, nearest_family_member,
-                          plain_spacings, resolve_base, smooth_stage)
+                          Search, StageLimit, base_eta_rule, base_names, coordinate_stage, is_better,
+                          nearest_family_member, resolve_base, smooth_stage)
+from .tune_grids import model_plain_spacings, schedule_timesteps, tune_grid
 
 DEFAULT_BUDGET_MINUTES = 2.0
 DEFAULT_FIT_SEEDS, DEFAULT_VAL_SEEDS, DEFAULT_EVAL_SEEDS = (0,), (1,), (2, 3)
@@ -51,7 +51,8 @@ DEFAULT_FIT_SEEDS, DEFAULT_VAL_SEEDS, DEFAULT_EVAL_SEEDS = (0,), (1,), (2, 3)
 def _time_one_call(loaded, batch: int, device: str) -> float:
     """Seconds of one model call on a batch of ``batch`` noise samples (after one untimed warm-up call)."""
     x = torch.randn((batch, *loaded.sample_shape)).to(device)
-    t = torch.full((batch,), loaded.num_train_timesteps // 2, dtype=torch.int64, device=device)
+    t = torch.full((batch,), loaded.num_train_timesteps // 2,
+                   dtype=torch.float32 if loaded.regime == "flow" else torch.int64, device=device)
     model = loaded.model_for_batch(range(batch))
     seconds = []
     for _ in range(2):
@@ -106,16 +107,18 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     t_begin = time.perf_counter()
     if isinstance(loaded, str):
         loaded = load_model(loaded, device=device)
-    if loaded.regime != "vp":
-        raise ValueError(f"--model {loaded.name}: tune searches the integer timesteps of a discrete VP chain; a "
-                         f"{loaded.regime_text} model is not supported")
     loaded = copy.copy(loaded.at_guidance(guidance_scale))  # apply_clip_mode rebinds scheduler_config on the copy
     clip_description = apply_clip_mode(loaded, clip)
-    base = resolve_base(base, solver_order, variance_type, eta, use_corrector)
+    flow = loaded.regime == "flow"
+    base = resolve_base(base, solver_order, variance_type, eta, use_corrector, flow=flow)
     T = loaded.num_train_timesteps
     if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= T:
         raise ValueError(f"--nfe must be an integer in [1, {T}], got {nfe!r}")
-    base_eta = base.eta_list(nfe)
+    path = tune_grid(loaded)  # the VP chain, or the flow model's grid of model times (FlowGrid)
+    plain = model_plain_spacings(loaded, path, nfe)
+    eta_for = base_eta_rule(base, path, nfe)
+    base_eta = eta_for(next((ts for name, ts in plain.items() if "the default rule" in name),
+                            next(iter(plain.values()))))  # the base's eta where its own grid puts the steps
     deterministic = all(e == 0 for e in base_eta[:-1])
     base_text = f"base {base.name} (eta {base.eta})"
     objective = check_objective(objective, deterministic, loaded.feature_fn is not None, base_text)
@@ -149,10 +152,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     fit_seeds, val_seeds, eval_seeds = _check_seeds(fit_seeds, val_seeds, eval_seeds, reserved)
     if not budget_minutes > 0:
         raise ValueError(f"--budget-minutes must be > 0, got {budget_minutes}")
-    gap_rule = GapRule(DiscreteVPPath.from_config(loaded.scheduler_config), nfe, min_gap)
-    path = DiscreteVPPath.from_config(loaded.scheduler_config)
-    plain = plain_spacings(path, nfe, int(loaded.scheduler_config.get("steps_offset", 0) or 0))
-    rows = check_rows(plain, plain[next(iter(plain))], base_eta, base_eta)  # the check's size (+1 if eta differs)
+    gap_rule = GapRule(path, nfe, min_gap)
+    rows = check_rows(plain, plain[next(iter(plain))], base_eta, eta_for)  # the check's size (+1 if eta differs)
     n_rows = len(rows) + (1 if search_eta else 0)
     # -- budgets: refuse before any work ------------------------------------------------------------------------
     batches = math.ceil(num_samples / batch_size)
@@ -222,14 +223,14 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     stopped = False
     try:
         for name, ts in plain.items():
-            start_values[name] = search(ts, base_eta, label=name, check_gap=False)
+            start_values[name] = search(ts, eta_for(ts), label=name, check_gap=False)
     except BudgetExhausted:
         stopped = True
     if not start_values:
         raise ValueError(f"--budget-minutes {budget_minutes:g} / --budget-nfe {budget_nfe}: the search could not "
                          f"evaluate a single candidate (stopped by the {search.stopped_by}); raise the budget")
     chosen_start = min(start_values, key=start_values.get)
-    accepted = {"ts": list(plain[chosen_start]), "eta": list(base_eta), "f": start_values[chosen_start],
+    accepted = {"ts": list(plain[chosen_start]), "eta": eta_for(plain[chosen_start]), "f": start_values[chosen_start],
                 "from": chosen_start}
     stages.append({"stage": "plain spacings", "candidates": len(search.memo), "best": accepted["f"],
                    "note": f"stopped by the {search.stopped_by}" if stopped else f"best: {chosen_start}"})
@@ -262,11 +263,11 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
             if stage == "smooth family":
                 log("stage 2: smooth family (kappa, rho, t_start, t_end" + (", eta ramp)" if search_eta else ")"))
                 smooth_stage(search, path, nfe, nearest_family_member(path, accepted["ts"]),
-                             (base_eta[0], base_eta[-2 if nfe > 1 else 0]), search_eta, base_eta, holder)
+                             (base_eta[0], base_eta[-2 if nfe > 1 else 0]), search_eta, eta_for, holder)
             else:
                 log("stage 3: coordinate moves of single timesteps" + (" and etas" if search_eta else "")
                     + f" (from the {accepted['from']} result)")
-                coordinate_stage(search, path, accepted["ts"], accepted["eta"], search_eta, holder)
+                coordinate_stage(search, path, accepted["ts"], accepted["eta"], search_eta, holder, eta_for)
             note = "converged"
         except StageLimit:
             note = f"used its {share:.0%} share of the budget"
@@ -282,16 +283,17 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     # -- the final check ----------------------------------------------------------------------------------------
     t_check = time.perf_counter()
     log(f"final check: the tuned schedule and {len(plain)} plain spacings on {seeds_text('eval seeds', eval_seeds)}")
-    check = final_check(loaded, check_rows(plain, ts, eta_best, base_eta), base, eval_noises, eval_objective,
-                        objective, batch_size, device)
+    check = final_check(loaded, check_rows(plain, ts, eta_best, eta_for), base, eval_noises, eval_objective,
+                        objective, batch_size, device, grid=path)
     check["reference"] = ref_info
     check["floor"] = floor
     check_seconds = time.perf_counter() - t_check
     log(decision_line(check))
-    fit_rows = [{"name": name, "seeds": seeds_text("fit", fit_seeds), "timesteps": list(t_s),
+    fit_rows = [{"name": name, "seeds": seeds_text("fit", fit_seeds), "timesteps": schedule_timesteps(path, t_s),
                  "eta": [round(x, 4) for x in e], "mean": v, "std": None, "plain": name != "tuned"}
                 for name, t_s, e, v in (("tuned", ts, eta_best, value),
-                                        (chosen_start, plain[chosen_start], base_eta, start_values[chosen_start]))]
+                                        (chosen_start, plain[chosen_start], eta_for(plain[chosen_start]),
+                                         start_values[chosen_start]))]
     provenance = {
         "model": loaded.name,
         "model_description": loaded.description,
@@ -331,7 +333,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
                    "check_seconds": round(check_seconds, 2),
                    "sampling_seconds": round(time.perf_counter() - t_begin, 2)},
     }
-    return TunedSchedule(timesteps=ts, eta=eta_best, nfe=nfe, num_train_timesteps=T, solver_order=base.solver_order,
+    return TunedSchedule(timesteps=schedule_timesteps(path, ts), eta=eta_best, nfe=nfe, num_train_timesteps=T,
+                         path="flow" if flow else "vp", solver_order=base.solver_order,
                          variance_type=base.variance_type, model_fingerprint=loaded.fingerprint, metric=objective,
                          fit_seeds=fit_seeds, guidance_scale=loaded.guidance_scale,
                          use_corrector=base.use_corrector, provenance=provenance)

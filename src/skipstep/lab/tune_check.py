@@ -20,6 +20,7 @@ import numpy as np
 
 from .bench_report import format_value
 from .tune_objectives import objective_text
+from .tune_grids import schedule_timesteps
 from .tune_search import MIN_RELATIVE_IMPROVEMENT, BaseSampler, CommonNoise, draw_samples
 
 #: Exit status of ``skipstep tune`` when a plain spacing beats the tuned schedule on the evaluation seeds (nothing
@@ -32,21 +33,26 @@ def seeds_text(kind: str, seeds: Sequence[int]) -> str:
 
 
 def check_rows(plain: dict[str, list[int]], tuned_ts: Sequence[int], tuned_eta: Sequence[float],
-               base_eta: Sequence[float]) -> dict[str, tuple[list[int], list[float]]]:
+               base_eta) -> dict[str, tuple[list[int], list[float]]]:
     """The schedules of the check: ``tuned``, the tuned timesteps with the base eta (when the eta differs), and
-    every plain spacing with the base eta."""
+    every plain spacing with the base eta. ``base_eta``: a per-step list, or a function of the timesteps (an eta
+    that depends on where the steps are, :func:`~skipstep.lab.tune_search.base_eta_rule`)."""
+    eta_for = base_eta if callable(base_eta) else (lambda ts: list(base_eta))
     rows = {"tuned": (list(tuned_ts), list(tuned_eta))}
-    if [round(e, 6) for e in tuned_eta[:-1]] != [round(e, 6) for e in base_eta[:-1]]:
-        rows["tuned timesteps, base eta"] = (list(tuned_ts), list(base_eta))
+    tuned_base = eta_for(tuned_ts)
+    if [round(e, 6) for e in tuned_eta[:-1]] != [round(e, 6) for e in tuned_base[:-1]]:
+        rows["tuned timesteps, base eta"] = (list(tuned_ts), list(tuned_base))
     for name, ts in plain.items():
-        rows[name] = (list(ts), list(base_eta))
+        rows[name] = (list(ts), eta_for(ts))
     return rows
 
 
 def final_check(loaded, rows: dict[str, tuple[list[int], list[float]]], base: BaseSampler,
                 noises: Sequence[CommonNoise], objective, metric: str, batch_size: int = 500,
-                device: str = "cpu", counter=None) -> dict[str, Any]:
-    """Score every row on the evaluation seeds' ``noises`` and decide (module docstring). Returns ``{"metric",
+                device: str = "cpu", counter=None, grid=None) -> dict[str, Any]:
+    """Score every row on the evaluation seeds' ``noises`` and decide (module docstring); the rows' grid indices
+    are recorded as the schedule's timesteps of ``grid`` (:func:`~skipstep.lab.tune_search.schedule_timesteps`;
+    ``None``: as they are). Returns ``{"metric",
     "seeds", "num_samples", "rows": [{"name", "seeds", "timesteps", "eta", "values", "mean", "std", "plain"}],
     "best_plain", "tuned_wins", "relative_change"}``."""
     seeds = [nz.seed for nz in noises]
@@ -54,7 +60,7 @@ def final_check(loaded, rows: dict[str, tuple[list[int], list[float]]], base: Ba
     for name, (ts, eta) in rows.items():
         values = [float(objective(draw_samples(loaded, counter, ts, eta, base, nz, batch_size, device), nz))
                   for nz in noises]
-        out_rows.append({"name": name, "seeds": seeds_text("eval", seeds), "timesteps": [int(t) for t in ts],
+        out_rows.append({"name": name, "seeds": seeds_text("eval", seeds), "timesteps": schedule_timesteps(grid, ts),
                          "eta": [round(float(e), 4) for e in eta], "values": values, "mean": float(np.mean(values)),
                          "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                          "plain": not name.startswith("tuned")})

@@ -12,7 +12,7 @@ root-mean-square pixel distance to the model's own converged solution from the *
 
 ``D`` the number of pixels, ``x_i^*`` the :func:`ode_solution` of ``x_T^(i)``: ``reference_steps`` (default
 :data:`DEFAULT_REFERENCE_STEPS`) steps of the deterministic second-order skipstep sampler (``eta = 0``, trailing
-spacing, the run's x0 clipping and guidance) -- at 200 steps its own distance to a 400-step solution is about
+spacing -- FlowMatchEuler's own sigmas on a flow model --, the run's x0 clipping and guidance) -- at 200 steps its own distance to a 400-step solution is about
 1/1000 of a 10-step sampler's on the digits model. A deterministic sampler maps ``x_T`` to ``x_0``; ``D_paired`` is
 its error against the converged map, sample by sample, so it has little noise and no finite-sample floor. The
 root per sample (rather than one mean square over all) keeps the few samples that a coarse schedule sends to
@@ -47,13 +47,12 @@ from typing import Callable
 
 import torch
 
-from ..paths import DiscreteVPPath
 from ..storage import atomic_write_json, cache_dir, file_sha256
-from ..timesteps import select_timesteps
 from . import metrics as M
 from .run_dirs import load_tensor, read_json_record, remove_stale_temp_files, save_tensor, seal
 from .sample_sets import REFERENCE_SEED, reference_cache_dir
 from .sample_sets import reference_samples as bench_reference_samples
+from .tune_grids import reference_indices
 from .tune_search import BaseSampler, CommonNoise, draw_samples
 
 OBJECTIVES = ("paired", "pixel-fd", "sw", "fd")
@@ -129,13 +128,13 @@ def ode_solution(loaded, seed: int, num_samples: int, steps: int = DEFAULT_REFER
     if log:
         log(f"converged solution: {num_samples} samples of seed {seed}, {steps} deterministic order-"
             f"{REFERENCE_SOLVER_ORDER} steps, cached in {folder}")
-    path = DiscreteVPPath.from_config(loaded.scheduler_config)
-    ts = [int(t) for t in select_timesteps(path, steps, "trailing").tolist()]
+    ts = reference_indices(loaded, steps)
     base = BaseSampler("ode-reference", 0.0, REFERENCE_SOLVER_ORDER, "small")
     samples = draw_samples(loaded, None, ts, [0.0] * steps, base, CommonNoise(seed, num_samples, loaded.sample_shape),
                            batch_size, device)
+    spacing = "FlowMatchEuler's sigmas" if loaded.regime == "flow" else "trailing spacing"
     meta = {"source": f"{steps}-step deterministic order-{REFERENCE_SOLVER_ORDER} skipstep samples (eta 0, "
-                      "trailing spacing)", "seed": int(seed), "num_samples": int(num_samples), "steps": int(steps),
+                      f"{spacing})", "seed": int(seed), "num_samples": int(num_samples), "steps": int(steps),
             "guidance_scale": loaded.guidance_scale, "model_fingerprint": loaded.fingerprint, "cache": str(folder)}
     meta["samples_sha256"] = save_tensor(folder / ODE_FILES[0], samples)
     meta = seal(meta)

@@ -13,6 +13,11 @@ differences of the schedules, not of the noise. Stages:
    started from the member nearest to the best plain spacing;
 3. a coordinate search that moves single timesteps and single etas, accepting improvements.
 
+**Flow models** are searched on the grid of their model times (:class:`FlowGrid`: index ``k = 0..T-1`` is the
+time ``t = k + 1``, ``sigma = t / T``); the smooth family, the gap rule and the coordinate moves read its log-SNR
+``2 log((1 - sigma) / sigma)`` as they read a VP chain's, and the plain spacings are the flow scheduler's
+(:func:`flow_plain_spacings`), snapped to that grid.
+
 **No wasted steps** (:class:`GapRule`): a candidate of stages 2 and 3 is sampled only if consecutive timesteps
 are at least ``min_gap * Lambda / n`` apart in log-SNR, ``Lambda = lambda(0) - lambda(T-1)`` the chain's whole
 log-SNR range (``min_gap`` 0.1 by default: a tenth of the uniform log-SNR step). A pair such as 899, 898 (0.018 in
@@ -29,15 +34,24 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..paths import DiscreteVPPath
+from ..paths import DiscreteVPPath, RectifiedFlowPath
 from ..plan import plan_steps, resolve_eta_schedule
 from ..predictions import X0Clipping
-from ..steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper,
-                     canonical_variance_type, needs_noise)
+from ..steps import (
+    DEFAULT_ETA,
+    DEFAULT_FLOW_ETA,
+    DEFAULT_SOLVER_ORDER,
+    DEFAULT_USE_CORRECTOR,
+    StepConfig,
+    TrajectoryStepper,
+    canonical_variance_type,
+    needs_noise,
+)
 from ..storage import derived_seed
-from ..timesteps import make_strictly_descending, select_timesteps, sigma_spaced_timesteps
+from ..timesteps import make_strictly_descending
 from .sample_sets import initial_noise
 from .sampler_registry import CallCounter, get_sampler, sampler_names
+from .tune_grids import FlowGrid, plain_spacings
 
 #: Relative improvement a move must bring to be accepted (guards against chasing round-off).
 MIN_RELATIVE_IMPROVEMENT = 1e-4
@@ -74,9 +88,11 @@ def base_names() -> list[str]:
     return sampler_names("skipstep")
 
 def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None = None,
-                 variance_type: str | None = None, eta=None, use_corrector: bool | None = None) -> BaseSampler:
+                 variance_type: str | None = None, eta=None, use_corrector: bool | None = None,
+                 flow: bool = False) -> BaseSampler:
     """A registered skipstep sampler name (its eta, order and corrector), with ``solver_order``/``variance_type``/
-    ``eta``/``use_corrector`` overrides."""
+    ``eta``/``use_corrector`` overrides; ``flow``: for a flow model (the default eta is ``DEFAULT_FLOW_ETA``, the
+    variance the posterior's)."""
     if isinstance(base, BaseSampler):
         b = base
     else:
@@ -87,7 +103,7 @@ def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None 
         e = recipe.settings.get("eta", 1.0)
         o = recipe.settings.get("solver_order", 1)
         c = recipe.settings.get("use_corrector", False)
-        b = BaseSampler(base, DEFAULT_ETA if e == "DEFAULT_ETA" else e,
+        b = BaseSampler(base, (DEFAULT_FLOW_ETA if flow else DEFAULT_ETA) if e == "DEFAULT_ETA" else e,
                         DEFAULT_SOLVER_ORDER if o == "DEFAULT_SOLVER_ORDER" else int(o),
                         use_corrector=DEFAULT_USE_CORRECTOR if c == "DEFAULT_USE_CORRECTOR" else bool(c))
     order = b.solver_order if solver_order is None else solver_order
@@ -96,6 +112,8 @@ def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None 
     vt = canonical_variance_type(b.variance_type if variance_type is None else variance_type)
     if vt not in ("small", "large"):
         raise ValueError(f"tuning supports variance_type small or large, got {vt!r}")
+    if flow and vt != "small":
+        raise ValueError(f"a flow model's noise is the posterior's (variance_type small), got {vt!r}")
     e = b.eta if eta is None else eta
     if not isinstance(e, (list, tuple)):
         try:  # validate the form early (per-step lists are checked against the NFE later)
@@ -106,6 +124,15 @@ def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None 
     if not isinstance(corrector, bool):
         raise ValueError(f"use_corrector must be True or False, got {corrector!r}")
     return BaseSampler(b.name, e, int(order), vt, corrector)
+
+def base_eta_rule(base: BaseSampler, grid, n: int) -> Callable[[Sequence[int]], list[float]]:
+    """The base's per-step eta on given grid indices: a fixed list, except for an eta that reads the log-SNR of
+    each step's start (``snr-window``, the flow default's), which is resolved where the candidate puts its steps,
+    as the scheduler resolves it on its own sigmas."""
+    if not (isinstance(base.eta, str) and "snr-window" in base.eta):
+        fixed = base.eta_list(n)
+        return lambda ts: list(fixed)
+    return lambda ts: resolve_eta_schedule(base.eta, n, grid.log_snr(torch.as_tensor(list(ts))).tolist())
 
 @dataclass(frozen=True)
 class SpacingParams:
@@ -144,35 +171,6 @@ def ramp(a: float, b: float, n: int) -> list[float]:
         return [round(a, 4)]
     k = max(n - 2, 1)
     return [round(min(1.0, max(0.0, a + (b - a) * min(i, k) / k)), 4) for i in range(n)]
-
-def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
-    """Every plain spacing the library's scheduler offers at ``n`` steps (:mod:`skipstep.timesteps`): trailing,
-    leading, linspace (and the DPM-Solver family's grids of the last two), quadratic, log-SNR, the power spacing at
-    the exponents of the candidate placements (1, 1.25, 1 + 2/n, 1 + 4/n), the default rule (``power=None``: 1 + 4/n
-    matched in log-SNR below 8 steps, 1 + 2/n from 8), and the sigma spacings (Karras,
-    exponential, beta, Lu). Spacings that give the same timesteps are merged (``"exponential / lu"``)."""
-    specs: list[tuple[str, Callable[[], Any]]] = [
-        ("trailing", lambda: select_timesteps(path, n, "trailing")),
-        ("leading", lambda: select_timesteps(path, n, "leading", steps_offset)),
-        ("leading (DPM-Solver grid)", lambda: select_timesteps(path, n, "leading", steps_offset, grid="drop_zero")),
-        ("linspace", lambda: select_timesteps(path, n, "linspace")),
-        ("linspace (DPM-Solver grid)", lambda: select_timesteps(path, n, "linspace", grid="drop_zero")),
-        ("quadratic", lambda: select_timesteps(path, n, "quadratic")),
-        ("log-SNR", lambda: select_timesteps(path, n, "log_snr"))]
-    for label, p in (("1", 1.0), ("1.25", 1.25), ("1+2/n", 1.0 + 2.0 / n), ("1+4/n", 1.0 + 4.0 / n)):
-        specs.append((f"power p={label}", lambda p=p: select_timesteps(path, n, "power", power=p)))
-    # the default rule: p = 1 + 4/n matched in log-SNR below FEW_STEPS_BELOW steps, 1 + 2/n from there on
-    specs.append(("power, the default rule", lambda: select_timesteps(path, n, "power", power=None)))
-    for kind in ("karras", "exponential", "beta", "lu"):
-        specs.append((kind, lambda kind=kind: sigma_spaced_timesteps(path, n, kind)))
-    by_ts: dict[tuple[int, ...], list[str]] = {}
-    for name, make in specs:
-        try:
-            ts = tuple(int(t) for t in make().tolist())
-        except (ValueError, ImportError):  # e.g. steps_offset past T-1, beta without scipy
-            continue
-        by_ts.setdefault(ts, []).append(name)
-    return {" / ".join(names): list(ts) for ts, names in by_ts.items()}
 
 def nearest_family_member(path, ts: Sequence[int]) -> SpacingParams:
     """The member of the smooth family (within the smooth stage's bounds) closest to ``ts`` in summed ``|t|``
@@ -261,14 +259,19 @@ def x0_clipping(loaded):
 def draw_samples(loaded, counter: CallCounter | Callable | None, timesteps: Sequence[int], eta: Sequence[float],
                  base: BaseSampler, noise: CommonNoise, batch_size: int = 500, device: str = "cpu") -> torch.Tensor:
     """Few-step samples of one candidate (the skipstep posterior step, x0 clipped as the model's scheduler config
-    says, as in the benchmark) from the common random numbers ``noise``; the model (the batch's labels and
+    says, as in the benchmark; ``timesteps`` are grid indices, :func:`tune_grid`) from the common random numbers ``noise``; the model (the batch's labels and
     guidance for a conditional model, :meth:`LoadedModel.model_for_batch`) is called once per step per batch and
     counted in ``counter`` (a :class:`CallCounter`; ``None``: not counted; a plain callable: that model itself,
     for an unconditional model)."""
-    path = DiscreteVPPath.from_config(loaded.scheduler_config)
-    plan = plan_steps(path, torch.as_tensor(list(timesteps), dtype=torch.int64), list(eta),
-                      solver_order=base.solver_order, use_corrector=base.use_corrector)
-    config = StepConfig(prediction_type=loaded.prediction_type, variance_type=base.variance_type,
+    flow = loaded.regime == "flow"
+    if flow:  # the grid indices are the model times minus one (FlowGrid)
+        grid = FlowGrid(loaded.num_train_timesteps)
+        path, times = RectifiedFlowPath(t_min=1e-12, t_max=1.0), grid.sigma(list(timesteps))
+    else:
+        path, times = DiscreteVPPath.from_config(loaded.scheduler_config), torch.as_tensor(list(timesteps),
+                                                                                            dtype=torch.int64)
+    plan = plan_steps(path, times, list(eta), solver_order=base.solver_order, use_corrector=base.use_corrector)
+    config = StepConfig(prediction_type="flow" if flow else loaded.prediction_type, variance_type=base.variance_type,
                         solver_order=base.solver_order, check_finite=False, clipping=x0_clipping(loaded),
                         use_corrector=base.use_corrector)
     chunks = []
@@ -282,8 +285,11 @@ def draw_samples(loaded, counter: CallCounter | Callable | None, timesteps: Sequ
                 raise ValueError("a class-conditional model is sampled through loaded.model_for_batch, not a callable")
             model = counter
         stepper = TrajectoryStepper(plan, config)
-        for step in plan:
-            t = torch.full((x.shape[0],), int(step.t), dtype=torch.int64, device=device)
+        for i, step in enumerate(plan):
+            if flow:
+                t = torch.full((x.shape[0],), float(int(timesteps[i]) + 1), dtype=torch.float32, device=device)
+            else:
+                t = torch.full((x.shape[0],), int(step.t), dtype=torch.int64, device=device)
             out = model(x, t)
             z = None
             if needs_noise(step.posterior, config.variance_type):
@@ -407,9 +413,10 @@ def is_better(new: float, old: float) -> bool:
     return new < old - MIN_RELATIVE_IMPROVEMENT * abs(old)
 
 def smooth_stage(search: Search, path, n: int, p0: SpacingParams, eta0: tuple[float, float], search_eta: bool,
-                  fixed_eta: list[float], holder: dict) -> None:
+                  fixed_eta, holder: dict) -> None:
     """Pattern search over (kappa, log rho, t_start, t_end[, eta_a, eta_b]); ``holder`` always holds the stage's
-    incumbent (``ts``, ``eta``, ``f``), also when the budget stops it. Members that break the gap rule score
+    incumbent (``ts``, ``eta``, ``f``), also when the budget stops it. ``fixed_eta``: the eta without the eta
+    search, a list or a function of the timesteps (:func:`base_eta_rule`). Members that break the gap rule score
     ``inf`` (they are never sampled)."""
     T = path.t_max + 1
     x = {"kappa": p0.kappa, "log_rho": math.log(p0.rho), "t_start": p0.t_start, "t_end": p0.t_end,
@@ -430,8 +437,9 @@ def smooth_stage(search: Search, path, n: int, p0: SpacingParams, eta0: tuple[fl
 
     def candidate(v):
         ts = family_timesteps(path, n, SpacingParams(v["kappa"], math.exp(v["log_rho"]), v["t_start"], v["t_end"]))
-        eta = ramp(v["eta_a"], v["eta_b"], n) if search_eta else fixed_eta
-        return ts, eta
+        if search_eta:
+            return ts, ramp(v["eta_a"], v["eta_b"], n)
+        return ts, (fixed_eta(ts) if callable(fixed_eta) else fixed_eta)
 
     x = clip(x)
     f = search(*candidate(x), label="smooth start")
@@ -455,10 +463,11 @@ def smooth_stage(search: Search, path, n: int, p0: SpacingParams, eta0: tuple[fl
                 steps[k] = steps[k] / 2 if isinstance(steps[k], float) else (steps[k] // 2 if steps[k] > 1 else 0)
 
 def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], search_eta: bool,
-                      holder: dict) -> None:
+                      holder: dict, eta_rule: Callable[[Sequence[int]], list[float]] | None = None) -> None:
     """Move single timesteps (within the window the gap rule leaves between their neighbours) and single etas,
     accepting improvements; per-coordinate steps halve on failure. ``holder`` always holds the stage's
-    incumbent."""
+    incumbent. Without the eta search, ``eta_rule`` (:func:`base_eta_rule`) gives each moved candidate the base's
+    eta for its own timesteps."""
     T = path.t_max + 1
     n = len(ts)
     rule = search.gap_rule or GapRule(path, n, 0.0)
@@ -479,9 +488,10 @@ def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], sear
                 if v == ts[i] or lower > upper:
                     continue
                 cand = ts[:i] + [v] + ts[i + 1:]
-                fc = search(cand, eta, label=f"t[{i}]")
+                cand_eta = eta_rule(cand) if eta_rule is not None and not search_eta else eta
+                fc = search(cand, cand_eta, label=f"t[{i}]")
                 if is_better(fc, f):
-                    ts, f, moved = cand, fc, True
+                    ts, eta, f, moved = cand, cand_eta, fc, True
                     holder.update(ts=ts, eta=eta, f=f)
                     break
             if not moved:
@@ -505,6 +515,7 @@ def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], sear
 
 
 __all__ = ["BaseSampler", "BudgetExhausted", "CommonNoise", "DEFAULT_MIN_GAP", "GapRule", "MIN_RELATIVE_IMPROVEMENT",
-           "SMOOTH_STAGE_SHARE", "Search", "SpacingParams", "StageLimit", "base_names", "coordinate_stage",
+           "SMOOTH_STAGE_SHARE", "Search", "SpacingParams", "StageLimit", "base_eta_rule", "base_names", "coordinate_stage",
            "draw_samples", "family_timesteps", "is_better", "nearest_family_member", "plain_spacings", "ramp",
-           "resolve_base", "smooth_stage", "x0_clipping"]
+           "resolve_base",
+           "smooth_stage", "x0_clipping"]
