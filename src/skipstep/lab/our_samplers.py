@@ -164,8 +164,9 @@ def _schedule_path_refusal(schedule_path: str):
     def refusal(loaded: LoadedModel) -> str | None:
         if loaded.regime == schedule_path:
             return None
-        return ("the tuned schedule is for a rectified-flow model" if schedule_path == "flow"
-                else "the tuned schedule lists timesteps of a discrete VP chain") + f"; this is a {loaded.regime_text} model"
+        what = ("the tuned schedule is for a rectified-flow model" if schedule_path == "flow"
+                else "the tuned schedule lists timesteps of a discrete VP chain")
+        return f"{what}; this is a {loaded.regime_text} model"
     return refusal
 
 

@@ -12,7 +12,8 @@ root-mean-square pixel distance to the model's own converged solution from the *
 
 ``D`` the number of pixels, ``x_i^*`` the :func:`ode_solution` of ``x_T^(i)``: ``reference_steps`` (default
 :data:`DEFAULT_REFERENCE_STEPS`) steps of the deterministic second-order skipstep sampler (``eta = 0``, trailing
-spacing -- FlowMatchEuler's own sigmas on a flow model --, the run's x0 clipping and guidance) -- at 200 steps its own distance to a 400-step solution is about
+spacing -- FlowMatchEuler's own sigmas on a flow model --, the run's x0 clipping and guidance) -- at 200 steps its
+own distance to a 400-step solution is about
 1/1000 of a 10-step sampler's on the digits model. A deterministic sampler maps ``x_T`` to ``x_0``; ``D_paired`` is
 its error against the converged map, sample by sample, so it has little noise and no finite-sample floor. The
 root per sample (rather than one mean square over all) keeps the few samples that a coarse schedule sends to

@@ -259,7 +259,8 @@ def x0_clipping(loaded):
 def draw_samples(loaded, counter: CallCounter | Callable | None, timesteps: Sequence[int], eta: Sequence[float],
                  base: BaseSampler, noise: CommonNoise, batch_size: int = 500, device: str = "cpu") -> torch.Tensor:
     """Few-step samples of one candidate (the skipstep posterior step, x0 clipped as the model's scheduler config
-    says, as in the benchmark; ``timesteps`` are grid indices, :func:`tune_grid`) from the common random numbers ``noise``; the model (the batch's labels and
+    says, as in the benchmark; ``timesteps`` are grid indices, :func:`~skipstep.lab.tune_grids.tune_grid`) from
+    the common random numbers ``noise``; the model (the batch's labels and
     guidance for a conditional model, :meth:`LoadedModel.model_for_batch`) is called once per step per batch and
     counted in ``counter`` (a :class:`CallCounter`; ``None``: not counted; a plain callable: that model itself,
     for an unconditional model)."""
@@ -515,7 +516,6 @@ def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], sear
 
 
 __all__ = ["BaseSampler", "BudgetExhausted", "CommonNoise", "DEFAULT_MIN_GAP", "GapRule", "MIN_RELATIVE_IMPROVEMENT",
-           "SMOOTH_STAGE_SHARE", "Search", "SpacingParams", "StageLimit", "base_eta_rule", "base_names", "coordinate_stage",
-           "draw_samples", "family_timesteps", "is_better", "nearest_family_member", "plain_spacings", "ramp",
-           "resolve_base",
-           "smooth_stage", "x0_clipping"]
+           "SMOOTH_STAGE_SHARE", "Search", "SpacingParams", "StageLimit", "base_eta_rule", "base_names",
+           "coordinate_stage", "draw_samples", "family_timesteps", "is_better", "nearest_family_member",
+           "plain_spacings", "ramp", "resolve_base", "smooth_stage", "x0_clipping"]
