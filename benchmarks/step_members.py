@@ -31,6 +31,10 @@ The deterministic member (``dm-``, below 8 steps; eighth round), on the default'
   model's ``leading`` config (3 steps: ``[750, 500, 250]``);
 * ``dm-eta1``, ``dm-p1-eta1``, ``dm-p1-eta0.5``: the few-step member made stochastic (eta 1 or 0.5), on the
   default's grid or the uniform one -- SA-Solver's few-step recipe on a cosine chain is noise on that grid;
+* ``dm-sigmamin``, ``dm-p1-sigmamin``: the last step stops at ``abar_0`` (``final_sigmas_type="sigma_min"``, as
+  SA-Solver and DEIS end) instead of clean data, so it is a multistep (order 2) step instead of ``x0_hat``;
+* ``dm-p1-eta1-nocorr``, ``dm-p1-eta1-o1``, ``dm-p1-eta1-midpoint``: ``dm-p1-eta1`` without the corrector, at
+  order 1, or in the midpoint form (what separates it from SA-Solver on the same grid);
 * ``dm-eta1-opt``, ``dm-eta0.5-opt``, ``dm-p1-eta1-opt``: the stochastic few-step members with Analytic-DPM's
   optimal variance (``variance_type="optimal"``, the model's ``E||eps - eps_hat||^2`` table estimated once on its
   training split) instead of the posterior's: the noise shrinks where the model's epsilon is uncertain.
@@ -71,6 +75,11 @@ DETERMINISTIC_MEMBERS = {
     "eta1": {"eta": 1.0},
     "p1-eta1": {"spacing_power": 1.0, "eta": 1.0},
     "p1-eta0.5": {"spacing_power": 1.0, "eta": 0.5},
+    "sigmamin": {"final_sigmas_type": "sigma_min"},
+    "p1-sigmamin": {"spacing_power": 1.0, "final_sigmas_type": "sigma_min"},
+    "p1-eta1-nocorr": {"spacing_power": 1.0, "eta": 1.0, "use_corrector": False},
+    "p1-eta1-o1": {"spacing_power": 1.0, "eta": 1.0, "solver_order": 1},
+    "p1-eta1-midpoint": {"spacing_power": 1.0, "eta": 1.0, "solver_type": "midpoint"},
     "eta1-opt": {"eta": 1.0, "variance_type": "optimal"},
     "eta0.5-opt": {"eta": 0.5, "variance_type": "optimal"},
     "p1-eta1-opt": {"spacing_power": 1.0, "eta": 1.0, "variance_type": "optimal"},
