@@ -34,16 +34,25 @@ def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
         ("linspace (DPM-Solver grid)", lambda: select_timesteps(path, n, "linspace", grid="drop_zero")),
         ("quadratic", lambda: select_timesteps(path, n, "quadratic")),
         ("log-SNR", lambda: select_timesteps(path, n, "log_snr"))]
-    for label, p in (("1", 1.0), ("1.25", 1.25), ("1+2/n", 1.0 + 2.0 / n), ("1+4/n", 1.0 + 4.0 / n)):
+    for label, p in _power_exponents(n):
         specs.append((f"power p={label}", lambda p=p: select_timesteps(path, n, "power", power=p)))
     # the default rule: p = 1 + 4/n matched in log-SNR below FEW_STEPS_BELOW steps, 1 + 2/n from there on
     specs.append(("power, the default rule", lambda: select_timesteps(path, n, "power", power=None)))
     for kind in ("karras", "exponential", "beta", "lu"):
         specs.append((kind, lambda kind=kind: sigma_spaced_timesteps(path, n, kind)))
+    return _merge_same_grids((name, lambda make=make: [int(t) for t in make().tolist()]) for name, make in specs)
+
+def _power_exponents(n: int) -> tuple[tuple[str, float], ...]:
+    """The power spacing's exponents of the candidate placements, with their labels."""
+    return (("1", 1.0), ("1.25", 1.25), ("1+2/n", 1.0 + 2.0 / n), ("1+4/n", 1.0 + 4.0 / n))
+
+def _merge_same_grids(named_grids) -> dict[str, list[int]]:
+    """``{name: timesteps}`` of ``(name, make)`` pairs, names joined (``"exponential / lu"``) where the grids are
+    the same; a spacing that cannot be made (``ValueError``, ``ImportError``) is left out."""
     by_ts: dict[tuple[int, ...], list[str]] = {}
-    for name, make in specs:
+    for name, make in named_grids:
         try:
-            ts = tuple(int(t) for t in make().tolist())
+            ts = tuple(make())
         except (ValueError, ImportError):  # e.g. steps_offset past T-1, beta without scipy
             continue
         by_ts.setdefault(ts, []).append(name)
@@ -99,19 +108,13 @@ def flow_plain_spacings(config: dict, grid: FlowGrid, n: int) -> dict[str, list[
     FlowMatchEuler's own sigmas (``linspace``), the power spacing at the exponents of :func:`plain_spacings` and
     the default rule, and the Karras, exponential and beta sigmas; snapped to ``grid``, same grids merged."""
     specs: list[tuple[str, dict]] = [("linspace (FlowMatchEuler)", {"timestep_spacing": "linspace"})]
-    for label, p in (("1", 1.0), ("1.25", 1.25), ("1+2/n", 1.0 + 2.0 / n), ("1+4/n", 1.0 + 4.0 / n)):
+    for label, p in _power_exponents(n):
         specs.append((f"power p={label}", {"timestep_spacing": "power", "spacing_power": p}))
     specs.append(("power, the default rule", {"timestep_spacing": "power", "spacing_power": None}))
     for kind in ("karras", "exponential", "beta"):
         specs.append((kind, {"timestep_spacing": "linspace", f"use_{kind}_sigmas": True}))
-    by_ts: dict[tuple[int, ...], list[str]] = {}
-    for name, overrides in specs:
-        try:
-            ts = tuple(grid.indices(_flow_scheduler_sigmas(config, n, **overrides)))
-        except (ValueError, ImportError):  # beta without scipy
-            continue
-        by_ts.setdefault(ts, []).append(name)
-    return {" / ".join(names): list(ts) for ts, names in by_ts.items()}
+    return _merge_same_grids((name, lambda o=o: grid.indices(_flow_scheduler_sigmas(config, n, **o)))
+                             for name, o in specs)
 
 def model_plain_spacings(loaded, grid, n: int) -> dict[str, list[int]]:
     """:func:`plain_spacings` of a VP chain, :func:`flow_plain_spacings` of a flow model."""
