@@ -12,11 +12,7 @@ import torch
 
 from ..flow_schedulers import SkippedStepFlowScheduler
 from ..paths import DiscreteVPPath
-from ..timesteps import (
-    make_strictly_descending,
-    select_timesteps,
-    sigma_spaced_timesteps,
-)
+from ..timesteps import make_strictly_descending, select_timesteps, sigma_spaced_timesteps
 from .sampler_recipes import from_config_accepting
 
 
@@ -78,6 +74,10 @@ class FlowGrid:
     def sigma(self, index) -> torch.Tensor:
         return (torch.as_tensor(index, dtype=torch.float64) + 1.0) / self.T
 
+    def model_time(self, index: int) -> int:
+        """The model's time input ``t = k + 1`` (``sigma * T``) at grid index ``k``."""
+        return int(index) + 1
+
     def log_snr(self, index) -> torch.Tensor:
         s = self.sigma(index)
         return 2.0 * (torch.log1p(-s) - torch.log(s))
@@ -96,7 +96,7 @@ def tune_grid(loaded):
 def schedule_timesteps(grid, indices: Sequence[int]) -> list[int]:
     """What a schedule file lists for the grid ``indices``: the VP chain's timesteps, or a flow model's times
     ``k + 1``."""
-    return [int(k) + 1 for k in indices] if isinstance(grid, FlowGrid) else [int(k) for k in indices]
+    return [grid.model_time(k) for k in indices] if isinstance(grid, FlowGrid) else [int(k) for k in indices]
 
 def _flow_scheduler_sigmas(config: dict, n: int, **overrides) -> list[float]:
     sched = from_config_accepting(SkippedStepFlowScheduler, dict(config), **overrides)

@@ -37,16 +37,8 @@ import torch
 from ..paths import DiscreteVPPath, RectifiedFlowPath
 from ..plan import plan_steps, resolve_eta_schedule
 from ..predictions import X0Clipping
-from ..steps import (
-    DEFAULT_ETA,
-    DEFAULT_FLOW_ETA,
-    DEFAULT_SOLVER_ORDER,
-    DEFAULT_USE_CORRECTOR,
-    StepConfig,
-    TrajectoryStepper,
-    canonical_variance_type,
-    needs_noise,
-)
+from ..steps import (DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig,
+                     TrajectoryStepper, canonical_variance_type, needs_noise)
 from ..storage import derived_seed
 from ..timesteps import make_strictly_descending
 from .sample_sets import initial_noise
@@ -288,7 +280,8 @@ def draw_samples(loaded, counter: CallCounter | Callable | None, timesteps: Sequ
         stepper = TrajectoryStepper(plan, config)
         for i, step in enumerate(plan):
             if flow:
-                t = torch.full((x.shape[0],), float(int(timesteps[i]) + 1), dtype=torch.float32, device=device)
+                t = torch.full((x.shape[0],), float(grid.model_time(timesteps[i])), dtype=torch.float32,
+                               device=device)
             else:
                 t = torch.full((x.shape[0],), int(step.t), dtype=torch.int64, device=device)
             out = model(x, t)
