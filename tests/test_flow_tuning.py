@@ -18,9 +18,11 @@ from skipstep.lab.loaded_model import LoadedModel
 from skipstep.lab.models import register_model
 from skipstep.lab.sampler_registry import SamplerError, get_sampler, sampler_refusal
 from skipstep.lab.tune import tune_schedule
-from skipstep.lab.tune_grids import FlowGrid, flow_plain_spacings, reference_indices, schedule_timesteps, tune_grid
+from skipstep.lab.tune_grids import (DEFAULT_RULE_LABEL, FlowGrid, default_rule_grid, flow_plain_spacings, reference_indices,
+                                     schedule_timesteps, tune_grid)
 from skipstep.lab.tune_search import BaseSampler, CommonNoise, GapRule, draw_samples, resolve_base
 from skipstep.paths import RectifiedFlowPath
+from skipstep.plan import eta_reads_log_snr
 from skipstep.steps import DEFAULT_FLOW_ETA
 from skipstep.tuned_schedules import TunedSchedule, TunedScheduleError
 
@@ -180,7 +182,8 @@ def test_flow_plain_spacings_are_the_flow_schedulers_snapped_to_the_grid():
     names = " / ".join(plain)
     for name in ("linspace (FlowMatchEuler)", "power p=1+2/n", "power, the default rule", "karras", "exponential"):
         assert name in names
-    default = next(ts for name, ts in plain.items() if "the default rule" in name)
+    default = default_rule_grid(plain)
+    assert any(DEFAULT_RULE_LABEL in name.split(" / ") and ts == default for name, ts in plain.items())
     sched = SkippedStepFlowScheduler.from_config(CONFIG)
     sched.set_timesteps(5)
     exact = sched.sigmas[:-1].double()
@@ -192,6 +195,8 @@ def test_flow_plain_spacings_are_the_flow_schedulers_snapped_to_the_grid():
 
 def test_the_default_base_of_a_flow_model_has_the_flow_eta():
     assert resolve_base("default", flow=True).eta == DEFAULT_FLOW_ETA
+    assert eta_reads_log_snr(DEFAULT_FLOW_ETA) and not eta_reads_log_snr(resolve_base("default").eta)
+    assert not eta_reads_log_snr(0.5) and not eta_reads_log_snr("below:8:0:1") and eta_reads_log_snr("snr-window:-1:0")
     assert resolve_base("default").eta != DEFAULT_FLOW_ETA
     with pytest.raises(ValueError, match="posterior's"):
         resolve_base("default", variance_type="large", flow=True)

@@ -111,6 +111,12 @@ def _log_snrs_for(log_snrs, num_steps: int, text: str) -> list[float]:
     return log_snrs
 
 
+def eta_reads_log_snr(eta) -> bool:
+    """Whether the eta schedule ``eta`` has an ``snr-window`` part: its per-step values depend on where the steps
+    start (their log-SNR), not only on the step count."""
+    return isinstance(eta, str) and "snr-window:" in eta.replace(" ", "")
+
+
 def resolve_eta_schedule(eta, num_steps: int, log_snrs: Sequence[float] | None = None) -> list[float]:
     """Per-step eta values (first step first) from any accepted form, see ``ETA_SCHEDULE_FORMS``.
 
@@ -406,6 +412,7 @@ __all__ = [
     "PlannedStep",
     "check_solver_order",
     "check_solver_type",
+    "eta_reads_log_snr",
     "plan_steps",
     "resolve_eta_schedule",
 ]

@@ -42,7 +42,7 @@ from .tune_objectives import (DEFAULT_NUM_SAMPLES, DEFAULT_REFERENCE_STEPS, OBJE
 from .tune_search import (DEFAULT_MIN_GAP, SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, CommonNoise, GapRule,
                           Search, StageLimit, base_eta_rule, base_names, coordinate_stage, is_better,
                           nearest_family_member, resolve_base, smooth_stage)
-from .tune_grids import model_plain_spacings, schedule_timesteps, tune_grid
+from .tune_grids import default_rule_grid, model_plain_spacings, schedule_timesteps, tune_grid
 
 DEFAULT_BUDGET_MINUTES = 2.0
 DEFAULT_FIT_SEEDS, DEFAULT_VAL_SEEDS, DEFAULT_EVAL_SEEDS = (0,), (1,), (2, 3)
@@ -117,8 +117,7 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     path = tune_grid(loaded)  # the VP chain, or the flow model's grid of model times (FlowGrid)
     plain = model_plain_spacings(loaded, path, nfe)
     eta_for = base_eta_rule(base, path, nfe)
-    base_eta = eta_for(next((ts for name, ts in plain.items() if "the default rule" in name),
-                            next(iter(plain.values()))))  # the base's eta where its own grid puts the steps
+    base_eta = eta_for(default_rule_grid(plain))  # the base's eta where its own grid puts the steps
     deterministic = all(e == 0 for e in base_eta[:-1])
     base_text = f"base {base.name} (eta {base.eta})"
     objective = check_objective(objective, deterministic, loaded.feature_fn is not None, base_text)

@@ -33,7 +33,7 @@ def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
     for label, p in _power_exponents(n):
         specs.append((f"power p={label}", lambda p=p: select_timesteps(path, n, "power", power=p)))
     # the default rule: p = 1 + 4/n matched in log-SNR below FEW_STEPS_BELOW steps, 1 + 2/n from there on
-    specs.append(("power, the default rule", lambda: select_timesteps(path, n, "power", power=None)))
+    specs.append((DEFAULT_RULE_LABEL, lambda: select_timesteps(path, n, "power", power=None)))
     for kind in ("karras", "exponential", "beta", "lu"):
         specs.append((kind, lambda kind=kind: sigma_spaced_timesteps(path, n, kind)))
     return _merge_same_grids((name, lambda make=make: [int(t) for t in make().tolist()]) for name, make in specs)
@@ -41,6 +41,18 @@ def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
 def _power_exponents(n: int) -> tuple[tuple[str, float], ...]:
     """The power spacing's exponents of the candidate placements, with their labels."""
     return (("1", 1.0), ("1.25", 1.25), ("1+2/n", 1.0 + 2.0 / n), ("1+4/n", 1.0 + 4.0 / n))
+
+DEFAULT_RULE_LABEL = "power, the default rule"
+
+
+def default_rule_grid(spacings: dict[str, list[int]]) -> list[int]:
+    """The default rule's grid among the named ``spacings`` of :func:`plain_spacings` / :func:`flow_plain_spacings`
+    (its name may be joined with others that gave the same grid); the first spacing if it could not be made."""
+    for name, ts in spacings.items():
+        if DEFAULT_RULE_LABEL in name.split(" / "):
+            return ts
+    return next(iter(spacings.values()))
+
 
 def _merge_same_grids(named_grids) -> dict[str, list[int]]:
     """``{name: timesteps}`` of ``(name, make)`` pairs, names joined (``"exponential / lu"``) where the grids are
@@ -110,7 +122,7 @@ def flow_plain_spacings(config: dict, grid: FlowGrid, n: int) -> dict[str, list[
     specs: list[tuple[str, dict]] = [("linspace (FlowMatchEuler)", {"timestep_spacing": "linspace"})]
     for label, p in _power_exponents(n):
         specs.append((f"power p={label}", {"timestep_spacing": "power", "spacing_power": p}))
-    specs.append(("power, the default rule", {"timestep_spacing": "power", "spacing_power": None}))
+    specs.append((DEFAULT_RULE_LABEL, {"timestep_spacing": "power", "spacing_power": None}))
     for kind in ("karras", "exponential", "beta"):
         specs.append((kind, {"timestep_spacing": "linspace", f"use_{kind}_sigmas": True}))
     return _merge_same_grids((name, lambda o=o: grid.indices(_flow_scheduler_sigmas(config, n, **o)))
@@ -131,5 +143,5 @@ def reference_indices(loaded, steps: int) -> list[int]:
     return [int(t) for t in select_timesteps(grid, steps, "trailing").tolist()]
 
 
-__all__ = ["FlowGrid", "flow_plain_spacings", "model_plain_spacings", "plain_spacings", "reference_indices",
+__all__ = ["DEFAULT_RULE_LABEL", "FlowGrid", "default_rule_grid", "flow_plain_spacings", "model_plain_spacings", "plain_spacings", "reference_indices",
            "schedule_timesteps", "tune_grid"]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..paths import DiscreteVPPath, RectifiedFlowPath
-from ..plan import plan_steps, resolve_eta_schedule
+from ..plan import eta_reads_log_snr, plan_steps, resolve_eta_schedule
 from ..predictions import X0Clipping
 from ..steps import (DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig,
                      TrajectoryStepper, canonical_variance_type, needs_noise)
@@ -121,7 +121,7 @@ def base_eta_rule(base: BaseSampler, grid, n: int) -> Callable[[Sequence[int]], 
     """The base's per-step eta on given grid indices: a fixed list, except for an eta that reads the log-SNR of
     each step's start (``snr-window``, the flow default's), which is resolved where the candidate puts its steps,
     as the scheduler resolves it on its own sigmas."""
-    if not (isinstance(base.eta, str) and "snr-window" in base.eta):
+    if not eta_reads_log_snr(base.eta):
         fixed = base.eta_list(n)
         return lambda ts: list(fixed)
     return lambda ts: resolve_eta_schedule(base.eta, n, grid.log_snr(torch.as_tensor(list(ts))).tolist())
