@@ -334,6 +334,21 @@ def test_eta0_order2_midpoint_equals_dpm_solver_pp_2m(spacing, prediction_type):
     assert max_diff(full_loop(ours), ref) < 2e-6 * max(1.0, float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("steps", [4, 6])
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+def test_few_steps_equal_dpm_solver_pp_2m_at_extrapolation_gain_1(steps, solver_type):
+    """Below 8 steps the default's extrapolation gain (1 + (3/n)^3) is no DPM-Solver step; at
+    ``extrapolation_gain=1.0`` the order-2 member is DPM-Solver++(2M) again, at any step count."""
+    dpm = DPMSolverMultistepScheduler(**CHAIN, timestep_spacing="linspace", solver_type=solver_type,
+                                      lower_order_final=True)
+    ref = full_loop(dpm, n=steps)
+    common = dict(eta=0.0, solver_order=2, use_corrector=False, keep_grid=True)
+    exact = SkippedStepScheduler.from_config(dpm.config, **common, extrapolation_gain=1.0)
+    assert max_diff(full_loop(exact, n=steps), ref) < 2e-6 * max(1.0, float(ref.abs().max()))
+    gained = SkippedStepScheduler.from_config(dpm.config, **common)
+    assert max_diff(full_loop(gained, n=steps), ref) > 1e-4 * float(ref.abs().max())
+
+
 @pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
 def test_eta1_order2_equals_sde_dpm_solver_pp_2m_with_shared_noise(solver_type):
     dpm = DPMSolverMultistepScheduler(**CHAIN, timestep_spacing="linspace", algorithm_type="sde-dpmsolver++",

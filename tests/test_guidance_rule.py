@@ -37,10 +37,11 @@ STEP_COUNTS = [3, 5, N - 1, N, 10, 20]
 
 
 def member(n: int) -> dict:
-    """The strong-guidance member at ``n`` steps, as explicit settings."""
+    """The strong-guidance member at ``n`` steps, as explicit settings (a guidance scale above 1 also sets the
+    extrapolation gain to 1)."""
     if n < N:
-        return {"use_corrector": False}
-    return {"eta": STRONG_GUIDANCE_ETA, "solver_order": STRONG_GUIDANCE_SOLVER_ORDER}
+        return {"use_corrector": False, "extrapolation_gain": 1.0}
+    return {"eta": STRONG_GUIDANCE_ETA, "solver_order": STRONG_GUIDANCE_SOLVER_ORDER, "extrapolation_gain": 1.0}
 
 
 def test_the_strong_guidance_members():
@@ -137,14 +138,21 @@ def test_one_scheduler_follows_the_step_count_of_each_set_timesteps():
 @pytest.mark.parametrize("steps", [4, N - 1, N, 10])
 def test_between_the_thresholds_only_the_few_step_member_applies(steps):
     w = (STRONG_GUIDANCE_FEW_STEPS_FROM + STRONG_GUIDANCE_FROM) / 2
-    expected = SkippedStepScheduler(use_corrector=False) if steps < N else SkippedStepScheduler()
+    # a known scale above 1 also turns the few-step extrapolation gain off (skipstep.plan.resolve_extrapolation_gain)
+    expected = SkippedStepScheduler(use_corrector=not steps < N, extrapolation_gain=1.0)
     assert torch.equal(_run(SkippedStepScheduler(guidance_scale=w), steps)[1], _run(expected, steps)[1])
 
 
 @pytest.mark.parametrize("w", [None, 0.0, 1.0, 4.0])
 @pytest.mark.parametrize("steps", [4, 10])
 def test_below_the_threshold_the_scheduler_is_the_default(w, steps):
-    assert torch.equal(_run(SkippedStepScheduler(guidance_scale=w), steps)[1], _run(SkippedStepScheduler(), steps)[1])
+    """Below the strong-guidance thresholds only the extrapolation gain depends on the scale: the default's rule
+    for an unknown scale or ``w <= 1``, the exact step (gain 1) above."""
+    default = SkippedStepScheduler() if w is None or w <= 1 else SkippedStepScheduler(extrapolation_gain=1.0)
+    assert torch.equal(_run(SkippedStepScheduler(guidance_scale=w), steps)[1], _run(default, steps)[1])
+    if steps < N and w is not None and w > 1:
+        assert not torch.equal(_run(SkippedStepScheduler(guidance_scale=w), steps)[1],
+                               _run(SkippedStepScheduler(), steps)[1])
 
 
 def test_the_scale_survives_a_config_round_trip(tmp_path):
@@ -163,7 +171,8 @@ def test_sample_told_a_strong_scale_is_the_strong_member(steps):
     strong = sample(_toy_eps, generator=torch.Generator().manual_seed(4), **member(steps), **common)
     unguided = sample(_toy_eps, generator=torch.Generator().manual_seed(4), guidance_scale=2.0, **common)
     assert torch.equal(told, strong)
-    assert torch.equal(unguided, sample(_toy_eps, generator=torch.Generator().manual_seed(4), **common))
+    assert torch.equal(unguided, sample(_toy_eps, generator=torch.Generator().manual_seed(4), extrapolation_gain=1.0,
+                                        **common))
     assert not torch.equal(told, unguided)
 
 
@@ -189,8 +198,11 @@ def test_the_bench_default_is_told_the_run_scale_and_default_no_w_is_not(tmp_pat
     b = sample_cell(view, get_sampler("default-no-w"), 4, 0, 6, 6, "cpu").samples
     assert not torch.equal(a, b)  # w = 8: the strong member against the unguided default
     weak = load_model(str(conditional_dir(tmp_path / "cond"))).at_guidance(2)
-    assert torch.equal(sample_cell(weak, get_sampler("default"), 4, 0, 6, 6, "cpu").samples,
-                       sample_cell(weak, get_sampler("default-no-w"), 4, 0, 6, 6, "cpu").samples)
+    # w = 2: the same from 8 steps on; below, told w > 1 the default drops its few-step extrapolation gain
+    assert torch.equal(sample_cell(weak, get_sampler("default"), N + 2, 0, 6, 6, "cpu").samples,
+                       sample_cell(weak, get_sampler("default-no-w"), N + 2, 0, 6, 6, "cpu").samples)
+    assert not torch.equal(sample_cell(weak, get_sampler("default"), 4, 0, 6, 6, "cpu").samples,
+                           sample_cell(weak, get_sampler("default-no-w"), 4, 0, 6, 6, "cpu").samples)
 
 
 def _k_denoiser(x, sigma):
@@ -220,15 +232,18 @@ def _k_run(n, **kwargs):
 def test_the_k_diffusion_adapter_told_a_strong_scale_is_the_strong_member(n):
     strong = _k_run(n, **member(n))
     assert torch.equal(_k_run(n, guidance_scale=8.0), strong)
-    assert torch.equal(_k_run(n, guidance_scale=4.0), _k_run(n))  # below the threshold: the default
+    # below the threshold: the default, at gain 1 (a known scale above 1 turns the few-step gain off)
+    assert torch.equal(_k_run(n, guidance_scale=4.0), _k_run(n, extrapolation_gain=1.0))
     assert not torch.equal(_k_run(n, guidance_scale=4.0), strong)
     # explicit choices are kept: an eta schedule and an order
     few = n < N
     assert torch.equal(_k_run(n, guidance_scale=8.0, eta_schedule="linear:1:0"),
-                       _k_run(n, eta_schedule="linear:1:0", **({"use_corrector": False} if few else
-                                                                {"solver_order": STRONG_GUIDANCE_SOLVER_ORDER})))
+                       _k_run(n, eta_schedule="linear:1:0", extrapolation_gain=1.0,
+                              **({"use_corrector": False} if few else
+                                 {"solver_order": STRONG_GUIDANCE_SOLVER_ORDER})))
     assert torch.equal(_k_run(n, guidance_scale=8.0, solver_order=3),
-                       _k_run(n, solver_order=3, **({"use_corrector": False} if few else {"eta": STRONG_GUIDANCE_ETA})))
+                       _k_run(n, solver_order=3, extrapolation_gain=1.0,
+                              **({"use_corrector": False} if few else {"eta": STRONG_GUIDANCE_ETA})))
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan, "8", True])

@@ -46,8 +46,9 @@ def start(sigmas):
     return torch.randn(SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * sigmas[0]
 
 
-#: k-diffusion has no corrector: every member compared below is the predictor alone
-NO_CORRECTOR = dict(use_corrector=False)
+#: k-diffusion has no corrector and extrapolates with the exact line: every member compared below is the predictor
+#: alone at extrapolation gain 1
+NO_CORRECTOR = dict(use_corrector=False, extrapolation_gain=1.0)
 CASES = {
     # name: (k-diffusion sampler and kwargs, our kwargs)
     "euler_ancestral eta=1": ("sample_euler_ancestral", dict(eta=1.0), dict(eta=1.0, solver_order=1, **NO_CORRECTOR)),
@@ -109,8 +110,8 @@ def test_default_is_the_library_default_heun():
 
 @pytest.mark.parametrize("steps", [5, 12])
 def test_default_predictor_equals_k_diffusion(steps):
-    """The default member without the corrector is k-diffusion's sampler of that member, on both sides of the
-    default's step-count threshold (its eta depends on the number of steps)."""
+    """The default member without the corrector, at extrapolation gain 1, is k-diffusion's sampler of that member,
+    on both sides of the default's step-count threshold (its eta depends on the number of steps)."""
     etas = resolve_eta_schedule(DEFAULT_ETA, steps)
     assert len(set(etas)) == 1, f"the default's eta at {steps} steps is not constant: {etas}"
     reference = k_diffusion_reference(etas[0], DEFAULT_SOLVER_ORDER)
@@ -120,7 +121,8 @@ def test_default_predictor_equals_k_diffusion(steps):
     x = start(sigmas)
     noise = SharedNoise()
     ref = getattr(K.sampling, name)(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, **theirs_kwargs)
-    ours = sample_skipstep(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, use_corrector=False)
+    ours = sample_skipstep(denoiser, x.clone(), sigmas, disable=True, noise_sampler=noise, use_corrector=False,
+                           extrapolation_gain=1.0)
     assert float((ours - ref).abs().max()) <= 1e-12 * max(1.0, float(ref.abs().max()))
 
 

@@ -231,12 +231,14 @@ def test_a_tuned_schedule_runs_with_its_own_corrector_setting_on_every_route(gmm
     g = torch.Generator().manual_seed(0)
     plain = skipstep.sample(gmm.model, (2, *gmm.sample_shape), path=path, timesteps=s.timesteps, eta=list(s.eta),
                             solver_order=s.solver_order, variance_type=s.variance_type,
-                            use_corrector=use_corrector, generator=g, progress=False)
+                            use_corrector=use_corrector, extrapolation_gain=s.extrapolation_gain, generator=g,
+                            progress=False)
     torch.testing.assert_close(tuned, plain, rtol=0, atol=0)
     g = torch.Generator().manual_seed(0)
     other = skipstep.sample(gmm.model, (2, *gmm.sample_shape), path=path, timesteps=s.timesteps, eta=list(s.eta),
                             solver_order=s.solver_order, variance_type=s.variance_type,
-                            use_corrector=not use_corrector, generator=g, progress=False)
+                            use_corrector=not use_corrector, extrapolation_gain=s.extrapolation_gain, generator=g,
+                            progress=False)
     assert not torch.equal(tuned, other)  # the setting matters on this schedule
 
 
@@ -253,10 +255,12 @@ def test_a_schedule_file_without_the_corrector_key_runs_without_it(gmm):
 @pytest.mark.parametrize("use_corrector", [False, True])
 def test_the_search_scores_what_the_scheduler_samples(gmm, use_corrector):
     """The search's sampling loop (common random numbers) is the scheduler's step, noise for noise, with and
-    without the corrector (eta 1 and 0.5 steps included), and the corrector setting changes the samples."""
-    s = make_schedule(model_fingerprint=gmm.fingerprint, use_corrector=use_corrector)
+    without the corrector (eta 1 and 0.5 steps included), at the schedule's extrapolation gain, and the corrector
+    setting changes the samples."""
+    s = make_schedule(model_fingerprint=gmm.fingerprint, use_corrector=use_corrector,
+                      extrapolation_gain=1.5 if use_corrector else 1.0)
     noise = CommonNoise(3, 5, gmm.sample_shape)
-    base = BaseSampler("t", s.eta, 2, "small", use_corrector=use_corrector)
+    base = BaseSampler("t", s.eta, 2, "small", use_corrector=use_corrector, extrapolation_gain=s.extrapolation_gain)
     x = draw_samples(gmm, gmm.model, s.timesteps, s.eta, base, noise, batch_size=3)
     sched = SkippedStepScheduler.from_config(gmm.scheduler_config, **s.scheduler_kwargs())
     sched.set_timesteps(4)
@@ -278,6 +282,7 @@ def test_the_default_base_is_tuned_with_its_corrector(gmm, tmp_path):
     s = tune_schedule(gmm, 3, "default", num_samples=32, batch_size=32, budget_nfe=200, cache_dir=tmp_path,
                       reference_steps=30)
     assert s.use_corrector is True and s.provenance["base"]["use_corrector"] is True
+    assert s.extrapolation_gain == skipstep.plan.default_extrapolation_gain(3) > 1  # the default's rule, written
     # the check's tuned row is what the scheduler samples from the written schedule, corrector included
     row = s.provenance["final_check"]["rows"][0]
     assert row["name"] == "tuned"

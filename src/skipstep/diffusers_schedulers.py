@@ -33,7 +33,8 @@ from diffusers.utils import BaseOutput
 
 from .diffusers_config import DROP_ZERO_GRID_SCHEDULERS, TRUNCATES_KARRAS_ON_COSINE, translate_config
 from .paths import DiscreteVPPath, check_num_train_timesteps, flow_config_reason, make_betas, trained_alphas_cumprod
-from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
+from .plan import (DEFAULT_EXTRAPOLATION_GAIN, PlannedStep, check_extrapolation_gain, check_solver_type, plan_steps,
+                   resolve_eta_schedule, resolve_extrapolation_gain)
 from .predictions import X0Clipping, check_prediction_type
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE, StepConfig, TrajectoryStepper,
@@ -137,6 +138,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             through one more node (the new evaluation) with the same noise: the order rises by one at no extra
             evaluation (UniPC's UniC / SA-Solver's corrector for the posterior family; see
             :class:`skipstep.steps.TrajectoryStepper`).
+        extrapolation_gain: ``G`` of the order-2 steps, ``D = x0_0 + G w_1 (x0_1 - x0_0)`` (1: the exact step of
+            the line through the last two ``x0_hat``); ``None`` (the default): ``1 + (3/n)^3`` below 8 steps
+            (2 at 3 steps, 1.42 at 4), 1 from 8 on and under a known guidance scale ``w > 1``
+            (:func:`skipstep.plan.resolve_extrapolation_gain`).
         lower_order_final: DPM-Solver's rule: with fewer than 15 steps the last step is first order and the one
             before it at most second order. euler_at_final: the last step is first order. (A last step to clean
             data is always first order.)
@@ -161,8 +166,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         eps_mse, data_half_range: the optimal variance's table (:func:`skipstep.optimal_variance.estimate_eps_mse`)
             and the data's half-range (1.0 for data in [-1, 1]).
         tuned_schedule: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule`, its dict or a file path;
-            stored as its dict). It fixes the timesteps, ``eta``, ``solver_order``, ``variance_type`` and
-            ``use_corrector`` (the corrector as the schedule was tuned).
+            stored as its dict). It fixes the timesteps, ``eta``, ``solver_order``, ``variance_type``,
+            ``use_corrector`` and ``extrapolation_gain`` (as the schedule was tuned).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -232,6 +237,7 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         replaced_scheduler: str | None = None,
+        extrapolation_gain: float | None = DEFAULT_EXTRAPOLATION_GAIN,
     ):
         # replaced_scheduler is always written out, even at its default, so that a config that went through another
         # class and back keeps it (diffusers drops keys a config left at their defaults)
@@ -243,9 +249,11 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         check_solver_type(solver_type)
         self._tuned = None
         check_guidance_hint(guidance_scale)  # refused even where a tuned schedule makes it moot
-        if tuned_schedule is not None:  # it fixes eta, solver_order, variance_type and the timesteps
+        if extrapolation_gain is not None:
+            check_extrapolation_gain(extrapolation_gain)
+        if tuned_schedule is not None:  # it fixes eta, solver_order, variance_type, the gain and the timesteps
             self._tuned, fixed = scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps, eta,
-                                                                        solver_order, variance_type)
+                                                                        solver_order, variance_type, extrapolation_gain)
             eta, solver_order, variance_type = fixed["eta"], fixed["solver_order"], fixed["variance_type"]
             use_corrector, use_learned_variance = fixed["use_corrector"], fixed["use_learned_variance"]
             self.register_to_config(**fixed)
@@ -254,6 +262,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         self._asked = (eta, solver_order, bool(use_corrector))
         eta, solver_order, use_corrector = settings_for_guidance(self._guidance, eta, solver_order, bool(use_corrector))
         self.effective_eta = eta
+        # before set_timesteps: the rule from FEW_STEPS_BELOW steps on (the step count is not known yet)
+        self.effective_extrapolation_gain = 1.0 if extrapolation_gain is None else float(extrapolation_gain)
         if variance_type == "learned":
             # In a diffusers config 'learned' means a variance predicted directly for the full T-step chain, which
             # cannot be moved to a skipped chain; ADM/IDDPM/DiT models use 'learned_range'.
@@ -378,16 +388,20 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         c = self.config
         eta, order, corrector = settings_for_guidance(self._guidance, *self._asked, num_steps=len(ts))
         self.effective_eta = eta
+        self.effective_extrapolation_gain = resolve_extrapolation_gain(c.extrapolation_gain, len(ts),
+                                                                       guidance_scale=self._guidance)
         if (order, corrector) != (self.step_config.solver_order, self.step_config.use_corrector):
             self.step_config = replace(self.step_config, solver_order=order, use_corrector=corrector)
         key = (tuple(ts.tolist()), final, repr(self.effective_eta), id(c.eps_mse), c.solver_type, c.lower_order_final,
-               c.euler_at_final, self.step_config.solver_order, self.step_config.use_corrector)
+               c.euler_at_final, self.step_config.solver_order, self.step_config.use_corrector,
+               self.effective_extrapolation_gain)
         if key == self._cached[0]:
             plan, coefficients = self._cached[1], self._cached[2]
         else:
             plan = plan_steps(self.path, ts, self.effective_eta, c.eps_mse, solver_order=self.step_config.solver_order,
                               solver_type=c.solver_type, final_time=final, lower_order_final=c.lower_order_final,
-                              euler_at_final=c.euler_at_final, use_corrector=self.step_config.use_corrector)
+                              euler_at_final=c.euler_at_final, use_corrector=self.step_config.use_corrector,
+                              extrapolation_gain=self.effective_extrapolation_gain)
             coefficients = None
         self._plan = plan
         self._stepper = TrajectoryStepper(plan, self.step_config, coefficients)

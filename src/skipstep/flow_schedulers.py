@@ -47,7 +47,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from .paths import RectifiedFlowPath, vp_config_reason
-from .plan import PlannedStep, check_solver_type, plan_steps, resolve_eta_schedule
+from .plan import (DEFAULT_EXTRAPOLATION_GAIN, PlannedStep, check_extrapolation_gain, check_solver_type, plan_steps,
+                   resolve_eta_schedule, resolve_extrapolation_gain)
 from .steps import (DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper)
 from .timesteps import check_num_steps, check_spacing_power, spacing_power_for
@@ -96,6 +97,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form
             of the order-2 steps), as for :class:`skipstep.SkippedStepScheduler`.
         use_corrector: the corrector of :class:`skipstep.SkippedStepScheduler` (no extra evaluation).
+        extrapolation_gain: ``G`` of the order-2 steps, as for :class:`skipstep.SkippedStepScheduler`; ``None`` (the
+            default) is 1 on a flow path (the VP chains' few-step gain made the flow models' cells worse).
         lower_order_final, euler_at_final: as for :class:`skipstep.SkippedStepScheduler` (DPM-Solver's rules for
             the last steps; the last step to clean data, ``x0_hat`` of the last evaluation, is first order anyway,
             so they change an order-3 trajectory's second-to-last step only).
@@ -107,7 +110,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         tuned_schedule: a flow schedule of ``skipstep tune`` (:class:`skipstep.tuned_schedules.TunedSchedule` with
             ``path="flow"``, its dict or a file path): ``set_timesteps`` then visits its sigmas as they are (the
             final sigmas: no shift, dynamic shifting or sigma conversion is applied to them, and ``mu`` is
-            ignored), at exactly its NFE; it fixes ``eta``, ``solver_order`` and ``use_corrector`` (defaults are
+            ignored), at exactly its NFE; it fixes ``eta``, ``solver_order``, ``use_corrector`` and
+            ``extrapolation_gain`` (defaults are
             replaced, contradicting values refused); ``timesteps=`` and ``sigmas=`` other than the schedule's own
             (a Flux pipeline always passes sigmas: pass it ``sigmas=schedule.sigmas``) are refused.
     """
@@ -142,11 +146,14 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         lower_order_final: bool = False,
         euler_at_final: bool = False,
         tuned_schedule=None,
+        extrapolation_gain: float | None = DEFAULT_EXTRAPOLATION_GAIN,
     ):
         self._tuned = None
-        if tuned_schedule is not None:  # it fixes eta, solver_order, use_corrector and the sigmas
+        if extrapolation_gain is not None:
+            check_extrapolation_gain(extrapolation_gain)
+        if tuned_schedule is not None:  # it fixes eta, solver_order, use_corrector, the gain and the sigmas
             self._tuned, fixed = flow_scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps,
-                                                                             eta, solver_order)
+                                                                             eta, solver_order, extrapolation_gain)
             eta, solver_order, use_corrector = fixed["eta"], fixed["solver_order"], fixed["use_corrector"]
             self.register_to_config(**fixed)
         if invert_sigmas:
@@ -284,7 +291,9 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         self._plan = plan_steps(self.path, noisy, self.effective_eta, solver_order=self.step_config.solver_order,
                                  solver_type=self.config.solver_type, use_corrector=self.step_config.use_corrector,
                                  lower_order_final=self.config.lower_order_final,
-                                 euler_at_final=self.config.euler_at_final)
+                                 euler_at_final=self.config.euler_at_final,
+                                 extrapolation_gain=resolve_extrapolation_gain(self.config.extrapolation_gain,
+                                                                               len(noisy), flow=True))
         self.timesteps = schedule_timesteps
         self.sigmas = all_sigmas
         self.num_inference_steps = len(self._plan)

@@ -39,7 +39,7 @@ from tqdm.auto import trange
 
 from .gaussian_data import check_data_moments, gaussian_data_x0
 from .paths import VESigmaPath
-from .plan import plan_steps
+from .plan import DEFAULT_EXTRAPOLATION_GAIN, plan_steps, resolve_extrapolation_gain
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper,
                     canonical_variance_type, settings_for_guidance)
 
@@ -89,6 +89,7 @@ def sample_skipstep(
     data_mean: float | torch.Tensor | None = None,
     data_var: float | torch.Tensor | None = None,
     guidance_scale: float | None = None,
+    extrapolation_gain: float | None = DEFAULT_EXTRAPOLATION_GAIN,
 ) -> torch.Tensor:
     """Skipped-step posterior sampling in k-diffusion's convention (see the module docstring).
 
@@ -109,6 +110,9 @@ def sample_skipstep(
     settings left at their defaults become the strong-guidance member's (below 7 steps the corrector off from w = 5
     on, from 7 steps the first-order skipped-step posterior from ``skipstep.STRONG_GUIDANCE_FROM = 6`` on;
     :func:`skipstep.steps.settings_for_guidance`); an ``eta_schedule`` counts as a chosen eta.
+    ``extrapolation_gain``: ``G`` of the order-2 steps (:class:`skipstep.SkippedStepScheduler`'s); ``None`` is the
+    VP chains' rule, ``1 + (3/n)^3`` below 8 steps unless ``guidance_scale > 1`` (the sigmas do not say whether the
+    model is a flow; pass ``1.0`` for one).
     Returns the sample at ``sigmas[-1]``.
     """
     extra_args = {} if extra_args is None else extra_args
@@ -140,9 +144,10 @@ def sample_skipstep(
         raise ValueError(f"use_corrector must be True or False, got {use_corrector!r}")
     eta, solver_order, use_corrector = settings_for_guidance(guidance_scale, eta, solver_order, use_corrector,
                                                              len(noisy))
+    gain = resolve_extrapolation_gain(extrapolation_gain, len(noisy), guidance_scale=guidance_scale)
     plan = plan_steps(path, noisy, eta, solver_order=solver_order,
                       solver_type=solver_type, final_time=final, lower_order_final=lower_order_final,
-                      use_corrector=use_corrector)
+                      use_corrector=use_corrector, extrapolation_gain=gain)
     config = StepConfig(prediction_type="sample", variance_type=variance, solver_order=solver_order,
                         use_corrector=use_corrector)
     stepper = TrajectoryStepper(plan, config)

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from .paths import GaussianPath
-from .posterior import Posterior, SOLVER_TYPES, corrector_x0_weight_rows, gaussian_posterior, x0_weight_rows
+from .posterior import (Posterior, SOLVER_TYPES, corrector_x0_weight_rows, gaussian_posterior,
+                        with_extrapolation_gain, x0_weight_rows)
+from .timesteps import FEW_STEPS_BELOW
 
 # ----------------------------------------------------------------------------------------------------------------
 # eta schedules
@@ -178,6 +180,45 @@ MIN_SPAN_RATIO = 0.5
 LOWER_ORDER_FINAL_BELOW = 15
 
 
+#: ``K`` of the default's extrapolation gain ``G(n) = 1 + (K/n)^3`` below ``FEW_STEPS_BELOW`` steps
+#: (:func:`default_extrapolation_gain`; chosen leave-one-model-out, docs/results.md, tenth round).
+EXTRAPOLATION_GAIN_STEPS = 3.0
+#: ``None``: the default rule of :func:`resolve_extrapolation_gain`.
+DEFAULT_EXTRAPOLATION_GAIN = None
+
+
+def default_extrapolation_gain(num_steps: int) -> float:
+    r"""The default's gain on the order-2 term (:func:`skipstep.posterior.with_extrapolation_gain`) at
+    ``num_steps`` steps on a VP chain without guidance:
+
+        G(n) = 1 + (K/n)^3  for n < FEW_STEPS_BELOW,   1 from there on,   K = EXTRAPOLATION_GAIN_STEPS,
+
+    2 at 3 steps, 1.42 at 4, 1.22 at 5, 1.13 at 6: the fewer and longer the steps, the further the line
+    through the last two ``x0_hat`` falls short of the trajectory's."""
+    n = int(num_steps)
+    return 1.0 + (EXTRAPOLATION_GAIN_STEPS / n) ** 3 if n < FEW_STEPS_BELOW else 1.0
+
+
+def check_extrapolation_gain(gain) -> float:
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not (math.isfinite(gain) and gain >= 0):
+        raise ValueError(f"extrapolation_gain must be None (the default rule) or a finite number >= 0 (1: the exact "
+                         f"order-2 step, 0: first order), got {gain!r}")
+    return float(gain)
+
+
+def resolve_extrapolation_gain(gain, num_steps: int, *, flow: bool = False,
+                               guidance_scale: float | None = None) -> float:
+    """The gain a plan of ``num_steps`` steps uses: a number as given (checked); ``None`` the default rule --
+    :func:`default_extrapolation_gain` on a VP chain (``flow=False``) whose guidance scale is unknown (``None``) or
+    at most 1, else 1 (on the rectified-flow models and under guidance ``w = 4`` the gain made every measured
+    cell worse)."""
+    if gain is not None:
+        return check_extrapolation_gain(gain)
+    if flow or (guidance_scale is not None and guidance_scale > 1):
+        return 1.0
+    return default_extrapolation_gain(num_steps)
+
+
 def check_solver_order(solver_order) -> int:
     """An int 1, 2 or 3 (numpy ints too; bools and floats such as 2.0 are refused)."""
     if isinstance(solver_order, bool) or not isinstance(solver_order, (int, np.integer)) or not (
@@ -208,7 +249,8 @@ class PlannedStep:
     order up to the plan's ``solver_order`` and ``order_limit``). ``corrector_weights`` (planned with
     ``use_corrector``; empty otherwise and on the last step) redo this step once the model has been evaluated at
     ``s``: weights of ``x0_hat`` at ``s``, at ``t`` and at ``order_limit - 1`` earlier times
-    (:func:`~skipstep.posterior.corrector_x0_weight_rows`).
+    (:func:`~skipstep.posterior.corrector_x0_weight_rows`). ``extrapolation_gain`` multiplies the order-2 term of
+    the predictor (:func:`~skipstep.posterior.with_extrapolation_gain`; the corrector's weights are exact).
     """
 
     index: int
@@ -226,6 +268,7 @@ class PlannedStep:
     solver_type: str = "heun"
     data_weights: tuple[tuple[float, ...], ...] = ((1.0,),)
     corrector_weights: tuple[float, ...] = ()
+    extrapolation_gain: float = 1.0
 
     @property
     def is_final(self) -> bool:
@@ -252,7 +295,8 @@ class PlannedStep:
         if (eta is None or eta == self.posterior.eta) and order <= len(self.data_weights):
             return self.data_weights[order - 1]
         eta = self.posterior.eta if eta is None else eta
-        return tuple(x0_weight_rows(self.solver_type, [list(self.lambdas[:order])], [self.lambda_s], [eta])[0])
+        rows = x0_weight_rows(self.solver_type, [list(self.lambdas[:order])], [self.lambda_s], [eta])
+        return tuple(with_extrapolation_gain(rows, self.extrapolation_gain)[0].tolist())
 
     def corrector_x0_weights(self, eta: float | None = None) -> tuple[float, ...]:
         """The corrector's weights for the planned eta, or computed now for another ``eta`` (empty: no corrector)."""
@@ -296,6 +340,7 @@ def plan_steps(
     lower_order_final: bool = False,
     euler_at_final: bool = False,
     use_corrector: bool = False,
+    extrapolation_gain: float = 1.0,
 ) -> list[PlannedStep]:
     """Plan the trajectory through ``timesteps`` (descending) and then to ``final_time`` (default: the path's
     clean time; a noisy final time leaves the last step's output at that noise level, as DPM-Solver's
@@ -310,9 +355,12 @@ def plan_steps(
     ``LOWER_ORDER_FINAL_BELOW`` steps the last step is first order and the one before it at most second order.
     ``euler_at_final``: the last step is first order. ``use_corrector``: every step whose target is evaluated
     next gets corrector weights over ``order_limit + 1`` nodes (the new evaluation, the step's start and the
-    earlier nodes its predictor used), see :class:`PlannedStep`.
+    earlier nodes its predictor used), see :class:`PlannedStep`. ``extrapolation_gain``: ``G`` of every order-2
+    predictor step, ``D = x0_0 + G w_1 (x0_1 - x0_0)`` (a number; :func:`resolve_extrapolation_gain` gives the
+    default's).
     """
     solver_order = check_solver_order(solver_order)
+    gain = check_extrapolation_gain(extrapolation_gain)
     check_solver_type(solver_type)
     ts = [float(v) for v in timesteps.tolist()]
     final = float(path.clean_time) if final_time is None else float(final_time)
@@ -337,14 +385,14 @@ def plan_steps(
         posteriors.append(post)
         histories.append(history)
         limits.append(limit)
-    weights = _weights_by_order(histories, lambdas[1:], etas, limits, solver_type)
+    weights = _weights_by_order(histories, lambdas[1:], etas, limits, solver_type, gain)
     correctors = _corrector_weights(histories, lambdas[1:], etas, limits) if use_corrector else [()] * n
     return [
         PlannedStep(
             index=i, t=ts[i], s=targets[i], alpha_t=alphas[i], sigma_t=sigmas[i], alpha_s=alphas[i + 1],
             sigma_s=sigmas[i + 1], posterior=posteriors[i], lambdas=histories[i], lambda_s=lambdas[i + 1],
             eps_mse=gammas[i], order_limit=limits[i], solver_type=solver_type, data_weights=weights[i],
-            corrector_weights=correctors[i],
+            corrector_weights=correctors[i], extrapolation_gain=gain,
         )
         for i in range(n)
     ]
@@ -377,8 +425,9 @@ def _corrector_weights(histories, lambda_s, etas, limits) -> list[tuple]:
     return out
 
 
-def _weights_by_order(histories, lambda_s, etas, limits, solver_type) -> list[tuple]:
-    """Per step, the weights at orders 1..limit; one vectorised quadrature per order for the whole plan."""
+def _weights_by_order(histories, lambda_s, etas, limits, solver_type, gain: float = 1.0) -> list[tuple]:
+    """Per step, the weights at orders 1..limit (order 2 with the extrapolation ``gain``); one vectorised
+    quadrature per order for the whole plan."""
     out = [[(1.0,)] for _ in histories]
     for order in range(2, MAX_SOLVER_ORDER + 1):
         rows = [i for i, limit in enumerate(limits) if limit >= order]
@@ -386,6 +435,8 @@ def _weights_by_order(histories, lambda_s, etas, limits, solver_type) -> list[tu
             break
         table = x0_weight_rows(solver_type, [histories[i][:order] for i in rows], [lambda_s[i] for i in rows],
                                [etas[i] for i in rows])
+        if order == 2:
+            table = with_extrapolation_gain(table, gain)
         for i, w in zip(rows, table.tolist()):
             out[i].append(tuple(w))
     return [tuple(w) for w in out]
@@ -405,14 +456,19 @@ def _gamma_at(path: GaussianPath, ts: list, table) -> list:
 
 
 __all__ = [
+    "DEFAULT_EXTRAPOLATION_GAIN",
     "ETA_SCHEDULE_FORMS",
+    "EXTRAPOLATION_GAIN_STEPS",
     "LOWER_ORDER_FINAL_BELOW",
     "MAX_SOLVER_ORDER",
     "MIN_SPAN_RATIO",
     "PlannedStep",
+    "check_extrapolation_gain",
     "check_solver_order",
+    "default_extrapolation_gain",
     "check_solver_type",
     "eta_reads_log_snr",
     "plan_steps",
     "resolve_eta_schedule",
+    "resolve_extrapolation_gain",
 ]

@@ -222,6 +222,21 @@ def x0_weight_rows(solver_type: str, lambdas, lambda_s, eta) -> np.ndarray:
     return exact_x0_weight_rows(lams, lambda_s, eta)
 
 
+def with_extrapolation_gain(rows, gain: float) -> np.ndarray:
+    r"""Order-2 weight rows ``(w_0, w_1)`` (``w_0 + w_1 = 1``) with their order-2 term multiplied by ``gain``:
+
+        D = x0_0 + G w_1 (x0_1 - x0_0),        i.e.  (w_0, w_1) -> (1 - G w_1, G w_1).
+
+    ``G = 1`` is the exact integral of the line through the two predictions; ``G > 1`` extrapolates their trend
+    further (SA-Solver's order-2 step is ours with ``G`` about 1.44 on a cosine chain at 3 steps, see
+    docs/results.md), ``G = 0`` is the first-order step. Rows of other orders are returned unchanged."""
+    rows = np.array(rows, dtype=np.float64, ndmin=2)
+    if rows.shape[1] == 2 and gain != 1.0:
+        rows[:, 1] *= gain
+        rows[:, 0] = 1.0 - rows[:, 1]
+    return rows
+
+
 def multistep_x0_weights(lambdas: list[float], lambda_s: float, eta: float, num_nodes: int = 48,
                          solver_type: str = "heun") -> list[float]:
     """Weights ``w_j`` of ``D = sum_j w_j x0_hat(lambda_j)`` for one step from ``lambdas[0]`` (the current time,
@@ -242,5 +257,6 @@ __all__ = [
     "midpoint_x0_weight_rows",
     "multistep_x0_weights",
     "x0_coefficient_growth",
+    "with_extrapolation_gain",
     "x0_weight_rows",
 ]

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .gaussian_data import check_data_moments, gaussian_data_x0
 from .paths import DiscreteVPPath, GaussianPath, RectifiedFlowPath
-from .plan import plan_steps
+from .plan import DEFAULT_EXTRAPOLATION_GAIN, check_extrapolation_gain, plan_steps, resolve_extrapolation_gain
 from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
 from .steps import (DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER,
                     DEFAULT_TIMESTEP_SPACING, DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE, StepConfig,
@@ -83,6 +83,7 @@ def sample(
     data_var: float | torch.Tensor | None = None,
     guidance_scale: float | None = None,
     use_learned_variance: bool = DEFAULT_USE_LEARNED_VARIANCE,
+    extrapolation_gain: float | None = DEFAULT_EXTRAPOLATION_GAIN,
 ) -> torch.Tensor:
     """Draw samples with the skipped-step posterior family.
 
@@ -105,7 +106,10 @@ def sample(
     ``skipstep.DEFAULT_FLOW_ETA`` (from 8 steps on, the posterior only while ``sigma >= 1/2``).
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
     (order 1 is the plain step); ``use_corrector`` redoes each step once the model has been evaluated at its end
-    (one more interpolation node, same noise, no extra evaluation). ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
+    (one more interpolation node, same noise, no extra evaluation). ``extrapolation_gain``: ``G`` of the order-2
+    steps, ``D = x0_0 + G w_1 (x0_1 - x0_0)``; ``None`` (the default) is ``1 + (3/n)^3`` at ``n < 8`` steps on a VP
+    chain with no guidance scale above 1 given, else 1 (:func:`skipstep.plan.resolve_extrapolation_gain`).
+    ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
     ``guidance_scale``: the classifier-free guidance scale ``w`` the ``model`` applies inside (``None``: unknown);
     settings left at their defaults become the strong-guidance member's: below 7 steps the corrector is off from
     w = 5 on, from 7 steps on ``eta`` and ``solver_order`` become ``1.0`` and ``1`` from
@@ -119,7 +123,8 @@ def sample(
     ``check_finite_values``: raise ``FloatingPointError`` naming the step when the model output or the sample
     becomes NaN or inf (one reduction per tensor and step).
     ``tuned_schedule``: a tuned schedule (:class:`skipstep.tuned_schedules.TunedSchedule` or a file path); it fixes
-    the timesteps, ``eta``, ``solver_order``, ``variance_type`` and ``use_corrector``, as tuned (defaults are
+    the timesteps, ``eta``, ``solver_order``, ``variance_type``, ``use_corrector`` and ``extrapolation_gain``, as
+    tuned (defaults are
     replaced, conflicting non-defaults refused).
 
     ``data_mean`` (and optionally ``data_var``, per-pixel or scalar; default 0) turn on the *analytic first step*
@@ -139,10 +144,12 @@ def sample(
     if eta is None:
         eta = DEFAULT_FLOW_ETA if isinstance(path, RectifiedFlowPath) else DEFAULT_ETA
     check_guidance_hint(guidance_scale)  # refused even where a tuned schedule makes it moot
+    if extrapolation_gain is not None:
+        check_extrapolation_gain(extrapolation_gain)
     if tuned_schedule is not None:
-        timesteps, eta, solver_order, variance_type, use_learned_variance, use_corrector = \
+        timesteps, eta, solver_order, variance_type, use_learned_variance, use_corrector, extrapolation_gain = \
             sampling_settings_from_tuned_schedule(tuned_schedule, path, timesteps, num_steps, eta, solver_order,
-                                                  variance_type)
+                                                  variance_type, extrapolation_gain)
     if not isinstance(spacing, str):  # an explicit list
         if timesteps is not None:
             raise ValueError("give the timesteps either as spacing=[...] or as timesteps=[...], not both")
@@ -180,7 +187,10 @@ def sample(
         check_finite=check_finite_values,
         use_corrector=use_corrector,
     )
-    plan = plan_steps(path, ts, eta, eps_mse, solver_order=config.solver_order, use_corrector=config.use_corrector)
+    gain = resolve_extrapolation_gain(extrapolation_gain, len(ts), flow=isinstance(path, RectifiedFlowPath),
+                                      guidance_scale=check_guidance_hint(guidance_scale))
+    plan = plan_steps(path, ts, eta, eps_mse, solver_order=config.solver_order, use_corrector=config.use_corrector,
+                      extrapolation_gain=gain)
     if noise is None:
         if shape is None:
             raise ValueError("give shape or noise")

@@ -15,8 +15,9 @@ bare ``NAME`` is the shipped schedule ``NAME`` -- and if a file ``NAME`` or ``NA
 directory, the name is ambiguous and refused, naming both (write ``NAME.json`` or ``./NAME.json`` for the file).
 A bare name that is not shipped is the file ``NAME`` or ``NAME.json`` in the working directory.
 
-Precedence (the same in all three). A tuned schedule fixes the timesteps, the per-step eta, ``solver_order`` and
-``variance_type`` -- it was fitted for exactly that sampler and is not valid for another. Arguments or config keys
+Precedence (the same in all three). A tuned schedule fixes the timesteps, the per-step eta, ``solver_order``,
+``variance_type`` and ``extrapolation_gain`` (1, the exact order-2 step, in a file older than the field) -- it was
+fitted for exactly that sampler and is not valid for another. Arguments or config keys
 left at their defaults are replaced by the schedule's values (the scheduler rewrites its config, so that
 ``save_config`` tells the truth); a non-default value that contradicts the schedule is refused with the reason, as is
 an explicit ``timesteps=`` list, a step count other than the schedule's NFE, or a model / chain length other than
@@ -114,6 +115,7 @@ class TunedSchedule:
     use_corrector: bool = False
     provenance: dict = field(default_factory=dict)
     path: str = "vp"
+    extrapolation_gain: float = 1.0
 
     def __post_init__(self):
         if self.path not in SCHEDULE_PATHS:
@@ -180,6 +182,11 @@ class TunedSchedule:
             raise TunedScheduleError(f"use_corrector must be true or false, got {self.use_corrector!r}")
         if not isinstance(self.provenance, dict):
             raise TunedScheduleError("provenance must be a dict")
+        g = self.extrapolation_gain
+        if isinstance(g, bool) or not isinstance(g, (int, float, np.floating, np.integer)) or not (
+                math.isfinite(float(g)) and float(g) >= 0):
+            raise TunedScheduleError(f"extrapolation_gain must be a finite number >= 0, got {g!r}")
+        self.extrapolation_gain = float(g)
 
     # -- serialisation -----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -285,11 +292,11 @@ class TunedSchedule:
         """Keyword arguments for ``SkippedStepScheduler.from_config(config, **kwargs)`` (``SkippedStepFlowScheduler``
         for a flow schedule): the config keys the schedule fixes (a schedule fitted with the learned variance uses
         it)."""
+        common = {"tuned_schedule": self.to_dict(), "eta": list(self.eta), "solver_order": self.solver_order,
+                  "use_corrector": self.use_corrector, "extrapolation_gain": self.extrapolation_gain}
         if self.path == "flow":
-            return {"tuned_schedule": self.to_dict(), "eta": list(self.eta), "solver_order": self.solver_order,
-                    "use_corrector": self.use_corrector}
-        return {"tuned_schedule": self.to_dict(), "eta": list(self.eta), "solver_order": self.solver_order,
-                "variance_type": _DIFFUSERS_NAME[self.variance_type], "use_corrector": self.use_corrector,
+            return common
+        return {**common, "variance_type": _DIFFUSERS_NAME[self.variance_type],
                 "use_learned_variance": self.variance_type == "learned"}
 
     @property
@@ -358,9 +365,11 @@ def _same_eta(a, b, n: int) -> bool:
     return all(abs(x - y) <= 1e-12 for x, y in zip(la, lb))
 
 
-def _adopt(schedule: TunedSchedule, source: str, eta, solver_order, variance_type, default_eta=DEFAULT_ETA) -> None:
+def _adopt(schedule: TunedSchedule, source: str, eta, solver_order, variance_type, default_eta=DEFAULT_ETA,
+           extrapolation_gain=None) -> None:
     """Refuse explicit (non-default) settings that contradict the schedule (see the module docstring);
-    ``default_eta``: the eta a caller who set none has (``DEFAULT_FLOW_ETA`` on a flow path)."""
+    ``default_eta``: the eta a caller who set none has (``DEFAULT_FLOW_ETA`` on a flow path);
+    ``extrapolation_gain``: ``None`` (the default rule) or a number, which must be the schedule's."""
     conflicts = []
     n = schedule.nfe
     if not _same_eta(eta, default_eta, n) and not _same_eta(eta, schedule.eta, n):
@@ -370,37 +379,43 @@ def _adopt(schedule: TunedSchedule, source: str, eta, solver_order, variance_typ
     vt = canonical_variance_type(variance_type)
     if vt not in ("small", schedule.variance_type):
         conflicts.append(f"variance_type={variance_type!r} (the schedule's is {schedule.variance_type!r})")
+    if extrapolation_gain is not None and extrapolation_gain != schedule.extrapolation_gain:
+        conflicts.append(f"extrapolation_gain={extrapolation_gain!r} (the schedule's is {schedule.extrapolation_gain:g})")
     if conflicts:
         raise TunedScheduleError(
-            f"tuned schedule {source} fixes eta, solver_order and variance_type (it was tuned for that sampler), but "
+            f"tuned schedule {source} fixes eta, solver_order, variance_type and extrapolation_gain (it was tuned for "
+            f"that sampler), but "
             f"{'; '.join(conflicts)} was asked: leave these at their defaults or set them to the schedule's values")
 
 
 def scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: int, eta, solver_order: int,
-                                     variance_type: str) -> tuple[TunedSchedule, dict[str, Any]]:
+                                     variance_type: str, extrapolation_gain=None
+                                     ) -> tuple[TunedSchedule, dict[str, Any]]:
     """For ``SkippedStepScheduler(tuned_schedule=...)``: the schedule and the config keys it fixes (the corrector
     as it was tuned -- off in a schedule written before ``use_corrector`` existed; a schedule fitted with the learned
     variance uses it)."""
     schedule, source = _as_tuned_schedule(tuned_schedule, num_train_timesteps, "vp")
-    _adopt(schedule, source, eta, solver_order, variance_type)
+    _adopt(schedule, source, eta, solver_order, variance_type, extrapolation_gain=extrapolation_gain)
     fixed = schedule.scheduler_kwargs()
     if canonical_variance_type(variance_type) == schedule.variance_type:
         fixed["variance_type"] = variance_type  # the caller's spelling of the same choice stays in the config
     return schedule, fixed
 
 
-def flow_scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: int, eta, solver_order: int
-                                                ) -> tuple[TunedSchedule, dict[str, Any]]:
+def flow_scheduler_settings_from_tuned_schedule(tuned_schedule, num_train_timesteps: int, eta, solver_order: int,
+                                                extrapolation_gain=None) -> tuple[TunedSchedule, dict[str, Any]]:
     """For ``SkippedStepFlowScheduler(tuned_schedule=...)``: the flow schedule and the config keys it fixes."""
     schedule, source = _as_tuned_schedule(tuned_schedule, num_train_timesteps, "flow")
-    _adopt(schedule, source, eta, solver_order, "small", default_eta=DEFAULT_FLOW_ETA)
+    _adopt(schedule, source, eta, solver_order, "small", default_eta=DEFAULT_FLOW_ETA,
+           extrapolation_gain=extrapolation_gain)
     return schedule, schedule.scheduler_kwargs()
 
 
 def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_steps=None, eta=DEFAULT_ETA,
-                                    solver_order: int = DEFAULT_SOLVER_ORDER, variance_type: str = "small"):
+                                    solver_order: int = DEFAULT_SOLVER_ORDER, variance_type: str = "small",
+                                    extrapolation_gain=None):
     """For ``skipstep.sample(..., tuned_schedule=...)``: ``(timesteps, eta, solver_order, variance_type,
-    use_learned_variance, use_corrector)``; on a :class:`~skipstep.paths.RectifiedFlowPath` a flow schedule's
+    use_learned_variance, use_corrector, extrapolation_gain)``; on a :class:`~skipstep.paths.RectifiedFlowPath` a flow schedule's
     sigmas are the timesteps (float64)."""
     flow = isinstance(path, RectifiedFlowPath)
     if not flow and not getattr(path, "discrete", False):
@@ -412,12 +427,14 @@ def sampling_settings_from_tuned_schedule(schedule, path, timesteps=None, num_st
                             "the timesteps)")
     if num_steps not in (None, 10, schedule.nfe):  # 10 is sample()'s default
         schedule.check(nfe=num_steps, source=source)
-    _adopt(schedule, source, eta, solver_order, variance_type, DEFAULT_FLOW_ETA if flow else DEFAULT_ETA)
+    _adopt(schedule, source, eta, solver_order, variance_type, DEFAULT_FLOW_ETA if flow else DEFAULT_ETA,
+           extrapolation_gain)
     if flow:
         return (torch.as_tensor(schedule.sigmas, dtype=torch.float64), list(schedule.eta), schedule.solver_order,
-                "small", False, schedule.use_corrector)
+                "small", False, schedule.use_corrector, schedule.extrapolation_gain)
     return (torch.as_tensor(schedule.timesteps, dtype=torch.int64), list(schedule.eta), schedule.solver_order,
-            schedule.variance_type, schedule.variance_type == "learned", schedule.use_corrector)
+            schedule.variance_type, schedule.variance_type == "learned", schedule.use_corrector,
+            schedule.extrapolation_gain)
 
 
 #: The earlier name of :func:`load_tuned_schedule` (kept: the README of skipstep 0.1 used it).

@@ -29,7 +29,9 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..plan import resolve_extrapolation_gain
 from ..steps import DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, STRONG_GUIDANCE_FEW_STEPS_BELOW
+from ..timesteps import FEW_STEPS_BELOW
 from ..tuned_schedules import TunedScheduleWarning
 from .loaded_model import LoadedModel
 from .models import optimal_variance_table, training_data_moments
@@ -283,6 +285,17 @@ def _used_settings(sched) -> dict[str, Any]:
             "use_corrector": sched.step_config.use_corrector}
 
 
+def _used_gains(config: dict, flow: bool):
+    """A skipstep scheduler's extrapolation gain: the configured number, or the default rule's value per step count
+    where it differs from 1 (``{"3": 2.0, ...}``; ``1.0`` where it is 1 at every count)."""
+    if config["extrapolation_gain"] is not None:
+        return float(config["extrapolation_gain"])
+    gains = {str(n): resolve_extrapolation_gain(None, n, flow=flow, guidance_scale=config.get("guidance_scale"))
+             for n in range(1, FEW_STEPS_BELOW)}
+    gains = {n: g for n, g in gains.items() if g != 1.0}
+    return gains or 1.0
+
+
 def sampler_settings(recipe: SamplerRecipe, loaded: LoadedModel | None = None) -> dict[str, Any]:
     """The settings a run records for a sampler (the default sampler's names resolved to their values); with
     ``loaded``, also what the sampler is built with for that model (``effective``: keys read back from the built
@@ -308,6 +321,8 @@ def sampler_settings(recipe: SamplerRecipe, loaded: LoadedModel | None = None) -
             few = _used_settings(sched)
             if few != many:
                 settings["effective"][f"below {STRONG_GUIDANCE_FEW_STEPS_BELOW} steps"] = few
+    if "extrapolation_gain" in config:  # skipstep's: the gain at each step count where it is not 1
+        settings["effective"]["extrapolation_gain"] = _used_gains(config, loaded.regime == "flow")
     if loaded.learned_variance:
         step_config = getattr(sched, "step_config", None)
         if not recipe.learned_variance:

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from .. import __version__
+from ..plan import resolve_extrapolation_gain
 from ..storage import CACHE_DIR_ENV
 from ..storage import cache_dir as default_cache_root
 from ..tuned_schedules import TunedSchedule
@@ -336,7 +337,9 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
                          path="flow" if flow else "vp", solver_order=base.solver_order,
                          variance_type=base.variance_type, model_fingerprint=loaded.fingerprint, metric=objective,
                          fit_seeds=fit_seeds, guidance_scale=loaded.guidance_scale,
-                         use_corrector=base.use_corrector, provenance=provenance)
+                         use_corrector=base.use_corrector, provenance=provenance,
+                         extrapolation_gain=resolve_extrapolation_gain(base.extrapolation_gain, nfe, flow=flow,
+                                                                       guidance_scale=loaded.guidance_scale))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..paths import DiscreteVPPath, RectifiedFlowPath
-from ..plan import eta_reads_log_snr, plan_steps, resolve_eta_schedule
+from ..plan import eta_reads_log_snr, plan_steps, resolve_eta_schedule, resolve_extrapolation_gain
 from ..predictions import X0Clipping
 from ..steps import (DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_USE_CORRECTOR, StepConfig,
                      TrajectoryStepper, canonical_variance_type, needs_noise)
@@ -60,21 +60,25 @@ DEFAULT_MIN_GAP = 0.1
 
 @dataclass(frozen=True)
 class BaseSampler:
-    """The eta-family member being tuned: its starting eta, its order, its noise variance and whether its steps
-    are corrected once the next evaluation is in (``use_corrector``; no extra NFE)."""
+    """The eta-family member being tuned: its starting eta, its order, its noise variance, whether its steps
+    are corrected once the next evaluation is in (``use_corrector``; no extra NFE) and the gain on its order-2
+    term (``extrapolation_gain``; ``None``: the default rule at the candidate's step count, as its scheduler
+    resolves it, :func:`skipstep.plan.resolve_extrapolation_gain`)."""
 
     name: str
     eta: Any
     solver_order: int = 1
     variance_type: str = "small"
     use_corrector: bool = False
+    extrapolation_gain: float | None = None
 
     def eta_list(self, n: int) -> list[float]:
         return resolve_eta_schedule(self.eta, n)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "eta": self.eta, "solver_order": self.solver_order,
-                "variance_type": self.variance_type, "use_corrector": self.use_corrector}
+                "variance_type": self.variance_type, "use_corrector": self.use_corrector,
+                "extrapolation_gain": self.extrapolation_gain}
 
 def base_names() -> list[str]:
     return sampler_names("skipstep")
@@ -115,7 +119,7 @@ def resolve_base(base: str | BaseSampler = "skipstep", solver_order: int | None 
     corrector = b.use_corrector if use_corrector is None else use_corrector
     if not isinstance(corrector, bool):
         raise ValueError(f"use_corrector must be True or False, got {corrector!r}")
-    return BaseSampler(b.name, e, int(order), vt, corrector)
+    return BaseSampler(b.name, e, int(order), vt, corrector, b.extrapolation_gain)
 
 def base_eta_rule(base: BaseSampler, grid, n: int) -> Callable[[Sequence[int]], list[float]]:
     """The base's per-step eta on given grid indices: a fixed list, except for an eta that reads the log-SNR of
@@ -263,7 +267,10 @@ def draw_samples(loaded, counter: CallCounter | Callable | None, timesteps: Sequ
     else:
         path, times = DiscreteVPPath.from_config(loaded.scheduler_config), torch.as_tensor(list(timesteps),
                                                                                             dtype=torch.int64)
-    plan = plan_steps(path, times, list(eta), solver_order=base.solver_order, use_corrector=base.use_corrector)
+    gain = resolve_extrapolation_gain(base.extrapolation_gain, len(times), flow=flow,
+                                      guidance_scale=loaded.guidance_scale)
+    plan = plan_steps(path, times, list(eta), solver_order=base.solver_order, use_corrector=base.use_corrector,
+                      extrapolation_gain=gain)
     config = StepConfig(prediction_type="flow" if flow else loaded.prediction_type, variance_type=base.variance_type,
                         solver_order=base.solver_order, check_finite=False, clipping=x0_clipping(loaded),
                         use_corrector=base.use_corrector)
