@@ -174,3 +174,22 @@ def test_bad_gains_are_refused_naming_the_parameter(bad):
         sample(_eps, (1, 1, 2, 2), num_steps=3, extrapolation_gain=bad, progress=False)
     with pytest.raises(ValueError, match="extrapolation_gain must be None"):
         plan_steps(DiscreteVPPath.from_config({}), torch.tensor([900, 100]), extrapolation_gain=bad)
+
+
+def test_a_scheduler_told_the_scale_later_drops_the_gain():
+    told_later = SkippedStepScheduler()
+    told_later.set_guidance_scale(4.0)
+    assert told_later.config.guidance_scale == 4.0
+    noise = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(_scheduler_run(told_later, 4, noise),
+                       _scheduler_run(SkippedStepScheduler(guidance_scale=4.0), 4, noise))
+    assert told_later.effective_extrapolation_gain == 1.0
+    told_later.set_guidance_scale(None)
+    assert torch.equal(_scheduler_run(told_later, 4, noise), _scheduler_run(SkippedStepScheduler(), 4, noise))
+    assert told_later.effective_extrapolation_gain == default_extrapolation_gain(4)
+    strong = SkippedStepScheduler()
+    strong.set_guidance_scale(8.0)
+    assert torch.equal(_scheduler_run(strong, 10, noise),
+                       _scheduler_run(SkippedStepScheduler(guidance_scale=8.0), 10, noise))
+    with pytest.raises(ValueError, match="guidance_scale must be None"):
+        strong.set_guidance_scale(-1.0)

@@ -104,6 +104,20 @@ def test_wrapper_equals_dit_pipeline_where_nothing_is_stochastic(dit_parts):
     assert rel_diff(outs[1], outs[0]) < 1e-5
 
 
+def test_the_wrapper_tells_a_skipstep_scheduler_its_guidance_scale(dit_parts):
+    """At 4 steps and w = 4 the default's few-step gain must be off (it is for unguided sampling): the wrapper
+    tells the scheduler the call's scale, so it samples as a scheduler configured with that scale."""
+    outs = []
+    for sched in (SkippedStepScheduler.from_config(base_config()),
+                  SkippedStepScheduler.from_config(base_config(), guidance_scale=4.0)):
+        pipe = LearnedVarianceDiTPipeline(scheduler=sched, **dit_parts)
+        pipe.set_progress_bar_config(disable=True)
+        outs.append(pipe(CLASSES, guidance_scale=4.0, num_inference_steps=4,
+                         generator=torch.Generator().manual_seed(2), output_type="latent").images)
+        assert sched.config.guidance_scale == 4.0 and sched.effective_extrapolation_gain == 1.0
+    assert torch.equal(outs[0], outs[1])
+
+
 def run_wrapper(dit_parts, sched, seed=0, guidance_scale=4.0):
     pipe = LearnedVarianceDiTPipeline(scheduler=sched, **dit_parts)
     pipe.set_progress_bar_config(disable=True)

@@ -341,6 +341,16 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         return select_timesteps(self.path, n, c.timestep_spacing, c.steps_offset, grid=grid,
                                 lambda_min_clipped=c.lambda_min_clipped, power=c.spacing_power)
 
+    def set_guidance_scale(self, guidance_scale: float | None) -> None:
+        """Tell the scheduler the classifier-free guidance scale ``w`` the pipeline samples at (``None``: unknown),
+        as the ``guidance_scale`` config key does; it applies from the next ``set_timesteps``. A pipeline that knows
+        its scale calls this (``skipstep.pipelines.LearnedVarianceDiTPipeline`` does). Under a tuned schedule it is
+        recorded and changes nothing (the schedule fixes the settings)."""
+        w = check_guidance_hint(guidance_scale)
+        self.register_to_config(guidance_scale=w)
+        if self._tuned is None:
+            self._guidance = w
+
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,

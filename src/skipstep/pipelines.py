@@ -48,7 +48,9 @@ class LearnedVarianceDiTPipeline(DiTPipeline):
                                                           use_learned_variance=True)
 
     (without ``use_learned_variance=True`` the scheduler reads the variance channels and sets them aside, see
-    ``skipstep.DEFAULT_USE_LEARNED_VARIANCE``).
+    ``skipstep.DEFAULT_USE_LEARNED_VARIANCE``). A skipstep scheduler is told the call's ``guidance_scale``
+    (``set_guidance_scale``), so its guidance rules apply: above 1 the few-step extrapolation gain is off, from
+    ``skipstep.STRONG_GUIDANCE_FROM`` on the strong-guidance member.
     """
 
     @torch.no_grad()
@@ -89,6 +91,8 @@ class LearnedVarianceDiTPipeline(DiTPipeline):
             labels = torch.cat([labels, torch.full_like(labels, 1000)])  # DiT's null class, as in DiTPipeline
         step_takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
 
+        if hasattr(self.scheduler, "set_guidance_scale"):  # skipstep's rules for guidance (strong scale, the gain)
+            self.scheduler.set_guidance_scale(float(guidance_scale))
         self.scheduler.set_timesteps(num_inference_steps)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = torch.cat([latents] * 2) if cfg else latents
