@@ -98,7 +98,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             of the order-2 steps), as for :class:`skipstep.SkippedStepScheduler`.
         use_corrector: the corrector of :class:`skipstep.SkippedStepScheduler` (no extra evaluation).
         extrapolation_gain: ``G`` of the order-2 steps, as for :class:`skipstep.SkippedStepScheduler`; ``None`` (the
-            default) is 1 on a flow path (the VP chains' few-step gain made the flow models' cells worse).
+            default) is 1 on a flow path (the flow pair's folds keep 1: the VP chains' few-step gain was worse
+            against the flow models' own samples).
         lower_order_final, euler_at_final: as for :class:`skipstep.SkippedStepScheduler` (DPM-Solver's rules for
             the last steps; the last step to clean data, ``x0_hat`` of the last evaluation, is first order anyway,
             so they change an order-3 trajectory's second-to-last step only).

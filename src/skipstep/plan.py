@@ -210,8 +210,8 @@ def resolve_extrapolation_gain(gain, num_steps: int, *, flow: bool = False,
                                guidance_scale: float | None = None) -> float:
     """The gain a plan of ``num_steps`` steps uses: a number as given (checked); ``None`` the default rule --
     :func:`default_extrapolation_gain` on a VP chain (``flow=False``) whose guidance scale is unknown (``None``) or
-    at most 1, else 1 (on the rectified-flow models and under guidance ``w = 4`` the gain made every measured
-    cell worse)."""
+    at most 1, else 1 (the flow pair's folds keep 1, the gain being worse against the models' own samples; under
+    guidance ``w = 4`` it was worse in most cells; docs/results.md, tenth round)."""
     if gain is not None:
         return check_extrapolation_gain(gain)
     if flow or (guidance_scale is not None and guidance_scale > 1):

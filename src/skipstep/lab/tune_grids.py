@@ -16,6 +16,10 @@ from ..timesteps import make_strictly_descending, select_timesteps, sigma_spaced
 from .sampler_recipes import from_config_accepting
 
 
+#: the name of the default step rule among the plain spacings (:func:`default_rule_grid` finds it by it)
+DEFAULT_RULE_LABEL = "power, the default rule"
+
+
 def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
     """Every plain spacing the library's scheduler offers at ``n`` steps (:mod:`skipstep.timesteps`): trailing,
     leading, linspace (and the DPM-Solver family's grids of the last two), quadratic, log-SNR, the power spacing at
@@ -41,9 +45,6 @@ def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
 def _power_exponents(n: int) -> tuple[tuple[str, float], ...]:
     """The power spacing's exponents of the candidate placements, with their labels."""
     return (("1", 1.0), ("1.25", 1.25), ("1+2/n", 1.0 + 2.0 / n), ("1+4/n", 1.0 + 4.0 / n))
-
-DEFAULT_RULE_LABEL = "power, the default rule"
-
 
 def default_rule_grid(spacings: dict[str, list[int]]) -> list[int]:
     """The default rule's grid among the named ``spacings`` of :func:`plain_spacings` / :func:`flow_plain_spacings`
