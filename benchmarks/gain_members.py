@@ -4,7 +4,8 @@ order-2 gain probe).
 The family's order-2 predictor uses ``D = w_0 x0_hat(lambda_t) + w_1 x0_hat(lambda_prev)`` with the exact weights of
 the line through the two predictions (``w_0 + w_1 = 1``), i.e. ``D = x0_0 + w_1 (x0_1 - x0_0)``. SA-Solver's second
 step on ``digits-lv-b`` was found to be that step with the order-2 term multiplied by 1.443. The member ``g<G>-<base>``
-is the base member with (``gn<A>-<base>``: ``G = 1 + A/n`` at ``n`` steps; ``gc<K>-<base>``: ``G = 1 + (K/n)^3``)
+is the base member with (``gn<A>-<base>``: ``G = 1 + A/n`` at ``n`` steps; ``gc<K>-<base>``: ``G = 1 + (K/n)^3``;
+``hg<G>-dm``: the default below 8 steps and the gain ``G`` from 8 on, the stochastic regime)
 
     D = x0_0 + G w_1 (x0_1 - x0_0),
 
@@ -35,6 +36,8 @@ GAINS = (1.0, 1.2, 1.44, 1.7, 2.0, 2.5, 3.0)
 STEP_COUNT_GAINS = (1.0, 2.0, 3.0, 4.0, 5.0)
 #: ``gc<K>-<base>``: the gain ``1 + (K/n)^3`` at ``n`` steps (the per-NFE choices of the first round fall as fast)
 CUBIC_GAINS = (2.5, 3.0, 3.5)
+#: ``hg<G>-dm``: the default below ``FEW_STEPS_BELOW`` steps, the gain ``G`` from there on (the stochastic regime)
+MANY_STEP_GAINS = (0.8, 1.0, 1.2, 1.44, 1.7, 2.0)
 BASES = {"dm": {}, "dm-p1-eta1": {"spacing_power": 1.0, "eta": 1.0}, "dm-p1": {"spacing_power": 1.0}}
 
 
@@ -64,6 +67,23 @@ for _base, _overrides in BASES.items():
                          family="candidate", stochastic=True, learned_variance=True,
                          description=f"{_base} with the order-2 term times 1 + ({_k:g}/n)^3 below {FEW_STEPS_BELOW} steps",
                          settings={"guidance_scale": "passed", **_overrides, "extrapolation_gain": f"1 + ({_k:g}/n)^3"})
+
+
+def many_step_member(gain: float):
+    """The default below ``FEW_STEPS_BELOW`` steps; from there on the default with ``extrapolation_gain=gain``."""
+    def factory(config, steps):
+        if steps < FEW_STEPS_BELOW:
+            return default_scheduler(config)
+        return default_scheduler(config, extrapolation_gain=gain)
+    return factory
+
+
+for _gain in MANY_STEP_GAINS:
+    register_sampler(f"hg{_gain:g}-dm", many_step_member(_gain), family="candidate", stochastic=True,
+                     learned_variance=True,
+                     description=f"the default with the order-2 term times {_gain:g} from {FEW_STEPS_BELOW} steps",
+                     settings={"guidance_scale": "passed", "extrapolation_gain": _gain})
+
 
 def score(dirs: list[str], per_nfe: bool = False) -> str:
     """The leave-one-model-out folds over the members of the runs in ``dirs`` (both metrics, then each), over all
