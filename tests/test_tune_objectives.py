@@ -22,7 +22,8 @@ from skipstep.lab.models import load_gmm, load_model, register_model
 from skipstep.lab.sampler_registry import CallCounter
 from skipstep.lab.tune import tune_schedule
 from skipstep.lab.tune_check import NO_IMPROVEMENT_EXIT, check_rows, decision_line
-from skipstep.lab.tune_objectives import (DistributionObjective, PairedObjective, ode_cache_dir, ode_solution,
+from skipstep.lab.tune_objectives import (DistributionObjective, PairedObjective, default_objective,
+                                          default_reference, mixes_scores, ode_cache_dir, ode_solution,
                                           paired_distance)
 from skipstep.lab.tune_search import (BaseSampler, CommonNoise, GapRule, Search, coordinate_stage, draw_samples,
                                       plain_spacings)
@@ -216,7 +217,7 @@ def test_the_guidance_scale_is_recorded_and_another_scale_warns(tmp_path):
     root = conditional_dir(tmp_path / "cond")
     loaded = load_model(str(root))
     s = tune_schedule(loaded, 2, "skipstep-ddim", num_samples=10, batch_size=10, budget_nfe=40, budget_minutes=5,
-                      guidance_scale=2.0, cache_dir=tmp_path / "cache", reference_steps=20)
+                      guidance_scale=2.0, cache_dir=tmp_path / "cache", reference_steps=20, objective="paired")
     assert s.guidance_scale == 2.0 and s.provenance["guidance_scale"] == 2.0
     assert s.to_dict()["guidance_scale"] == 2.0 and TunedSchedule.from_dict(s.to_dict()) == s
     assert "_w2" in str(next((tmp_path / "cache" / "tune-references").rglob("solution.json")))
@@ -233,3 +234,23 @@ def test_the_guidance_scale_is_recorded_and_another_scale_warns(tmp_path):
     assert config["sampler_settings"][f"tuned:{path}"]["tuned_guidance_scale"] == 2.0  # recorded
     # the labels of the converged solutions are balanced as the bench's: sample i asks for label i mod 10
     assert np.array_equal(loaded.labels_for(range(10)).numpy(), np.arange(10))
+
+
+def test_guidance_that_mixes_two_scores_defaults_to_the_distribution_objective_against_ancestral_samples():
+    """w not in {0, 1} mixes the conditional and unconditional scores: the guided ODE ends at another distribution
+    than the guided ancestral chain, so a deterministic base is scored by pixel-fd against ancestral samples."""
+    assert [mixes_scores(w) for w in (None, 0.0, 1.0, 0.5, 2.0, 4)] == [False, False, False, True, True, True]
+    assert (default_objective(True), default_reference(True)) == ("paired", "ode")
+    assert (default_objective(False), default_reference(False)) == ("pixel-fd", "ancestral")
+    assert (default_objective(True, guided=True), default_reference(True, guided=True)) == ("pixel-fd", "ancestral")
+
+
+@pytest.mark.parametrize("scale, metric, source", [(1.0, "paired", "deterministic"), (2.0, "pixel-fd", "ancestral")])
+def test_a_guided_deterministic_base_is_tuned_against_ancestral_samples(tmp_path, scale, metric, source):
+    root = conditional_dir(tmp_path / "cond")
+    s = tune_schedule(load_model(str(root)), 2, "skipstep-ddim", num_samples=10, batch_size=10, budget_nfe=40,
+                      budget_minutes=5, guidance_scale=scale, cache_dir=tmp_path / "cache", reference_steps=20)
+    assert s.metric == metric and s.guidance_scale == scale
+    assert source in s.provenance["final_check"]["reference"]["source"]
+    # a distribution objective may search the eta; the paired one keeps the deterministic base's
+    assert metric != "paired" or all(e == 0 for e in s.eta)

@@ -38,8 +38,8 @@ from .run_dirs import RunDirectoryError, check_writable_dir, check_writable_file
 from .sample_sets import REFERENCE_SEED, reference_cache_dir
 from .tune_check import NO_IMPROVEMENT_EXIT, check_rows, decision_line, final_check, format_check, seeds_text
 from .tune_objectives import (DEFAULT_NUM_SAMPLES, DEFAULT_REFERENCE_STEPS, OBJECTIVES, REFERENCE_KINDS,
-                              DistributionObjective, PairedObjective, check_objective, ode_cached, ode_solution,
-                              reference_set)
+                              DistributionObjective, PairedObjective, check_objective, default_reference,
+                              mixes_scores, ode_cached, ode_solution, reference_set)
 from .tune_search import (DEFAULT_MIN_GAP, SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, CommonNoise, GapRule,
                           Search, StageLimit, base_eta_rule, base_names, coordinate_stage, is_better,
                           nearest_family_member, resolve_base, smooth_stage)
@@ -94,11 +94,12 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     """Search the timesteps (and, for distribution objectives, the per-step eta) of ``base`` at ``nfe`` for
     ``loaded`` (a LoadedModel or a model name), then check the result on ``eval_seeds`` against every plain spacing;
     see the module docstring. ``use_corrector``: ``None`` (the base's: on for ``default``) or a bool; the search,
-    the check and the schedule all run that way. ``objective``: ``None`` (``paired`` for a deterministic base, else
-    ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd`` (:mod:`skipstep.lab.tune_objectives`); ``reference``:
-    the distribution objectives' reference set, ``ode`` or ``ancestral`` (``None``: ``ancestral`` for a stochastic
-    base, whose samples converge to it, ``ode`` for a deterministic one; an ODE reference made a stochastic base's
-    schedule chase a poor ODE on two zoo models, docs/results.md); ``min_gap``: the gap rule of
+    the check and the schedule all run that way. ``objective``: ``None`` (``paired`` for a deterministic base
+    without guidance, else ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd``
+    (:mod:`skipstep.lab.tune_objectives`); ``reference``: the distribution objectives' reference set, ``ode`` or
+    ``ancestral`` (``None``: ``ancestral`` for a stochastic base, whose samples converge to it, and under a
+    guidance scale other than 0 and 1, whose ODE ends elsewhere; ``ode`` for a deterministic base without it; an
+    ODE reference made a stochastic base's schedule chase a poor ODE on two zoo models, docs/results.md); ``min_gap``: the gap rule of
     :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the converged solution
     (default ``min(200, T)``). ``guidance_scale``: a class-conditional model is tuned at
     that classifier-free guidance scale (default 1), sample ``i`` asking for label ``real_labels[i mod K]``; the
@@ -121,12 +122,13 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     base_eta = eta_for(default_rule_grid(plain))  # the base's eta where its own grid puts the steps
     deterministic = all(e == 0 for e in base_eta[:-1])
     base_text = f"base {base.name} (eta {base.eta})"
-    objective = check_objective(objective, deterministic, loaded.feature_fn is not None, base_text)
+    guided = mixes_scores(loaded.guidance_scale)
+    objective = check_objective(objective, deterministic, loaded.feature_fn is not None, base_text, guided)
     paired = objective == "paired"
     if paired:
         search_eta = False  # eta > 0 would make the sampler stochastic: the paired distance would be meaningless
     if reference is None:
-        reference = "ode" if deterministic else "ancestral"
+        reference = default_reference(deterministic, guided)
     if reference not in REFERENCE_KINDS:
         raise ValueError(f"--reference must be one of {', '.join(REFERENCE_KINDS)}, got {reference!r}")
     reference_steps = min(DEFAULT_REFERENCE_STEPS, T) if reference_steps is None else reference_steps
@@ -404,12 +406,13 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--no-eta-search", action="store_true", help="keep the base eta; tune the timesteps only "
                    "(always so with --objective paired)")
     p.add_argument("--objective", default=None, choices=OBJECTIVES,
-                   help="paired (default for a deterministic base), pixel-fd (default for a stochastic base), sw, "
-                        "or fd (feature network; the earlier objective); see docs/tuning.md")
+                   help="paired (default for a deterministic base), pixel-fd (default for a stochastic base and "
+                        "under a --guidance-scale other than 0 and 1), sw, or fd (feature network; the earlier "
+                        "objective); see docs/tuning.md")
     p.add_argument("--reference", default=None, choices=REFERENCE_KINDS,
                    help="the distribution objectives' reference set: ode (converged deterministic samples; the "
                         "default for a deterministic base) or ancestral (the bench's 1000-step set, 5x the cost; "
-                        "the default for a stochastic base)")
+                        "the default for a stochastic base and under guidance)")
     p.add_argument("--reference-steps", type=positive_int, default=None,
                    help=f"steps of the converged deterministic (order-2) solution (default: {DEFAULT_REFERENCE_STEPS}, "
                         "at most the chain's T)")
