@@ -8,7 +8,8 @@ Each zoo model is a diffusers ``UNet2DModel`` on the 8x8 digits (the ``"train"``
   training length, seed and (``-c``) noise schedule: ``L = E ||eps_theta(x_t, t) - eps||^2``.
 * ``digits-cfg`` -- class-conditional epsilon model, ``num_class_embeds = 11``: labels 0..9 and the null label 10,
   which replaces the label with probability ``p_uncond = 0.1`` (label dropout), so one network gives both branches of
-  classifier-free guidance ``eps_w = eps(x, null) + w (eps(x, y) - eps(x, null))``.
+  classifier-free guidance ``eps_w = eps(x, null) + w (eps(x, y) - eps(x, null))``; ``digits-cfg-b`` the same,
+  smaller, on Stable Diffusion's scaled-linear chain and DDIM config (the second guided model).
 * ``digits-flow`` -- rectified flow in ``FlowMatchEulerDiscreteScheduler``'s convention:
   ``x_sigma = (1 - sigma) x_0 + sigma eps``, the network sees ``t = 1000 sigma`` and predicts the velocity
   ``v = eps - x_0``; ``sigma ~ U(0, 1)`` in training; the config's ``shift`` only moves the sampling grid.
@@ -108,6 +109,15 @@ ZOO_SPECS: dict[str, ZooSpec] = {
         {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2",
          "prediction_type": "epsilon", "clip_sample": True, "variance_type": "learned_range"},
         (8, 16, 24), 4000, 8),
+    # A second guided model (Stable Diffusion's chain and DDIM config), so a rule for guidance can be chosen on one
+    # guided model and reported on the other.
+    "digits-cfg-b": ZooSpec(
+        "cfg", "smaller class-conditional epsilon UNet (8/16/24), label dropout 0.1 (null label 10), scaled-linear "
+        "betas with Stable Diffusion's DDIM config, 4k steps, seed 9",
+        {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+         "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "epsilon", "clip_sample": False,
+         "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading"},
+        (8, 16, 24), 4000, 9),
     "digits-vzsnr": ZooSpec(
         "v-zero-snr", "v-prediction UNet (16/24/32), scaled-linear betas rescaled to zero terminal SNR, 4k steps, "
         "seed 6", {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
