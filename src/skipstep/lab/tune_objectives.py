@@ -78,8 +78,8 @@ def default_objective(deterministic: bool, guided: bool = False) -> str:
     """``paired`` for a deterministic base, ``pixel-fd`` for a stochastic one and under guidance (``guided``: see
     :func:`mixes_scores`). Under guidance the paired distance pulls a schedule toward the guided ODE's map, not
     the ancestral samples the bench scores against: on ``digits-cfg`` at w = 4, NFE 5, the paired schedule was
-    1.6x worse than the default in the bench's FD, the ``pixel-fd`` one (vs ancestral samples) 0.5x
-    (docs/results.md, tune under guidance)."""
+    1.6x worse than the default in the bench's FD, the ``pixel-fd`` one (vs ancestral samples) 0.5x; on
+    ``digits-cfg-b``, which the choice did not see, 2.7x and 0.45x (docs/results.md, tune under guidance)."""
     return "pixel-fd" if guided or not deterministic else "paired"
 
 
