@@ -105,9 +105,9 @@ ZOO_MODELS: dict[str, ZooModel] = {
     "digits-vzsnr": ZooModel("digits-vzsnr"),
     "digits-eps-b": ZooModel("digits-eps-b"),
     "digits-eps-c": ZooModel("digits-eps-c"),
-    "digits-flow-b": ZooModel("digits-flow-b"),  # second models of two regimes (leave-one-model-out within them)
+    "digits-flow-b": ZooModel("digits-flow-b"),  # second models of three regimes (leave-one-model-out within them)
     "digits-lv-b": ZooModel("digits-lv-b"),
-    "digits-cfg-b": ZooModel("digits-cfg-b", null_label=10),  # the second guided model
+    "digits-cfg-b": ZooModel("digits-cfg-b", null_label=10),
 }
 
 

@@ -99,8 +99,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     (:mod:`skipstep.lab.tune_objectives`); ``reference``: the distribution objectives' reference set, ``ode`` or
     ``ancestral`` (``None``: ``ancestral`` for a stochastic base, whose samples converge to it, and under a
     guidance scale other than 0 and 1, whose ODE ends elsewhere; ``ode`` for a deterministic base without it; an
-    ODE reference made a stochastic base's schedule chase a poor ODE on two zoo models, docs/results.md); ``min_gap``: the gap rule of
-    :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the converged solution
+    ODE reference made a stochastic base's schedule chase a poor ODE on two zoo models, docs/results.md);
+    ``min_gap``: the gap rule of :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the converged solution
     (default ``min(200, T)``). ``guidance_scale``: a class-conditional model is tuned at
     that classifier-free guidance scale (default 1), sample ``i`` asking for label ``real_labels[i mod K]``; the
     scale is recorded in the schedule. ``eval_reference_seed`` (distribution objectives): score the check against

@@ -20,16 +20,17 @@ root per sample (rather than one mean square over all) keeps the few samples tha
 another mode (another digit) from dominating the mean: they count linearly in their distance, not squared.
 
 ``pixel-fd`` (the default for a stochastic member, ``eta > 0`` somewhere -- its samples do not follow ``x_T``, so
-a paired distance is meaningless -- and under classifier-free guidance, :func:`mixes_scores`): the Fréchet distance of Gaussians fitted to the flattened pixels,
+a paired distance is meaningless -- and under classifier-free guidance, :func:`mixes_scores`): the Fréchet
+distance of Gaussians fitted to the flattened pixels,
 
     FD_pix(S) = ||mu_S - mu_R||^2 + Tr(C_S + C_R - 2 (C_S C_R)^{1/2}),
 
 ``mu``, ``C`` the mean and (unbiased) covariance of the candidate's samples and of a reference set ``R`` drawn
 from *independent* noise (:data:`~skipstep.lab.sample_sets.REFERENCE_SEED`, so a sampler is not rewarded for
 following its ``x_T``): ``--reference ode`` (the default for a deterministic base) the same converged ODE
-solution of that noise, ``--reference ancestral`` (the default for a stochastic base and under guidance) the benchmark's 1000-step
-ancestral reference set (five times the cost; the limit of the stochastic members). Its cost grows as ``D^3``
-(two ``D x D`` eigendecompositions).
+solution of that noise, ``--reference ancestral`` (the default for a stochastic base and under guidance) the
+benchmark's 1000-step ancestral reference set (five times the cost; the limit of the stochastic members). Its
+cost grows as ``D^3`` (two ``D x D`` eigendecompositions).
 
 ``sw``: the sliced 2-Wasserstein distance in pixels against the same reference (:func:`~skipstep.lab.metrics.
 sliced_wasserstein`, 256 fixed directions). ``fd``: the Fréchet distance in the model's feature network's space
@@ -84,9 +85,9 @@ def default_objective(deterministic: bool, guided: bool = False) -> str:
 
 
 def default_reference(deterministic: bool, guided: bool = False) -> str:
-    """The distribution objectives' reference set: ``ancestral`` for a stochastic base (whose samples converge to
-    it) and under guidance (as :func:`default_objective`), ``ode`` for a deterministic base."""
-    return "ancestral" if guided or not deterministic else "ode"
+    """The distribution objectives' reference set: ``ancestral`` wherever :func:`default_objective` is a
+    distribution objective (a stochastic base, whose samples converge to it, or guidance), else ``ode``."""
+    return "ode" if default_objective(deterministic, guided) == "paired" else "ancestral"
 
 
 def check_objective(objective: str | None, deterministic: bool, has_features: bool, base_text: str,
@@ -258,5 +259,5 @@ def objective_text(name: str) -> str:
 
 __all__ = ["DEFAULT_NUM_SAMPLES", "DEFAULT_REFERENCE_STEPS", "DISTRIBUTION_OBJECTIVES", "DistributionObjective",
            "OBJECTIVES", "PairedObjective", "REFERENCE_KINDS", "REFERENCE_SOLVER_ORDER", "ancestral_reference",
-           "check_objective", "default_objective", "default_reference", "mixes_scores", "objective_text", "ode_cache_dir", "ode_cached", "ode_solution",
-           "paired_distance", "pixel_frechet_distance", "reference_set"]
+           "check_objective", "default_objective", "default_reference", "mixes_scores", "objective_text",
+           "ode_cache_dir", "ode_cached", "ode_solution", "paired_distance", "pixel_frechet_distance", "reference_set"]
