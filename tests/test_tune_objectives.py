@@ -254,3 +254,20 @@ def test_a_guided_deterministic_base_is_tuned_against_ancestral_samples(tmp_path
     assert source in s.provenance["final_check"]["reference"]["source"]
     # a distribution objective may search the eta; the paired one keeps the deterministic base's
     assert metric != "paired" or all(e == 0 for e in s.eta)
+
+
+def test_a_searched_eta_first_tries_the_best_plain_spacing_at_each_constant_eta(tmp_path):
+    """Stage 1b: with the eta searched, the best plain spacing is scored at every constant eta of ETA_LEVELS
+    other than its own (here 0.5 and 1 for a deterministic base), before the ramp search; with the paired objective
+    (eta fixed) there is no such stage."""
+    root = conditional_dir(tmp_path / "cond")
+    loaded = load_model(str(root))
+    common = dict(num_samples=10, batch_size=10, budget_nfe=60, budget_minutes=5, cache_dir=tmp_path / "cache",
+                  reference_steps=20)
+    s = tune_schedule(loaded, 3, "skipstep-ddim", objective="pixel-fd", reference="ancestral", **common)
+    stages = {st["stage"]: st for st in s.provenance["search"]["stages"]}
+    assert list(stages)[:2] == ["plain spacings", "eta levels"]
+    assert stages["eta levels"]["candidates"] == len([e for e in tune_search.ETA_LEVELS if e != 0.0])
+    assert stages["eta levels"]["decision"]
+    p = tune_schedule(loaded, 3, "skipstep-ddim", objective="paired", **common)
+    assert "eta levels" not in [st["stage"] for st in p.provenance["search"]["stages"]]

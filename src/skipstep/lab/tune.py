@@ -40,9 +40,9 @@ from .tune_check import NO_IMPROVEMENT_EXIT, check_rows, decision_line, final_ch
 from .tune_objectives import (DEFAULT_NUM_SAMPLES, DEFAULT_REFERENCE_STEPS, OBJECTIVES, REFERENCE_KINDS,
                               DistributionObjective, PairedObjective, check_objective, default_reference,
                               mixes_scores, ode_cached, ode_solution, reference_set)
-from .tune_search import (DEFAULT_MIN_GAP, SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, CommonNoise, GapRule,
-                          Search, StageLimit, base_eta_rule, base_names, coordinate_stage, is_better,
-                          nearest_family_member, resolve_base, smooth_stage)
+from .tune_search import (DEFAULT_MIN_GAP, ETA_LEVELS, SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, CommonNoise,
+                          GapRule, Search, StageLimit, base_eta_rule, base_names, coordinate_stage, is_better,
+                          nearest_family_member, ramp, resolve_base, smooth_stage)
 from .tune_grids import default_rule_grid, model_plain_spacings, schedule_timesteps, tune_grid
 
 DEFAULT_BUDGET_MINUTES = 2.0
@@ -256,16 +256,28 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
         accepted = {**result, "from": stage}
         return "accepted"
 
-    for stage, share in (("smooth family", SMOOTH_STAGE_SHARE), ("coordinate", None)):
+    later_stages = (("smooth family", SMOOTH_STAGE_SHARE), ("coordinate", None))
+    for stage, share in ((("eta levels", None),) if search_eta else ()) + later_stages:
         if stopped:
             break
         before, holder = len(search.memo), {}
         search.limit_stage(share)
         try:
-            if stage == "smooth family":
+            if stage == "eta levels":
+                # the ramp search moves eta in steps from the base's; a model whose ODE is poor wants far more
+                log(f"stage 1b: the best plain spacing ({accepted['from']}) at constant eta "
+                    + ", ".join(f"{e:g}" for e in ETA_LEVELS))
+                for level in ETA_LEVELS:
+                    eta_level = ramp(level, level, nfe)
+                    if eta_level[:-1] != [round(e, 4) for e in accepted["eta"][:-1]]:
+                        f_level = search(accepted["ts"], eta_level, label=f"eta {level:g}", check_gap=False)
+                        if not holder or is_better(f_level, holder["f"]):
+                            holder.update(ts=list(accepted["ts"]), eta=eta_level, f=f_level)
+            elif stage == "smooth family":
                 log("stage 2: smooth family (kappa, rho, t_start, t_end" + (", eta ramp)" if search_eta else ")"))
+                start_eta = accepted["eta"] if accepted["from"] == "eta levels" else base_eta
                 smooth_stage(search, path, nfe, nearest_family_member(path, accepted["ts"]),
-                             (base_eta[0], base_eta[-2 if nfe > 1 else 0]), search_eta, eta_for, holder)
+                             (start_eta[0], start_eta[-2 if nfe > 1 else 0]), search_eta, eta_for, holder)
             else:
                 log("stage 3: coordinate moves of single timesteps" + (" and etas" if search_eta else "")
                     + f" (from the {accepted['from']} result)")

@@ -6,7 +6,8 @@ Every candidate is sampled from the same initial noise and the same per-step noi
 ``z_i`` of step ``i`` is fixed per seed, whatever the timesteps and eta), so differences between candidates are
 differences of the schedules, not of the noise. Stages:
 
-1. every plain spacing the library offers (:func:`plain_spacings`) with the base eta;
+1. every plain spacing the library offers (:func:`plain_spacings`) with the base eta; when the eta is searched,
+   also the best of them at each constant eta of :data:`ETA_LEVELS` (kept only if the validation seeds agree);
 2. a pattern search over a smooth family: positions ``u_i = (n-1-i)/(n-1)`` warped by a power ``rho`` and placed
    uniformly in a coordinate that blends time (``kappa = 0``) and log-SNR (``kappa = 1``) between ``t_start`` and
    ``t_end`` (trailing, quadratic and log-SNR spacing are members), with eta a linear ramp ``eta_a -> eta_b``,
@@ -160,6 +161,12 @@ def family_timesteps(path, n: int, p: SpacingParams) -> list[int]:
     u = (n - 1 - np.arange(n)) / (n - 1)
     ts = np.round(np.interp(u ** p.rho, g, grid))
     return [int(v) for v in make_strictly_descending(ts, highest=t_start)]
+
+#: constant etas tried on the best plain spacing before the smooth stage, when the eta is searched (stage 1b): the
+#: smooth stage's ramp moves from its start in steps of at most 0.25, and from a deterministic start it stopped at
+#: eta 0.2-0.9 on ``digits-cfg-b`` where eta 1 scores better (docs/results.md)
+ETA_LEVELS = (0.0, 0.5, 1.0)
+
 
 def ramp(a: float, b: float, n: int) -> list[float]:
     """Eta ramping linearly from ``a`` (first step) to ``b`` (last noisy step); the final step's is unused."""
@@ -515,7 +522,8 @@ def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], sear
                 de[i] /= 2
 
 
-__all__ = ["BaseSampler", "BudgetExhausted", "CommonNoise", "DEFAULT_MIN_GAP", "GapRule", "MIN_RELATIVE_IMPROVEMENT",
+__all__ = ["BaseSampler", "BudgetExhausted", "CommonNoise", "DEFAULT_MIN_GAP", "ETA_LEVELS", "GapRule",
+           "MIN_RELATIVE_IMPROVEMENT",
            "SMOOTH_STAGE_SHARE", "Search", "SpacingParams", "StageLimit", "base_eta_rule", "base_names",
            "coordinate_stage", "draw_samples", "family_timesteps", "is_better", "nearest_family_member",
            "plain_spacings", "ramp", "resolve_base", "smooth_stage", "x0_clipping"]
