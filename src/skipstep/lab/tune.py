@@ -41,8 +41,8 @@ from .tune_objectives import (DEFAULT_NUM_SAMPLES, DEFAULT_REFERENCE_STEPS, OBJE
                               DistributionObjective, PairedObjective, check_objective, default_reference,
                               mixes_scores, ode_cached, ode_solution, reference_set)
 from .tune_search import (DEFAULT_MIN_GAP, ETA_LEVELS, SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, CommonNoise,
-                          GapRule, Search, StageLimit, base_eta_rule, base_names, coordinate_stage, is_better,
-                          nearest_family_member, ramp, resolve_base, smooth_stage)
+                          GapRule, Search, StageLimit, base_eta_rule, base_names, coordinate_stage, eta_level_stage,
+                          is_better, nearest_family_member, resolve_base, smooth_stage)
 from .tune_grids import default_rule_grid, model_plain_spacings, schedule_timesteps, tune_grid
 
 DEFAULT_BUDGET_MINUTES = 2.0
@@ -100,8 +100,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     ``ancestral`` (``None``: ``ancestral`` for a stochastic base, whose samples converge to it, and under a
     guidance scale other than 0 and 1, whose ODE ends elsewhere; ``ode`` for a deterministic base without it; an
     ODE reference made a stochastic base's schedule chase a poor ODE on two zoo models, docs/results.md);
-    ``min_gap``: the gap rule of :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the converged solution
-    (default ``min(200, T)``). ``guidance_scale``: a class-conditional model is tuned at
+    ``min_gap``: the gap rule of :class:`~skipstep.lab.tune_search.GapRule`; ``reference_steps``: steps of the
+    converged solution (default ``min(200, T)``). ``guidance_scale``: a class-conditional model is tuned at
     that classifier-free guidance scale (default 1), sample ``i`` asking for label ``real_labels[i mod K]``; the
     scale is recorded in the schedule. ``eval_reference_seed`` (distribution objectives): score the check against
     a second reference set of that seed and record the floor (the two reference sets' distance)."""
@@ -267,12 +267,7 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
                 # the ramp search moves eta in steps from the base's; a model whose ODE is poor wants far more
                 log(f"stage 1b: the best plain spacing ({accepted['from']}) at constant eta "
                     + ", ".join(f"{e:g}" for e in ETA_LEVELS))
-                for level in ETA_LEVELS:
-                    eta_level = ramp(level, level, nfe)
-                    if eta_level[:-1] != [round(e, 4) for e in accepted["eta"][:-1]]:
-                        f_level = search(accepted["ts"], eta_level, label=f"eta {level:g}", check_gap=False)
-                        if not holder or is_better(f_level, holder["f"]):
-                            holder.update(ts=list(accepted["ts"]), eta=eta_level, f=f_level)
+                eta_level_stage(search, accepted["ts"], accepted["eta"], nfe, holder)
             elif stage == "smooth family":
                 log("stage 2: smooth family (kappa, rho, t_start, t_end" + (", eta ramp)" if search_eta else ")"))
                 start_eta = accepted["eta"] if accepted["from"] == "eta levels" else base_eta

@@ -420,6 +420,18 @@ class Search:
 def is_better(new: float, old: float) -> bool:
     return new < old - MIN_RELATIVE_IMPROVEMENT * abs(old)
 
+def eta_level_stage(search: Search, ts: Sequence[int], eta: Sequence[float], n: int, holder: dict) -> None:
+    """Stage 1b: ``ts`` at each constant eta of :data:`ETA_LEVELS` other than ``eta`` itself; ``holder`` gets the
+    best (``ts``, ``eta``, ``f``)."""
+    for level in ETA_LEVELS:
+        eta_level = ramp(level, level, n)
+        if _key(ts, eta_level) == _key(ts, eta):
+            continue
+        f = search(ts, eta_level, label=f"eta {level:g}", check_gap=False)
+        if not holder or is_better(f, holder["f"]):
+            holder.update(ts=list(ts), eta=eta_level, f=f)
+
+
 def smooth_stage(search: Search, path, n: int, p0: SpacingParams, eta0: tuple[float, float], search_eta: bool,
                   fixed_eta, holder: dict) -> None:
     """Pattern search over (kappa, log rho, t_start, t_end[, eta_a, eta_b]); ``holder`` always holds the stage's
@@ -525,5 +537,6 @@ def coordinate_stage(search: Search, path, ts: list[int], eta: list[float], sear
 __all__ = ["BaseSampler", "BudgetExhausted", "CommonNoise", "DEFAULT_MIN_GAP", "ETA_LEVELS", "GapRule",
            "MIN_RELATIVE_IMPROVEMENT",
            "SMOOTH_STAGE_SHARE", "Search", "SpacingParams", "StageLimit", "base_eta_rule", "base_names",
-           "coordinate_stage", "draw_samples", "family_timesteps", "is_better", "nearest_family_member",
+           "coordinate_stage", "draw_samples", "eta_level_stage", "family_timesteps", "is_better",
+           "nearest_family_member",
            "plain_spacings", "ramp", "resolve_base", "smooth_stage", "x0_clipping"]
