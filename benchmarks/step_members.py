@@ -29,7 +29,7 @@ The deterministic member (``dm-``, below 8 steps; eighth round), on the default'
   matching (the default's points on a linear chain, other points on a cosine or zero-terminal-SNR one);
 * ``dm-p1``: ``spacing_power=1``: ``t_i = T n/(n+1) (1 - i/n)``, the grid SA-Solver and UniPC get from a cosine
   model's ``leading`` config (3 steps: ``[750, 500, 250]``);
-* ``dm-eta1``, ``dm-p1-eta1``, ``dm-p1-eta0.5``: the few-step member made stochastic (eta 1 or 0.5), on the
+* ``dm-eta1``, ``dm-eta0.5``, ``dm-p1-eta1``, ``dm-p1-eta0.5``: the few-step member made stochastic (eta 1 or 0.5), on the
   default's grid or the uniform one -- SA-Solver's few-step recipe on a cosine chain is noise on that grid;
 * ``dm-sigmamin``, ``dm-p1-sigmamin``: the last step stops at ``abar_0`` (``final_sigmas_type="sigma_min"``, as
   SA-Solver and DEIS end) instead of clean data, so it is a multistep (order 2) step instead of ``x0_hat``;
@@ -73,6 +73,7 @@ DETERMINISTIC_MEMBERS = {
     "plain": {"spacing_power": lambda steps: 1.0 + POWER_SLOPE / steps},
     "p1": {"spacing_power": 1.0},
     "eta1": {"eta": 1.0},
+    "eta0.5": {"eta": 0.5},
     "p1-eta1": {"spacing_power": 1.0, "eta": 1.0},
     "p1-eta0.5": {"spacing_power": 1.0, "eta": 0.5},
     "sigmamin": {"final_sigmas_type": "sigma_min"},

@@ -179,7 +179,7 @@ def test_nothing_is_written_when_a_plain_spacing_wins(tmp_path, capsys):
 
 def test_the_schedule_is_written_when_it_wins_on_the_eval_seeds(tmp_path, capsys):
     out = tmp_path / "s.json"
-    rc = cli.main(_tune_args(tmp_path, out, "--budget-nfe", "400"))
+    rc = cli.main(_tune_args(tmp_path, out, "--budget-nfe", "400", "--objective", "paired"))
     text = capsys.readouterr().out
     assert rc == 0, text
     s = load_schedule(out, model_fingerprint=load_model("tune-obj-gmm").fingerprint, nfe=4)
@@ -271,3 +271,61 @@ def test_a_searched_eta_first_tries_the_best_plain_spacing_at_each_constant_eta(
     assert stages["eta levels"]["decision"]
     p = tune_schedule(loaded, 3, "skipstep-ddim", objective="paired", **common)
     assert "eta levels" not in [st["stage"] for st in p.provenance["search"]["stages"]]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the noise probe: a deterministic base's default objective
+# ----------------------------------------------------------------------------------------------------------------
+class _ScriptedObjective:
+    """Returns the scripted values in call order (the probe scores eta 0, then eta 1, per seed)."""
+
+    def __init__(self, values):
+        self.values, self.calls = list(values), 0
+
+    def __call__(self, samples, noise=None):
+        self.calls += 1
+        return self.values.pop(0)
+
+
+@pytest.mark.parametrize("values, noisy", [([1.0, 0.9, 2.0, 1.0], True), ([1.0, 0.85, 1.0, 0.95], False),
+                                           ([1.0, 0.5, 1.0, 1.5], False)])
+def test_the_noise_probe_calls_a_model_noisy_only_when_eta_1_wins_by_its_margin_on_every_seed(values, noisy):
+    from skipstep.lab.tune_noise_probe import NOISE_PROBE_MIN_GAIN, noise_probe
+    assert NOISE_PROBE_MIN_GAIN == 0.1
+    objective = _ScriptedObjective(values)
+    record = noise_probe(_gmm(), [900, 500, 200, 0], BaseSampler("p", 0.0, 2, "small"), objective, [0, 1], 16,
+                         batch_size=16)
+    assert objective.calls == 4 and record["noisy"] is noisy
+    assert record["scores"]["0"] == {"eta 0": values[0], "eta 1": values[1]}
+    assert record["ratios"]["1"] == pytest.approx(values[3] / values[2])
+
+
+def test_the_noise_probe_scores_the_pixel_fd_of_each_level_against_the_ancestral_set():
+    from skipstep.lab.tune_noise_probe import noise_probe
+    loaded, base, ts = _gmm(), BaseSampler("p", 0.0, 2, "small"), [900, 500, 200, 0]
+    reference = loaded.reference.sample(64, seed=5)
+    objective = DistributionObjective("pixel-fd", loaded, reference)
+    record = noise_probe(loaded, ts, base, objective, [3], 32, batch_size=16)
+    noise = CommonNoise(3, 32, loaded.sample_shape)
+    by_hand = [objective(draw_samples(loaded, None, ts, [e] * 4, base, noise, batch_size=32)) for e in (0.0, 1.0)]
+    assert [record["scores"]["3"][k] for k in ("eta 0", "eta 1")] == pytest.approx(by_hand, rel=1e-9)
+
+
+@pytest.mark.parametrize("min_gain, noisy", [(1.0, False), (-10.0, True)])
+def test_a_deterministic_base_without_an_objective_is_tuned_as_the_noise_probe_says(tmp_path, monkeypatch,
+                                                                                     min_gain, noisy):
+    """No --objective: the probe decides -- paired (eta 0 kept) for a quiet model, pixel-fd against the ancestral
+    set with the eta searched for a noisy one; an objective given skips the probe."""
+    import skipstep.lab.tune_noise_probe as probe_module
+    monkeypatch.setattr(probe_module, "NOISE_PROBE_MIN_GAIN", min_gain)  # forces either verdict
+    common = dict(num_samples=32, batch_size=32, budget_nfe=120, budget_minutes=5, cache_dir=tmp_path / "cache",
+                  reference_steps=20)
+    s = tune_schedule(load_model("tune-obj-gmm"), 3, "skipstep-ddim", **common)
+    obj = s.provenance["objective"]
+    assert obj["noise_probe"]["noisy"] is noisy and set(obj["noise_probe"]["scores"]) == {"0", "1"}
+    assert s.metric == obj["name"] == ("pixel-fd" if noisy else "paired") and obj["eta_searched"] is noisy
+    stages = [st["stage"] for st in s.provenance["search"]["stages"]]
+    assert ("eta levels" in stages) is noisy
+    assert ("exact data" if noisy else "deterministic") in s.provenance["final_check"]["reference"]["source"]
+    given = tune_schedule(load_model("tune-obj-gmm"), 3, "skipstep-ddim", objective="paired", **common)
+    assert given.provenance["objective"]["noise_probe"] is None and given.metric == "paired"

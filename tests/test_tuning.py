@@ -280,7 +280,7 @@ def test_the_default_base_is_tuned_with_its_corrector(gmm, tmp_path):
     with pytest.raises(ValueError, match="use_corrector must be True or False"):
         resolve_base("default", use_corrector="on")
     s = tune_schedule(gmm, 3, "default", num_samples=32, batch_size=32, budget_nfe=200, cache_dir=tmp_path,
-                      reference_steps=30)
+                      reference_steps=30, objective="paired")
     assert s.use_corrector is True and s.provenance["base"]["use_corrector"] is True
     assert s.extrapolation_gain == skipstep.plan.default_extrapolation_gain(3) > 1  # the default's rule, written
     # the check's tuned row is what the scheduler samples from the written schedule, corrector included
@@ -330,9 +330,10 @@ def test_too_small_budget_is_refused_before_any_model_call(gmm, tmp_path):
 def test_search_is_never_worse_than_its_best_start_and_checks_every_plain_spacing(gmm, tmp_path):
     spec, counter = counted(gmm)
     s = tune_schedule(spec, 4, "skipstep-ddim-o2", num_samples=96, batch_size=96, budget_nfe=240,
-                      budget_minutes=10, cache_dir=tmp_path, reference_steps=40)
+                      budget_minutes=10, cache_dir=tmp_path, reference_steps=40, objective="paired")
     obj = s.provenance["objective"]
     assert obj["name"] == s.metric == "paired" and not obj["eta_searched"] and s.eta == [0.0] * 4
+    assert obj["noise_probe"] is None  # an objective given: no probe
     # never worse than the best plain spacing on the fit seeds (its start)
     start = obj["best_start"]["name"]
     assert start == min(obj["starts"], key=obj["starts"].get) and obj["tuned"] <= obj["starts"][start]

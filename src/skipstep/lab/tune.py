@@ -3,8 +3,10 @@ when they beat every plain spacing on held-out seeds.
 
 ``skipstep tune --model digits --nfe 10 --base skipstep-ddim-o2 --out digits-nfe10.json`` (about two minutes).
 
-:func:`tune_schedule` (1) draws the model's converged samples the objective needs
-(:mod:`skipstep.lab.tune_objectives`; cached), (2) runs the search of :mod:`skipstep.lab.tune_search` on the fit
+:func:`tune_schedule` (0) for a deterministic base given no objective, asks the noise probe
+(:mod:`skipstep.lab.tune_noise_probe`) whether the model wants noise at this NFE (then the objective is ``pixel-fd``
+against the ancestral set, eta searched; else ``paired``), (1) draws the model's converged samples the objective
+needs (:mod:`skipstep.lab.tune_objectives`; cached), (2) runs the search of :mod:`skipstep.lab.tune_search` on the fit
 seeds, accepting a stage's result only if it also improves on the validation seeds, and (3) runs the final check
 of :mod:`skipstep.lab.tune_check` on the evaluation seeds: the tuned schedule against every plain spacing. It
 returns a :class:`skipstep.TunedSchedule` whose ``provenance['final_check']['tuned_wins']`` says whether the CLI
@@ -40,6 +42,7 @@ from .tune_check import NO_IMPROVEMENT_EXIT, check_rows, decision_line, final_ch
 from .tune_objectives import (DEFAULT_NUM_SAMPLES, DEFAULT_REFERENCE_STEPS, OBJECTIVES, REFERENCE_KINDS,
                               DistributionObjective, PairedObjective, check_objective, default_reference,
                               mixes_scores, ode_cached, ode_solution, reference_set)
+from .tune_noise_probe import noise_probe, probe_calls
 from .tune_search import (DEFAULT_MIN_GAP, ETA_LEVELS, SMOOTH_STAGE_SHARE, BaseSampler, BudgetExhausted, CommonNoise,
                           GapRule, Search, StageLimit, base_eta_rule, base_names, coordinate_stage, eta_level_stage,
                           is_better, nearest_family_member, resolve_base, smooth_stage)
@@ -95,7 +98,7 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     ``loaded`` (a LoadedModel or a model name), then check the result on ``eval_seeds`` against every plain spacing;
     see the module docstring. ``use_corrector``: ``None`` (the base's: on for ``default``) or a bool; the search,
     the check and the schedule all run that way. ``objective``: ``None`` (``paired`` for a deterministic base
-    without guidance, else ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd``
+    without guidance unless the noise probe calls the model noisy, else ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd``
     (:mod:`skipstep.lab.tune_objectives`); ``reference``: the distribution objectives' reference set, ``ode`` or
     ``ancestral`` (``None``: ``ancestral`` for a stochastic base, whose samples converge to it, and under a
     guidance scale other than 0 and 1, whose ODE ends elsewhere; ``ode`` for a deterministic base without it; an
@@ -123,8 +126,11 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     deterministic = all(e == 0 for e in base_eta[:-1])
     base_text = f"base {base.name} (eta {base.eta})"
     guided = mixes_scores(loaded.guidance_scale)
+    objective_given, num_samples_given, num_reference_given = objective is not None, num_samples, num_reference
     objective = check_objective(objective, deterministic, loaded.feature_fn is not None, base_text, guided)
     paired = objective == "paired"
+    # the default objective of a deterministic base is paired unless the noise probe finds the model wants noise
+    probe_wanted = paired and not objective_given and search_eta and reference is None
     if paired:
         search_eta = False  # eta > 0 would make the sampler stochastic: the paired distance would be meaningless
     if reference is None:
@@ -149,7 +155,7 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     if eval_reference_seed is not None and paired:
         raise ValueError("--eval-reference-seed applies to the distribution objectives (pixel-fd, sw, fd); the "
                          "paired objective scores each evaluation seed against its own converged solution")
-    reserved = set() if paired else {reference_seed} | ({int(eval_reference_seed)} if eval_reference_seed is not None
+    reserved = set() if paired and not probe_wanted else {reference_seed} | ({int(eval_reference_seed)} if eval_reference_seed is not None
                                                         else set())
     fit_seeds, val_seeds, eval_seeds = _check_seeds(fit_seeds, val_seeds, eval_seeds, reserved)
     if not budget_minutes > 0:
@@ -183,8 +189,19 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
                                                  / "reference" / "reference.json").is_file()]
             reference_calls = len(todo) * T * ref_batches * (0 if loaded.reference is not None else 1)
     check_calls = n_rows * nfe * batches * len(eval_seeds)
+    if probe_wanted:
+        probe_n = int(num_samples_given or DEFAULT_NUM_SAMPLES["pixel-fd"])
+        probe_ref_n = int(num_reference_given or probe_n)
+        probe_ref_cached = (reference_cache_dir(loaded, probe_ref_n, reference_seed, batch_size, cache_dir)
+                            / "reference" / "reference.json").is_file() or loaded.reference is not None
+        reference_calls += (0 if probe_ref_cached else T * math.ceil(probe_ref_n / batch_size))
+        reference_calls += probe_calls(nfe, probe_n, batch_size, len(fit_seeds) + len(val_seeds))
     fixed_seconds = (reference_calls + check_calls) * per_call
     needed = fixed_seconds + (cost + reserve) * per_call
+    if probe_wanted:  # a noisy verdict tunes with the probe's sample count and one more row in the check
+        probe_batches = math.ceil(probe_n / batch_size)
+        noisy_calls = nfe * probe_batches * (len(fit_seeds) + 2 * len(val_seeds) + (len(rows) + 1) * len(eval_seeds))
+        needed = max(needed, reference_calls * per_call + noisy_calls * per_call)
     if budget_minutes * 60 < needed:
         raise ValueError(f"--budget-minutes {budget_minutes:g} cannot pay for one candidate: one model call took "
                          f"{per_call:.3g} s, so the converged samples not yet cached ({reference_calls} calls), the "
@@ -193,7 +210,18 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     # -- converged samples, objective, common random numbers ----------------------------------------------------
     t_ref = time.perf_counter()
     ref_info: dict = {}
-    eval_objective, floor = None, None
+    eval_objective, floor, probe = None, None, None
+    if probe_wanted:
+        probe_ref, _ = reference_set(loaded, "ancestral", probe_ref_n, reference_seed, reference_steps, batch_size,
+                                     device, cache_dir, progress, log)
+        probe = noise_probe(loaded, default_rule_grid(plain), base, DistributionObjective("pixel-fd", loaded,
+                            probe_ref), fit_seeds + val_seeds, probe_n, batch_size, device, log)
+        if probe["noisy"]:  # tuned as with --objective pixel-fd --reference ancestral
+            objective, paired, search_eta, reference = "pixel-fd", False, True, "ancestral"
+            num_samples, num_reference = probe_n, probe_ref_n
+            batches = math.ceil(num_samples / batch_size)
+            cost, reserve = nfe * batches * len(fit_seeds), 2 * nfe * batches * len(val_seeds)
+            check_calls = (len(rows) + 1) * nfe * batches * len(eval_seeds)
     if paired:
         targets = {s: ode_solution(loaded, s, num_samples, reference_steps, batch_size, device, cache_dir, log)[0]
                    for s in fit_seeds + val_seeds + eval_seeds}
@@ -319,7 +347,7 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
                  "randn tensor per (seed, i); class-conditional sample i asks for real_labels[i mod K]",
         "reference": ref_info,
         "objective": {
-            "name": objective, "eta_searched": bool(search_eta), "fit_seeds": fit_seeds,
+            "name": objective, "eta_searched": bool(search_eta), "fit_seeds": fit_seeds, "noise_probe": probe,
             "starts": {k: round(v, 8) for k, v in start_values.items()},
             "best_start": {"name": chosen_start, "value": start_values[chosen_start]},
             "tuned": value, "validation_seeds": val_seeds,
@@ -388,8 +416,9 @@ def add_subcommand(subparsers) -> None:
                     "for one model and NFE on --fit-seeds, then check the result on held-out --eval-seeds "
                     "against every plain spacing of the library; write the schedule JSON only if it beats the "
                     f"best of them (else exit {NO_IMPROVEMENT_EXIT}, writing nothing). Objective: the paired "
-                    "distance to the model's own converged solution from the same x_T (deterministic bases) or "
-                    "the pixel Fréchet distance to converged samples (stochastic bases); no feature network. "
+                    "distance to the model's own converged solution from the same x_T (deterministic bases, unless a "
+                    "probe finds eta 1 10% closer to ancestral samples than eta 0) or the pixel Fréchet distance "
+                    "to converged samples (stochastic bases, guidance); no feature network. "
                     "--budget-minutes bounds everything the command samples. Use the file with `skipstep bench "
                     "--samplers tuned:FILE.json`, skipstep.sample(..., tuned_schedule=FILE) or "
                     "SkippedStepScheduler(tuned_schedule=...).",
@@ -413,8 +442,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--no-eta-search", action="store_true", help="keep the base eta; tune the timesteps only "
                    "(always so with --objective paired)")
     p.add_argument("--objective", default=None, choices=OBJECTIVES,
-                   help="paired (default for a deterministic base), pixel-fd (default for a stochastic base and "
-                        "under a --guidance-scale other than 0 and 1), sw, or fd (feature network; the earlier "
+                   help="paired (default for a deterministic base, unless the noise probe finds the model wants "
+                        "noise), pixel-fd (default for a stochastic base, under a --guidance-scale other than 0 "
+                        "and 1, and after a noisy probe verdict), sw, or fd (feature network; the earlier "
                         "objective); see docs/tuning.md")
     p.add_argument("--reference", default=None, choices=REFERENCE_KINDS,
                    help="the distribution objectives' reference set: ode (converged deterministic samples; the "
