@@ -67,6 +67,18 @@ def _time_one_call(loaded, batch: int, device: str) -> float:
         seconds.append(time.perf_counter() - t0)
     return seconds[-1]
 
+def _call_counts(nfe: int, num_samples: int, batch_size: int, seeds: tuple, check_rows_count: int):
+    """Model calls of one run's parts: (batches per seed, one candidate on the fit seeds, the two validations the
+    search keeps in reserve, the final check); ``seeds`` = (fit, validation, evaluation)."""
+    batches = math.ceil(num_samples / batch_size)
+    fit, val, ev = (len(x) for x in seeds)
+    return batches, nfe * batches * fit, 2 * nfe * batches * val, check_rows_count * nfe * batches * ev
+
+def _ancestral_cached(loaded, num_reference: int, seed: int, batch_size: int, root) -> bool:
+    """Whether the ancestral reference set needs no model calls (cached, or exact data of an analytic model)."""
+    return loaded.reference is not None or (reference_cache_dir(loaded, num_reference, seed, batch_size, root)
+                                            / "reference" / "reference.json").is_file()
+
 def _check_seeds(fit, val, ev, reserved: set[int]):
     fit, val, ev = ([int(s) for s in dict.fromkeys(x)] for x in (fit, val, ev))
     if not fit:
@@ -98,7 +110,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     ``loaded`` (a LoadedModel or a model name), then check the result on ``eval_seeds`` against every plain spacing;
     see the module docstring. ``use_corrector``: ``None`` (the base's: on for ``default``) or a bool; the search,
     the check and the schedule all run that way. ``objective``: ``None`` (``paired`` for a deterministic base
-    without guidance unless the noise probe calls the model noisy, else ``pixel-fd``), ``paired``, ``pixel-fd``, ``sw`` or ``fd``
+    without guidance unless the noise probe calls the model noisy, else ``pixel-fd``), ``paired``, ``pixel-fd``,
+    ``sw`` or ``fd``
     (:mod:`skipstep.lab.tune_objectives`); ``reference``: the distribution objectives' reference set, ``ode`` or
     ``ancestral`` (``None``: ``ancestral`` for a stochastic base, whose samples converge to it, and under a
     guidance scale other than 0 and 1, whose ODE ends elsewhere; ``ode`` for a deterministic base without it; an
@@ -155,8 +168,8 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     if eval_reference_seed is not None and paired:
         raise ValueError("--eval-reference-seed applies to the distribution objectives (pixel-fd, sw, fd); the "
                          "paired objective scores each evaluation seed against its own converged solution")
-    reserved = set() if paired and not probe_wanted else {reference_seed} | ({int(eval_reference_seed)} if eval_reference_seed is not None
-                                                        else set())
+    reserved = set() if paired and not probe_wanted else ({reference_seed} | (
+        {int(eval_reference_seed)} if eval_reference_seed is not None else set()))
     fit_seeds, val_seeds, eval_seeds = _check_seeds(fit_seeds, val_seeds, eval_seeds, reserved)
     if not budget_minutes > 0:
         raise ValueError(f"--budget-minutes must be > 0, got {budget_minutes}")
@@ -164,9 +177,9 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     rows = check_rows(plain, plain[next(iter(plain))], base_eta, eta_for)  # the check's size (+1 if eta differs)
     n_rows = len(rows) + (1 if search_eta else 0)
     # -- budgets: refuse before any work ------------------------------------------------------------------------
-    batches = math.ceil(num_samples / batch_size)
-    cost = nfe * batches * len(fit_seeds)
-    reserve = 2 * nfe * batches * len(val_seeds)  # the search keeps two validations in reserve (tune_search.Search)
+    seeds = (fit_seeds, val_seeds, eval_seeds)
+    # the search keeps two validations in reserve (tune_search.Search)
+    batches, cost, reserve, check_calls = _call_counts(nfe, num_samples, batch_size, seeds, n_rows)
     if budget_nfe is not None and budget_nfe < cost + reserve:
         raise ValueError(f"--budget-nfe {budget_nfe} cannot pay for one candidate: it needs at least "
                          f"{cost + reserve} NFE (a candidate costs {cost}: nfe {nfe} x {batches} batches x "
@@ -185,23 +198,19 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
                                                            cache_dir)]
             reference_calls = len(todo) * reference_steps * ref_batches
         else:
-            todo = [s for s in ref_seeds if not (reference_cache_dir(loaded, num_reference, s, batch_size, cache_dir)
-                                                 / "reference" / "reference.json").is_file()]
-            reference_calls = len(todo) * T * ref_batches * (0 if loaded.reference is not None else 1)
-    check_calls = n_rows * nfe * batches * len(eval_seeds)
+            todo = [s for s in ref_seeds if not _ancestral_cached(loaded, num_reference, s, batch_size, cache_dir)]
+            reference_calls = len(todo) * T * ref_batches
     if probe_wanted:
         probe_n = int(num_samples_given or DEFAULT_NUM_SAMPLES["pixel-fd"])
         probe_ref_n = int(num_reference_given or probe_n)
-        probe_ref_cached = (reference_cache_dir(loaded, probe_ref_n, reference_seed, batch_size, cache_dir)
-                            / "reference" / "reference.json").is_file() or loaded.reference is not None
-        reference_calls += (0 if probe_ref_cached else T * math.ceil(probe_ref_n / batch_size))
+        if not _ancestral_cached(loaded, probe_ref_n, reference_seed, batch_size, cache_dir):
+            reference_calls += T * math.ceil(probe_ref_n / batch_size)
         reference_calls += probe_calls(nfe, probe_n, batch_size, len(fit_seeds) + len(val_seeds))
     fixed_seconds = (reference_calls + check_calls) * per_call
     needed = fixed_seconds + (cost + reserve) * per_call
     if probe_wanted:  # a noisy verdict tunes with the probe's sample count and one more row in the check
-        probe_batches = math.ceil(probe_n / batch_size)
-        noisy_calls = nfe * probe_batches * (len(fit_seeds) + 2 * len(val_seeds) + (len(rows) + 1) * len(eval_seeds))
-        needed = max(needed, reference_calls * per_call + noisy_calls * per_call)
+        noisy_calls = sum(_call_counts(nfe, probe_n, batch_size, seeds, len(rows) + 1)[1:])
+        needed = max(needed, (reference_calls + noisy_calls) * per_call)
     if budget_minutes * 60 < needed:
         raise ValueError(f"--budget-minutes {budget_minutes:g} cannot pay for one candidate: one model call took "
                          f"{per_call:.3g} s, so the converged samples not yet cached ({reference_calls} calls), the "
@@ -219,9 +228,7 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
         if probe["noisy"]:  # tuned as with --objective pixel-fd --reference ancestral
             objective, paired, search_eta, reference = "pixel-fd", False, True, "ancestral"
             num_samples, num_reference = probe_n, probe_ref_n
-            batches = math.ceil(num_samples / batch_size)
-            cost, reserve = nfe * batches * len(fit_seeds), 2 * nfe * batches * len(val_seeds)
-            check_calls = (len(rows) + 1) * nfe * batches * len(eval_seeds)
+            batches, cost, reserve, check_calls = _call_counts(nfe, num_samples, batch_size, seeds, len(rows) + 1)
     if paired:
         targets = {s: ode_solution(loaded, s, num_samples, reference_steps, batch_size, device, cache_dir, log)[0]
                    for s in fit_seeds + val_seeds + eval_seeds}

@@ -3,10 +3,10 @@ deterministic base.
 
 The paired objective (:mod:`skipstep.lab.tune_objectives`) scores a schedule by its distance to the model's own
 probability-flow ODE solution from the same ``x_T``, so it can only tune deterministic members: a tune that uses
-it never learns that a model's ODE is poor. On the zoo's smaller models it is (docs/results.md, twelfth round:
-1000-step ancestral samples and 50-step ODE samples of ``digits-cfg-b`` at w = 1 are 9.7x further apart in the
-classifier's FD than two ancestral sets), and there eta 1 on the default's grid beats the deterministic few-step
-member 5x in FD and SA-Solver on both references.
+it never learns that a model's ODE is poor. On the zoo's smaller models it is (docs/results.md, twelfth round: the
+50-step ODE samples of ``digits-cfg-b`` at w = 1 are 9.7x further from its 1000-step ancestral samples in the
+classifier's FD than 50-step stochastic samples are), and there eta 1 on the default's grid beats the deterministic
+few-step member 5x in FD and SA-Solver on both references.
 
 The probe draws the base's samples on its own grid at ``eta = 0`` and at constant :data:`NOISE_PROBE_ETA` from the
 same common random numbers of each fit and validation seed, scores both by the pixel Fréchet distance to the
