@@ -221,10 +221,11 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
     ref_info: dict = {}
     eval_objective, floor, probe = None, None, None
     if probe_wanted:
-        probe_ref, _ = reference_set(loaded, "ancestral", probe_ref_n, reference_seed, reference_steps, batch_size,
-                                     device, cache_dir, progress, log)
-        probe = noise_probe(loaded, default_rule_grid(plain), base, DistributionObjective("pixel-fd", loaded,
-                            probe_ref), fit_seeds + val_seeds, probe_n, batch_size, device, log)
+        probe_set = reference_set(loaded, "ancestral", probe_ref_n, reference_seed, reference_steps, batch_size,
+                                  device, cache_dir, progress, log)
+        probe_objective = DistributionObjective("pixel-fd", loaded, probe_set[0])
+        probe = noise_probe(loaded, default_rule_grid(plain), base, probe_objective, fit_seeds + val_seeds, probe_n,
+                            batch_size, device, log)
         if probe["noisy"]:  # tuned as with --objective pixel-fd --reference ancestral
             objective, paired, search_eta, reference = "pixel-fd", False, True, "ancestral"
             num_samples, num_reference = probe_n, probe_ref_n
@@ -236,9 +237,13 @@ def tune_schedule(loaded, nfe: int, base: str | BaseSampler = "skipstep-ddim", *
         ref_info = {"source": f"{reference_steps}-step deterministic order-2 solution from each seed's own x_T",
                     "steps": reference_steps, "cache": str(Path(cache_dir or default_cache_root()) / "tune-references")}
     else:
-        ref, meta = reference_set(loaded, reference, num_reference, reference_seed, reference_steps, batch_size,
-                                  device, cache_dir, progress, log)
-        fit_objective = eval_objective = DistributionObjective(objective, loaded, ref)
+        if probe is not None:  # a noisy verdict: the probe's reference set and objective are this run's
+            (ref, meta), fit_objective = probe_set, probe_objective
+        else:
+            ref, meta = reference_set(loaded, reference, num_reference, reference_seed, reference_steps, batch_size,
+                                      device, cache_dir, progress, log)
+            fit_objective = DistributionObjective(objective, loaded, ref)
+        eval_objective = fit_objective
         ref_info = {k: meta.get(k) for k in ("source", "num_samples", "seed", "cache")}
         if eval_reference_seed is not None:
             ref2, meta2 = reference_set(loaded, reference, num_reference, int(eval_reference_seed), reference_steps,
