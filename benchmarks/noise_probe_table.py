@@ -4,7 +4,7 @@ common random numbers (0 and 1, 500 samples), scored by the pixel Fréchet dista
 reference set: the probe itself (:func:`skipstep.lab.tune_noise_probe.noise_probe`, eta 0 and 1, its verdict), and
 eta 0.5 beside it.
 
-    python benchmarks/noise_probe_table.py [MODEL ...]      # default: all ten model views
+    python benchmarks/noise_probe_table.py [MODEL ...]      # default: all eleven model views
 """
 
 import copy
@@ -18,7 +18,7 @@ from skipstep.lab.tune_search import CommonNoise, draw_samples, ramp, resolve_ba
 
 VIEWS = [("digits", None), ("digits-eps-b", None), ("digits-eps-c", None), ("digits-lv", None),
          ("digits-lv-b", None), ("digits-vzsnr", None), ("digits-flow", None), ("digits-flow-b", None),
-         ("digits-cfg", 1.0), ("digits-cfg-b", 1.0)]
+         ("digits-cfg", 1.0), ("digits-cfg-b", 1.0), ("digits-cfg-c", 1.0)]
 SEEDS, NUM_SAMPLES = (0, 1), 500
 
 

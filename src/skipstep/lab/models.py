@@ -108,6 +108,7 @@ ZOO_MODELS: dict[str, ZooModel] = {
     "digits-flow-b": ZooModel("digits-flow-b"),  # second models of three regimes (leave-one-model-out within them)
     "digits-lv-b": ZooModel("digits-lv-b"),
     "digits-cfg-b": ZooModel("digits-cfg-b", null_label=10),
+    "digits-cfg-c": ZooModel("digits-cfg-c", null_label=10),
 }
 
 

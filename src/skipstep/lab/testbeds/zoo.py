@@ -118,6 +118,16 @@ ZOO_SPECS: dict[str, ZooSpec] = {
          "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "epsilon", "clip_sample": False,
          "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading"},
         (8, 16, 24), 4000, 9),
+    # A third guided model: digits-cfg's width on digits-cfg-b's chain and grid (SDXL's Euler config), so a
+    # guidance rule can be chosen on two guided models and reported on the third, and a difference between the
+    # first two can be put on the chain or on the network.
+    "digits-cfg-c": ZooSpec(
+        "cfg", "class-conditional epsilon UNet (16/24/32), label dropout 0.1 (null label 10), scaled-linear betas "
+        "with Stable Diffusion XL's Euler config, 4k steps, seed 10",
+        {"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+         "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "epsilon", "interpolation_type": "linear",
+         "use_karras_sigmas": False, "steps_offset": 1, "timestep_spacing": "leading"},
+        (16, 24, 32), 4000, 10),
     "digits-vzsnr": ZooSpec(
         "v-zero-snr", "v-prediction UNet (16/24/32), scaled-linear betas rescaled to zero terminal SNR, 4k steps, "
         "seed 6", {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
