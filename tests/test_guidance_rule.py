@@ -18,10 +18,13 @@ from skipstep.steps import (
     STRONG_GUIDANCE_ETA,
     STRONG_GUIDANCE_FEW_STEPS_BELOW,
     STRONG_GUIDANCE_FEW_STEPS_FROM,
+    STRONG_GUIDANCE_PLACEMENT_BELOW,
     STRONG_GUIDANCE_SOLVER_ORDER,
     check_guidance_hint,
+    placement_split,
     settings_for_guidance,
 )
+from skipstep.timesteps import FEW_STEPS_BELOW, POWER_SLOPE, spacing_power_for
 from skipstep.lab.conditioning import check_guidance_scale
 from skipstep.lab.models import load_model
 from skipstep.lab.sample_sets import sample_cell
@@ -36,12 +39,17 @@ N = STRONG_GUIDANCE_FEW_STEPS_BELOW
 STEP_COUNTS = [3, 5, N - 1, N, 10, 20]
 
 
-def member(n: int) -> dict:
+def member(n: int, placement: bool = True) -> dict:
     """The strong-guidance member at ``n`` steps, as explicit settings (a guidance scale above 1 also sets the
-    extrapolation gain to 1)."""
+    extrapolation gain to 1; below STRONG_GUIDANCE_PLACEMENT_BELOW steps the few-step placement, ``p = 1 + 4/n``,
+    which on this linear chain is the plain power grid; ``placement=False``: no grid, for the k-diffusion adapter,
+    which is given its sigmas)."""
+    placement = ({"spacing_power": 1 + POWER_SLOPE / n} if placement and n < STRONG_GUIDANCE_PLACEMENT_BELOW
+                 else {})
     if n < N:
-        return {"use_corrector": False, "extrapolation_gain": 1.0}
-    return {"eta": STRONG_GUIDANCE_ETA, "solver_order": STRONG_GUIDANCE_SOLVER_ORDER, "extrapolation_gain": 1.0}
+        return {"use_corrector": False, "extrapolation_gain": 1.0, **placement}
+    return {"eta": STRONG_GUIDANCE_ETA, "solver_order": STRONG_GUIDANCE_SOLVER_ORDER, "extrapolation_gain": 1.0,
+            **placement}
 
 
 def test_the_strong_guidance_members():
@@ -127,6 +135,28 @@ def test_the_scheduler_told_a_strong_scale_samples_as_the_strong_member(steps):
     assert used == settings_for_guidance(8.0, *DEFAULTS, num_steps=steps)
     # the unguided default differs (the corrector below N steps; order 2 and eta 1 from N on)
     assert not torch.equal(a, _run(SkippedStepScheduler(), steps)[1])
+
+
+def test_strong_guidance_keeps_the_few_step_placement_through_7_steps():
+    """Unguided (or below the strong scale) the many-step placement starts at FEW_STEPS_BELOW = 7 steps; under
+    strong guidance at STRONG_GUIDANCE_PLACEMENT_BELOW = 8 (docs/results.md, thirteenth round)."""
+    assert (FEW_STEPS_BELOW, STRONG_GUIDANCE_PLACEMENT_BELOW) == (7, 8)
+    assert [placement_split(w) for w in (None, 0.0, 1.0, 4.0, STRONG_GUIDANCE_FROM - 1e-9)] == [FEW_STEPS_BELOW] * 5
+    assert placement_split(STRONG_GUIDANCE_FROM) == placement_split(8.0) == STRONG_GUIDANCE_PLACEMENT_BELOW
+    for w, p7 in ((None, 1 + 2 / 7), (4.0, 1 + 2 / 7), (8.0, 1 + 4 / 7)):
+        sched = SkippedStepScheduler(guidance_scale=w)
+        sched.set_timesteps(7)
+        plain = SkippedStepScheduler(spacing_power=p7)
+        plain.set_timesteps(7)
+        assert sched.timesteps.tolist() == plain.timesteps.tolist(), w
+        assert spacing_power_for(7, None, placement_split(w)) == pytest.approx(p7)
+    for w in (None, 4.0, 8.0):  # skipstep.sample places the steps as the scheduler does
+        ts = []
+        sample(_toy_eps, (2, 1, 2, 2), num_steps=7, guidance_scale=w, progress=False,
+               callback=lambda i, t, x_s, x0: ts.append(int(t)), generator=torch.Generator().manual_seed(0))
+        sched = SkippedStepScheduler(guidance_scale=w)
+        sched.set_timesteps(7)
+        assert ts == sched.timesteps.tolist(), w
 
 
 def test_one_scheduler_follows_the_step_count_of_each_set_timesteps():
@@ -230,7 +260,7 @@ def _k_run(n, **kwargs):
 
 @pytest.mark.parametrize("n", STEP_COUNTS)
 def test_the_k_diffusion_adapter_told_a_strong_scale_is_the_strong_member(n):
-    strong = _k_run(n, **member(n))
+    strong = _k_run(n, **member(n, placement=False))
     assert torch.equal(_k_run(n, guidance_scale=8.0), strong)
     # below the threshold: the default, at gain 1 (a known scale above 1 turns the few-step gain off)
     assert torch.equal(_k_run(n, guidance_scale=4.0), _k_run(n, extrapolation_gain=1.0))

@@ -115,8 +115,10 @@ def test_the_exponent_rule_has_two_regimes_split_where_the_default_eta_turns_sto
     from skipstep import DEFAULT_ETA
     from skipstep.plan import resolve_eta_schedule
 
-    assert [spacing_power_for(n) for n in (4, 5, 7)] == pytest.approx([2.0, 1.8, 1 + 4 / 7])
-    assert [spacing_power_for(n) for n in (8, 10, 20)] == pytest.approx([1.25, 1.2, 1.1])
+    assert FEW_STEPS_BELOW == 7  # from 8 to 7 in the thirteenth round (docs/results.md)
+    assert [spacing_power_for(n) for n in (4, 5, 6)] == pytest.approx([2.0, 1.8, 1 + 4 / 6])
+    assert [spacing_power_for(n) for n in (7, 8, 10, 20)] == pytest.approx([1 + 2 / 7, 1.25, 1.2, 1.1])
+    assert spacing_power_for(7, None, few_steps_below=8) == pytest.approx(1 + 4 / 7)
     assert spacing_power_for(10, 1.4) == 1.4
     assert resolve_eta_schedule(DEFAULT_ETA, FEW_STEPS_BELOW - 1) == [0.0] * (FEW_STEPS_BELOW - 1)
     assert set(resolve_eta_schedule(DEFAULT_ETA, FEW_STEPS_BELOW)) == {1.0}

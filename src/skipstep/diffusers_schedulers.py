@@ -38,7 +38,8 @@ from .plan import (DEFAULT_EXTRAPOLATION_GAIN, PlannedStep, check_extrapolation_
 from .predictions import X0Clipping, check_prediction_type
 from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE, StepConfig, TrajectoryStepper,
-                    check_generator, check_guidance_hint, noise_variance_settings, settings_for_guidance)
+                    check_generator, check_guidance_hint, noise_variance_settings, placement_split,
+                    settings_for_guidance)
 from .timesteps import (SPACINGS, check_num_steps, check_spacing_power, select_timesteps, sigma_spaced_timesteps,
                         timesteps_from_sigmas, validate_timesteps, vp_sigmas)
 from .tuned_schedules import scheduler_settings_from_tuned_schedule
@@ -120,8 +121,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         eta: stochasticity in [0, 1]: a number, a list with one value per step, or a schedule string
             (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``, ``"window"``, ``"snr-window:L:H"``,
             ``"below:N:LOW:HIGH"``; see
-            :func:`skipstep.plan.resolve_eta_schedule`). The default ``skipstep.DEFAULT_ETA = "below:8:0:1"``:
-            deterministic for fewer than 8 steps, the skipped-step posterior from 8 on.
+            :func:`skipstep.plan.resolve_eta_schedule`). The default ``skipstep.DEFAULT_ETA = "below:7:0:1"``:
+            deterministic for fewer than 7 steps, the skipped-step posterior from 7 on.
         solver_order: the integer 1 (the posterior step), 2 or 3 (multistep posterior steps over the previous
             ``x0_hat``; still one model evaluation per step, so the class attribute ``order`` stays 1).
         solver_type: ``heun`` (exact exponential-integrator weights) or ``midpoint`` (DPM-Solver++'s midpoint form
@@ -139,8 +140,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             evaluation (UniPC's UniC / SA-Solver's corrector for the posterior family; see
             :class:`skipstep.steps.TrajectoryStepper`).
         extrapolation_gain: ``G`` of the order-2 steps, ``D = x0_0 + G w_1 (x0_1 - x0_0)`` (1: the exact step of
-            the line through the last two ``x0_hat``); ``None`` (the default): ``1 + (3/n)^3`` below 8 steps
-            (2 at 3 steps, 1.42 at 4), 1 from 8 on and under a known guidance scale ``w > 1``
+            the line through the last two ``x0_hat``); ``None`` (the default): ``1 + (3/n)^3`` below 7 steps
+            (2 at 3 steps, 1.42 at 4), 1 from 7 on and under a known guidance scale ``w > 1``
             (:func:`skipstep.plan.resolve_extrapolation_gain`).
         lower_order_final: DPM-Solver's rule: with fewer than 15 steps the last step is first order and the one
             before it at most second order. euler_at_final: the last step is first order. (A last step to clean
@@ -151,8 +152,9 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             linspace and leading use the formulas of ``replaced_scheduler``'s family (DDIM/DDPM's, or the DPM-Solver
             family's). spacing_power: the exponent ``p >= 1`` of the ``power`` spacing,
             ``round(T n/(n+1) (1 - i/n)^p)`` (:func:`skipstep.timesteps.power_grid`); ``None`` (the default) is
-            ``p = 1 + 4/n`` below 8 steps, at the log-SNRs that grid has on DDPM's linear chain
-            (:func:`skipstep.timesteps.snr_matched_power_grid`; unchanged on a linear chain), and ``1 + 2/n`` from 8.
+            ``p = 1 + 4/n`` below 7 steps, at the log-SNRs that grid has on DDPM's linear chain
+            (:func:`skipstep.timesteps.snr_matched_power_grid`; unchanged on a linear chain), and ``1 + 2/n`` from 7
+            (told a strong guidance scale, from 8: ``skipstep.steps.STRONG_GUIDANCE_PLACEMENT_BELOW``).
         steps_offset: added to ``leading`` timesteps, as in diffusers. lambda_min_clipped: DPM-Solver's clipping of
             the noisiest timesteps by half-log-SNR, applied before the spacing (default ``-inf``: none).
         use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas, sigma_min, sigma_max: sigma
@@ -339,7 +341,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             return sigma_spaced_timesteps(self.path, n, self._sigma_spacing, c.sigma_min, c.sigma_max, rounding)
         grid = "drop_zero" if c.replaced_scheduler in DROP_ZERO_GRID_SCHEDULERS else "points"
         return select_timesteps(self.path, n, c.timestep_spacing, c.steps_offset, grid=grid,
-                                lambda_min_clipped=c.lambda_min_clipped, power=c.spacing_power)
+                                lambda_min_clipped=c.lambda_min_clipped, power=c.spacing_power,
+                                few_steps_below=placement_split(self._guidance))
 
     def set_guidance_scale(self, guidance_scale: float | None) -> None:
         """Tell the scheduler the classifier-free guidance scale ``w`` the pipeline samples at (``None``: unknown),

@@ -90,7 +90,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             one value per step, or a schedule string (``"linear:1:0"``, ``"skip-ddim:K"``, ``"ddim-skip:K"``,
             ``"window"``, ``"snr-window:L:H"`` -- noise where the log-SNR ``2 log((1 - sigma) / sigma)`` is in
             ``[L, H]`` --, ``"below:N:LOW:HIGH"``); the default ``skipstep.DEFAULT_FLOW_ETA`` is
-            ``"below:8:0:snr-window:-inf:0"``: deterministic below 8 steps; from 8 on, the posterior on the steps
+            ``"below:7:0:snr-window:-inf:0"``: deterministic below 7 steps; from 7 on, the posterior on the steps
             that start at ``sigma >= 1/2`` and deterministic after.
         solver_order: 1 (the posterior step), 2 or 3 (multistep posterior steps over the previous ``x0_hat``, one
             model evaluation per step; ``order`` stays 1).
@@ -104,8 +104,8 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             the last steps; the last step to clean data, ``x0_hat`` of the last evaluation, is first order anyway,
             so they change an order-3 trajectory's second-to-last step only).
         timestep_spacing: ``linspace`` (FlowMatchEulerDiscreteScheduler's own sigmas) or ``power``: unshifted
-            sigmas ``((n - i) / n)^p``, ``p = spacing_power >= 1`` (``None``, the default: ``1 + 4/n`` below 8 steps,
-            ``1 + 2/n`` from 8, :func:`skipstep.timesteps.spacing_power_for`; no log-SNR matching on a flow path),
+            sigmas ``((n - i) / n)^p``, ``p = spacing_power >= 1`` (``None``, the default: ``1 + 4/n`` below 7 steps,
+            ``1 + 2/n`` from 7, :func:`skipstep.timesteps.spacing_power_for`; no log-SNR matching on a flow path),
             then the config's ``shift`` / dynamic shifting as diffusers applies it to custom sigmas.
         check_finite: raise (naming the step) when the model output holds NaN or inf.
         tuned_schedule: a flow schedule of ``skipstep tune`` (:class:`skipstep.tuned_schedules.TunedSchedule` with

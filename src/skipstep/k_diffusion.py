@@ -95,7 +95,7 @@ def sample_skipstep(
 
     ``x`` is the starting point at ``sigmas[0]`` (``noise * sigmas[0]``, as for every k-diffusion sampler).
     ``eta`` in [0, 1] or a schedule string: 1 is the skipped-step posterior, 0 is DDIM (the default,
-    ``skipstep.DEFAULT_*``: ``eta="below:8:0:1"`` -- 0 for fewer than 8 steps, 1 from 8 on --, ``solver_order=2``,
+    ``skipstep.DEFAULT_*``: ``eta="below:7:0:1"`` -- 0 for fewer than 7 steps, 1 from 7 on --, ``solver_order=2``,
     the corrector on);
     ``eta_schedule`` (a per-step list or a schedule string such as ``"linear:1:0"`` or ``"skip-ddim:3"``, see
     :func:`skipstep.plan.resolve_eta_schedule`) replaces the constant ``eta``. ``solver_order`` 1, 2 or 3;
@@ -111,7 +111,7 @@ def sample_skipstep(
     on, from 7 steps the first-order skipped-step posterior from ``skipstep.STRONG_GUIDANCE_FROM = 6`` on;
     :func:`skipstep.steps.settings_for_guidance`); an ``eta_schedule`` counts as a chosen eta.
     ``extrapolation_gain``: ``G`` of the order-2 steps (:class:`skipstep.SkippedStepScheduler`'s); ``None`` is the
-    VP chains' rule, ``1 + (3/n)^3`` below 8 steps unless ``guidance_scale > 1`` (the sigmas do not say whether the
+    VP chains' rule, ``1 + (3/n)^3`` below 7 steps unless ``guidance_scale > 1`` (the sigmas do not say whether the
     model is a flow; pass ``1.0`` for one).
     Returns the sample at ``sigmas[-1]``.
     """

@@ -14,7 +14,7 @@ from .plan import DEFAULT_EXTRAPOLATION_GAIN, check_extrapolation_gain, plan_ste
 from .predictions import X0Clipping, check_prediction_type, unwrap_model_output
 from .steps import (DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER,
                     DEFAULT_TIMESTEP_SPACING, DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE, StepConfig,
-                    TrajectoryStepper, check_finite, check_guidance_hint, noise_variance_settings,
+                    TrajectoryStepper, check_finite, check_guidance_hint, noise_variance_settings, placement_split,
                     settings_for_guidance)
 from .timesteps import analytic_first_step_grid, select_timesteps, validate_timesteps
 from .tuned_schedules import sampling_settings_from_tuned_schedule
@@ -98,16 +98,16 @@ def sample(
     ``spacing`` is a spacing name or an explicit descending list of timesteps (the same as ``timesteps=``);
     ``spacing_power`` is the exponent of the ``power`` spacing (:func:`skipstep.timesteps.power_grid`); ``None``
     (the default, with the default ``spacing="power"``) is the rule of :func:`skipstep.timesteps.spacing_power_for`:
-    ``p = 1 + 4/n`` below 8 steps (on a discrete chain placed at the log-SNRs it gives on DDPM's linear chain,
-    :func:`skipstep.timesteps.snr_matched_power_grid`), ``1 + 2/n`` from 8 on.
+    ``p = 1 + 4/n`` below 7 steps (on a discrete chain placed at the log-SNRs it gives on DDPM's linear chain,
+    :func:`skipstep.timesteps.snr_matched_power_grid`), ``1 + 2/n`` from 7 on (from 8 under strong guidance).
     ``eta`` is a constant, a per-step list or a schedule string (:func:`skipstep.plan.resolve_eta_schedule`);
-    ``None`` (the default) is ``skipstep.DEFAULT_ETA = "below:8:0:1"`` -- deterministic for fewer than 8 steps, the
-    skipped-step posterior from 8 on -- and, on a :class:`~skipstep.paths.RectifiedFlowPath`,
-    ``skipstep.DEFAULT_FLOW_ETA`` (from 8 steps on, the posterior only while ``sigma >= 1/2``).
+    ``None`` (the default) is ``skipstep.DEFAULT_ETA = "below:7:0:1"`` -- deterministic for fewer than 7 steps, the
+    skipped-step posterior from 7 on -- and, on a :class:`~skipstep.paths.RectifiedFlowPath`,
+    ``skipstep.DEFAULT_FLOW_ETA`` (from 7 steps on, the posterior only while ``sigma >= 1/2``).
     ``solver_order`` 2 or 3 makes each step a multistep (higher-order) posterior step over the previous ``x0_hat``
     (order 1 is the plain step); ``use_corrector`` redoes each step once the model has been evaluated at its end
     (one more interpolation node, same noise, no extra evaluation). ``extrapolation_gain``: ``G`` of the order-2
-    steps, ``D = x0_0 + G w_1 (x0_1 - x0_0)``; ``None`` (the default) is ``1 + (3/n)^3`` at ``n < 8`` steps on a VP
+    steps, ``D = x0_0 + G w_1 (x0_1 - x0_0)``; ``None`` (the default) is ``1 + (3/n)^3`` at ``n < 7`` steps on a VP
     chain with no guidance scale above 1 given, else 1 (:func:`skipstep.plan.resolve_extrapolation_gain`).
     ``variance_type='optimal'`` needs ``eps_mse`` (see :mod:`skipstep.optimal_variance`).
     ``guidance_scale``: the classifier-free guidance scale ``w`` the ``model`` applies inside (``None``: unknown);
@@ -168,11 +168,12 @@ def sample(
     else:
         if num_steps is None:
             raise ValueError("give num_steps or timesteps")
+        split = placement_split(guidance_scale)
         if analytic:
-            ts = analytic_first_step_grid(lambda k: select_timesteps(path, k, spacing, power=spacing_power),
-                                          num_steps)
+            ts = analytic_first_step_grid(
+                lambda k: select_timesteps(path, k, spacing, power=spacing_power, few_steps_below=split), num_steps)
         else:
-            ts = select_timesteps(path, num_steps, spacing, power=spacing_power)
+            ts = select_timesteps(path, num_steps, spacing, power=spacing_power, few_steps_below=split)
     use_corrector = _check_bool(use_corrector, "use_corrector")
     if tuned_schedule is None:  # a tuned schedule fixes eta, order and corrector whatever the guidance
         eta, solver_order, use_corrector = settings_for_guidance(guidance_scale, eta, solver_order, use_corrector,

@@ -37,12 +37,12 @@ from .timesteps import FEW_STEPS_BELOW
 #: The library's default sampler, chosen leave-one-model-out on selection seeds of the digits zoo and reported on
 #: report seeds (docs/results.md, "The default, leave-one-model-out"): second-order multistep posterior steps, the
 #: corrector, the power spacing whose exponent falls with the step count, and an eta that depends on the step
-#: count -- deterministic (eta = 0) for fewer than 8 steps, the skipped-step posterior (eta = 1) from 8 steps on
+#: count -- deterministic (eta = 0) for fewer than 7 steps, the skipped-step posterior (eta = 1) from 7 steps on
 #: (:func:`skipstep.plan.resolve_eta_schedule`, form ``below:N:LOW:HIGH``). ``eta=1.0, solver_order=1,
 #: use_corrector=False, timestep_spacing="trailing"`` is the paper's sampler.
-DEFAULT_ETA = f"below:{FEW_STEPS_BELOW}:0:1"  # "below:8:0:1": the same split as the default placement's two regimes
+DEFAULT_ETA = f"below:{FEW_STEPS_BELOW}:0:1"  # "below:7:0:1": the same split as the default placement's two regimes
 #: The default eta of a flow model (:class:`skipstep.SkippedStepFlowScheduler`, :func:`skipstep.sample` on a
-#: :class:`~skipstep.paths.RectifiedFlowPath`): deterministic below 8 steps as ``DEFAULT_ETA``, and from 8 on the
+#: :class:`~skipstep.paths.RectifiedFlowPath`): deterministic below 7 steps as ``DEFAULT_ETA``, and from 7 on the
 #: skipped-step posterior only while the noise outweighs the signal (log-SNR <= 0, i.e. ``sigma >= 1/2``), then
 #: deterministic. Chosen on the zoo's two flow models, one fold each, reported on the other (docs/results.md, fifth
 #: round); the VP chains keep ``DEFAULT_ETA`` (the fourth round found no log-SNR rule better there).
@@ -50,37 +50,31 @@ DEFAULT_FLOW_ETA = f"below:{FEW_STEPS_BELOW}:0:snr-window:-inf:0"
 DEFAULT_SOLVER_ORDER = 2
 #: the corrector (:class:`TrajectoryStepper`) is on by default: it costs no evaluation
 DEFAULT_USE_CORRECTOR = True
-#: the default step placement: the ``power`` spacing with the exponent rule of
-#: :func:`skipstep.timesteps.spacing_power_for` (``None`` selects it): ``1 + 4/n`` below ``FEW_STEPS_BELOW`` steps,
-#: there (on a discrete chain) carried from the reference DDPM chain at equal log-SNR
-#: (:func:`skipstep.timesteps.snr_matched_power_grid`), and ``1 + 2/n`` from there on
+#: the default placement: the ``power`` spacing, exponent rule :func:`skipstep.timesteps.spacing_power_for` (``None``)
 DEFAULT_TIMESTEP_SPACING = "power"
 DEFAULT_SPACING_POWER = None
 
 #: The classifier-free guidance scale from which the default gives way to the strong-guidance members
-#: (docs/results.md, "Strong guidance"). Under strong guidance the guided ``x0_hat`` moves far between steps and the
-#: corrector's interpolation of it overshoots. From ``STRONG_GUIDANCE_FEW_STEPS_BELOW`` steps on the stable member
-#: is the first-order skipped-step posterior (eta = 1, order 1, corrector as set); below it, where three or four
-#: first-order ancestral steps cannot resolve a digit, it is the few-step default (eta 0, order 2) without the
-#: corrector, from the lower scale ``STRONG_GUIDANCE_FEW_STEPS_FROM`` on. A sampler only knows the scale if it is
-#: told (``guidance_scale=`` of :class:`skipstep.SkippedStepScheduler`, :func:`skipstep.sample` and
-#: :func:`skipstep.k_diffusion.sample_skipstep`).
+#: (docs/results.md, "Strong guidance"): the guided ``x0_hat`` moves far between steps and the corrector overshoots.
+#: From ``STRONG_GUIDANCE_FEW_STEPS_BELOW`` steps the first-order skipped-step posterior (eta 1, order 1); below, the
+#: few-step default (eta 0, order 2) without the corrector, from ``STRONG_GUIDANCE_FEW_STEPS_FROM`` on. A sampler
+#: knows the scale only if told (``guidance_scale=`` of the scheduler, :func:`skipstep.sample`, the k-diffusion one).
 STRONG_GUIDANCE_FROM = 6.0
 STRONG_GUIDANCE_ETA = 1.0
 STRONG_GUIDANCE_SOLVER_ORDER = 1
-#: below this many steps, strong guidance keeps the default's eta (0 there: below ``FEW_STEPS_BELOW``) and order and
-#: turns the corrector off: the crossover of the two members lies between 6 and 7 steps at w = 6 and w = 8
-#: (selection seeds 100-101 of digits-cfg, docs/results.md)
+#: below this many steps strong guidance keeps the default's eta (0) and order, corrector off: the members cross
+#: between 6 and 7 steps at w = 6 and 8 (selection seeds 100-101 of digits-cfg, docs/results.md)
 STRONG_GUIDANCE_FEW_STEPS_BELOW = 7
-#: the guidance scale from which the few-step member (corrector off) applies below ``STRONG_GUIDANCE_FEW_STEPS_BELOW``
-#: steps: at w = 5 it wins every cell of NFE 3-6, at w = 4 not (selection seeds 100-101 of digits-cfg, docs/results.md)
+#: the scale from which the few-step member applies: at w = 5 it wins every cell of NFE 3-6, at w = 4 not (digits-cfg)
 STRONG_GUIDANCE_FEW_STEPS_FROM = 5.0
+#: under strong guidance the placement's regimes split at 8 steps, not ``FEW_STEPS_BELOW`` (7): its 7 steps keep the
+#: few-step grid, better on all three guided zoo models at w = 8 (docs/results.md, thirteenth round)
+STRONG_GUIDANCE_PLACEMENT_BELOW = 8
 
 #: Whether the noise of a learned-variance model (2C output channels, ``variance_type="learned_range"``) follows its
 #: variance channels by default. It does not: the channels are read and set aside, as DPM-Solver's and UniPC's
 #: schedulers do, and the noise is the posterior's own (``small``). Chosen on the zoo's two learned-variance models,
-#: one fold each, reported on the other (docs/results.md, fifth round). A likely reason: the learned variance was
-#: fitted to the one-step posterior of the T-step chain, and the default's multistep mean is not that posterior's.
+#: one fold each, reported on the other (docs/results.md, fifth round).
 DEFAULT_USE_LEARNED_VARIANCE = False
 
 VARIANCE_TYPES = ("small", "large", "learned", "optimal")
@@ -530,6 +524,13 @@ def check_guidance_hint(guidance_scale) -> float | None:
     return float(guidance_scale)
 
 
+def placement_split(guidance_scale) -> int:
+    """``few_steps_below`` of the default placement (:func:`skipstep.timesteps.spacing_power_for`) at guidance scale
+    ``guidance_scale``: ``STRONG_GUIDANCE_PLACEMENT_BELOW`` from ``STRONG_GUIDANCE_FROM`` on, else ``FEW_STEPS_BELOW``."""
+    w = check_guidance_hint(guidance_scale)
+    return STRONG_GUIDANCE_PLACEMENT_BELOW if w is not None and w >= STRONG_GUIDANCE_FROM else FEW_STEPS_BELOW
+
+
 def settings_for_guidance(guidance_scale, eta, solver_order: int, use_corrector: bool = DEFAULT_USE_CORRECTOR,
                           num_steps: int | None = None) -> tuple:
     """The ``(eta, solver_order, use_corrector)`` a sampler of ``num_steps`` steps uses at classifier-free guidance
@@ -572,6 +573,7 @@ __all__ = [
     "STRONG_GUIDANCE_FEW_STEPS_BELOW",
     "STRONG_GUIDANCE_FEW_STEPS_FROM",
     "STRONG_GUIDANCE_FROM",
+    "STRONG_GUIDANCE_PLACEMENT_BELOW",
     "STRONG_GUIDANCE_SOLVER_ORDER",
     "StepCoefficients",
     "StepConfig",
@@ -590,6 +592,7 @@ __all__ = [
     "noise_std",
     "optimal_noise_variance",
     "posterior_step",
+    "placement_split",
     "settings_for_guidance",
     "step_coefficients",
     "TrajectoryStepper",

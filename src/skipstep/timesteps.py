@@ -51,11 +51,12 @@ import torch
 from .paths import DiscreteVPPath, GaussianPath
 
 SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr", "power")
-#: the default ``power`` rule (``power=None``) has two regimes, split where the default eta (``below:8:0:1``) turns
+#: the default ``power`` rule (``power=None``) has two regimes, split where the default eta (``below:7:0:1``) turns
 #: stochastic: fewer than ``FEW_STEPS_BELOW`` steps get ``p = 1 + POWER_SLOPE / n`` carried from the reference chain at
 #: equal log-SNR (:func:`snr_matched_power_grid`), more get the plain ``p = 1 + POWER_SLOPE_MANY_STEPS / n``; each
-#: chosen leave-one-model-out on the digits zoo (docs/results.md, section 1)
-FEW_STEPS_BELOW = 8
+#: chosen leave-one-model-out on the digits zoo (docs/results.md, section 1; the split moved from 8 to 7 steps in the
+#: thirteenth round). A caller may move the split (``few_steps_below=``): strong guidance keeps 8 for the placement.
+FEW_STEPS_BELOW = 7
 POWER_SLOPE = 4.0
 POWER_SLOPE_MANY_STEPS = 2.0
 #: ``points``: DDIM/DDPM's formulas; ``drop_zero``: the DPM-Solver family's (``n + 1`` points, ``t = 0`` dropped)
@@ -114,17 +115,18 @@ def select_timesteps(
     grid: str = "points",
     lambda_min_clipped: float = -np.inf,
     power: float | None = 1.0,
+    few_steps_below: int = FEW_STEPS_BELOW,
 ) -> torch.Tensor:
     """``num_steps`` noisy times, strictly descending (int64 on discrete paths, float64 otherwise); ``grid`` and
     ``lambda_min_clipped`` (discrete chains only) as in the module docstring; ``power``: the exponent of the
-    ``power`` spacing (``None``: :func:`spacing_power_for`)."""
+    ``power`` spacing (``None``: :func:`spacing_power_for`, whose two regimes split at ``few_steps_below``)."""
     if spacing not in SPACINGS:
         raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
     snr_matched = False
     if spacing == "power":
         n_checked = check_num_steps(num_steps)
-        snr_matched = power is None and n_checked < FEW_STEPS_BELOW
-        power = spacing_power_for(n_checked, power)
+        snr_matched = power is None and n_checked < few_steps_below
+        power = spacing_power_for(n_checked, power, few_steps_below)
     if grid not in GRID_FAMILIES:
         raise ValueError(f"grid must be one of {GRID_FAMILIES}, got {grid!r}")
     if path.discrete:
@@ -194,20 +196,21 @@ def check_spacing_power(power) -> float | None:
     return float(power)
 
 
-def spacing_power_for(num_steps: int, power: float | None = None) -> float:
+def spacing_power_for(num_steps: int, power: float | None = None, few_steps_below: int = FEW_STEPS_BELOW) -> float:
     """The exponent the ``power`` spacing uses for ``num_steps`` steps: ``power`` itself, or for ``None`` the default
     rule
 
-        p(n) = 1 + POWER_SLOPE / n             for n < FEW_STEPS_BELOW    (n = 4: 2, n = 5: 1.8, n = 7: 1.57),
-        p(n) = 1 + POWER_SLOPE_MANY_STEPS / n  from there on              (n = 8: 1.25, n = 10: 1.2, n = 20: 1.1),
+        p(n) = 1 + POWER_SLOPE / n             for n < few_steps_below    (n = 4: 2, n = 5: 1.8, n = 6: 1.67),
+        p(n) = 1 + POWER_SLOPE_MANY_STEPS / n  from there on              (n = 7: 1.29, n = 10: 1.2, n = 20: 1.1),
 
+    with ``few_steps_below = FEW_STEPS_BELOW`` (7) unless a caller moves the split (strong guidance: 8),
     the DPM-Solver family's grid (``p = 1``) bent towards the data more for fewer steps, and less where the default
     eta is stochastic."""
     power = check_spacing_power(power)
     if power is not None:
         return power
     n = int(num_steps)
-    return 1.0 + (POWER_SLOPE if n < FEW_STEPS_BELOW else POWER_SLOPE_MANY_STEPS) / n
+    return 1.0 + (POWER_SLOPE if n < int(few_steps_below) else POWER_SLOPE_MANY_STEPS) / n
 
 
 def power_grid(n: int, power: float) -> np.ndarray:

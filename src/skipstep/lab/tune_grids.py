@@ -24,7 +24,7 @@ def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
     """Every plain spacing the library's scheduler offers at ``n`` steps (:mod:`skipstep.timesteps`): trailing,
     leading, linspace (and the DPM-Solver family's grids of the last two), quadratic, log-SNR, the power spacing at
     the exponents of the candidate placements (1, 1.25, 1 + 2/n, 1 + 4/n), the default rule (``power=None``: 1 + 4/n
-    matched in log-SNR below 8 steps, 1 + 2/n from 8), and the sigma spacings (Karras,
+    matched in log-SNR below 7 steps, 1 + 2/n from 7), and the sigma spacings (Karras,
     exponential, beta, Lu). Spacings that give the same timesteps are merged (``"exponential / lu"``)."""
     specs: list[tuple[str, Callable[[], Any]]] = [
         ("trailing", lambda: select_timesteps(path, n, "trailing")),

@@ -1,0 +1,94 @@
+"""Where the default turns stochastic: 7 steps or 8 (docs/results.md, thirteenth round). ``skipstep bench`` with
+two members registered, each the default at every step count but 7:
+
+* ``n7-eta``: at 7 steps the eta rule's stochastic side (the VP chains' eta 1, the flow path's deterministic tail
+  ``snr-window:-inf:0``), everything else the default's 7-step settings (placement, order, corrector, the
+  extrapolation gain's rule) -- the default with ``below:7`` instead of ``below:8`` in its eta rule;
+* ``n7-sm``: at 7 steps the whole many-step member -- that eta, the placement ``p = 1 + 2/n`` without the
+  log-SNR matching, the extrapolation gain 1;
+* ``n7-grid``: at 7 steps the many-step placement and gain 1 with the default's own eta (which at ``w >= 6`` is
+  already the first-order member's eta 1 at 7 steps: there ``n7-grid`` is what ``FEW_STEPS_BELOW = 7`` gives).
+
+Both are told the run's guidance scale, as ``default`` is (from ``w = 6`` the default is already stochastic from
+7 steps). The round ran at commit 6a7965f, when the default split at 8 steps; since then (``FEW_STEPS_BELOW = 7``)
+``default`` *is* ``n7-sm`` at 7 steps below the strong guidance scale, so reproduce the round in a worktree of that
+commit (``git worktree add /tmp/old 6a7965f``, ``PYTHONPATH=/tmp/old/src``).
+
+    python benchmarks/seven_step_round.py bench --model digits --samplers default,n7-eta,n7-sm --nfe 7 \\
+        --seed 100,101 --num-samples 2000 --num-reference 5000
+    python benchmarks/seven_step_round.py score DIR [DIR ...]   # the folds over the runs' models at NFE 7
+"""
+import json
+import sys
+from pathlib import Path
+
+from skipstep.lab import cli
+from skipstep.lab.our_samplers import default_scheduler
+from skipstep.lab.sampler_recipes import is_flow_config, register_sampler
+from skipstep.lab.selection import mean_quality, scores
+from skipstep.timesteps import POWER_SLOPE_MANY_STEPS
+
+STEPS = 7
+MEMBERS = ("default", "n7-eta", "n7-sm")
+METRICS = ("fd", "fd_heldout")
+
+
+def _eta_from_seven(config) -> str:
+    """The default eta rule (VP or flow) split at 7 steps."""
+    return f"below:{STEPS}:0:snr-window:-inf:0" if is_flow_config(config) else f"below:{STEPS}:0:1"
+
+
+def _member(eta: bool, grid: bool):
+    def factory(config, steps):
+        if steps != STEPS:
+            return default_scheduler(config)
+        overrides = {"eta": _eta_from_seven(config)} if eta else {}
+        if grid:
+            overrides.update(extrapolation_gain=1.0, spacing_power=1.0 + POWER_SLOPE_MANY_STEPS / steps)
+        return default_scheduler(config, **overrides)
+    return factory
+
+
+register_sampler("n7-eta", _member(True, False), family="candidate", stochastic=True, learned_variance=True,
+                 description=f"the default with its eta rule's stochastic side from {STEPS} steps",
+                 settings={"guidance_scale": "passed"})
+register_sampler("n7-sm", _member(True, True), family="candidate", stochastic=True, learned_variance=True,
+                 description=f"the default with its many-step member (eta, p = 1 + 2/n, gain 1) from {STEPS} steps",
+                 settings={"guidance_scale": "passed"})
+register_sampler("n7-grid", _member(False, True), family="candidate", stochastic=True, learned_variance=True,
+                 description=f"the default with the many-step placement and gain 1 (its own eta) from {STEPS} steps",
+                 settings={"guidance_scale": "passed"})
+
+
+def score(dirs: list[str]) -> str:
+    """Leave-one-model-out over the runs' model views (a model at each guidance scale is one view; a fold leaves out
+    every view of its model), both metrics, NFE 7."""
+    records = [r for d in dirs for r in json.loads((Path(d) / "results.json").read_text())
+               if r["sampler"] in MEMBERS and int(r["nfe"]) == STEPS]
+    view = {id(r): r["model"] + (f" w={r['guidance_scale']:g}" if r.get("guidance_scale") is not None else "")
+            for r in records}
+    quality = {}
+    for k in METRICS:
+        quality.update({(c, f"{m}|{k}", n): v for (c, m, n), v in mean_quality(
+            [dict(r, model=view[id(r)]) for r in records], k).items()})
+    views = sorted({view[id(r)] for r in records})
+    models = sorted({r["model"] for r in records})
+    lines = ["| held out | chosen on the other models (score) | the others | on the held-out views (`fd`, `fd_heldout`): "
+             + " / ".join(MEMBERS) + " |", "|---|---|---|---|"]
+    for held in models + [None]:
+        others = [v for v in views if held is None or v.split(" w=")[0] != held]
+        ranking = scores(quality, list(MEMBERS), [f"{v}|{k}" for v in others for k in METRICS], [STEPS])
+        mine = [v for v in views if held is not None and v.split(" w=")[0] == held]
+        on_held = "; ".join(f"{v}: " + " / ".join(f"{quality[(c, f'{v}|fd', STEPS)]:.3g}, "
+                                                   f"{quality[(c, f'{v}|fd_heldout', STEPS)]:.3g}"
+                                                   for c in MEMBERS) for v in mine)
+        rest = ", ".join(f"`{c}` {v:.3f}" for c, v in ranking[1:])
+        lines.append(f"| {held or 'none (all)'} | `{ranking[0][0]}` {ranking[0][1]:.3f} | {rest} | {on_held} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["score"]:
+        print(score(sys.argv[2:]))
+        sys.exit(0)
+    sys.exit(cli.main(sys.argv[1:]))
