@@ -16,7 +16,9 @@ commit (``git worktree add /tmp/old 6a7965f``, ``PYTHONPATH=/tmp/old/src``).
 
     python benchmarks/seven_step_round.py bench --model digits --samplers default,n7-eta,n7-sm --nfe 7 \\
         --seed 100,101 --num-samples 2000 --num-reference 5000
-    python benchmarks/seven_step_round.py score DIR [DIR ...]   # the folds over the runs' models at NFE 7
+    python benchmarks/seven_step_round.py score DIR [DIR ...] [--steps 6]   # the folds over the runs' models
+
+The same members at 6 steps (``n6-eta``, ``n6-sm``, ``n6-grid``) are the fourteenth round's (run after the change).
 """
 import json
 import sys
@@ -28,41 +30,44 @@ from skipstep.lab.sampler_recipes import is_flow_config, register_sampler
 from skipstep.lab.selection import mean_quality, scores
 from skipstep.timesteps import POWER_SLOPE_MANY_STEPS
 
-STEPS = 7
-MEMBERS = ("default", "n7-eta", "n7-sm")
+#: the step counts with members: 7 (the thirteenth round), 6 (the fourteenth: the same at 6 steps, after the change)
+ROUND_STEPS = (7, 6)
 METRICS = ("fd", "fd_heldout")
 
 
-def _eta_from_seven(config) -> str:
-    """The default eta rule (VP or flow) split at 7 steps."""
-    return f"below:{STEPS}:0:snr-window:-inf:0" if is_flow_config(config) else f"below:{STEPS}:0:1"
+def _eta_from(config, steps: int) -> str:
+    """The default eta rule (VP or flow) split at ``steps``."""
+    return f"below:{steps}:0:snr-window:-inf:0" if is_flow_config(config) else f"below:{steps}:0:1"
 
 
-def _member(eta: bool, grid: bool):
+def _member(at: int, eta: bool, grid: bool):
     def factory(config, steps):
-        if steps != STEPS:
+        if steps != at:
             return default_scheduler(config)
-        overrides = {"eta": _eta_from_seven(config)} if eta else {}
+        overrides = {"eta": _eta_from(config, at)} if eta else {}
         if grid:
             overrides.update(extrapolation_gain=1.0, spacing_power=1.0 + POWER_SLOPE_MANY_STEPS / steps)
         return default_scheduler(config, **overrides)
     return factory
 
 
-register_sampler("n7-eta", _member(True, False), family="candidate", stochastic=True, learned_variance=True,
-                 description=f"the default with its eta rule's stochastic side from {STEPS} steps",
-                 settings={"guidance_scale": "passed"})
-register_sampler("n7-sm", _member(True, True), family="candidate", stochastic=True, learned_variance=True,
-                 description=f"the default with its many-step member (eta, p = 1 + 2/n, gain 1) from {STEPS} steps",
-                 settings={"guidance_scale": "passed"})
-register_sampler("n7-grid", _member(False, True), family="candidate", stochastic=True, learned_variance=True,
-                 description=f"the default with the many-step placement and gain 1 (its own eta) from {STEPS} steps",
-                 settings={"guidance_scale": "passed"})
+for _n in ROUND_STEPS:
+    register_sampler(f"n{_n}-eta", _member(_n, True, False), family="candidate", stochastic=True,
+                     learned_variance=True, description=f"the default with its eta rule's stochastic side at {_n} steps",
+                     settings={"guidance_scale": "passed"})
+    register_sampler(f"n{_n}-sm", _member(_n, True, True), family="candidate", stochastic=True, learned_variance=True,
+                     description=f"the default with its many-step member (eta, p = 1 + 2/n, gain 1) at {_n} steps",
+                     settings={"guidance_scale": "passed"})
+    register_sampler(f"n{_n}-grid", _member(_n, False, True), family="candidate", stochastic=True,
+                     learned_variance=True,
+                     description=f"the default with the many-step placement and gain 1 (its own eta) at {_n} steps",
+                     settings={"guidance_scale": "passed"})
 
 
-def score(dirs: list[str]) -> str:
+def score(dirs: list[str], steps: int = 7) -> str:
     """Leave-one-model-out over the runs' model views (a model at each guidance scale is one view; a fold leaves out
-    every view of its model), both metrics, NFE 7."""
+    every view of its model), both metrics, at ``steps`` (the members ``default``, ``n<steps>-eta``, ``-sm``)."""
+    STEPS, MEMBERS = steps, ("default", f"n{steps}-eta", f"n{steps}-sm")
     records = [r for d in dirs for r in json.loads((Path(d) / "results.json").read_text())
                if r["sampler"] in MEMBERS and int(r["nfe"]) == STEPS]
     view = {id(r): r["model"] + (f" w={r['guidance_scale']:g}" if r.get("guidance_scale") is not None else "")
@@ -74,14 +79,15 @@ def score(dirs: list[str]) -> str:
     views = sorted({view[id(r)] for r in records})
     models = sorted({r["model"] for r in records})
     lines = ["| held out | chosen on the other models (score) | the others | on the held-out views (`fd`, `fd_heldout`): "
-             + " / ".join(MEMBERS) + " |", "|---|---|---|---|"]
+             + " / ".join(MEMBERS) + " (those run) |", "|---|---|---|---|"]
     for held in models + [None]:
         others = [v for v in views if held is None or v.split(" w=")[0] != held]
-        ranking = scores(quality, list(MEMBERS), [f"{v}|{k}" for v in others for k in METRICS], [STEPS])
+        present = [c for c in MEMBERS if any(key[0] == c for key in quality)]
+        ranking = scores(quality, present, [f"{v}|{k}" for v in others for k in METRICS], [STEPS])
         mine = [v for v in views if held is not None and v.split(" w=")[0] == held]
         on_held = "; ".join(f"{v}: " + " / ".join(f"{quality[(c, f'{v}|fd', STEPS)]:.3g}, "
                                                    f"{quality[(c, f'{v}|fd_heldout', STEPS)]:.3g}"
-                                                   for c in MEMBERS) for v in mine)
+                                                   for c in present) for v in mine)
         rest = ", ".join(f"`{c}` {v:.3f}" for c, v in ranking[1:])
         lines.append(f"| {held or 'none (all)'} | `{ranking[0][0]}` {ranking[0][1]:.3f} | {rest} | {on_held} |")
     return "\n".join(lines)
@@ -89,6 +95,8 @@ def score(dirs: list[str]) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["score"]:
-        print(score(sys.argv[2:]))
+        args = sys.argv[2:]
+        at = int(args[args.index("--steps") + 1]) if "--steps" in args else 7
+        print(score([a for i, a in enumerate(args) if a != "--steps" and (i == 0 or args[i - 1] != "--steps")], at))
         sys.exit(0)
     sys.exit(cli.main(sys.argv[1:]))
