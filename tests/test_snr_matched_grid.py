@@ -143,3 +143,26 @@ def test_the_default_samples_the_chosen_composite_members_cells(flow, nfe, membe
         assert not torch.equal(cells[0].samples, cells[1].samples)  # the flow eta rule (the same grid)
         return
     torch.testing.assert_close(cells[0].samples, cells[1].samples, rtol=0, atol=0)
+
+
+def test_tune_compares_with_the_default_rule_placed_as_the_told_scheduler_places_it():
+    """Under strong guidance the default rule keeps its few-step placement at 7 steps (placement_split), and tune's
+    plain spacings list the default rule's grid as that scheduler uses it."""
+    from types import SimpleNamespace
+
+    from skipstep.lab.tune_grids import DEFAULT_RULE_LABEL, model_plain_spacings
+
+    cosine = DiscreteVPPath.from_config(COSINE)
+
+    def default_rule(spacings):
+        return next(ts for name, ts in spacings.items() if DEFAULT_RULE_LABEL in name)
+
+    for w, split in ((None, 7), (1.0, 7), (4.0, 7), (8.0, 8)):
+        loaded = SimpleNamespace(scheduler_config=dict(COSINE), guidance_scale=w)
+        told = SkippedStepScheduler(**COSINE, guidance_scale=w)
+        told.set_timesteps(7)
+        assert default_rule(model_plain_spacings(loaded, cosine, 7)) == told.timesteps.tolist(), w
+        assert told.timesteps.tolist() == select_timesteps(cosine, 7, "power", power=None,
+                                                           few_steps_below=split).tolist()
+    assert (select_timesteps(cosine, 7, "power", power=None).tolist()
+            != select_timesteps(cosine, 7, "power", power=None, few_steps_below=8).tolist())

@@ -12,7 +12,8 @@ import torch
 
 from ..flow_schedulers import SkippedStepFlowScheduler
 from ..paths import DiscreteVPPath
-from ..timesteps import make_strictly_descending, select_timesteps, sigma_spaced_timesteps
+from ..steps import placement_split
+from ..timesteps import FEW_STEPS_BELOW, make_strictly_descending, select_timesteps, sigma_spaced_timesteps
 from .sampler_recipes import from_config_accepting
 
 
@@ -20,12 +21,15 @@ from .sampler_recipes import from_config_accepting
 DEFAULT_RULE_LABEL = "power, the default rule"
 
 
-def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
+def plain_spacings(path, n: int, steps_offset: int = 0, few_steps_below: int = FEW_STEPS_BELOW
+                   ) -> dict[str, list[int]]:
     """Every plain spacing the library's scheduler offers at ``n`` steps (:mod:`skipstep.timesteps`): trailing,
     leading, linspace (and the DPM-Solver family's grids of the last two), quadratic, log-SNR, the power spacing at
     the exponents of the candidate placements (1, 1.25, 1 + 2/n, 1 + 4/n), the default rule (``power=None``: 1 + 4/n
     matched in log-SNR below 7 steps, 1 + 2/n from 7), and the sigma spacings (Karras,
-    exponential, beta, Lu). Spacings that give the same timesteps are merged (``"exponential / lu"``)."""
+    exponential, beta, Lu). Spacings that give the same timesteps are merged (``"exponential / lu"``).
+    ``few_steps_below``: where the default rule's two regimes split (8 under strong guidance, as the scheduler
+    told that scale places its steps: :func:`skipstep.steps.placement_split`)."""
     specs: list[tuple[str, Callable[[], Any]]] = [
         ("trailing", lambda: select_timesteps(path, n, "trailing")),
         ("leading", lambda: select_timesteps(path, n, "leading", steps_offset)),
@@ -36,8 +40,9 @@ def plain_spacings(path, n: int, steps_offset: int = 0) -> dict[str, list[int]]:
         ("log-SNR", lambda: select_timesteps(path, n, "log_snr"))]
     for label, p in _power_exponents(n):
         specs.append((f"power p={label}", lambda p=p: select_timesteps(path, n, "power", power=p)))
-    # the default rule: p = 1 + 4/n matched in log-SNR below FEW_STEPS_BELOW steps, 1 + 2/n from there on
-    specs.append((DEFAULT_RULE_LABEL, lambda: select_timesteps(path, n, "power", power=None)))
+    # the default rule: p = 1 + 4/n matched in log-SNR below few_steps_below steps, 1 + 2/n from there on
+    specs.append((DEFAULT_RULE_LABEL, lambda: select_timesteps(path, n, "power", power=None,
+                                                                few_steps_below=few_steps_below)))
     for kind in ("karras", "exponential", "beta", "lu"):
         specs.append((kind, lambda kind=kind: sigma_spaced_timesteps(path, n, kind)))
     return _merge_same_grids((name, lambda make=make: [int(t) for t in make().tolist()]) for name, make in specs)
@@ -130,10 +135,12 @@ def flow_plain_spacings(config: dict, grid: FlowGrid, n: int) -> dict[str, list[
                              for name, o in specs)
 
 def model_plain_spacings(loaded, grid, n: int) -> dict[str, list[int]]:
-    """:func:`plain_spacings` of a VP chain, :func:`flow_plain_spacings` of a flow model."""
+    """:func:`plain_spacings` of a VP chain (the default rule placed as at ``loaded``'s guidance scale),
+    :func:`flow_plain_spacings` of a flow model."""
     if isinstance(grid, FlowGrid):
         return flow_plain_spacings(loaded.scheduler_config, grid, n)
-    return plain_spacings(grid, n, int(loaded.scheduler_config.get("steps_offset", 0) or 0))
+    return plain_spacings(grid, n, int(loaded.scheduler_config.get("steps_offset", 0) or 0),
+                          placement_split(loaded.guidance_scale))
 
 def reference_indices(loaded, steps: int) -> list[int]:
     """The grid of the converged deterministic solution: trailing spacing on a VP chain, FlowMatchEuler's own
