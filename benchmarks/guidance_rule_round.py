@@ -30,7 +30,7 @@ from pathlib import Path
 from skipstep.lab import cli
 from skipstep.lab.our_samplers import default_scheduler
 from skipstep.lab.sampler_recipes import register_sampler
-from skipstep.lab.selection import mean_quality, scores
+from skipstep.lab.selection import factors, quality_per_metric, scores
 
 MEMBERS = {
     "gm-e0-o2": dict(eta=0.0, solver_order=2, use_corrector=True),
@@ -58,17 +58,12 @@ def score(dirs: list[str]) -> str:
     lines = ["| w | NFE | " + " | ".join(f"held out `{m}`" for m in models) + " | all models |",
              "|---:|---:|" + "---|" * (len(models) + 1)]
     for w, n in cells:
-        recs = [dict(r, model=f"{r['model']}|{k}") for r in records
-                if float(r["guidance_scale"]) == w and int(r["nfe"]) == n for k in METRICS]
-        quality = {}
-        for k in METRICS:
-            quality.update({key: v for key, v in mean_quality(
-                [dict(r, metrics={"q": r["metrics"].get(k, float("inf"))}) for r in recs
-                 if r["model"].endswith("|" + k)], "q").items()})
+        quality = quality_per_metric([r for r in records if float(r["guidance_scale"]) == w and int(r["nfe"]) == n],
+                                     METRICS)
         cands = [c for c in MEMBERS if any(key[0] == c for key in quality)]
 
         def pick(ms):
-            ranking = scores(quality, cands, [f"{m}|{k}" for m in ms for k in METRICS], [n])
+            ranking = scores(quality, cands, factors(ms, METRICS), [n])
             return f"`{ranking[0][0]}` {ranking[0][1]:.3f} (`{ranking[1][0]}` {ranking[1][1]:.3f})"
         lines.append(f"| {w:g} | {n} | " + " | ".join(pick([o for o in models if o != m]) for m in models)
                      + f" | {pick(models)} |")

@@ -27,7 +27,7 @@ from pathlib import Path
 from skipstep.lab import cli
 from skipstep.lab.our_samplers import default_scheduler
 from skipstep.lab.sampler_recipes import is_flow_config, register_sampler
-from skipstep.lab.selection import mean_quality, scores
+from skipstep.lab.selection import factors, quality_per_metric, scores
 from skipstep.timesteps import POWER_SLOPE_MANY_STEPS
 
 #: the step counts with members: 7 (the thirteenth round), 6 (the fourteenth: the same at 6 steps, after the change)
@@ -72,21 +72,18 @@ def score(dirs: list[str], steps: int = 7) -> str:
                if r["sampler"] in MEMBERS and int(r["nfe"]) == STEPS]
     view = {id(r): r["model"] + (f" w={r['guidance_scale']:g}" if r.get("guidance_scale") is not None else "")
             for r in records}
-    quality = {}
-    for k in METRICS:
-        quality.update({(c, f"{m}|{k}", n): v for (c, m, n), v in mean_quality(
-            [dict(r, model=view[id(r)]) for r in records], k).items()})
+    quality = quality_per_metric([dict(r, model=view[id(r)]) for r in records], METRICS)
     views = sorted({view[id(r)] for r in records})
     models = sorted({r["model"] for r in records})
     lines = ["| held out | chosen on the other models (score) | the others | on the held-out views (`fd`, `fd_heldout`): "
              + " / ".join(MEMBERS) + " (those run) |", "|---|---|---|---|"]
+    present = [c for c in MEMBERS if any(key[0] == c for key in quality)]
     for held in models + [None]:
         others = [v for v in views if held is None or v.split(" w=")[0] != held]
-        present = [c for c in MEMBERS if any(key[0] == c for key in quality)]
-        ranking = scores(quality, present, [f"{v}|{k}" for v in others for k in METRICS], [STEPS])
+        ranking = scores(quality, present, factors(others, METRICS), [STEPS])
         mine = [v for v in views if held is not None and v.split(" w=")[0] == held]
-        on_held = "; ".join(f"{v}: " + " / ".join(f"{quality[(c, f'{v}|fd', STEPS)]:.3g}, "
-                                                   f"{quality[(c, f'{v}|fd_heldout', STEPS)]:.3g}"
+        on_held = "; ".join(f"{v}: " + " / ".join(", ".join(f"{quality[(c, f, STEPS)]:.3g}"
+                                                            for f in factors([v], METRICS))
                                                    for c in present) for v in mine)
         rest = ", ".join(f"`{c}` {v:.3f}" for c, v in ranking[1:])
         lines.append(f"| {held or 'none (all)'} | `{ranking[0][0]}` {ranking[0][1]:.3f} | {rest} | {on_held} |")

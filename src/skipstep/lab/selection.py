@@ -93,13 +93,10 @@ def select(records: Iterable[dict], candidates: Sequence[str], models: Sequence[
         raise ValueError("give at least one candidate")
     if not metrics:
         raise ValueError("give at least one metric")
-    records = list(records)
-    quality: dict[tuple[str, str, int], float] = {}
-    for k in metrics:  # key the model axis by (model, metric) so scores() sees one factor per pair
-        quality.update({(c, _pair(m, k, metrics), n): v for (c, m, n), v in mean_quality(records, k, seeds).items()})
+    quality = quality_per_metric(records, metrics, seeds)
 
     def pairs(ms):
-        return [_pair(m, k, metrics) for m in ms for k in metrics]
+        return factors(ms, metrics)
 
     folds = []
     for held in models:
@@ -137,6 +134,21 @@ def step_count_composites(records: Iterable[dict], low: str, highs: Sequence[str
 
 def _pair(model: str, metric: str, metrics: Sequence[str]) -> str:
     return model if len(metrics) == 1 else f"{model} [{metric}]"
+
+
+def quality_per_metric(records: Iterable[dict], metrics: Sequence[str], seeds: Sequence[int] | None = None
+                       ) -> dict[tuple[str, str, int], float]:
+    """:func:`mean_quality` of each metric, the model axis keyed by (model, metric) so :func:`scores` sees one
+    factor per pair (:func:`factors` lists them)."""
+    records, quality = list(records), {}
+    for k in metrics:
+        quality.update({(c, _pair(m, k, metrics), n): v for (c, m, n), v in mean_quality(records, k, seeds).items()})
+    return quality
+
+
+def factors(models: Sequence[str], metrics: Sequence[str]) -> list[str]:
+    """The model axis of :func:`quality_per_metric` for ``models``: one entry per (model, metric)."""
+    return [_pair(m, k, metrics) for m in models for k in metrics]
 
 
 def render_selection(sel: Selection, top: int = 5) -> str:
