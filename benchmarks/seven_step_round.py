@@ -19,6 +19,10 @@ commit (``git worktree add /tmp/old 6a7965f``, ``PYTHONPATH=/tmp/old/src``).
     python benchmarks/seven_step_round.py score DIR [DIR ...] [--steps 6]   # the folds over the runs' models
 
 The same members at 6 steps (``n6-eta``, ``n6-sm``, ``n6-grid``) are the fourteenth round's (run after the change).
+The fifteenth round's members at 6 steps, on VP chains only (the flow path's eta rule is the flow pair's, fifth
+round): ``n6-h`` (the many-step member with eta 0.5), ``n6-h-nc`` (the same without the corrector), ``n6-hf-nc``
+(eta 0.5 without the corrector on the default's own 6-step placement and gain rule), ``n6-sm-nc`` (``n6-sm`` without
+the corrector); ``score DIRS --steps 6 --members default,n6-sm,n6-h,...`` folds over any of them.
 """
 import json
 import sys
@@ -40,13 +44,24 @@ def _eta_from(config, steps: int) -> str:
     return f"below:{steps}:0:snr-window:-inf:0" if is_flow_config(config) else f"below:{steps}:0:1"
 
 
-def _member(at: int, eta: bool, grid: bool):
+def _member(at: int, eta: bool | float, grid: bool, corrector: bool = True):
+    """The default but at ``at`` steps: ``eta`` True for the eta rule's stochastic side, a number for that constant
+    (VP chains only), False for the default's own; ``grid`` the many-step placement with gain 1."""
     def factory(config, steps):
         if steps != at:
             return default_scheduler(config)
-        overrides = {"eta": _eta_from(config, at)} if eta else {}
+        if eta is True:
+            overrides = {"eta": _eta_from(config, at)}
+        elif eta is False:
+            overrides = {}
+        elif is_flow_config(config):
+            raise ValueError(f"member with eta {eta} at {at} steps is defined on VP chains only")
+        else:
+            overrides = {"eta": float(eta)}
         if grid:
             overrides.update(extrapolation_gain=1.0, spacing_power=1.0 + POWER_SLOPE_MANY_STEPS / steps)
+        if not corrector:
+            overrides["use_corrector"] = False
         return default_scheduler(config, **overrides)
     return factory
 
@@ -64,10 +79,21 @@ for _n in ROUND_STEPS:
                      settings={"guidance_scale": "passed"})
 
 
-def score(dirs: list[str], steps: int = 7) -> str:
+#: the fifteenth round (6 steps, VP chains): name -> (eta, many-step grid, corrector)
+HALF_MEMBERS = {"n6-h": (0.5, True, True), "n6-h-nc": (0.5, True, False), "n6-hf-nc": (0.5, False, False),
+                "n6-sm-nc": (True, True, False)}
+for _name, (_eta, _grid, _corrector) in HALF_MEMBERS.items():
+    register_sampler(_name, _member(6, _eta, _grid, _corrector), family="candidate", stochastic=True,
+                     learned_variance=True, settings={"guidance_scale": "passed"},
+                     description=f"the default with eta {_eta if _eta is not True else 'its stochastic side'} at 6 "
+                                 f"steps ({'many-step placement, gain 1' if _grid else 'its own placement'}"
+                                 f"{', no corrector' if not _corrector else ''})")
+
+
+def score(dirs: list[str], steps: int = 7, members: tuple[str, ...] | None = None) -> str:
     """Leave-one-model-out over the runs' model views (a model at each guidance scale is one view; a fold leaves out
     every view of its model), both metrics, at ``steps`` (the members ``default``, ``n<steps>-eta``, ``-sm``)."""
-    STEPS, MEMBERS = steps, ("default", f"n{steps}-eta", f"n{steps}-sm")
+    STEPS, MEMBERS = steps, members or ("default", f"n{steps}-eta", f"n{steps}-sm")
     records = [r for d in dirs for r in json.loads((Path(d) / "results.json").read_text())
                if r["sampler"] in MEMBERS and int(r["nfe"]) == STEPS]
     view = {id(r): r["model"] + (f" w={r['guidance_scale']:g}" if r.get("guidance_scale") is not None else "")
@@ -92,8 +118,12 @@ def score(dirs: list[str], steps: int = 7) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["score"]:
-        args = sys.argv[2:]
-        at = int(args[args.index("--steps") + 1]) if "--steps" in args else 7
-        print(score([a for i, a in enumerate(args) if a != "--steps" and (i == 0 or args[i - 1] != "--steps")], at))
+        args, options = sys.argv[2:], {}
+        for flag in ("--steps", "--members"):
+            if flag in args:
+                options[flag] = args.pop(args.index(flag) + 1)
+                args.remove(flag)
+        members = tuple(options["--members"].split(",")) if "--members" in options else None
+        print(score(args, int(options.get("--steps", 7)), members))
         sys.exit(0)
     sys.exit(cli.main(sys.argv[1:]))
