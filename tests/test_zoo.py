@@ -107,7 +107,8 @@ def test_a_short_training_writes_a_directory_that_loads_in_its_regime(name, tmp_
     if regime == "cfg":
         assert loaded.conditioning.null_label == zoo.NULL_LABEL and loaded.conditioning.num_class_embeds == 11
     assert loaded.zero_terminal_snr == (regime == "v-zero-snr")
-    assert loaded.prediction_type == {"flow": "flow", "v-zero-snr": "v_prediction"}.get(regime, "epsilon")
+    assert loaded.prediction_type == {"flow": "flow", "v": "v_prediction", "v-zero-snr": "v_prediction"}.get(regime,
+                                                                                                           "epsilon")
 
 
 def test_training_is_reproducible(tmp_path):

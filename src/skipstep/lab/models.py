@@ -109,6 +109,7 @@ ZOO_MODELS: dict[str, ZooModel] = {
     "digits-lv-b": ZooModel("digits-lv-b"),
     "digits-cfg-b": ZooModel("digits-cfg-b", null_label=10),
     "digits-cfg-c": ZooModel("digits-cfg-c", null_label=10),
+    "digits-v": ZooModel("digits-v"),
 }
 
 
