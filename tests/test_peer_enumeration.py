@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
 from skipstep.lab import cli
 from skipstep.lab import peer_samplers
@@ -38,6 +38,20 @@ def test_vp_epsilon_enumeration_lists_every_class_and_the_new_peers(tmp_path):
     assert "flow-matching scheduler" in found.refused["FlowMatchEulerDiscreteScheduler"]
     assert "EDM" in found.refused["EDMEulerScheduler"]
     assert found.classes["SASolverScheduler"] == "peers: sa-solver, sa-solver-3"
+
+
+def test_sa_solver_runs_from_a_dpm_solver_config(tmp_path):
+    # a DPM-Solver config carries algorithm_type="dpmsolver++", which SASolverScheduler refuses; the peer states
+    # SA-Solver's own default (data prediction) instead, so it stays in the peer set of such a model
+    root = tmp_path / "m"
+    tiny_unet(root)
+    DPMSolverMultistepScheduler(num_train_timesteps=20, prediction_type="v_prediction").save_pretrained(
+        root / "scheduler")
+    found = enumerate_peers(load_model(str(root)))
+    assert {"sa-solver", "sa-solver-3"} <= set(found.peers)
+    sched = build_scheduler(get_sampler("sa-solver"), scheduler_config_for(get_sampler("sa-solver"), load_model(
+        str(root))), 4)
+    assert sched.config.algorithm_type == "data_prediction" and sched.config.prediction_type == "v_prediction"
 
 
 def test_flow_and_zero_snr_enumerations(tmp_path):

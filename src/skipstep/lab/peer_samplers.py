@@ -57,6 +57,9 @@ class PeerVariant:
 _DPM = {"final_sigmas_type": "zero", "lower_order_final": True}
 #: lower_order_final=True is what diffusers forces with final_sigmas_type="zero" (it would warn and rewrite it)
 _SINGLESTEP = {"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero", "lower_order_final": True}
+#: SA-Solver's own default, said out loud: from a DPM-Solver config ``from_config`` would carry its
+#: ``algorithm_type="dpmsolver++"``, which SA-Solver refuses (NotImplementedError)
+_SA = {"algorithm_type": "data_prediction"}
 _NO_SPACING_KEY = "no timestep_spacing key: its grid is always linspace over the chain without t=0"
 _BOTH = ("vp", "flow")
 _THREE = dict(min_nfe=3, order_reason="it is run as a 3rd-order multistep method (recommended for unconditional "
@@ -117,10 +120,10 @@ VARIANTS: list[PeerVariant] = [
     PeerVariant("deis", "DEISMultistepScheduler", {"solver_order": 3, "lower_order_final": True},
                 "diffusers DEIS, order 3 (recommended for unconditional sampling)", _BOTH, clip="thresholding",
                 note=_ENDS_AT_SIGMA0, **_THREE),
-    PeerVariant("sa-solver", "SASolverScheduler", {}, "diffusers SA-Solver with its defaults (predictor and "
+    PeerVariant("sa-solver", "SASolverScheduler", _SA, "diffusers SA-Solver with its defaults (predictor and "
                 "corrector order 2, tau = 1 on 200 <= t <= 800, data prediction)", _BOTH, stochastic=True,
                 clip="thresholding", note=_ENDS_AT_SIGMA0, **_TWO),
-    PeerVariant("sa-solver-3", "SASolverScheduler", {"predictor_order": 3, "corrector_order": 3},
+    PeerVariant("sa-solver-3", "SASolverScheduler", {**_SA, "predictor_order": 3, "corrector_order": 3},
                 "diffusers SA-Solver, predictor and corrector order 3 (recommended for unconditional sampling)",
                 _BOTH, stochastic=True, clip="thresholding", note=_ENDS_AT_SIGMA0, **_THREE),
     PeerVariant("euler", "EulerDiscreteScheduler", {"final_sigmas_type": "zero"}, "diffusers Euler (ODE)"),
