@@ -54,6 +54,29 @@ def test_sa_solver_runs_from_a_dpm_solver_config(tmp_path):
     assert sched.config.algorithm_type == "data_prediction" and sched.config.prediction_type == "v_prediction"
 
 
+def test_every_peer_runs_whichever_vp_scheduler_the_model_was_saved_with(tmp_path):
+    # from_config carries a foreign class's solver keys (algorithm_type, solver_type, ...) by name; every peer must
+    # still build and step, whichever scheduler class the model's directory names
+    import diffusers
+
+    import skipstep
+    from skipstep.lab.model_dirs import VP_SCHEDULER_CLASSES
+
+    expected = set(enumerate_peers(load_model(str(vp_dir(tmp_path / "ddpm")))).peers)
+    for name in VP_SCHEDULER_CLASSES:
+        root = tmp_path / name
+        tiny_unet(root)
+        cls = getattr(skipstep, name, None) or getattr(diffusers, name)
+        cls(num_train_timesteps=20).save_pretrained(root / "scheduler")
+        found = enumerate_peers(load_model(str(root)))
+        assert set(found.peers) == expected, (name, sorted(expected - set(found.peers)), found.refused)
+    # saved by skipstep's own scheduler, the config's grid and solver settings are skipstep's, not the model's: a
+    # peer takes its class defaults there (DPM-Solver++(2M) stays in its midpoint form, on its linspace grid)
+    saved = load_model(str(tmp_path / "SkippedStepScheduler"))
+    dpm = build_scheduler(get_sampler("dpmpp-2m"), scheduler_config_for(get_sampler("dpmpp-2m"), saved), 4)
+    assert dpm.config.solver_type == "midpoint" and dpm.config.timestep_spacing == "linspace"
+
+
 def test_flow_and_zero_snr_enumerations(tmp_path):
     flow = enumerate_peers(load_model(str(flow_dir(tmp_path / "f"))))
     assert {"flow-euler", "flow-heun", "dpmpp-2m", "unipc", "sa-solver", "ipndm"} <= set(flow.peers)

@@ -50,7 +50,8 @@ VP_SCHEDULER_CLASSES = (
     "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
     "DPMSolverSDEScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
     "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler",
-    "DEISMultistepScheduler", "DDPMParallelScheduler", "DDIMParallelScheduler", "SkippedStepScheduler",
+    "DEISMultistepScheduler", "SASolverScheduler", "DDPMParallelScheduler", "DDIMParallelScheduler",
+    "SkippedStepScheduler",
 )
 #: Flow-matching schedulers whose config (``shift``, ``num_train_timesteps``) describes a rectified-flow model.
 FLOW_SCHEDULER_CLASSES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",

@@ -57,9 +57,11 @@ class PeerVariant:
 _DPM = {"final_sigmas_type": "zero", "lower_order_final": True}
 #: lower_order_final=True is what diffusers forces with final_sigmas_type="zero" (it would warn and rewrite it)
 _SINGLESTEP = {"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero", "lower_order_final": True}
-#: SA-Solver's own default, said out loud: from a DPM-Solver config ``from_config`` would carry its
-#: ``algorithm_type="dpmsolver++"``, which SA-Solver refuses (NotImplementedError)
+#: SA-Solver's and DEIS's own defaults, said out loud: ``from_config`` carries a foreign class's
+#: ``algorithm_type`` by name, and each refuses the other's values (a DPM-Solver config's "dpmsolver++" in SA-Solver,
+#: an SA-Solver config's "data_prediction" in DEIS: NotImplementedError)
 _SA = {"algorithm_type": "data_prediction"}
+_DEIS = {"algorithm_type": "deis", "lower_order_final": True}
 _NO_SPACING_KEY = "no timestep_spacing key: its grid is always linspace over the chain without t=0"
 _BOTH = ("vp", "flow")
 _THREE = dict(min_nfe=3, order_reason="it is run as a 3rd-order multistep method (recommended for unconditional "
@@ -114,10 +116,10 @@ VARIANTS: list[PeerVariant] = [
                      "sigma(t=0), not at clean data",
                 vp_only_reason="with flow sigmas final_sigmas_type='sigma_min' repeats the last noisy sigma (a "
                                "zero-length final step), and 'zero' makes bh1 NaN", **_THREE),
-    PeerVariant("deis-2", "DEISMultistepScheduler", {"solver_order": 2, "lower_order_final": True},
+    PeerVariant("deis-2", "DEISMultistepScheduler", {**_DEIS, "solver_order": 2},
                 "diffusers DEIS, order 2 (recommended for guided sampling)", _BOTH, clip="thresholding",
                 note=_ENDS_AT_SIGMA0, **_TWO),
-    PeerVariant("deis", "DEISMultistepScheduler", {"solver_order": 3, "lower_order_final": True},
+    PeerVariant("deis", "DEISMultistepScheduler", {**_DEIS, "solver_order": 3},
                 "diffusers DEIS, order 3 (recommended for unconditional sampling)", _BOTH, clip="thresholding",
                 note=_ENDS_AT_SIGMA0, **_THREE),
     PeerVariant("sa-solver", "SASolverScheduler", _SA, "diffusers SA-Solver with its defaults (predictor and "

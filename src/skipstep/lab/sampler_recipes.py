@@ -228,9 +228,32 @@ SPACING_KEYS = ("timestep_spacing", "steps_offset")
 DATA_MOMENTS_KEY = "analytic_first_step_moments"
 
 
+#: the keys of a config saved by skipstep's own scheduler that describe the model (its chain, prediction and
+#: clipping); the others are skipstep's sampler settings (``timestep_spacing="power"``, ``solver_type="heun"``, eta,
+#: ...), which a peer must not take as the model's
+CHAIN_KEYS = ("_class_name", "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+              "prediction_type", "variance_type", "clip_sample", "clip_sample_range", "thresholding",
+              "dynamic_thresholding_ratio", "sample_max_value", "rescale_betas_zero_snr")
+#: skipstep's variance names -> diffusers' (``optimal`` is skipstep's estimate; the model was trained fixed-small)
+_DIFFUSERS_VARIANCE = {"small": "fixed_small", "large": "fixed_large", "learned": "learned_range",
+                       "optimal": "fixed_small"}
+
+
+def chain_of_skipstep_config(config: dict) -> dict:
+    """A ``SkippedStepScheduler`` config as a peer sees it: the model's keys (:data:`CHAIN_KEYS`), the variance in
+    diffusers' names, none of skipstep's settings (so a peer takes its class defaults there, as for a model file
+    that leaves them out)."""
+    chain = {k: v for k, v in config.items() if k in CHAIN_KEYS}
+    if chain.get("variance_type") in _DIFFUSERS_VARIANCE:
+        chain["variance_type"] = _DIFFUSERS_VARIANCE[chain["variance_type"]]
+    return chain
+
+
 def scheduler_config_for(sampler: SamplerRecipe, loaded: LoadedModel) -> dict:
     """The config ``sampler`` is built from for ``loaded``: the model's scheduler config, with
 
+    * for diffusers' peers of a model saved with skipstep's own scheduler, only its chain
+      (:func:`chain_of_skipstep_config`);
     * for diffusers' peers, the timestep spacing of ``loaded.peer_spacing``: ``config`` -- the model's own keys
       (a key the model's file left out is dropped, so the peer's class default applies, as in diffusers'
       ``from_config``) -- or ``trailing``;
@@ -242,6 +265,8 @@ def scheduler_config_for(sampler: SamplerRecipe, loaded: LoadedModel) -> dict:
     * for samplers whose settings say ``guidance_scale: "passed"`` (the ``default`` sampler), the run's guidance
       scale of a class-conditional VP model as ``guidance_scale`` (:func:`skipstep.steps.settings_for_guidance`)."""
     config = dict(loaded.scheduler_config)
+    if sampler.family in PEER_FAMILIES and config.get("_class_name") == "SkippedStepScheduler":
+        config = chain_of_skipstep_config(config)
     if sampler.family in PEER_FAMILIES and loaded.regime == "vp":
         if loaded.peer_spacing == "trailing":
             config["timestep_spacing"] = "trailing"
