@@ -77,6 +77,23 @@ def test_every_peer_runs_whichever_vp_scheduler_the_model_was_saved_with(tmp_pat
     assert dpm.config.solver_type == "midpoint" and dpm.config.timestep_spacing == "linspace"
 
 
+def test_every_flow_peer_runs_whichever_flow_scheduler_the_model_was_saved_with(tmp_path):
+    import diffusers
+
+    import skipstep
+    from skipstep.lab.model_dirs import FLOW_SCHEDULER_CLASSES
+
+    found = {}
+    for name in FLOW_SCHEDULER_CLASSES:
+        root = tmp_path / name
+        tiny_unet(root)
+        (getattr(skipstep, name, None) or getattr(diffusers, name))(num_train_timesteps=20, shift=3.0).save_pretrained(
+            root / "scheduler")
+        found[name] = set(enumerate_peers(load_model(str(root))).peers)
+    assert {"sa-solver", "dpmpp-2m", "unipc", "flow-euler"} <= found["FlowMatchEulerDiscreteScheduler"]
+    assert all(peers == found["FlowMatchEulerDiscreteScheduler"] for peers in found.values()), found
+
+
 def test_flow_and_zero_snr_enumerations(tmp_path):
     flow = enumerate_peers(load_model(str(flow_dir(tmp_path / "f"))))
     assert {"flow-euler", "flow-heun", "dpmpp-2m", "unipc", "sa-solver", "ipndm"} <= set(flow.peers)

@@ -186,10 +186,14 @@ def _flow_config(raw: dict[str, Any], source: Path, class_name: str, flow_mu: fl
     template = {"_class_name": "FlowMatchEulerDiscreteScheduler",
                 **{k: v for k, v in _class_defaults("FlowMatchEulerDiscreteScheduler").items()
                    if k not in ("invert_sigmas", "stochastic_sampling")}}
-    config = _plain({k: v for k, v in raw.items() if k != "_class_name"}, template)
+    # a SkippedStepFlowScheduler config's other keys (eta, its "power" grid, the corrector, ...) are skipstep's
+    # sampler settings, not the model's path: the lab reads it as the FlowMatchEuler config it was made from
+    path_keys = [k for k, _ in raw.items() if k != "_class_name" and (class_name != "SkippedStepFlowScheduler"
+                                                                      or k in template or k == "prediction_type")]
+    config = _plain({k: raw[k] for k in path_keys}, template)
     config["_class_name"] = class_name if class_name != "SkippedStepFlowScheduler" else template["_class_name"]
-    for key in ("eta", "solver_order", "solver_type", "check_finite", "invert_sigmas", "stochastic_sampling"):
-        config.pop(key, None)  # a SkippedStepFlowScheduler config's sampler keys, not the model's path
+    for key in ("invert_sigmas", "stochastic_sampling"):
+        config.pop(key, None)
     if raw.get("invert_sigmas"):
         raise ModelLoadError(f"{source}: invert_sigmas=True runs the flow from data to noise (inversion); the lab "
                              "samples from noise to data")
