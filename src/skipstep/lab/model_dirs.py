@@ -188,9 +188,10 @@ def _flow_config(raw: dict[str, Any], source: Path, class_name: str, flow_mu: fl
                    if k not in ("invert_sigmas", "stochastic_sampling")}}
     # a SkippedStepFlowScheduler config's other keys (eta, its "power" grid, the corrector, ...) are skipstep's
     # sampler settings, not the model's path: the lab reads it as the FlowMatchEuler config it was made from
-    path_keys = [k for k, _ in raw.items() if k != "_class_name" and (class_name != "SkippedStepFlowScheduler"
-                                                                      or k in template or k == "prediction_type")]
-    config = _plain({k: raw[k] for k in path_keys}, template)
+    ours = class_name == "SkippedStepFlowScheduler"
+    path = {k: v for k, v in raw.items()
+            if k != "_class_name" and (not ours or k in template or k == "prediction_type")}
+    config = _plain(path, template)
     config["_class_name"] = class_name if class_name != "SkippedStepFlowScheduler" else template["_class_name"]
     for key in ("invert_sigmas", "stochastic_sampling"):
         config.pop(key, None)

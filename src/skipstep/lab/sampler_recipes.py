@@ -30,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..plan import resolve_extrapolation_gain
-from ..steps import DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, STRONG_GUIDANCE_FEW_STEPS_BELOW
+from ..steps import (DEFAULT_ETA, DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DIFFUSERS_VARIANCE_TYPES,
+                     STRONG_GUIDANCE_FEW_STEPS_BELOW)
 from ..timesteps import FEW_STEPS_BELOW
 from ..tuned_schedules import TunedScheduleWarning
 from .loaded_model import LoadedModel
@@ -234,8 +235,9 @@ DATA_MOMENTS_KEY = "analytic_first_step_moments"
 CHAIN_KEYS = ("_class_name", "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
               "prediction_type", "variance_type", "clip_sample", "clip_sample_range", "thresholding",
               "dynamic_thresholding_ratio", "sample_max_value", "rescale_betas_zero_snr")
-#: skipstep's variance names -> diffusers' (``optimal`` is skipstep's estimate; the model was trained fixed-small)
-_DIFFUSERS_VARIANCE = {"small": "fixed_small", "large": "fixed_large", "learned": "learned_range",
+#: skipstep's variance names -> diffusers' first name for each (``optimal`` is skipstep's estimate; the model was
+#: trained fixed-small)
+_DIFFUSERS_VARIANCE = {**{ours: theirs for theirs, ours in reversed(DIFFUSERS_VARIANCE_TYPES.items())},
                        "optimal": "fixed_small"}
 
 
