@@ -110,6 +110,7 @@ ZOO_MODELS: dict[str, ZooModel] = {
     "digits-cfg-b": ZooModel("digits-cfg-b", null_label=10),
     "digits-cfg-c": ZooModel("digits-cfg-c", null_label=10),
     "digits-v": ZooModel("digits-v"),
+    "digits-flow-c": ZooModel("digits-flow-c"),
 }
 
 

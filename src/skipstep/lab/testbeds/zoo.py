@@ -139,6 +139,12 @@ ZOO_SPECS: dict[str, ZooSpec] = {
          "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction", "steps_offset": 1,
          "algorithm_type": "dpmsolver++", "solver_order": 2, "timestep_spacing": "linspace"},
         (16, 24, 32), 4000, 11),
+    # A third flow model at shift 1 (the plain rectified-flow grid of the first flow model), trained after the
+    # fifteenth round, as a model no choice has seen.
+    "digits-flow-c": ZooSpec(
+        "flow", "rectified-flow velocity UNet (16/24/32), FlowMatchEulerDiscreteScheduler shift 1, 4k steps, seed 12",
+        {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0},
+        (16, 24, 32), 4000, 12),
     "digits-vzsnr": ZooSpec(
         "v-zero-snr", "v-prediction UNet (16/24/32), scaled-linear betas rescaled to zero terminal SNR, 4k steps, "
         "seed 6", {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
