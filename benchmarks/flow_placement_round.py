@@ -1,0 +1,110 @@
+"""Sixteenth round: where a flow model's few steps go, without leaning on the config's shift (docs/results.md).
+
+The default places ``n < 7`` steps of a flow path at the unshifted sigmas ``((n - i)/n)^p``, ``p = 1 + 4/n``, and
+then applies the config's ``shift``; on the flow pair (shift 2, 3) that lands near the peers' uniform grid, on the
+shift-1 ``digits-flow-c`` at low noise (its report). The members place the sigmas in the model's own sigma, the
+same for every shift (each built with ``shift=1`` and handed its sigmas, so nothing moves them); from 7 steps on
+each is the default:
+
+* ``fp-c2`` / ``fp-c3``: the default's grid as the shift 2 / 3 would place it, ``sigma_i = c s / (1 + (c - 1) s)``,
+  ``s = ((n - i)/n)^p`` (on ``digits-flow`` ``fp-c2`` is the default, on ``digits-flow-b`` ``fp-c3`` is);
+* ``fp-uni``: uniform sigmas ``(n - i)/n`` (the grid UniPC and DPM-Solver++ take from a shift-1 flow config);
+* ``fp-snr``: the VP default's few-step grid on DDPM's linear chain carried to the flow path at equal log-SNR,
+  ``sigma_i = 1 / (1 + exp(lambda_i / 2))``, ``lambda_i = lambda_ref(round(1000 u_i))``,
+  ``u_i = n/(n+1) (1 - i/n)^p`` (:func:`skipstep.timesteps.power_grid`).
+
+    python benchmarks/flow_placement_round.py bench --model digits-flow --samplers default,fp-c2,fp-c3,fp-uni,fp-snr \\
+        --nfe 3,4,5,6 --seed 100,101 --num-samples 2000 --num-reference 5000
+    python benchmarks/flow_placement_round.py score DIR [DIR ...]     # each model chooses; the other is its report
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skipstep import SkippedStepFlowScheduler
+from skipstep.lab import cli
+from skipstep.lab.sampler_recipes import is_flow_config, register_sampler
+from skipstep.lab.selection import factors, quality_per_metric, scores
+from skipstep.paths import DiscreteVPPath
+from skipstep.timesteps import FEW_STEPS_BELOW, REFERENCE_CHAIN, power_grid, spacing_power_for
+
+MEMBERS = ("default", "fp-c2", "fp-c3", "fp-uni", "fp-snr")
+METRICS = ("fd", "fd_heldout")
+STEPS = (3, 4, 5, 6)
+
+
+def _shifted(c: float):
+    def grid(n: int) -> list[float]:
+        s = ((n - np.arange(n)) / n) ** spacing_power_for(n)
+        return (c * s / (1 + (c - 1) * s)).tolist()
+    return grid
+
+
+def _uniform(n: int) -> list[float]:
+    return ((n - np.arange(n)) / n).tolist()
+
+
+def _snr_matched(n: int) -> list[float]:
+    ref = DiscreteVPPath.from_config(REFERENCE_CHAIN)
+    lam = ref.log_snr(torch.as_tensor(np.round(power_grid(n, spacing_power_for(n)) * 1000))).double()
+    return (1.0 / (1.0 + torch.exp(lam / 2))).tolist()
+
+
+GRIDS = {"fp-c2": _shifted(2.0), "fp-c3": _shifted(3.0), "fp-uni": _uniform, "fp-snr": _snr_matched}
+
+
+class _PlacedFlowScheduler(SkippedStepFlowScheduler):
+    """The default flow scheduler with ``grid(n)`` as its sigmas below ``FEW_STEPS_BELOW`` steps (built with
+    ``shift=1``, so the sigmas are the model's own)."""
+
+    grid = None
+
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
+        if sigmas is None and timesteps is None and num_inference_steps is not None \
+                and num_inference_steps < FEW_STEPS_BELOW:
+            sigmas = type(self).grid(num_inference_steps)
+        return super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
+
+
+def _member(name: str):
+    placed = type(f"Placed_{name}", (_PlacedFlowScheduler,), {"grid": staticmethod(GRIDS[name])})
+
+    def factory(config, steps):
+        if not is_flow_config(config):
+            raise ValueError(f"{name} is a flow-path member")
+        if steps >= FEW_STEPS_BELOW:
+            return SkippedStepFlowScheduler.from_config(dict(config))
+        return placed.from_config(dict(config), shift=1.0)
+    return factory
+
+
+for _name in GRIDS:
+    register_sampler(_name, _member(_name), family="candidate", stochastic=True,
+                     description=f"the default flow scheduler with the {_name} sigmas below {FEW_STEPS_BELOW} steps")
+
+
+def score(dirs: list[str]) -> str:
+    """Each model's choice over NFE 3-6 and both metrics (the other model of the runs is its report)."""
+    records = [r for d in dirs for r in json.loads((Path(d) / "results.json").read_text())
+               if r["sampler"] in MEMBERS and int(r["nfe"]) in STEPS]
+    quality = quality_per_metric(records, METRICS)
+    models = sorted({r["model"] for r in records})
+    present = [c for c in MEMBERS if any(key[0] == c for key in quality)]
+    lines = ["| chosen on | choice (score) | the others |", "|---|---|---|"]
+    for model in models + [None]:
+        on = [model] if model else models
+        ranking = scores(quality, present, factors(on, METRICS), list(STEPS))
+        rest = ", ".join(f"`{c}` {v:.3f}" for c, v in ranking[1:])
+        lines.append(f"| {model or 'both'} | `{ranking[0][0]}` {ranking[0][1]:.3f} | {rest} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["score"]:
+        print(score(sys.argv[2:]))
+        sys.exit(0)
+    sys.exit(cli.main(sys.argv[1:]))
