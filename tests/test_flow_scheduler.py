@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
@@ -372,3 +374,35 @@ def test_lower_order_final_and_euler_at_final():
         assert torch.equal(_run(SkippedStepFlowScheduler(**o2, **{key: True}), 8), _run(SkippedStepFlowScheduler(**o2), 8))
     with pytest.raises(ValueError, match="lower_order_final must be True or False"):
         SkippedStepFlowScheduler(lower_order_final="yes")
+
+
+def test_the_few_step_default_visits_the_reference_log_snrs_whatever_the_shift():
+    """Sixteenth round: below 7 steps sigma_i = 1 / (1 + exp(lambda_i / 2)), lambda_i the log-SNRs of the VP
+    default's grid on DDPM's linear chain, for every static shift; from 7 steps (and with dynamic shifting) the
+    shifted power grid as before."""
+    from skipstep.timesteps import FEW_STEPS_BELOW, reference_log_snrs, spacing_power_for
+
+    for n in range(1, FEW_STEPS_BELOW):
+        lam = reference_log_snrs(n, spacing_power_for(n)).double()
+        expected = (1.0 / (1.0 + torch.exp(lam / 2))).float()
+        for shift in (1.0, 2.0, 3.0):
+            ours = SkippedStepFlowScheduler(shift=shift)
+            ours.set_timesteps(n)
+            torch.testing.assert_close(ours.sigmas[:-1], expected, rtol=0, atol=0)
+            assert float(ours.sigmas[-1]) == 0.0
+            torch.testing.assert_close(ours.timesteps, expected * 1000)
+    # at 3 steps on a shift-1 path the old grid was 1.0, 0.388, 0.077 (((n - i)/n)^(1 + 4/3)); this starts at 0.946
+    ours = SkippedStepFlowScheduler(shift=1.0)
+    ours.set_timesteps(3)
+    assert [round(float(s), 3) for s in ours.sigmas] == [0.946, 0.542, 0.168, 0.0]
+    ours.set_timesteps(FEW_STEPS_BELOW)  # from 7 steps: ((n - i)/n)^(1 + 2/n), then the shift
+    n, p = FEW_STEPS_BELOW, spacing_power_for(FEW_STEPS_BELOW)
+    shifted = SkippedStepFlowScheduler(shift=3.0)
+    shifted.set_timesteps(n)
+    s = torch.tensor(((n - np.arange(n)) / n) ** p)
+    torch.testing.assert_close(shifted.sigmas[:-1].double(), 3 * s / (1 + 2 * s), rtol=1e-6, atol=1e-6)
+    dynamic = SkippedStepFlowScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    dynamic.set_timesteps(3, mu=0.8)  # dynamic shifting keeps the power grid and the config's time shift
+    s3 = torch.tensor(((3 - np.arange(3)) / 3) ** spacing_power_for(3))
+    torch.testing.assert_close(dynamic.sigmas[:-1].double(), math.exp(0.8) / (math.exp(0.8) + (1 / s3 - 1)),
+                               rtol=1e-6, atol=1e-6)

@@ -51,7 +51,7 @@ from .plan import (DEFAULT_EXTRAPOLATION_GAIN, PlannedStep, check_extrapolation_
                    resolve_eta_schedule, resolve_extrapolation_gain)
 from .steps import (DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper)
-from .timesteps import check_num_steps, check_spacing_power, spacing_power_for
+from .timesteps import FEW_STEPS_BELOW, check_num_steps, check_spacing_power, reference_log_snrs, spacing_power_for
 from .tuned_schedules import flow_scheduler_settings_from_tuned_schedule
 
 logger = logging.getLogger(__name__)
@@ -104,9 +104,14 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             the last steps; the last step to clean data, ``x0_hat`` of the last evaluation, is first order anyway,
             so they change an order-3 trajectory's second-to-last step only).
         timestep_spacing: ``linspace`` (FlowMatchEulerDiscreteScheduler's own sigmas) or ``power``: unshifted
-            sigmas ``((n - i) / n)^p``, ``p = spacing_power >= 1`` (``None``, the default: ``1 + 4/n`` below 7 steps,
-            ``1 + 2/n`` from 7, :func:`skipstep.timesteps.spacing_power_for`; no log-SNR matching on a flow path),
-            then the config's ``shift`` / dynamic shifting as diffusers applies it to custom sigmas.
+            sigmas ``((n - i) / n)^p``, ``p = spacing_power >= 1``, then the config's ``shift`` / dynamic shifting as
+            diffusers applies it to custom sigmas. ``spacing_power=None`` (the default) is ``p = 1 + 2/n`` from 7
+            steps (:func:`skipstep.timesteps.spacing_power_for`) and below 7 the VP default's few-step grid carried
+            to the flow path at equal log-SNR, ``sigma_i = 1 / (1 + exp(lambda_i / 2))`` with ``lambda_i`` the
+            log-SNRs of ``p = 1 + 4/n`` on DDPM's linear chain (:func:`skipstep.timesteps.reference_log_snrs`),
+            visited as they are: the static ``shift`` does not move them (sixteenth round, docs/results.md: chosen
+            on the shift-2 and shift-3 flow models, better on a shift-1 one); with dynamic shifting,
+            ``shift_terminal`` or a sigma-spacing flag the power grid and the config's sigma rules apply.
         check_finite: raise (naming the step) when the model output holds NaN or inf.
         tuned_schedule: a flow schedule of ``skipstep tune`` (:class:`skipstep.tuned_schedules.TunedSchedule` with
             ``path="flow"``, its dict or a file path): ``set_timesteps`` then visits its sigmas as they are (the
@@ -245,6 +250,21 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         return [p.posterior.eta for p in self._plan]
 
     # -- timesteps -----------------------------------------------------------------------------------------------
+    def _few_step_log_snr_grid(self, n, sigmas, timesteps, mu) -> bool:
+        """Whether ``n`` steps take the few-step grid at the reference chain's log-SNRs: the default rule
+        (``power``, ``spacing_power=None``) below ``FEW_STEPS_BELOW`` steps, nothing passed, and no config key that
+        shapes the sigmas beyond the static ``shift`` (dynamic shifting, ``shift_terminal``, sigma spacings)."""
+        cfg = self.config
+        return (cfg.timestep_spacing == "power" and cfg.spacing_power is None and n is not None
+                and n < FEW_STEPS_BELOW and sigmas is None and timesteps is None and mu is None
+                and not cfg.use_dynamic_shifting and cfg.shift_terminal is None
+                and not (cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas))
+
+    def _as_given(self, noisy: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sigmas with the final 0, model times sigma * T)`` for noisy sigmas visited as they are (no shift)."""
+        all_sigmas = torch.cat([noisy, noisy.new_zeros(1)]).to(dtype=torch.float32, device=device)
+        return all_sigmas, all_sigmas[:-1] * self.config.num_train_timesteps
+
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -271,8 +291,12 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             if num_inference_steps is not None:
                 self._tuned.check(nfe=num_inference_steps)
             noisy = torch.tensor(self._tuned.sigmas, dtype=torch.float64)
-            all_sigmas = torch.cat([noisy, noisy.new_zeros(1)]).to(dtype=torch.float32, device=device)
-            schedule_timesteps = all_sigmas[:-1] * self.config.num_train_timesteps
+            all_sigmas, schedule_timesteps = self._as_given(noisy, device)
+        elif self._few_step_log_snr_grid(num_inference_steps, sigmas, timesteps, mu):
+            n = num_inference_steps
+            # float32 first: the plan steps through the same sigmas self.sigmas shows, as on the config's grid
+            noisy = self.path.time_at_log_snr(reference_log_snrs(n, spacing_power_for(n))).float().double()
+            all_sigmas, schedule_timesteps = self._as_given(noisy, device)
         else:
             if self.config.timestep_spacing == "power" and sigmas is None and timesteps is None:
                 n = num_inference_steps

@@ -237,12 +237,20 @@ def snr_matched_power_grid(path: GaussianPath, n: int, power: float) -> np.ndarr
     On any linear-beta chain of ``T = 1000`` from 1e-4 to 0.02 it is the plain power grid. On a cosine chain the
     plain grid's first point (``t = 750`` at ``n = 3``) has log-SNR -1.8, far from the start ``x_T ~ N(0, I)``;
     this grid starts at log-SNR -5.7 (``t = 962``), as on the linear chain."""
-    ref = _reference_chain()
-    lam = ref.log_snr(torch.as_tensor(np.round(power_grid(n, power) * ref.num_train_timesteps)))
+    lam = reference_log_snrs(n, power)
     ends = path.log_snr(torch.as_tensor([path.t_max, path.t_min]))
     if float(ends[0]) > float(lam[0]) or float(ends[1]) < float(lam[-1]):
         return None
     return np.round(path.time_at_log_snr(lam).numpy())
+
+
+def reference_log_snrs(n: int, power: float) -> torch.Tensor:
+    r"""The log-SNRs of the ``power`` grid on the reference DDPM chain (``REFERENCE_CHAIN``), noisiest first:
+    ``lambda_ref(round(1000 u_i))``, ``u_i = n / (n + 1) (1 - i / n)^p`` -- the noise levels the few-step
+    placement carries to other paths (:func:`snr_matched_power_grid`; a flow path's
+    :meth:`skipstep.SkippedStepFlowScheduler.set_timesteps`)."""
+    ref = _reference_chain()
+    return ref.log_snr(torch.as_tensor(np.round(power_grid(n, power) * ref.num_train_timesteps)))
 
 
 @functools.lru_cache(maxsize=1)
