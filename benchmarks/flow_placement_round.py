@@ -18,7 +18,6 @@ each is the default:
     python benchmarks/flow_placement_round.py score DIR [DIR ...]     # each model chooses; the other is its report
 """
 import json
-import math
 import sys
 from pathlib import Path
 
