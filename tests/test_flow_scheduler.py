@@ -406,3 +406,13 @@ def test_the_few_step_default_visits_the_reference_log_snrs_whatever_the_shift()
     s3 = torch.tensor(((3 - np.arange(3)) / 3) ** spacing_power_for(3))
     torch.testing.assert_close(dynamic.sigmas[:-1].double(), math.exp(0.8) / (math.exp(0.8) + (1 / s3 - 1)),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_skipstep_sample_on_a_flow_path_places_few_steps_as_the_scheduler_does():
+    from skipstep import select_timesteps
+
+    for n in (3, 5, 6, 7, 10):
+        ours = SkippedStepFlowScheduler()  # shift 1: the path's own time
+        ours.set_timesteps(n)
+        ts = select_timesteps(RectifiedFlowPath(), n, "power", power=None)
+        torch.testing.assert_close(ts.float(), ours.sigmas[:-1], rtol=1e-6, atol=1e-6)

@@ -34,7 +34,10 @@ and beta). Custom ``sigmas`` lists map to timesteps the same way, rounded to the
 
 On continuous paths (``t`` in ``[t_min, t_max]``): ``linspace`` includes both ends, ``trailing`` is
 ``t_max (n - i) / n``, ``quadratic`` is ``t_max ((n - i) / n)^2``, ``power`` is ``t_max ((n - i) / n)^p`` (it starts
-at ``t_max``: a rectified flow's ``x_t`` below ``t = 1`` is not unit-variance noise), ``log_snr`` as above;
+at ``t_max``: a rectified flow's ``x_t`` below ``t = 1`` is not unit-variance noise) -- except the default rule
+below ``few_steps_below`` steps on a rectified flow, which visits the reference chain's log-SNRs
+(:func:`reference_log_snrs`; it starts at ``sigma = 0.946`` at 3 steps; the sixteenth round's choice, ahead of the
+grids that start at 1 on all three flow models), ``log_snr`` as above;
 ``leading`` is discrete only. Rounding on a discrete chain can make neighbours collide when ``n`` is close to ``T``; colliding
 indices are pushed apart to the nearest free indices so the list stays strictly descending with exactly ``n``
 entries (never silently dropped).
@@ -48,7 +51,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .paths import DiscreteVPPath, GaussianPath
+from .paths import DiscreteVPPath, GaussianPath, RectifiedFlowPath
 
 SPACINGS = ("linspace", "leading", "trailing", "quadratic", "log_snr", "power")
 #: the default ``power`` rule (``power=None``) has two regimes, split where the default eta (``below:7:0:1``) turns
@@ -170,6 +173,10 @@ def select_timesteps(
         ts = t_max * (num_steps - i) / num_steps
     elif spacing == "quadratic":
         ts = t_max * ((num_steps - i) / num_steps) ** 2
+    elif spacing == "power" and snr_matched and isinstance(path, RectifiedFlowPath):
+        # the default rule's few steps on a flow path: the reference chain's log-SNRs (sixteenth round), as
+        # SkippedStepFlowScheduler visits them
+        ts = path.time_at_log_snr(reference_log_snrs(num_steps, power)).numpy()
     elif spacing == "power":
         # a continuous path starts at t_max: a flow model's x_t at t < 1 is not unit-variance noise
         ts = np.maximum(t_max * ((num_steps - i) / num_steps) ** power, t_min)
