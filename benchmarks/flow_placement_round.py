@@ -1,8 +1,10 @@
 """Sixteenth round: where a flow model's few steps go, without leaning on the config's shift (docs/results.md).
 
-The default places ``n < 7`` steps of a flow path at the unshifted sigmas ``((n - i)/n)^p``, ``p = 1 + 4/n``, and
-then applies the config's ``shift``; on the flow pair (shift 2, 3) that lands near the peers' uniform grid, on the
-shift-1 ``digits-flow-c`` at low noise (its report). The members place the sigmas in the model's own sigma, the
+When the round ran (commit f055f6e) the default placed ``n < 7`` steps of a flow path at the unshifted sigmas
+``((n - i)/n)^p``, ``p = 1 + 4/n``, and then applied the config's ``shift``; on the flow pair (shift 2, 3) that lands
+near the peers' uniform grid, on the shift-1 ``digits-flow-c`` at low noise (its report). Both folds chose
+``fp-snr``, which the default now is below 7 steps (so reproduce ``default`` as it was in a worktree of that
+commit, ``PYTHONPATH=/tmp/old/src``). The members place the sigmas in the model's own sigma, the
 same for every shift (each built with ``shift=1`` and handed its sigmas, so nothing moves them); from 7 steps on
 each is the default:
 
