@@ -51,7 +51,7 @@ from .plan import (DEFAULT_EXTRAPOLATION_GAIN, PlannedStep, check_extrapolation_
                    resolve_eta_schedule, resolve_extrapolation_gain)
 from .steps import (DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper)
-from .timesteps import FEW_STEPS_BELOW, check_num_steps, check_spacing_power, reference_log_snrs, spacing_power_for
+from .timesteps import FEW_STEPS_BELOW, check_num_steps, check_spacing_power, select_timesteps, spacing_power_for
 from .tuned_schedules import flow_scheduler_settings_from_tuned_schedule
 
 logger = logging.getLogger(__name__)
@@ -293,9 +293,9 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             noisy = torch.tensor(self._tuned.sigmas, dtype=torch.float64)
             all_sigmas, schedule_timesteps = self._as_given(noisy, device)
         elif self._few_step_log_snr_grid(num_inference_steps, sigmas, timesteps, mu):
-            n = num_inference_steps
-            # float32 first: the plan steps through the same sigmas self.sigmas shows, as on the config's grid
-            noisy = self.path.time_at_log_snr(reference_log_snrs(n, spacing_power_for(n))).float().double()
+            # the path's own default-rule grid (skipstep.sample's too); float32 first, so the plan steps through the
+            # sigmas self.sigmas shows, as on the config's grid
+            noisy = select_timesteps(self.path, num_inference_steps, "power", power=None).float().double()
             all_sigmas, schedule_timesteps = self._as_given(noisy, device)
         else:
             if self.config.timestep_spacing == "power" and sigmas is None and timesteps is None:
