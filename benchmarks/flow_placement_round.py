@@ -18,6 +18,9 @@ each is the default:
     python benchmarks/flow_placement_round.py bench --model digits-flow --samplers default,fp-c2,fp-c3,fp-uni,fp-snr \\
         --nfe 3,4,5,6 --seed 100,101 --num-samples 2000 --num-reference 5000
     python benchmarks/flow_placement_round.py score DIR [DIR ...]     # each model chooses; the other is its report
+
+The seventeenth round asks the same from 7 steps (``fm-uni``, ``fm-snr``: those grids with the default's ``p = 1 +
+2/n`` for ``fm-snr``'s log-SNRs; ``--nfe 7,8,10``, ``score --many DIR ...``).
 """
 import json
 import sys
@@ -56,6 +59,11 @@ def _snr_matched(n: int) -> list[float]:
 
 
 GRIDS = {"fp-c2": _shifted(2.0), "fp-c3": _shifted(3.0), "fp-uni": _uniform, "fp-snr": _snr_matched}
+#: the seventeenth round: the same question from 7 steps (the default's grid there is ``((n - i)/n)^(1 + 2/n)``, then
+#: the shift); below 7 steps these members are the default (since the sixteenth round ``fp-snr``)
+MANY_STEP_GRIDS = {"fm-uni": _uniform, "fm-snr": _snr_matched}
+MANY_STEP_MEMBERS = ("default", *MANY_STEP_GRIDS)
+MANY_STEPS = (7, 8, 10)
 
 
 class _PlacedFlowScheduler(SkippedStepFlowScheduler):
@@ -63,42 +71,47 @@ class _PlacedFlowScheduler(SkippedStepFlowScheduler):
     ``shift=1``, so the sigmas are the model's own)."""
 
     grid = None
+    many = False  # the seventeenth round's members: their grid from FEW_STEPS_BELOW steps on instead
 
     def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
         if sigmas is None and timesteps is None and num_inference_steps is not None \
-                and num_inference_steps < FEW_STEPS_BELOW:
+                and (num_inference_steps >= FEW_STEPS_BELOW) == type(self).many:
             sigmas = type(self).grid(num_inference_steps)
         return super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
 
 
-def _member(name: str):
-    placed = type(f"Placed_{name}", (_PlacedFlowScheduler,), {"grid": staticmethod(GRIDS[name])})
+def _member(name: str, grid, many: bool = False):
+    placed = type(f"Placed_{name}", (_PlacedFlowScheduler,), {"grid": staticmethod(grid), "many": many})
 
     def factory(config, steps):
         if not is_flow_config(config):
             raise ValueError(f"{name} is a flow-path member")
-        if steps >= FEW_STEPS_BELOW:
+        if (steps >= FEW_STEPS_BELOW) != many:
             return SkippedStepFlowScheduler.from_config(dict(config))
         return placed.from_config(dict(config), shift=1.0)
     return factory
 
 
-for _name in GRIDS:
-    register_sampler(_name, _member(_name), family="candidate", stochastic=True,
+for _name, _grid in GRIDS.items():
+    register_sampler(_name, _member(_name, _grid), family="candidate", stochastic=True,
                      description=f"the default flow scheduler with the {_name} sigmas below {FEW_STEPS_BELOW} steps")
+for _name, _grid in MANY_STEP_GRIDS.items():
+    register_sampler(_name, _member(_name, _grid, many=True), family="candidate", stochastic=True,
+                     description=f"the default flow scheduler with the {_name} sigmas from {FEW_STEPS_BELOW} steps")
 
 
-def score(dirs: list[str]) -> str:
-    """Each model's choice over NFE 3-6 and both metrics (the other model of the runs is its report)."""
+def score(dirs: list[str], many: bool = False) -> str:
+    """Each model's choice over NFE 3-6 (``many``: 7, 8, 10) and both metrics (the other model is its report)."""
+    members, steps = (MANY_STEP_MEMBERS, MANY_STEPS) if many else (MEMBERS, STEPS)
     records = [r for d in dirs for r in json.loads((Path(d) / "results.json").read_text())
-               if r["sampler"] in MEMBERS and int(r["nfe"]) in STEPS]
+               if r["sampler"] in members and int(r["nfe"]) in steps]
     quality = quality_per_metric(records, METRICS)
     models = sorted({r["model"] for r in records})
-    present = [c for c in MEMBERS if any(key[0] == c for key in quality)]
+    present = [c for c in members if any(key[0] == c for key in quality)]
     lines = ["| chosen on | choice (score) | the others |", "|---|---|---|"]
     for model in models + [None]:
         on = [model] if model else models
-        ranking = scores(quality, present, factors(on, METRICS), list(STEPS))
+        ranking = scores(quality, present, factors(on, METRICS), list(steps))
         rest = ", ".join(f"`{c}` {v:.3f}" for c, v in ranking[1:])
         lines.append(f"| {model or 'both'} | `{ranking[0][0]}` {ranking[0][1]:.3f} | {rest} |")
     return "\n".join(lines)
@@ -106,6 +119,7 @@ def score(dirs: list[str]) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["score"]:
-        print(score(sys.argv[2:]))
+        many = "--many" in sys.argv
+        print(score([a for a in sys.argv[2:] if a != "--many"], many))
         sys.exit(0)
     sys.exit(cli.main(sys.argv[1:]))
