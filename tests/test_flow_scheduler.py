@@ -378,8 +378,8 @@ def test_lower_order_final_and_euler_at_final():
 
 def test_the_few_step_default_visits_the_reference_log_snrs_whatever_the_shift():
     """Sixteenth round: below 7 steps sigma_i = 1 / (1 + exp(lambda_i / 2)), lambda_i the log-SNRs of the VP
-    default's grid on DDPM's linear chain, for every static shift; from 7 steps (and with dynamic shifting) the
-    shifted power grid as before."""
+    default's grid on DDPM's linear chain, for every static shift; seventeenth: from 7 steps the uniform sigmas,
+    unshifted; an explicit spacing_power and dynamic shifting keep the shifted power grid."""
     from skipstep.timesteps import FEW_STEPS_BELOW, reference_log_snrs, spacing_power_for
 
     for n in range(1, FEW_STEPS_BELOW):
@@ -395,12 +395,15 @@ def test_the_few_step_default_visits_the_reference_log_snrs_whatever_the_shift()
     ours = SkippedStepFlowScheduler(shift=1.0)
     ours.set_timesteps(3)
     assert [round(float(s), 3) for s in ours.sigmas] == [0.946, 0.542, 0.168, 0.0]
-    ours.set_timesteps(FEW_STEPS_BELOW)  # from 7 steps: ((n - i)/n)^(1 + 2/n), then the shift
-    n, p = FEW_STEPS_BELOW, spacing_power_for(FEW_STEPS_BELOW)
-    shifted = SkippedStepFlowScheduler(shift=3.0)
-    shifted.set_timesteps(n)
-    s = torch.tensor(((n - np.arange(n)) / n) ** p)
-    torch.testing.assert_close(shifted.sigmas[:-1].double(), 3 * s / (1 + 2 * s), rtol=1e-6, atol=1e-6)
+    for n in (FEW_STEPS_BELOW, 10, 20):  # from 7 steps (seventeenth round): uniform sigmas, unshifted too
+        shifted = SkippedStepFlowScheduler(shift=3.0)
+        shifted.set_timesteps(n)
+        torch.testing.assert_close(shifted.sigmas[:-1].double(), torch.tensor((n - np.arange(n)) / n),
+                                   rtol=1e-6, atol=1e-6)
+    explicit = SkippedStepFlowScheduler(shift=3.0, spacing_power=1 + 2 / 7)  # an explicit power: then the shift
+    explicit.set_timesteps(7)
+    s = torch.tensor(((7 - np.arange(7)) / 7) ** (1 + 2 / 7))
+    torch.testing.assert_close(explicit.sigmas[:-1].double(), 3 * s / (1 + 2 * s), rtol=1e-6, atol=1e-6)
     dynamic = SkippedStepFlowScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
     dynamic.set_timesteps(3, mu=0.8)  # dynamic shifting keeps the power grid and the config's time shift
     s3 = torch.tensor(((3 - np.arange(3)) / 3) ** spacing_power_for(3))

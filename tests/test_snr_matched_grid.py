@@ -128,9 +128,8 @@ def test_the_exponent_rule_has_two_regimes_split_where_the_default_eta_turns_sto
                                                     (True, 5, "cand-pn4-e0-o2"), (True, 10, "cand-pn2-e1-o2")])
 def test_the_default_samples_the_chosen_composite_members_cells(flow, nfe, member):
     """docs/results.md scores the default from its members' cells: below 7 steps the deterministic member with
-    p = 1 + 4/n (on a linear chain the matched grid is that grid; on a flow path, since the sixteenth round, the
-    grid at the reference chain's log-SNRs), from 7 on the eta-1 member with p = 1 + 2/n -- on a flow model (fifth
-    round) on the same grid, but with eta 1 only on the steps that start at sigma >= 1/2."""
+    p = 1 + 4/n (on a linear chain the matched grid is that grid), from 7 on the eta-1 member with p = 1 + 2/n; a
+    flow path has its own grids since the sixteenth and seventeenth rounds (and eta 1 only while sigma >= 1/2)."""
     from test_analytic_first_lab import _loaded
 
     from skipstep.lab.sample_sets import sample_cell
@@ -139,19 +138,16 @@ def test_the_default_samples_the_chosen_composite_members_cells(flow, nfe, membe
     loaded = _loaded(flow)
     cells = [sample_cell(loaded, get_sampler(name), nfe, seed=3, num_samples=8, batch_size=8, device="cpu")
              for name in ("default", member)]
-    if flow and nfe < FEW_STEPS_BELOW:
-        # sixteenth round: below 7 steps a flow path visits the reference chain's log-SNRs, whatever its shift
+    if flow:
+        # sixteenth / seventeenth rounds: a flow path visits the default rule's own grid (the reference chain's
+        # log-SNRs below 7 steps, uniform from 7), whatever its shift
         from skipstep.paths import RectifiedFlowPath
-        from skipstep.timesteps import reference_log_snrs
 
-        sigmas = RectifiedFlowPath().time_at_log_snr(reference_log_snrs(nfe, spacing_power_for(nfe))).float()
+        sigmas = select_timesteps(RectifiedFlowPath(), nfe, "power", power=None).float()
         assert cells[0].timesteps == pytest.approx((sigmas * loaded.num_train_timesteps).tolist(), rel=1e-6)
         assert cells[0].timesteps != cells[1].timesteps
         return
     assert cells[0].timesteps == cells[1].timesteps
-    if flow and nfe >= FEW_STEPS_BELOW:
-        assert not torch.equal(cells[0].samples, cells[1].samples)  # the flow eta rule (the same grid)
-        return
     torch.testing.assert_close(cells[0].samples, cells[1].samples, rtol=0, atol=0)
 
 

@@ -51,7 +51,7 @@ from .plan import (DEFAULT_EXTRAPOLATION_GAIN, PlannedStep, check_extrapolation_
                    resolve_eta_schedule, resolve_extrapolation_gain)
 from .steps import (DEFAULT_FLOW_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DEFAULT_TIMESTEP_SPACING,
                     DEFAULT_USE_CORRECTOR, StepConfig, TrajectoryStepper)
-from .timesteps import FEW_STEPS_BELOW, check_num_steps, check_spacing_power, select_timesteps, spacing_power_for
+from .timesteps import check_num_steps, check_spacing_power, select_timesteps, spacing_power_for
 from .tuned_schedules import flow_scheduler_settings_from_tuned_schedule
 
 logger = logging.getLogger(__name__)
@@ -105,13 +105,14 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
             so they change an order-3 trajectory's second-to-last step only).
         timestep_spacing: ``linspace`` (FlowMatchEulerDiscreteScheduler's own sigmas) or ``power``: unshifted
             sigmas ``((n - i) / n)^p``, ``p = spacing_power >= 1``, then the config's ``shift`` / dynamic shifting as
-            diffusers applies it to custom sigmas. ``spacing_power=None`` (the default) is ``p = 1 + 2/n`` from 7
-            steps (:func:`skipstep.timesteps.spacing_power_for`) and below 7 the VP default's few-step grid carried
-            to the flow path at equal log-SNR, ``sigma_i = 1 / (1 + exp(lambda_i / 2))`` with ``lambda_i`` the
-            log-SNRs of ``p = 1 + 4/n`` on DDPM's linear chain (:func:`skipstep.timesteps.reference_log_snrs`),
-            visited as they are: the static ``shift`` does not move them (sixteenth round, docs/results.md: chosen
-            on the shift-2 and shift-3 flow models, better on a shift-1 one); with dynamic shifting,
-            ``shift_terminal`` or a sigma-spacing flag the power grid and the config's sigma rules apply.
+            diffusers applies it to custom sigmas. ``spacing_power=None`` (the default) is, below 7 steps, the VP
+            default's few-step grid carried to the flow path at equal log-SNR, ``sigma_i = 1 / (1 + exp(lambda_i /
+            2))`` with ``lambda_i`` the log-SNRs of ``p = 1 + 4/n`` on DDPM's linear chain
+            (:func:`skipstep.timesteps.reference_log_snrs`), and from 7 steps the uniform ``(n - i) / n``, both
+            visited as they are: the static ``shift`` does not move them (sixteenth and seventeenth rounds,
+            docs/results.md: chosen on the shift-2 and shift-3 flow models, reported on a shift-1 one); with
+            dynamic shifting, ``shift_terminal`` or a sigma-spacing flag, ``p = 1 + 4/n`` / ``1 + 2/n``
+            (:func:`skipstep.timesteps.spacing_power_for`) and the config's sigma rules apply.
         check_finite: raise (naming the step) when the model output holds NaN or inf.
         tuned_schedule: a flow schedule of ``skipstep tune`` (:class:`skipstep.tuned_schedules.TunedSchedule` with
             ``path="flow"``, its dict or a file path): ``set_timesteps`` then visits its sigmas as they are (the
@@ -250,13 +251,15 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
         return [p.posterior.eta for p in self._plan]
 
     # -- timesteps -----------------------------------------------------------------------------------------------
-    def _few_step_log_snr_grid(self, n, sigmas, timesteps, mu) -> bool:
-        """Whether ``n`` steps take the few-step grid at the reference chain's log-SNRs: the default rule
-        (``power``, ``spacing_power=None``) below ``FEW_STEPS_BELOW`` steps, nothing passed, and no config key that
-        shapes the sigmas beyond the static ``shift`` (dynamic shifting, ``shift_terminal``, sigma spacings)."""
+    def _default_rule_grid(self, n, sigmas, timesteps, mu) -> bool:
+        """Whether ``n`` steps take the default rule's own grid on the path (:func:`skipstep.timesteps.
+        select_timesteps` with ``power=None``: the reference chain's log-SNRs below ``FEW_STEPS_BELOW`` steps,
+        uniform sigmas from it), unshifted: ``power`` spacing with ``spacing_power=None``, nothing passed, and no
+        config key that shapes the sigmas beyond the static ``shift`` (dynamic shifting, ``shift_terminal``,
+        sigma spacings)."""
         cfg = self.config
         return (cfg.timestep_spacing == "power" and cfg.spacing_power is None and n is not None
-                and n < FEW_STEPS_BELOW and sigmas is None and timesteps is None and mu is None
+                and sigmas is None and timesteps is None and mu is None
                 and not cfg.use_dynamic_shifting and cfg.shift_terminal is None
                 and not (cfg.use_karras_sigmas or cfg.use_exponential_sigmas or cfg.use_beta_sigmas))
 
@@ -292,7 +295,7 @@ class SkippedStepFlowScheduler(SchedulerMixin, ConfigMixin):
                 self._tuned.check(nfe=num_inference_steps)
             noisy = torch.tensor(self._tuned.sigmas, dtype=torch.float64)
             all_sigmas, schedule_timesteps = self._as_given(noisy, device)
-        elif self._few_step_log_snr_grid(num_inference_steps, sigmas, timesteps, mu):
+        elif self._default_rule_grid(num_inference_steps, sigmas, timesteps, mu):
             # the path's own default-rule grid (skipstep.sample's too); float32 first, so the plan steps through the
             # sigmas self.sigmas shows, as on the config's grid
             noisy = select_timesteps(self.path, num_inference_steps, "power", power=None).float().double()

@@ -35,9 +35,10 @@ and beta). Custom ``sigmas`` lists map to timesteps the same way, rounded to the
 On continuous paths (``t`` in ``[t_min, t_max]``): ``linspace`` includes both ends, ``trailing`` is
 ``t_max (n - i) / n``, ``quadratic`` is ``t_max ((n - i) / n)^2``, ``power`` is ``t_max ((n - i) / n)^p`` (it starts
 at ``t_max``: a rectified flow's ``x_t`` below ``t = 1`` is not unit-variance noise) -- except the default rule
-below ``few_steps_below`` steps on a rectified flow, which visits the reference chain's log-SNRs
+(``power=None``) on a rectified flow: below ``few_steps_below`` steps it visits the reference chain's log-SNRs
 (:func:`reference_log_snrs`; it starts at ``sigma = 0.946`` at 3 steps; the sixteenth round's choice, ahead of the
-grids that start at 1 on all three flow models), ``log_snr`` as above;
+grids that start at 1 on all three flow models), from it the uniform ``t_max (n - i) / n`` (seventeenth round),
+``log_snr`` as above;
 ``leading`` is discrete only. Rounding on a discrete chain can make neighbours collide when ``n`` is close to ``T``; colliding
 indices are pushed apart to the nearest free indices so the list stays strictly descending with exactly ``n``
 entries (never silently dropped).
@@ -125,10 +126,11 @@ def select_timesteps(
     ``power`` spacing (``None``: :func:`spacing_power_for`, whose two regimes split at ``few_steps_below``)."""
     if spacing not in SPACINGS:
         raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
-    snr_matched = False
+    snr_matched = default_rule = False
     if spacing == "power":
         n_checked = check_num_steps(num_steps)
-        snr_matched = power is None and n_checked < few_steps_below
+        default_rule = power is None
+        snr_matched = default_rule and n_checked < few_steps_below
         power = spacing_power_for(n_checked, power, few_steps_below)
     if grid not in GRID_FAMILIES:
         raise ValueError(f"grid must be one of {GRID_FAMILIES}, got {grid!r}")
@@ -173,10 +175,11 @@ def select_timesteps(
         ts = t_max * (num_steps - i) / num_steps
     elif spacing == "quadratic":
         ts = t_max * ((num_steps - i) / num_steps) ** 2
-    elif spacing == "power" and snr_matched and isinstance(path, RectifiedFlowPath):
-        # the default rule's few steps on a flow path: the reference chain's log-SNRs (sixteenth round), as
-        # SkippedStepFlowScheduler visits them
-        ts = path.time_at_log_snr(reference_log_snrs(num_steps, power)).numpy()
+    elif spacing == "power" and default_rule and isinstance(path, RectifiedFlowPath):
+        # the default rule on a flow path, as SkippedStepFlowScheduler visits it: the reference chain's log-SNRs below
+        # few_steps_below (sixteenth round), uniform from it (seventeenth)
+        ts = (path.time_at_log_snr(reference_log_snrs(num_steps, power)).numpy() if snr_matched
+              else t_max * (num_steps - i) / num_steps)
     elif spacing == "power":
         # a continuous path starts at t_max: a flow model's x_t at t < 1 is not unit-variance noise
         ts = np.maximum(t_max * ((num_steps - i) / num_steps) ** power, t_min)
