@@ -20,7 +20,9 @@ each is the default:
     python benchmarks/flow_placement_round.py score DIR [DIR ...]     # each model chooses; the other is its report
 
 The seventeenth round asks the same from 7 steps (``fm-uni``, ``fm-snr``: those grids with the default's ``p = 1 +
-2/n`` for ``fm-snr``'s log-SNRs; ``--nfe 7,8,10``, ``score --many DIR ...``).
+2/n`` for ``fm-snr``'s log-SNRs; ``--nfe 7,8,10``, ``score --many DIR ...``; run at commit 31fef16, where ``default``
+was ``fp-snr`` below 7 steps and the shifted power grid from 7). Both folds chose ``fm-uni``, which the default now
+is from 7 steps.
 """
 import json
 import sys
