@@ -29,14 +29,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from skipstep import SkippedStepFlowScheduler
 from skipstep.lab import cli
 from skipstep.lab.sampler_recipes import is_flow_config, register_sampler
 from skipstep.lab.selection import factors, quality_per_metric, scores
-from skipstep.paths import DiscreteVPPath
-from skipstep.timesteps import FEW_STEPS_BELOW, REFERENCE_CHAIN, power_grid, spacing_power_for
+from skipstep.paths import RectifiedFlowPath
+from skipstep.timesteps import FEW_STEPS_BELOW, reference_log_snrs, spacing_power_for
 
 MEMBERS = ("default", "fp-c2", "fp-c3", "fp-uni", "fp-snr")
 METRICS = ("fd", "fd_heldout")
@@ -55,9 +54,7 @@ def _uniform(n: int) -> list[float]:
 
 
 def _snr_matched(n: int) -> list[float]:
-    ref = DiscreteVPPath.from_config(REFERENCE_CHAIN)
-    lam = ref.log_snr(torch.as_tensor(np.round(power_grid(n, spacing_power_for(n)) * 1000))).double()
-    return (1.0 / (1.0 + torch.exp(lam / 2))).tolist()
+    return RectifiedFlowPath().time_at_log_snr(reference_log_snrs(n, spacing_power_for(n))).tolist()
 
 
 GRIDS = {"fp-c2": _shifted(2.0), "fp-c3": _shifted(3.0), "fp-uni": _uniform, "fp-snr": _snr_matched}

@@ -257,8 +257,8 @@ def snr_matched_power_grid(path: GaussianPath, n: int, power: float) -> np.ndarr
 def reference_log_snrs(n: int, power: float) -> torch.Tensor:
     r"""The log-SNRs of the ``power`` grid on the reference DDPM chain (``REFERENCE_CHAIN``), noisiest first:
     ``lambda_ref(round(1000 u_i))``, ``u_i = n / (n + 1) (1 - i / n)^p`` -- the noise levels the few-step
-    placement carries to other paths (:func:`snr_matched_power_grid`; a flow path's
-    :meth:`skipstep.SkippedStepFlowScheduler.set_timesteps`)."""
+    placement carries to other paths (:func:`snr_matched_power_grid`; on a rectified flow :func:`select_timesteps`'
+    default rule, which :class:`skipstep.SkippedStepFlowScheduler` visits)."""
     ref = _reference_chain()
     return ref.log_snr(torch.as_tensor(np.round(power_grid(n, power) * ref.num_train_timesteps)))
 
