@@ -63,6 +63,29 @@ def test_the_flow_draw_is_flow_match_euler_s_interpolation():
         torch.testing.assert_close(xt[i:i + 1], ref, rtol=0, atol=1e-5)
 
 
+def test_the_sd3_style_flow_draw_is_a_shifted_logit_normal_sigma():
+    spec = ZOO_SPECS["digits-flow-d"]
+    assert spec.flow_sigma == "logit-normal-shifted" and spec.scheduler["shift"] == 3.0
+    loss = ZooLoss(spec)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.zeros(20000, 1, 1, 1)
+    xt, t_model, eps = loss.draw(x0, g)
+    sigma = t_model.double() / 1000.0
+    torch.testing.assert_close(xt.flatten().double(), sigma * eps.flatten().double(), rtol=0, atol=1e-6)
+    u = sigma / (3.0 - 2.0 * sigma)  # undo the shift s u / (1 + (s - 1) u)
+    z = torch.log(u / (1 - u))
+    assert abs(z.mean().item()) < 0.03 and abs(z.std().item() - 1.0) < 0.03
+    assert abs(sigma.median().item() - 0.75) < 0.01  # shift(1/2) = 3/4: training leans on high noise
+
+
+def test_an_unknown_flow_sigma_is_refused_by_name():
+    import dataclasses
+
+    loss = ZooLoss(dataclasses.replace(ZOO_SPECS["digits-flow"], flow_sigma="beta"))
+    with pytest.raises(ValueError, match="flow_sigma"):
+        loss.draw(torch.zeros(2, 1, 8, 8), torch.Generator().manual_seed(0))
+
+
 def test_the_learned_variance_bound_is_zero_at_the_true_posterior_and_positive_elsewhere():
     loss = ZooLoss(ZOO_SPECS["digits-lv"])
     g = torch.Generator().manual_seed(2)

@@ -111,6 +111,7 @@ ZOO_MODELS: dict[str, ZooModel] = {
     "digits-cfg-c": ZooModel("digits-cfg-c", null_label=10),
     "digits-v": ZooModel("digits-v"),
     "digits-flow-c": ZooModel("digits-flow-c"),
+    "digits-flow-d": ZooModel("digits-flow-d"),
 }
 
 
