@@ -23,6 +23,10 @@ The seventeenth round asks the same from 7 steps (``fm-uni``, ``fm-snr``: those 
 2/n`` for ``fm-snr``'s log-SNRs; ``--nfe 7,8,10``, ``score --many DIR ...``; run at commit 31fef16, where ``default``
 was ``fp-snr`` below 7 steps and the shifted power grid from 7). Both folds chose ``fm-uni``, which the default now
 is from 7 steps.
+
+Both rounds judged afterwards on ``digits-flow-d`` (trained as SD3 is, shift 3, after them; no choice uses it):
+``fp-c3`` below 7 steps and ``fm-c3`` (the shifted power grid of shift 3 from 7 steps) are the default before the
+rounds there, against ``default`` on the same report seeds (``--nfe 3,4,5,6`` / ``7,8,10,15,20 --seed 0,1,2``).
 """
 import json
 import sys
@@ -62,6 +66,9 @@ GRIDS = {"fp-c2": _shifted(2.0), "fp-c3": _shifted(3.0), "fp-uni": _uniform, "fp
 #: the shift); below 7 steps these members are the default (since the sixteenth round ``fp-snr``)
 MANY_STEP_GRIDS = {"fm-uni": _uniform, "fm-snr": _snr_matched}
 MANY_STEP_MEMBERS = ("default", *MANY_STEP_GRIDS)
+#: not a member: the default before the seventeenth round from 7 steps on a shift-3 model (``fp-c3`` is the one
+#: before the sixteenth below 7), to judge both rounds on ``digits-flow-d``, which neither saw
+PREVIOUS_GRIDS = {"fm-c3": _shifted(3.0)}
 MANY_STEPS = (7, 8, 10)
 
 
@@ -94,7 +101,7 @@ def _member(name: str, grid, many: bool = False):
 for _name, _grid in GRIDS.items():
     register_sampler(_name, _member(_name, _grid), family="candidate", stochastic=True,
                      description=f"the default flow scheduler with the {_name} sigmas below {FEW_STEPS_BELOW} steps")
-for _name, _grid in MANY_STEP_GRIDS.items():
+for _name, _grid in {**MANY_STEP_GRIDS, **PREVIOUS_GRIDS}.items():
     register_sampler(_name, _member(_name, _grid, many=True), family="candidate", stochastic=True,
                      description=f"the default flow scheduler with the {_name} sigmas from {FEW_STEPS_BELOW} steps")
 
