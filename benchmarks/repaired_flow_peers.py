@@ -9,36 +9,49 @@ the default over the best of all, and its standing against all (means over the 3
 import json
 import sys
 from collections import defaultdict
-REPORT = {'digits-flow':['r16rep/final-digits-flow','r17rep/final-digits-flow-hi'],
-     'digits-flow-b':['r16rep/final-digits-flow-b','r17rep/final-digits-flow-b-hi'],
-     'digits-flow-c':['fc/final-a','fc/final-b'],
-     'digits-flow-d':['fdd/final-a','fdd/final-b']}
-P=set('sa-solver,unipc,dpmpp-2m,dpmpp-2m-sde,flow-euler,sa-solver-3,dpmpp-3m-sde,dpmpp-3m,unipc-2,dpmpp-2s'.split(','))
-Z={'sa-solver-zero','sa-solver-3-zero','deis-zero'}
-def cells(dirs, keep):
-    c=defaultdict(list)
+from pathlib import Path
+
+REPORT = {"digits-flow": ["r16rep/final-digits-flow", "r17rep/final-digits-flow-hi"],
+          "digits-flow-b": ["r16rep/final-digits-flow-b", "r17rep/final-digits-flow-b-hi"],
+          "digits-flow-c": ["fc/final-a", "fc/final-b"],
+          "digits-flow-d": ["fdd/final-a", "fdd/final-b"]}
+TEN = set("sa-solver,unipc,dpmpp-2m,dpmpp-2m-sde,flow-euler,sa-solver-3,dpmpp-3m-sde,dpmpp-3m,unipc-2,dpmpp-2s".split(","))
+REPAIRED = {"sa-solver-zero", "sa-solver-3-zero", "deis-zero"}
+METRICS = ("fd", "fd_heldout")
+
+
+def mean_cells(runs: Path, dirs: list[str], samplers: set[str]) -> dict[tuple[str, int], dict[str, float]]:
+    """``(sampler, nfe) -> metric -> mean`` over the three report seeds."""
+    found = defaultdict(list)
     for d in dirs:
-        for x in json.load(open(R + '/' + d + '/results.json')):
-            if x['sampler'] in keep: c[(x['sampler'],x['nfe'])].append(x['metrics'])
-    return {k:{m:sum(r[m] for r in v)/len(v) for m in ('fd','fd_heldout')} for k,v in c.items() if len(v)==3}
-R = sys.argv[1]
-for M in sys.argv[2:]:
-    old=cells(REPORT[M],P); z=cells(['z-' + M],Z|{'default'})
-    print(f'### {M}')
-    print('| NFE | default fd / fd_heldout | best of the ten peers | best repaired peer | default / best of all (fd / fd_heldout) | standing |')
-    print('|---|---|---|---|---|---|')
-    for n in sorted({k[1] for k in z}):
-        d=z[('default',n)]
-        row=[str(n), f"{d['fd']:.3g} / {d['fd_heldout']:.3g}"]
-        bo={m:min((v[m],s) for (s,nn),v in old.items() if nn==n) for m in ('fd','fd_heldout')}
-        bz={m:min((v[m],s) for (s,nn),v in z.items() if nn==n and s!='default') for m in ('fd','fd_heldout')}
-        row.append(f"{bo['fd'][0]:.3g} ({bo['fd'][1]}) / {bo['fd_heldout'][0]:.3g} ({bo['fd_heldout'][1]})")
-        row.append(f"{bz['fd'][0]:.3g} ({bz['fd'][1]}) / {bz['fd_heldout'][0]:.3g} ({bz['fd_heldout'][1]})")
-        ba={m:min(bo[m],bz[m]) for m in bo}
-        ra=[d[m]/ba[m][0] for m in ('fd','fd_heldout')]
-        row.append(f"{ra[0]:.2f} / {ra[1]:.2f}")
-        allc={**{k:v for k,v in old.items() if k[1]==n},**{k:v for k,v in z.items() if k[1]==n and k[0]!='default'}}
-        dom=[s for (s,nn),v in allc.items() if all(v[m]<d[m] for m in ('fd','fd_heldout'))]
-        st='ahead' if all(r<=1 for r in ra) else ('dominated by '+','.join(dom) if dom else ('behind on both' if all(r>1 for r in ra) else 'trade'))
-        row.append(st)
-        print('| '+' | '.join(row)+' |')
+        for rec in json.loads((runs / d / "results.json").read_text()):
+            if rec["sampler"] in samplers:
+                found[(rec["sampler"], rec["nfe"])].append(rec["metrics"])
+    return {k: {m: sum(r[m] for r in v) / len(v) for m in METRICS} for k, v in found.items() if len(v) == 3}
+
+
+def best(cells: dict, nfe: int, metric: str) -> tuple[float, str]:
+    return min((v[metric], s) for (s, n), v in cells.items() if n == nfe and s != "default")
+
+
+def table(runs: Path, model: str) -> str:
+    ten = mean_cells(runs, REPORT[model], TEN)
+    ours = mean_cells(runs, [f"z-{model}"], REPAIRED | {"default"})
+    lines = [f"### {model}", "| NFE | default fd / fd_heldout | best of the ten peers | best repaired peer | "
+             "default / best of all (fd / fd_heldout) | standing |", "|---|---|---|---|---|---|"]
+    for n in sorted({k[1] for k in ours}):
+        d = ours[("default", n)]
+        b10, brep = ({m: best(c, n, m) for m in METRICS} for c in (ten, ours))
+        ratio = [d[m] / min(b10[m], brep[m])[0] for m in METRICS]
+        rivals = {k: v for c in (ten, ours) for k, v in c.items() if k[1] == n and k[0] != "default"}
+        beats_both = [s for (s, _), v in rivals.items() if all(v[m] < d[m] for m in METRICS)]
+        standing = ("ahead" if all(r <= 1 for r in ratio) else f"dominated by {','.join(beats_both)}" if beats_both
+                    else "behind on both" if all(r > 1 for r in ratio) else "trade")
+        show = lambda b: " / ".join(f"{b[m][0]:.3g} ({b[m][1]})" for m in METRICS)  # noqa: E731
+        lines.append(f"| {n} | {d['fd']:.3g} / {d['fd_heldout']:.3g} | {show(b10)} | {show(brep)} | "
+                     f"{ratio[0]:.2f} / {ratio[1]:.2f} | {standing} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("\n".join(table(Path(sys.argv[1]), m) for m in sys.argv[2:]))

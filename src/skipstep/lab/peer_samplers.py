@@ -339,27 +339,23 @@ def enumerate_peers(loaded: LoadedModel) -> PeerEnumeration:
 # --------------------------------------------------------------------------------------------------------------
 # registration
 # --------------------------------------------------------------------------------------------------------------
-_TO_ZERO_CLASSES: dict[str, type] = {}
-
-
+@functools.cache
 def final_step_to_zero(cls: type) -> type:
     """``cls`` (a diffusers multistep scheduler on flow sigmas) whose last step returns the data prediction
     ``x0_hat = x_t - sigma_t v`` of its last evaluation instead of its own zero-length step: the first-order step
     to ``sigma = 0`` (for data prediction it does not depend on ``x_t``'s corrector). Earlier steps are ``cls``'s."""
-    if cls.__name__ not in _TO_ZERO_CLASSES:
-        @functools.wraps(cls.step)  # keeps cls.step's signature: callers look for a ``generator`` parameter
-        def step(self, model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
-            out = cls.step(self, model_output, timestep, sample, *args, return_dict=return_dict, **kwargs)
-            if self.step_index != len(self.timesteps):
-                return out
-            if self.config.prediction_type != "flow_prediction":
-                raise ValueError(f"{cls.__name__} to sigma 0: prediction_type must be 'flow_prediction'")
-            sigma = self.sigmas[len(self.timesteps) - 1].to(sample.device, sample.dtype)
-            x0_hat = sample - sigma * model_output
-            return type(out)(prev_sample=x0_hat) if return_dict else (x0_hat,)
+    @functools.wraps(cls.step)  # keeps cls.step's signature: callers look for a ``generator`` parameter
+    def step(self, model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
+        out = cls.step(self, model_output, timestep, sample, *args, return_dict=return_dict, **kwargs)
+        if self.step_index != len(self.timesteps):
+            return out
+        if self.config.prediction_type != "flow_prediction":
+            raise ValueError(f"{cls.__name__} to sigma 0: prediction_type must be 'flow_prediction'")
+        sigma = self.sigmas[len(self.timesteps) - 1].to(sample.device, sample.dtype)
+        x0_hat = sample - sigma * model_output
+        return type(out)(prev_sample=x0_hat) if return_dict else (x0_hat,)
 
-        _TO_ZERO_CLASSES[cls.__name__] = type(f"{cls.__name__}ToZero", (cls,), {"step": step})
-    return _TO_ZERO_CLASSES[cls.__name__]
+    return type(f"{cls.__name__}ToZero", (cls,), {"step": step})
 
 
 def _factory(variant: PeerVariant):
