@@ -38,7 +38,7 @@ from skipstep import SkippedStepFlowScheduler
 from skipstep.lab import cli
 from skipstep.lab.sampler_recipes import is_flow_config, register_sampler
 from skipstep.lab.selection import factors, quality_per_metric, scores
-from skipstep.paths import RectifiedFlowPath
+from skipstep.paths import RectifiedFlowPath, shift_flow_time
 from skipstep.timesteps import FEW_STEPS_BELOW, reference_log_snrs, spacing_power_for
 
 MEMBERS = ("default", "fp-c2", "fp-c3", "fp-uni", "fp-snr")
@@ -49,7 +49,7 @@ STEPS = (3, 4, 5, 6)
 def _shifted(c: float):
     def grid(n: int) -> list[float]:
         s = ((n - np.arange(n)) / n) ** spacing_power_for(n)
-        return (c * s / (1 + (c - 1) * s)).tolist()
+        return shift_flow_time(s, c).tolist()
     return grid
 
 

@@ -335,6 +335,13 @@ class RectifiedFlowPath(_ContinuousTimePath):
         return torch.sigmoid(-0.5 * _as_time_tensor(lam))
 
 
+def shift_flow_time(t, shift: float):
+    """FlowMatchEulerDiscreteScheduler's static shift of a flow time (its ``sigma``): ``shift t / (1 + (shift - 1)
+    t)``, the same as dynamic shifting's exponential time shift at ``mu = log shift``; works on floats, arrays and
+    tensors."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 class VESigmaPath(_ContinuousTimePath):
     """k-diffusion's variance-exploding convention as a Gaussian path: the time is the noise level ``s`` of
     ``x_ve = x_0 + s eps`` (k-diffusion's ``sigma``), and ``x_ve`` scaled by ``alpha`` is a VP sample::
@@ -406,6 +413,7 @@ __all__ = [
     "make_betas",
     "flow_config_reason",
     "rescale_zero_terminal_snr",
+    "shift_flow_time",
     "trained_alphas_cumprod",
     "vp_config_reason",
 ]

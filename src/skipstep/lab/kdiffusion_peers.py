@@ -46,7 +46,7 @@ from typing import Callable
 
 import torch
 
-from ..paths import DiscreteVPPath
+from ..paths import DiscreteVPPath, shift_flow_time
 from ..predictions import predict_x0
 from .loaded_model import LoadedModel
 from .sampler_recipes import is_flow_config, register_sampler
@@ -75,7 +75,7 @@ class VEDenoiser:
         if self.flow:
             shift = float(config["shift"])
             u = torch.tensor([1.0 / self.T, (self.T - 1.0) / self.T], dtype=torch.float64)
-            sf = shift * u / (1 + (shift - 1) * u)  # FlowMatchEuler's shift of the training table's ends
+            sf = shift_flow_time(u, shift)  # FlowMatchEuler's shift of the training table's ends
             self.sigma_min, self.sigma_max = [float(v) for v in sf / (1 - sf)]
         else:
             abar = DiscreteVPPath.from_config(config).alphas_cumprod.clamp(min=ZERO_SNR_ABAR_FLOOR)

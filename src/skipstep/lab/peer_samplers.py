@@ -63,6 +63,7 @@ _SINGLESTEP = {"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero", "lo
 #: ``algorithm_type`` by name, and each refuses the other's values (a DPM-Solver config's "dpmsolver++" in SA-Solver,
 #: an SA-Solver config's "data_prediction" in DEIS: NotImplementedError)
 _SA = {"algorithm_type": "data_prediction"}
+_SA3 = {**_SA, "predictor_order": 3, "corrector_order": 3}
 _DEIS = {"algorithm_type": "deis", "lower_order_final": True}
 _NO_SPACING_KEY = "no timestep_spacing key: its grid is always linspace over the chain without t=0"
 _BOTH = ("vp", "flow")
@@ -130,14 +131,14 @@ VARIANTS: list[PeerVariant] = [
     PeerVariant("sa-solver", "SASolverScheduler", _SA, "diffusers SA-Solver with its defaults (predictor and "
                 "corrector order 2, tau = 1 on 200 <= t <= 800, data prediction)", _BOTH, stochastic=True,
                 clip="thresholding", note=_ENDS_AT_SIGMA0, **_TWO),
-    PeerVariant("sa-solver-3", "SASolverScheduler", {**_SA, "predictor_order": 3, "corrector_order": 3},
+    PeerVariant("sa-solver-3", "SASolverScheduler", _SA3,
                 "diffusers SA-Solver, predictor and corrector order 3 (recommended for unconditional sampling)",
                 _BOTH, stochastic=True, clip="thresholding", note=_ENDS_AT_SIGMA0, **_THREE),
     # diffusers' SA-Solver and DEIS never denoise a flow model's last step (see _ENDS_AT_SIGMA0): these are them as
     # a user would repair them, so the best VP peer at few steps is judged on flow models too
     PeerVariant("sa-solver-zero", "SASolverScheduler", _SA, "diffusers SA-Solver (sa-solver) with its last step to "
                 "sigma 0", ("flow",), stochastic=True, note=_FINAL_TO_ZERO, final_step_to_zero=True, **_TWO),
-    PeerVariant("sa-solver-3-zero", "SASolverScheduler", {**_SA, "predictor_order": 3, "corrector_order": 3},
+    PeerVariant("sa-solver-3-zero", "SASolverScheduler", _SA3,
                 "diffusers SA-Solver order 3 (sa-solver-3) with its last step to sigma 0", ("flow",), stochastic=True,
                 note=_FINAL_TO_ZERO, final_step_to_zero=True, **_THREE),
     PeerVariant("deis-zero", "DEISMultistepScheduler", {**_DEIS, "solver_order": 3}, "diffusers DEIS order 3 (deis) "

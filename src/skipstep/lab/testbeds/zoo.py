@@ -48,6 +48,7 @@ import diffusers
 import torch
 import torch.nn.functional as F
 
+from ...paths import shift_flow_time
 from ...storage import atomic_write_json
 from ..models import load_zoo_model
 from ..sample_sets import draw_reference
@@ -213,8 +214,7 @@ class ZooLoss:
             return torch.rand(n, generator=gen)
         if self.spec.flow_sigma == "logit-normal-shifted":
             u = torch.sigmoid(torch.randn(n, generator=gen))
-            shift = float(self.spec.scheduler.get("shift", 1.0))
-            return shift * u / (1 + (shift - 1) * u)
+            return shift_flow_time(u, float(self.spec.scheduler.get("shift", 1.0)))
         raise ValueError(f"flow_sigma: {self.spec.flow_sigma!r}; one of 'uniform', 'logit-normal-shifted'")
 
     def __call__(self, net, x0: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator,
