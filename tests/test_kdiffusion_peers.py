@@ -11,7 +11,8 @@ import torch
 
 from kdiffusion_loader import SKIP_REASON, load_k_diffusion
 from skipstep import DiscreteVPPath
-from skipstep.lab.kdiffusion_peers import VEDenoiser, karras_sigmas, sample_dpmpp_3m_sde, sample_ipndm
+from skipstep.lab.kdiffusion_peers import (FlowDenoiser, KDiffusionRunner, VEDenoiser, flow_half_log_snr, karras_sigmas,
+                                          sample_dpmpp_3m_sde, sample_ipndm, simple_flow_sigmas)
 from skipstep.lab.sample_sets import sample_cell
 from skipstep.lab.sampler_registry import CallCounter, build_scheduler, get_sampler, run_standard_loop
 
@@ -144,3 +145,76 @@ def test_the_kdiffusion_peers_run_in_the_bench_protocol(tmp_path):
         assert cell.actual_nfe == 3 and cell.network_calls_unbatched == 6 and torch.isfinite(cell.samples).all()
         again = sample_cell(view, get_sampler(name), 3, 0, 8, 4, "cpu")
         assert torch.equal(cell.samples, again.samples)  # the noise comes from the step generators
+
+
+# ---- ComfyUI's flow (CONST) form on the simple scheduler: ipndm-simple, dpmpp-3m-sde-simple ----------------------
+FLOW_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
+               "prediction_type": "flow"}
+
+
+def test_the_simple_schedule_reads_the_models_shifted_table():
+    """ComfyUI's simple scheduler: table[k] = shift((k + 1)/1000), read at 1000 - 1 - floor(i 1000/n), then 0."""
+    torch.testing.assert_close(simple_flow_sigmas(3, 1.0), torch.tensor([1.0, 0.667, 0.334, 0.0], dtype=torch.float64))
+    shift3 = lambda t: 3 * t / (1 + 2 * t)  # noqa: E731
+    expected = [shift3(u) for u in (1.0, 0.8, 0.6, 0.4, 0.2)] + [0.0]
+    torch.testing.assert_close(simple_flow_sigmas(5, 3.0), torch.tensor(expected, dtype=torch.float64))
+    assert simple_flow_sigmas(7, 1.0)[1] == pytest.approx(0.858)  # floor(1000/7) = 142: table[857] = 858/1000
+
+
+def test_the_flow_form_of_dpmpp_3m_sde_is_the_ve_form_in_ve_coordinates():
+    """x_flow = (1 - s) x_ve with s_ve = s/(1 - s): the flow-coordinate step with lambda = log((1 - s)/s) and
+    alpha = 1 - s is k-diffusion's VE step, noise included (the same z scales by s_{i+1} in both)."""
+    s_flow = torch.tensor([0.9997, 0.93, 0.8, 0.62, 0.41, 0.2, 0.07, 0.0], dtype=torch.float64)
+    s_ve = torch.cat([s_flow[:-1] / (1 - s_flow[:-1]), torch.zeros(1, dtype=torch.float64)])
+    noise = SharedNoise(3)
+    flow_noise = lambda s, s_next: noise(s / (1 - s), s_next / (1 - s_next))  # noqa: E731  same z per step
+
+    def flow_denoiser(x, s):
+        s = float(torch.as_tensor(s).reshape(-1)[0])
+        return denoiser(x / (1 - s), torch.tensor(s / (1 - s), dtype=torch.float64))
+
+    x_ve = start(s_ve)
+    ve = sample_dpmpp_3m_sde(denoiser, x_ve.clone(), s_ve, noise_sampler=noise)
+    flow = sample_dpmpp_3m_sde(flow_denoiser, x_ve * (1 - s_flow[0]), s_flow, noise_sampler=flow_noise,
+                               half_log_snr=flow_half_log_snr)
+    assert float((flow - ve).abs().max()) <= 1e-10 * max(float(ve.abs().max()), 1.0)
+
+
+def test_ipndm_denoises_on_a_step_to_zero():
+    sigmas = torch.tensor([1.0, 0.6, 0.3, 0.0], dtype=torch.float64)
+    x0 = start(sigmas)
+    seen = []
+
+    def recording(x, s):
+        seen.append(x.clone())
+        return denoiser(x, s)
+
+    out = sample_ipndm(recording, x0.clone(), sigmas)
+    assert len(seen) == 3
+    torch.testing.assert_close(out, denoiser(seen[-1], sigmas[2]), atol=0, rtol=0)
+    torch.testing.assert_close(sample_ipndm(denoiser, x0.clone(), sigmas[:3]), seen[-1], atol=1e-14, rtol=0)
+
+
+def test_the_flow_denoiser_reads_the_velocity_in_flow_coordinates():
+    x0, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    seen = []
+    den = FlowDenoiser(lambda x, t: (seen.append(t), eps - x0)[1], FLOW_CONFIG)
+    s = 0.37
+    torch.testing.assert_close(den((1 - s) * x0 + s * eps, torch.tensor([s, s])), x0, atol=1e-6, rtol=1e-6)
+    assert float(seen[-1][0]) == pytest.approx(370.0)
+
+
+@pytest.mark.parametrize("name", ["ipndm-simple", "dpmpp-3m-sde-simple"])
+def test_the_simple_peers_nfe_schedule_and_refusal(tmp_path, name):
+    counter = CallCounter(lambda x, t: torch.zeros_like(x))
+    runner = build_scheduler(get_sampler(name), FLOW_CONFIG, 5)
+    out = run_standard_loop(runner, counter, torch.randn(2, 1, 4, 4), 5, generator=torch.Generator().manual_seed(0))
+    assert counter.calls == 5 and torch.isfinite(out).all()
+    first = 1000.0 if name == "ipndm-simple" else pytest.approx(1000 * 3 * 0.9999 / (1 + 2 * 0.9999), abs=1e-3)
+    assert runner.timesteps[0] == first and runner.timesteps[1] == pytest.approx(1000 * 2.4 / 2.6, abs=1e-3)
+    from tiny_dirs import conditional_dir
+    from skipstep.lab.models import load_model
+    reason = get_sampler(name).refusal(load_model(str(conditional_dir(tmp_path / "vp"))))
+    assert reason is not None and "flow" in reason
+    with pytest.raises(ValueError, match="flow models"):
+        KDiffusionRunner(name, _vp_config("epsilon"), True, "simple")

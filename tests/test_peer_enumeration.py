@@ -96,12 +96,14 @@ def test_every_flow_peer_runs_whichever_flow_scheduler_the_model_was_saved_with(
 
 def test_flow_and_zero_snr_enumerations(tmp_path):
     flow = enumerate_peers(load_model(str(flow_dir(tmp_path / "f"))))
-    assert {"flow-euler", "flow-heun", "dpmpp-2m", "unipc", "sa-solver", "ipndm"} <= set(flow.peers)
+    assert {"flow-euler", "flow-heun", "dpmpp-2m", "unipc", "sa-solver", "ipndm", "ipndm-simple",
+            "dpmpp-3m-sde-simple"} <= set(flow.peers)
     assert "ddim" not in flow.peers and "without flow sigmas" in flow.refused["DDIMScheduler"]
     assert "zero-length" in flow.refused["UniPCMultistepScheduler: unipc-bh1"]
     vz = enumerate_peers(load_model(str(vzsnr_dir(tmp_path / "v"))))
     assert "rescale_betas_zero_snr" in vz.refused["DEISMultistepScheduler"]
     assert {"ddim", "dpmpp-3m", "unipc", "euler-a"} <= set(vz.peers) and "pndm" not in vz.peers
+    assert "ipndm-simple" not in vz.peers and "flow" in vz.refused["k-diffusion: ipndm-simple"]
 
 
 def test_unknown_classes_and_missing_modules_are_refused_with_the_reason(tmp_path, monkeypatch):

@@ -35,6 +35,22 @@ The samplers (k-diffusion's ``sample_*`` signature, float math as written there)
   final 0. diffusers' ``sde-dpmsolver++`` order 3 has ``+ (... - 1/2)`` where this has ``- phi_3`` (the sign of
   the 1/2 differs); k-diffusion's sign is the exact integral's.
 
+On a rectified-flow model the ``-simple`` peers are those two samplers as ComfyUI runs them there (its ``CONST``
+model sampling, in the flow's own coordinates ``x = (1 - s) x0 + s eps``, ``D(x, s) = x - s v``), on its
+``simple`` scheduler (:func:`simple_flow_sigmas`: the model's 1,000-entry table ``shift(k/1000)`` read at
+``k = 1000 - floor(i 1000/n)``, then 0):
+
+* iPNDM as above in ``s`` (``dx/ds = (x - D)/s`` holds on the flow path too); a step to ``s = 0`` returns ``D``;
+* DPM-Solver++(3M) SDE with the flow's half-log-SNR ``lambda = log((1 - s)/s)``, ``h = lambda_{i+1} - lambda_i``,
+  ``alpha_{i+1} = 1 - s_{i+1}``::
+
+      x <- (s_{i+1}/s_i) e^{-eta h} x + alpha_{i+1} [(1 - e^{-h_eta}) D + phi_2 d1 - phi_3 d2]
+           + s_{i+1} sqrt(1 - e^{-2 eta h}) z
+
+  (the VE form above is this with ``lambda = -log s``, ``alpha = 1``); its first sigma, 1, where ``lambda`` is
+  infinite, is moved to ``shift(1 - 10^-4)`` (ComfyUI's ``offset_first_sigma_for_snr``), the start ``x`` staying
+  the unit noise.
+
 Noise: i.i.d. standard normal per step from the batch's step generator (k-diffusion defaults to a Brownian tree;
 both give unit-variance Gaussian increments). No ``x0_hat`` clipping (k-diffusion has none).
 """
@@ -51,11 +67,14 @@ from ..predictions import predict_x0
 from .loaded_model import LoadedModel
 from .sampler_recipes import is_flow_config, register_sampler
 
-__all__ = ["KDiffusionRunner", "VEDenoiser", "karras_sigmas", "sample_dpmpp_3m_sde", "sample_ipndm"]
+__all__ = ["FlowDenoiser", "KDiffusionRunner", "VEDenoiser", "flow_half_log_snr", "karras_sigmas",
+           "sample_dpmpp_3m_sde", "sample_ipndm", "simple_flow_sigmas"]
 
 #: abar floor of a zero-terminal-SNR chain (diffusers' 2^-24, sigma_max = 4096)
 ZERO_SNR_ABAR_FLOOR = 2.0 ** -24
 RHO = 7.0
+#: ComfyUI's offset_first_sigma_for_snr: a flow schedule's first sigma 1 becomes shift(1 - FIRST_SIGMA_OFFSET)
+FIRST_SIGMA_OFFSET = 1e-4
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = RHO) -> torch.Tensor:
@@ -63,6 +82,25 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = RHO) 
     ramp = torch.linspace(0, 1, int(n), dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + ramp * (lo - hi)) ** rho
+
+
+def simple_flow_sigmas(n: int, shift: float, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """ComfyUI's ``simple`` scheduler on a flow model: ``table[T - 1 - floor(i T/n)]``, ``i < n``, then 0, with
+    ``table[k] = shift((k + 1)/T)`` (float64)."""
+    T = int(num_train_timesteps)
+    table = shift_flow_time(torch.arange(1, T + 1, dtype=torch.float64) / T, float(shift))
+    picked = [table[-(1 + int(i * (T / n)))] for i in range(int(n))]
+    return torch.stack(picked + [torch.zeros((), dtype=torch.float64)])
+
+
+def ve_half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
+    """``lambda = log(alpha/sigma) = -log s`` of ``x = x0 + s eps``."""
+    return sigma.log().neg()
+
+
+def flow_half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
+    """``lambda = log((1 - s)/s)`` of ``x = (1 - s) x0 + s eps``."""
+    return sigma.logit().neg()
 
 
 class VEDenoiser:
@@ -105,6 +143,22 @@ class VEDenoiser:
         return predict_x0(self.model(x_in, t), x_in, c_in, s * c_in, self.prediction_type)
 
 
+class FlowDenoiser:
+    """``D(x, s) = x - s v(x, s T)`` in the flow's own coordinates (ComfyUI's ``CONST`` model sampling)."""
+
+    def __init__(self, model: Callable, config: dict):
+        self.model, self.T = model, int(config.get("num_train_timesteps", 1000))
+        self.shift = float(config["shift"])
+
+    def sigma_to_t(self, sigma: float) -> float:
+        return sigma * self.T
+
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        s = float(torch.as_tensor(sigma).reshape(-1)[0])
+        t = torch.full((x.shape[0],), s * self.T, dtype=torch.float32, device=x.device)
+        return predict_x0(self.model(x, t), x, 1 - s, s, "flow")
+
+
 @torch.no_grad()
 def sample_ipndm(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                  callback: Callable | None = None, disable: bool | None = None, max_order: int = 4) -> torch.Tensor:
@@ -117,6 +171,10 @@ def sample_ipndm(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_a
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         d = (x - denoised) / sigmas[i]
+        history_next = (history + [d])[-(max_order - 1):] if max_order > 1 else []
+        if sigmas[i + 1] == 0:  # ComfyUI's denoising step (never reached on the VE schedule, which ends at s_min)
+            x, history = denoised, history_next
+            continue
         order = min(max_order, i + 1)
         if order == 1:
             slope = d
@@ -127,15 +185,17 @@ def sample_ipndm(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_a
         else:
             slope = (55 * d - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
         x = x + (sigmas[i + 1] - sigmas[i]) * slope
-        history = (history + [d])[-(max_order - 1):] if max_order > 1 else []
+        history = history_next
     return x
 
 
 @torch.no_grad()
 def sample_dpmpp_3m_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                         callback: Callable | None = None, disable: bool | None = None, eta: float = 1.0,
-                        s_noise: float = 1.0, noise_sampler: Callable | None = None) -> torch.Tensor:
-    """DPM-Solver++(3M) SDE, k-diffusion's ``sample_dpmpp_3m_sde`` (see the module docstring)."""
+                        s_noise: float = 1.0, noise_sampler: Callable | None = None,
+                        half_log_snr: Callable[[torch.Tensor], torch.Tensor] = ve_half_log_snr) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE, k-diffusion's ``sample_dpmpp_3m_sde`` (``half_log_snr`` of the VE path) or ComfyUI's
+    flow form (:func:`flow_half_log_snr`); see the module docstring."""
     extra_args = {} if extra_args is None else extra_args
     noise_sampler = noise_sampler or (lambda s, s_next: torch.randn_like(x))
     s_in = x.new_ones([x.shape[0]])
@@ -148,9 +208,11 @@ def sample_dpmpp_3m_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, 
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            h = sigmas[i].log() - sigmas[i + 1].log()
+            lambda_s, lambda_t = half_log_snr(sigmas[i]), half_log_snr(sigmas[i + 1])
+            h = lambda_t - lambda_s
             h_eta = h * (eta + 1)
-            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
+            alpha_t = sigmas[i + 1] * lambda_t.exp()
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
             phi_2 = h_eta.neg().expm1() / h_eta + 1
             if h_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
@@ -158,9 +220,9 @@ def sample_dpmpp_3m_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, 
                 d1_1 = (denoised_1 - denoised_2) / r1
                 d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
                 d2 = (d1_0 - d1_1) / (r0 + r1)
-                x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
+                x = x + alpha_t * phi_2 * d1 - alpha_t * (phi_2 / h_eta - 0.5) * d2
             elif h_1 is not None:
-                x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
+                x = x + alpha_t * phi_2 * (denoised - denoised_1) / (h_1 / h)
             if eta:
                 x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (
                     (-2 * h * eta).expm1().neg().sqrt()) * s_noise
@@ -171,16 +233,25 @@ def sample_dpmpp_3m_sde(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, 
 
 class KDiffusionRunner:
     """A k-diffusion-convention sampler as the bench runs it: its schedule over the model's sigma range, the VE
-    denoiser, noise from the batch's generator(s). ``config`` holds the settings it was built with."""
+    denoiser (``schedule="simple"``: ComfyUI's flow form, its simple scheduler, the flow denoiser), noise from the
+    batch's generator(s). ``config`` holds the settings it was built with."""
 
-    def __init__(self, name: str, model_config: dict, final_zero: bool):
-        self.name, self.model_config, self.final_zero = name, model_config, final_zero
-        probe = VEDenoiser(lambda x, t: x, model_config)
-        self.config = {"schedule": f"karras rho={RHO:g}", "sigma_min": probe.sigma_min, "sigma_max": probe.sigma_max,
-                       "prediction_type": model_config.get("prediction_type")}
+    def __init__(self, name: str, model_config: dict, final_zero: bool, schedule: str = "karras"):
+        self.name, self.model_config, self.final_zero, self.schedule = name, model_config, final_zero, schedule
+        if schedule == "simple":
+            if not is_flow_config(model_config):
+                raise ValueError(f"{name}: the simple-scheduler form is for flow models (ComfyUI's CONST sampling)")
+            self.config = {"schedule": "ComfyUI simple", "shift": float(model_config["shift"]),
+                           "prediction_type": model_config.get("prediction_type")}
+        else:
+            probe = VEDenoiser(lambda x, t: x, model_config)
+            self.config = {"schedule": f"karras rho={RHO:g}", "sigma_min": probe.sigma_min,
+                           "sigma_max": probe.sigma_max, "prediction_type": model_config.get("prediction_type")}
         self.timesteps: list[float] = []
 
-    def sigmas(self, nfe: int, denoiser: VEDenoiser) -> torch.Tensor:
+    def sigmas(self, nfe: int, denoiser) -> torch.Tensor:
+        if self.schedule == "simple":  # NFE sigmas from 1, then 0 (the last evaluation denoises)
+            return simple_flow_sigmas(nfe, denoiser.shift, denoiser.T)
         if self.final_zero:  # NFE Karras sigmas, then 0 (the last evaluation denoises)
             sigmas = karras_sigmas(nfe, denoiser.sigma_min, denoiser.sigma_max)
             return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
@@ -189,8 +260,13 @@ class KDiffusionRunner:
     @torch.no_grad()
     def sample_loop(self, model: Callable, noise: torch.Tensor, num_steps: int, generator=None,
                     progress: bool = False) -> torch.Tensor:
-        denoiser = VEDenoiser(model, self.model_config)
+        flow_form = self.schedule == "simple"
+        denoiser = (FlowDenoiser if flow_form else VEDenoiser)(model, self.model_config)
         sigmas = self.sigmas(int(num_steps), denoiser)
+        x = noise.double() * sigmas[0]  # the flow form starts at s = 1: x is the unit noise
+        if flow_form and not self.name.startswith("ipndm") and sigmas[0] >= 1:
+            sigmas = sigmas.clone()
+            sigmas[0] = shift_flow_time(torch.tensor(1 - FIRST_SIGMA_OFFSET, dtype=torch.float64), denoiser.shift)
         self.timesteps = [round(denoiser.sigma_to_t(float(s)), 4) for s in sigmas if s > 0][:int(num_steps)]
 
         def noise_sampler(s, s_next):
@@ -200,19 +276,19 @@ class KDiffusionRunner:
                 z = torch.randn(noise.shape, generator=generator)
             return z.to(device=noise.device, dtype=torch.float64)
 
-        x = noise.double() * sigmas[0]
         model64 = _FloatCalls(denoiser, noise.dtype)
-        if self.name == "ipndm":
+        if self.name.startswith("ipndm"):
             x = sample_ipndm(model64, x, sigmas)
         else:
-            x = sample_dpmpp_3m_sde(model64, x, sigmas, noise_sampler=noise_sampler)
+            x = sample_dpmpp_3m_sde(model64, x, sigmas, noise_sampler=noise_sampler,
+                                    half_log_snr=flow_half_log_snr if flow_form else ve_half_log_snr)
         return x.to(noise.dtype)
 
 
 class _FloatCalls:
     """The denoiser called in the model's dtype from the float64 sampler state."""
 
-    def __init__(self, denoiser: VEDenoiser, dtype: torch.dtype):
+    def __init__(self, denoiser: Callable, dtype: torch.dtype):
         self.denoiser, self.dtype = denoiser, dtype
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
@@ -241,4 +317,29 @@ register_sampler("dpmpp-3m-sde-k", lambda config, steps: KDiffusionRunner("dpmpp
                  description="DPM-Solver++(3M) SDE in k-diffusion's form (sample_dpmpp_3m_sde, eta=1), NFE Karras "
                              "sigmas and a final 0",
                  settings={"class": "KDiffusionRunner", "function": "sample_dpmpp_3m_sde", "eta": 1.0, **_COMMON,
+                           "final_step": "to 0 (returns the last denoised output)"})
+
+
+def _flow_only(loaded: LoadedModel) -> str | None:
+    if not is_flow_config(loaded.scheduler_config):
+        return "ComfyUI's flow (CONST) form with its simple scheduler; on other models see the Karras-schedule peer"
+    return _refusal(loaded)
+
+
+_SIMPLE = {"schedule": "ComfyUI's simple scheduler on the model's shift(k/1000) table, then 0", "denoiser":
+           "skipstep.lab.kdiffusion_peers.FlowDenoiser (x - s v, in flow coordinates: ComfyUI's CONST)",
+           "x0_clip": "not available", "noise": _COMMON["noise"]}
+register_sampler("ipndm-simple", lambda config, steps: KDiffusionRunner("ipndm-simple", config, True, "simple"),
+                 family="k-diffusion", refusal=_flow_only,
+                 description="iPNDM as ComfyUI runs it on a flow model: its simple scheduler, NFE sigmas from 1 and "
+                             "a final denoising step to 0",
+                 settings={"class": "KDiffusionRunner", "function": "sample_ipndm", "max_order": 4, **_SIMPLE,
+                           "final_step": "to 0 (returns the last denoised output)"})
+register_sampler("dpmpp-3m-sde-simple",
+                 lambda config, steps: KDiffusionRunner("dpmpp-3m-sde-simple", config, True, "simple"),
+                 family="k-diffusion", stochastic=True, refusal=_flow_only,
+                 description="DPM-Solver++(3M) SDE as ComfyUI runs it on a flow model (the flow's half-log-SNR, eta=1): "
+                             "its simple scheduler, first sigma offset to shift(1 - 1e-4), a final 0",
+                 settings={"class": "KDiffusionRunner", "function": "sample_dpmpp_3m_sde", "eta": 1.0, **_SIMPLE,
+                           "half_log_snr": "log((1 - s)/s)", "first_sigma": "shift(1 - 1e-4) (offset_first_sigma_for_snr)",
                            "final_step": "to 0 (returns the last denoised output)"})
