@@ -169,3 +169,21 @@ def test_each_new_diffusers_peer_records_its_recommended_settings(tmp_path, name
                 "unipc-2": ("solver_order", 2), "deis": ("solver_order", 3), "deis-2": ("solver_order", 2),
                 "dpmpp-3m": ("solver_order", 3), "dpmpp-3m-sde": ("algorithm_type", "sde-dpmsolver++")}[name]
     assert effective[expected[0]] == expected[1]
+
+
+def test_the_karras_variants_are_the_webuis_samplers_on_vp_chains_only(tmp_path):
+    """'DPM++ 2M Karras', 'DPM++ 2M SDE Karras', 'DPM++ SDE Karras': diffusers' classes with use_karras_sigmas, whose
+    timesteps do not follow the model's spacing; not on a flow model (diffusers' flow sigmas replace them)."""
+    karras = {"dpmpp-2m-karras", "dpmpp-2m-sde-karras", "dpmpp-sde-karras"}
+    assert karras <= set(enumerate_peers(load_model(str(vp_dir(tmp_path / "m")))).peers)
+    assert not karras & set(enumerate_peers(load_model(str(flow_dir(tmp_path / "f")))).peers)
+    config = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
+              "timestep_spacing": "leading", "_class_name": "DDPMScheduler"}
+    reference = DPMSolverMultistepScheduler(**{k: v for k, v in config.items() if k != "_class_name"},
+                                            use_karras_sigmas=True, final_sigmas_type="zero")
+    reference.set_timesteps(6)
+    for name in ("dpmpp-2m-karras", "dpmpp-2m-sde-karras"):
+        sched = build_scheduler(get_sampler(name), config, 6)
+        sched.set_timesteps(6)
+        assert sched.config.use_karras_sigmas and sched.timesteps.tolist() == reference.timesteps.tolist()
+        assert sched.timesteps.tolist()[0] == 999 and sched.timesteps.tolist() != [999, 832, 666, 499, 332, 166]

@@ -80,6 +80,9 @@ _FINAL_TO_ZERO = ("the same scheduler, but its last step goes to sigma = 0 as a 
 _SD3M = ("diffusers' own 3M SDE: its D2 coefficient alpha_t((1-e^{-2h}-2h)/(2h)^2 - 1/2) has the opposite sign of "
          "the exact integral (+1/2, k-diffusion's sample_dpmpp_3m_sde; see dpmpp-3m-sde-k)")
 
+_KARRAS = ("Karras sigmas (rho = 7) over the chain's sigma range, mapped to timesteps by diffusers; the model's "
+           "timestep_spacing does not apply; VP chains only (diffusers' flow sigmas replace them)")
+
 VARIANTS: list[PeerVariant] = [
     PeerVariant("ddpm", "DDPMScheduler", {}, "diffusers DDPM, respaced (ancestral; the config's variance_type, "
                 "learned_range for a learned-variance model)", stochastic=True, clip="clip_sample",
@@ -100,6 +103,12 @@ VARIANTS: list[PeerVariant] = [
     PeerVariant("dpmpp-3m-sde", "DPMSolverMultistepScheduler", {**_DPM, "algorithm_type": "sde-dpmsolver++",
                 "solver_order": 3}, "diffusers SDE-DPM-Solver++(3M)", _BOTH, stochastic=True, clip="thresholding",
                 note=_SD3M, **_THREE),
+    PeerVariant("dpmpp-2m-karras", "DPMSolverMultistepScheduler", {**_DPM, "algorithm_type": "dpmsolver++",
+                "solver_order": 2, "use_karras_sigmas": True}, "diffusers DPM-Solver++(2M) on Karras sigmas "
+                "(A1111's / ComfyUI's 'DPM++ 2M Karras')", clip="thresholding", note=_KARRAS, **_TWO),
+    PeerVariant("dpmpp-2m-sde-karras", "DPMSolverMultistepScheduler", {**_DPM, "algorithm_type": "sde-dpmsolver++",
+                "solver_order": 2, "use_karras_sigmas": True}, "diffusers SDE-DPM-Solver++(2M) on Karras sigmas "
+                "('DPM++ 2M SDE Karras')", stochastic=True, clip="thresholding", note=_KARRAS, **_TWO),
     PeerVariant("dpmpp-2s", "DPMSolverSinglestepScheduler", {**_SINGLESTEP, "solver_order": 2},
                 "diffusers DPM-Solver++ singlestep, order 2 (recommended for guided sampling)", _BOTH,
                 clip="thresholding", note=_NO_SPACING_KEY, **_TWO),
@@ -156,6 +165,9 @@ VARIANTS: list[PeerVariant] = [
                 "sample_dpmpp_sde, Brownian-tree noise); k steps cost 2k-1 NFE", stochastic=True, requires="torchsde",
                 note="its Brownian tree is seeded with noise_sampler_seed, drawn from each batch's step generator",
                 **_TWO_EVALS),
+    PeerVariant("dpmpp-sde-karras", "DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "diffusers DPM-Solver++ "
+                "SDE on Karras sigmas ('DPM++ SDE Karras'); k steps cost 2k-1 NFE", stochastic=True,
+                requires="torchsde", note=_KARRAS, **_TWO_EVALS),
     PeerVariant("flow-euler", "FlowMatchEulerDiscreteScheduler", {}, "diffusers FlowMatchEuler (the flow ODE's "
                 "Euler step; the flow models' default)", ("flow",)),
     PeerVariant("flow-heun", "FlowMatchHeunDiscreteScheduler", {}, "diffusers FlowMatchHeun; k steps cost 2k-1 NFE",
