@@ -1,0 +1,135 @@
+"""Five more peers against the report's standing (docs/results.md, "The web UIs' samplers"): on flow models
+iPNDM and DPM-Solver++(3M) SDE as ComfyUI runs them (``ipndm-simple``, ``dpmpp-3m-sde-simple``), on VP chains
+DPM-Solver++(2M) / SDE-DPM-Solver++(2M) / DPM-Solver++ SDE on Karras sigmas (``dpmpp-2m-karras``,
+``dpmpp-2m-sde-karras``, ``dpmpp-sde-karras``). On flow models the Karras-schedule k-diffusion peers (``ipndm``,
+``dpmpp-3m-sde-k``), which the report ran at NFE 5 and 10 only, are run at every NFE with them and count as rivals.
+
+    skipstep bench --model $M --samplers default,ipndm-simple,dpmpp-3m-sde-simple,ipndm,dpmpp-3m-sde-k \\
+        --nfe 3,4,5,6,7,8,10,15,20 --seed 0,1,2 --num-samples 2000 --num-reference 5000 --out cf-$M   # flow
+    skipstep bench --model $M --samplers default,dpmpp-2m-karras,dpmpp-2m-sde-karras,dpmpp-sde-karras \\
+        --nfe 3,4,5,6,8,10,15,20 --seed 0,1,2 --num-samples 2000 --num-reference 5000 --out kv-$M    # VP
+    python benchmarks/more_peers.py RUNS
+
+Each cell's earlier standing is read from docs/results.md: on flow models the tables "`M` with the repaired peers"
+(the best of thirteen peers per reference, and the standing), on VP chains the default's ratio to the best peer
+(the report's NFE 8-20 table, the tenth round's NFE 3-6 table; ``digits-cfg`` at w = 4 the report's) and the cells
+where one peer is better on both (``DOMINATED_VP``, that section's list). The best earlier peer of a VP cell is the
+rerun default over its printed ratio, so its value carries the ratio's two decimals.
+"""
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+METRICS = ("fd", "fd_heldout")
+NEW = {"ipndm-simple", "dpmpp-3m-sde-simple", "dpmpp-2m-karras", "dpmpp-2m-sde-karras", "dpmpp-sde-karras",
+       "ipndm", "dpmpp-3m-sde-k"}  # the last two: on flow models in the every-peer run at NFE 5 and 10 only, till now
+#: docs/results.md, "The report" and "After the tenth round": the VP cells where one peer is better on both
+DOMINATED_VP = {("digits", 10), ("digits", 15), ("digits", 20), ("digits-lv", 10), ("digits-lv-b", 3),
+                ("digits-lv-b", 4), ("digits-lv-b", 6), ("digits-eps-b", 6)}
+#: the nine models of the report's 72 cells (with NFE_COLUMNS["report"])
+REPORT_MODELS = {"digits", "digits-cfg", "digits-eps-b", "digits-eps-c", "digits-flow", "digits-flow-b", "digits-lv",
+                 "digits-lv-b", "digits-vzsnr"}
+NFE_COLUMNS = {"report": (3, 4, 5, 6, 8, 10, 15, 20), "tenth": (3, 4, 5, 6)}
+
+
+def means(run: Path) -> dict[tuple[str, int], dict[str, float]]:
+    """``(sampler, nfe) -> metric -> mean`` over the run's seeds (three)."""
+    found = defaultdict(list)
+    for rec in json.loads((run / "results.json").read_text()):
+        found[(rec["sampler"], int(rec["nfe"]))].append(rec["metrics"])
+    return {k: {m: sum(r[m] for r in v) / len(v) for m in METRICS} for k, v in found.items()}
+
+
+def _value(text: str) -> tuple[float, str]:
+    value, name = re.match(r"\s*([\d.]+) \(([^)]+)\)", text).groups()
+    return float(value), name
+
+
+def flow_baseline(text: str) -> dict:
+    """``(model, nfe) -> {"best": {metric: (value, peer)}, "standing": str}`` from the repaired-peer tables."""
+    out = {}
+    for model, body in re.findall(r"#### `([^`]+)` with the repaired peers\n\n(.*?)(?=\n\n|\n#)", text, re.S):
+        for row in body.splitlines()[2:]:
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            best = {}
+            for i, m in enumerate(METRICS):
+                best[m] = min(_value(cells[2].split(" / ")[i]), _value(cells[3].split(" / ")[i]))
+            standing = cells[5] if not cells[5].startswith("dominated") else "dominated"
+            out[(model, int(cells[0]))] = {"best": best, "standing": standing}
+    return out
+
+
+def vp_ratios(text: str) -> dict[tuple[str, int], tuple[float, float]]:
+    """The default's ``fd`` / ``fd_heldout`` over the best peer's: the report's table, then the tenth round's."""
+    out = {}
+    for heading, key in (("**The default's ratio to the best peer**", "report"),
+                         ("The default's ratio to the best peer, `fd` / `fd_heldout`, with the previous", "tenth")):
+        table = text[text.index(heading):].split("\n\n", 2)[1]
+        for row in table.splitlines()[2:]:
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            model = cells[0].strip("`").split(" ")[0]
+            for nfe, cell in zip(NFE_COLUMNS[key], cells[1:]):
+                fd, fdh = (float(v) for v in re.match(r"\**([\d.]+) / ([\d.]+)", cell).groups())
+                out[(model, nfe)] = (fd, fdh)
+    return out
+
+
+def standing(ratio: tuple[float, float], dominated: bool) -> str:
+    """A printed ratio of 1.00 is behind (the report counts `digits-lv` at NFE 20, 0.96 / 1.00, as a trade)."""
+    if dominated:
+        return "dominated"
+    return "ahead" if max(ratio) < 1 else "behind on both" if min(ratio) >= 1 else "trade"
+
+
+def table(model: str, cells: dict, before, tally: list) -> list[str]:
+    lines = [f"#### `{model}`", "", "| NFE | default fd / fd_heldout | best peer of this run | default / best of all | "
+             "standing before -> with the new peers |", "|---|---|---|---|---|"]
+    for nfe in sorted({n for s, n in cells if s == "default"}):
+        d = cells[("default", nfe)]
+        rivals = {s: v for (s, n), v in cells.items() if n == nfe and s in NEW}
+        if not rivals or (model, nfe) not in before:
+            continue
+        old_best, old_standing = before[(model, nfe)]
+        new_best = {m: min((v[m], s) for s, v in rivals.items()) for m in METRICS}
+        ratio = tuple(d[m] / min(old_best[m], new_best[m][0]) for m in METRICS)
+        one_beats_both = [s for s, v in rivals.items() if all(v[m] < d[m] for m in METRICS)]
+        now = standing(ratio, old_standing == "dominated" or bool(one_beats_both))
+        show = " / ".join(f"{new_best[m][0]:.3g} ({new_best[m][1]})" for m in METRICS)
+        note = f" (by {', '.join(one_beats_both)})" if one_beats_both else ""
+        lines.append(f"| {nfe} | {d['fd']:.3g} / {d['fd_heldout']:.3g} | {show} | {ratio[0]:.2f} / {ratio[1]:.2f} | "
+                     f"{old_standing} -> {now}{note} |")
+        tally.append((model, nfe, old_standing, now))
+    return lines
+
+
+def main(runs: Path) -> str:
+    text = RESULTS.read_text()
+    flow, vp = flow_baseline(text), vp_ratios(text)
+    out, tally = [], []
+    for run in sorted(runs.glob("cf-*")) + sorted(runs.glob("kv-*")):
+        if not (run / "results.json").exists():
+            continue
+        model, cells = run.name[3:], means(run)
+        if run.name.startswith("cf-"):
+            before = {k: ({m: v["best"][m][0] for m in METRICS}, v["standing"]) for k, v in flow.items()}
+        else:
+            before = {}
+            for (m, nfe), ratio in vp.items():
+                if m == model and ("default", nfe) in cells:
+                    d = cells[("default", nfe)]
+                    best = {k: d[k] / r for k, r in zip(METRICS, ratio)}
+                    before[(m, nfe)] = (best, standing(ratio, (m, nfe) in DOMINATED_VP))
+        out += table(model, cells, before, tally) + [""]
+    kinds = ("ahead", "trade", "behind on both", "dominated")
+    in_72 = [t for t in tally if t[0] in REPORT_MODELS and t[1] in NFE_COLUMNS["report"]]
+    for label, rows in (("the 72 report cells measured here", in_72), ("every cell measured here", tally)):
+        counts = [" / ".join(str(sum(t[i] == k for t in rows)) for k in kinds) for i in (2, 3)]
+        out.append(f"{label} ({len(rows)}): ahead / trade / behind on both / dominated {counts[0]} -> {counts[1]}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(main(Path(sys.argv[1])))
