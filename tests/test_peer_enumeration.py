@@ -174,8 +174,13 @@ def test_each_new_diffusers_peer_records_its_recommended_settings(tmp_path, name
 def test_the_karras_variants_are_the_webuis_samplers_on_vp_chains_only(tmp_path):
     """'DPM++ 2M Karras', 'DPM++ 2M SDE Karras', 'DPM++ SDE Karras': diffusers' classes with use_karras_sigmas, whose
     timesteps do not follow the model's spacing; not on a flow model (diffusers' flow sigmas replace them)."""
+    from skipstep.lab.sampler_registry import sampler_settings
+
     karras = {"dpmpp-2m-karras", "dpmpp-2m-sde-karras", "dpmpp-sde-karras"}
-    assert karras <= set(enumerate_peers(load_model(str(vp_dir(tmp_path / "m")))).peers)
+    vp = load_model(str(vp_dir(tmp_path / "m")))
+    assert karras <= set(enumerate_peers(vp).peers)
+    assert all(sampler_settings(get_sampler(n), vp)["effective"]["use_karras_sigmas"] for n in karras)  # recorded
+    assert not sampler_settings(get_sampler("dpmpp-2m"), vp)["effective"]["use_karras_sigmas"]
     assert not karras & set(enumerate_peers(load_model(str(flow_dir(tmp_path / "f")))).peers)
     config = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
               "timestep_spacing": "leading", "_class_name": "DDPMScheduler"}

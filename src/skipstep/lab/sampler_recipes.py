@@ -304,7 +304,7 @@ EFFECTIVE_KEYS = ("timestep_spacing", "steps_offset", "final_sigmas_type", "set_
                   "algorithm_type", "solver_order", "solver_type", "predictor_order", "corrector_order",
                   "lower_order_final", "prediction_type", "variance_type", "clip_sample", "thresholding",
                   "sample_max_value", "use_flow_sigmas", "flow_shift", "shift", "rescale_betas_zero_snr", "eta",
-                  "schedule", "sigma_min", "sigma_max")
+                  "schedule", "sigma_min", "sigma_max", "use_karras_sigmas")
 
 
 def _used_settings(sched) -> dict[str, Any]:
