@@ -192,3 +192,17 @@ def test_the_karras_variants_are_the_webuis_samplers_on_vp_chains_only(tmp_path)
         sched.set_timesteps(6)
         assert sched.config.use_karras_sigmas and sched.timesteps.tolist() == reference.timesteps.tolist()
         assert sched.timesteps.tolist()[0] == 999 and sched.timesteps.tolist() != [999, 832, 666, 499, 332, 166]
+
+
+def test_a_karras_grid_that_repeats_timesteps_is_refused_with_the_step_count(tmp_path):
+    """On a cosine chain diffusers rounds most Karras sigmas to t = 998 (4 steps: [998, 998, 983, 0]) and its step
+    index runs past the end; the dry run tries every step count 3-20 for such a grid and names the first failure."""
+    root = tmp_path / "c"
+    tiny_unet(root)
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").save_pretrained(root / "scheduler")
+    cosine = enumerate_peers(load_model(str(root)))
+    for name in ("dpmpp-2m-karras", "dpmpp-2m-sde-karras"):
+        assert name not in cosine.peers
+        reason = cosine.refused[f"DPMSolverMultistepScheduler: {name}"]
+        assert "fail at 4 steps" in reason and "998, 998" in reason and "IndexError" in reason
+    assert "dpmpp-2m" in cosine.peers  # the model's own spacing has no repeats

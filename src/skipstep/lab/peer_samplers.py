@@ -54,6 +54,7 @@ class PeerVariant:
     vp_only_reason: str = ""  # why this variant has no flow form although its class does
     extra: dict = field(default_factory=dict)
     final_step_to_zero: bool = False  # flow: the last step returns the data prediction (see _FINAL_TO_ZERO)
+    dry_run_all_steps: bool = False  # its grid depends on the step count: the dry run tries every one of 3..20
 
 
 _DPM = {"final_sigmas_type": "zero", "lower_order_final": True}
@@ -105,10 +106,12 @@ VARIANTS: list[PeerVariant] = [
                 note=_SD3M, **_THREE),
     PeerVariant("dpmpp-2m-karras", "DPMSolverMultistepScheduler", {**_DPM, "algorithm_type": "dpmsolver++",
                 "solver_order": 2, "use_karras_sigmas": True}, "diffusers DPM-Solver++(2M) on Karras sigmas "
-                "(A1111's / ComfyUI's 'DPM++ 2M Karras')", clip="thresholding", note=_KARRAS, **_TWO),
+                "(A1111's / ComfyUI's 'DPM++ 2M Karras')", clip="thresholding", note=_KARRAS, dry_run_all_steps=True,
+                **_TWO),
     PeerVariant("dpmpp-2m-sde-karras", "DPMSolverMultistepScheduler", {**_DPM, "algorithm_type": "sde-dpmsolver++",
                 "solver_order": 2, "use_karras_sigmas": True}, "diffusers SDE-DPM-Solver++(2M) on Karras sigmas "
-                "('DPM++ 2M SDE Karras')", stochastic=True, clip="thresholding", note=_KARRAS, **_TWO),
+                "('DPM++ 2M SDE Karras')", stochastic=True, clip="thresholding", note=_KARRAS,
+                dry_run_all_steps=True, **_TWO),
     PeerVariant("dpmpp-2s", "DPMSolverSinglestepScheduler", {**_SINGLESTEP, "solver_order": 2},
                 "diffusers DPM-Solver++ singlestep, order 2 (recommended for guided sampling)", _BOTH,
                 clip="thresholding", note=_NO_SPACING_KEY, **_TWO),
@@ -167,7 +170,7 @@ VARIANTS: list[PeerVariant] = [
                 **_TWO_EVALS),
     PeerVariant("dpmpp-sde-karras", "DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "diffusers DPM-Solver++ "
                 "SDE on Karras sigmas ('DPM++ SDE Karras'); k steps cost 2k-1 NFE", stochastic=True,
-                requires="torchsde", note=_KARRAS, **_TWO_EVALS),
+                requires="torchsde", note=_KARRAS, dry_run_all_steps=True, **_TWO_EVALS),
     PeerVariant("flow-euler", "FlowMatchEulerDiscreteScheduler", {}, "diffusers FlowMatchEuler (the flow ODE's "
                 "Euler step; the flow models' default)", ("flow",)),
     PeerVariant("flow-heun", "FlowMatchHeunDiscreteScheduler", {}, "diffusers FlowMatchHeun; k steps cost 2k-1 NFE",
@@ -259,7 +262,8 @@ def class_refusal(class_name: str, loaded: LoadedModel) -> str | None:
 
 def variant_refusal(variant: PeerVariant, loaded: LoadedModel) -> str | None:
     """Why ``variant`` cannot sample ``loaded``: its class's reason, its own, a missing module, or a failing
-    dry run (build + all steps of a 3-step run on a zero model output)."""
+    dry run (build + all steps of a 3-step run on a zero model output; of every run of 3-20 steps for a grid that
+    depends on the step count, such as Karras sigmas rounded to timesteps, which repeat on a cosine chain)."""
     reason = class_refusal(variant.class_name, loaded)
     if reason is None and loaded.regime not in variant.regimes:
         reason = variant.vp_only_reason or f"this variant runs on {'/'.join(variant.regimes)} models only"
@@ -291,16 +295,19 @@ def _dry_run(variant: PeerVariant, loaded: LoadedModel) -> str | None:
                 raise ValueError(f"it evaluates the model at fractional timesteps ({float(t.reshape(-1)[0]):.4g}), "
                                  "but this model is defined at integer timesteps only")
             return torch.zeros((1, channels, *shape[2:]))
+        first = max(3, recipe.min_nfe)
+        steps = first
         try:
-            steps = max(3, recipe.min_nfe)
-            sched = build_scheduler(recipe, config, steps)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torchsde's float round-off notices on a zero model
-                run_standard_loop(sched, zero_model, torch.zeros(shape), steps,
-                                  generator=torch.Generator().manual_seed(0))
+            for steps in range(first, 21) if variant.dry_run_all_steps else (first,):
+                sched = build_scheduler(recipe, config, steps)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torchsde's float round-off notices on a zero model
+                    run_standard_loop(sched, zero_model, torch.zeros(shape), steps,
+                                      generator=torch.Generator().manual_seed(0))
             _DRY_RUNS[key] = None
         except Exception as err:  # noqa: BLE001 - any failure of the peer on this config is its refusal
-            _DRY_RUNS[key] = (f"{variant.class_name}.from_config(the model's config) or its steps fail: "
+            at = f" at {steps} steps ({getattr(sched, 'timesteps', None)})" if variant.dry_run_all_steps else ""
+            _DRY_RUNS[key] = (f"{variant.class_name}.from_config(the model's config) or its steps fail{at}: "
                               f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
     return _DRY_RUNS[key]
 
