@@ -16,14 +16,13 @@ Each cell's earlier standing is read from docs/results.md: on flow models the ta
 where one peer is better on both (``DOMINATED_VP``, that section's list). The best earlier peer of a VP cell is the
 rerun default over its printed ratio, so its value carries the ratio's two decimals.
 """
-import json
 import re
 import sys
-from collections import defaultdict
 from pathlib import Path
 
+from repaired_flow_peers import METRICS, mean_cells  # the same per-cell means over the three report seeds
+
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
-METRICS = ("fd", "fd_heldout")
 NEW = {"ipndm-simple", "dpmpp-3m-sde-simple", "dpmpp-2m-karras", "dpmpp-2m-sde-karras", "dpmpp-sde-karras",
        "ipndm", "dpmpp-3m-sde-k"}  # the last two: on flow models in the every-peer run at NFE 5 and 10 only, till now
 #: docs/results.md, "The report" and "After the tenth round": the VP cells where one peer is better on both
@@ -33,14 +32,6 @@ DOMINATED_VP = {("digits", 10), ("digits", 15), ("digits", 20), ("digits-lv", 10
 REPORT_MODELS = {"digits", "digits-cfg", "digits-eps-b", "digits-eps-c", "digits-flow", "digits-flow-b", "digits-lv",
                  "digits-lv-b", "digits-vzsnr"}
 NFE_COLUMNS = {"report": (3, 4, 5, 6, 8, 10, 15, 20), "tenth": (3, 4, 5, 6)}
-
-
-def means(run: Path) -> dict[tuple[str, int], dict[str, float]]:
-    """``(sampler, nfe) -> metric -> mean`` over the run's seeds (three)."""
-    found = defaultdict(list)
-    for rec in json.loads((run / "results.json").read_text()):
-        found[(rec["sampler"], int(rec["nfe"]))].append(rec["metrics"])
-    return {k: {m: sum(r[m] for r in v) / len(v) for m in METRICS} for k, v in found.items()}
 
 
 def _value(text: str) -> tuple[float, str]:
@@ -112,7 +103,7 @@ def main(runs: Path) -> str:
     for run in sorted(runs.glob("cf-*")) + sorted(runs.glob("kv-*")):
         if not (run / "results.json").exists():
             continue
-        model, cells = run.name[3:], means(run)
+        model, cells = run.name[3:], mean_cells(runs, [run.name], NEW | {"default"})
         if run.name.startswith("cf-"):
             before = {k: ({m: v["best"][m][0] for m in METRICS}, v["standing"]) for k, v in flow.items()}
         else:

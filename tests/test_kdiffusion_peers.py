@@ -217,4 +217,4 @@ def test_the_simple_peers_nfe_schedule_and_refusal(tmp_path, name):
     reason = get_sampler(name).refusal(load_model(str(conditional_dir(tmp_path / "vp"))))
     assert reason is not None and "flow" in reason
     with pytest.raises(ValueError, match="flow models"):
-        KDiffusionRunner(name, _vp_config("epsilon"), True, "simple")
+        KDiffusionRunner(name, _vp_config("epsilon"), sample_ipndm, True, "simple")

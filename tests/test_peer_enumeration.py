@@ -206,3 +206,15 @@ def test_a_karras_grid_that_repeats_timesteps_is_refused_with_the_step_count(tmp
         reason = cosine.refused[f"DPMSolverMultistepScheduler: {name}"]
         assert "fail at 4 steps" in reason and "998, 998" in reason and "IndexError" in reason
     assert "dpmpp-2m" in cosine.peers  # the model's own spacing has no repeats
+
+
+def test_a_step_dependent_dry_run_that_fails_to_build_is_a_refusal(tmp_path, monkeypatch):
+    variant = next(v for v in peer_samplers.VARIANTS if v.name == "dpmpp-2m-karras")
+
+    def broken(*args, **kwargs):
+        raise ValueError("no such config")
+
+    monkeypatch.setattr(peer_samplers, "build_scheduler", broken)
+    monkeypatch.setattr(peer_samplers, "_DRY_RUNS", {})
+    reason = peer_samplers.variant_refusal(variant, load_model(str(vp_dir(tmp_path / "m"))))
+    assert "fail at 3 steps (None)" in reason and "ValueError: no such config" in reason

@@ -57,6 +57,7 @@ both give unit-variance Gaussian increments). No ``x0_hat`` clipping (k-diffusio
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -236,8 +237,11 @@ class KDiffusionRunner:
     denoiser (``schedule="simple"``: ComfyUI's flow form, its simple scheduler, the flow denoiser), noise from the
     batch's generator(s). ``config`` holds the settings it was built with."""
 
-    def __init__(self, name: str, model_config: dict, final_zero: bool, schedule: str = "karras"):
-        self.name, self.model_config, self.final_zero, self.schedule = name, model_config, final_zero, schedule
+    def __init__(self, name: str, model_config: dict, sampler: Callable, final_zero: bool, schedule: str = "karras"):
+        self.name, self.model_config, self.sampler = name, model_config, sampler
+        self.final_zero, self.schedule = final_zero, schedule
+        # a solver stepping in half-log-SNR (the 3M SDE) needs it finite: a flow schedule's first sigma below 1
+        self.log_snr_steps = "half_log_snr" in inspect.signature(sampler).parameters
         if schedule == "simple":
             if not is_flow_config(model_config):
                 raise ValueError(f"{name}: the simple-scheduler form is for flow models (ComfyUI's CONST sampling)")
@@ -264,7 +268,7 @@ class KDiffusionRunner:
         denoiser = (FlowDenoiser if flow_form else VEDenoiser)(model, self.model_config)
         sigmas = self.sigmas(int(num_steps), denoiser)
         x = noise.double() * sigmas[0]  # the flow form starts at s = 1: x is the unit noise
-        if flow_form and not self.name.startswith("ipndm") and sigmas[0] >= 1:
+        if flow_form and self.log_snr_steps and sigmas[0] >= 1:
             sigmas = sigmas.clone()
             sigmas[0] = shift_flow_time(torch.tensor(1 - FIRST_SIGMA_OFFSET, dtype=torch.float64), denoiser.shift)
         self.timesteps = [round(denoiser.sigma_to_t(float(s)), 4) for s in sigmas if s > 0][:int(num_steps)]
@@ -276,12 +280,8 @@ class KDiffusionRunner:
                 z = torch.randn(noise.shape, generator=generator)
             return z.to(device=noise.device, dtype=torch.float64)
 
-        model64 = _FloatCalls(denoiser, noise.dtype)
-        if self.name.startswith("ipndm"):
-            x = sample_ipndm(model64, x, sigmas)
-        else:
-            x = sample_dpmpp_3m_sde(model64, x, sigmas, noise_sampler=noise_sampler,
-                                    half_log_snr=flow_half_log_snr if flow_form else ve_half_log_snr)
+        extra = {"noise_sampler": noise_sampler, "half_log_snr": flow_half_log_snr if flow_form else ve_half_log_snr}
+        x = self.sampler(_FloatCalls(denoiser, noise.dtype), x, sigmas, **(extra if self.log_snr_steps else {}))
         return x.to(noise.dtype)
 
 
@@ -306,13 +306,14 @@ _COMMON = {"schedule": "Karras (rho=7) over the model's sigma range", "denoiser"
            "VEDenoiser (k-diffusion's DiscreteEps/VDDPMDenoiser conversions, t(sigma) by log-sigma interpolation; "
            "flow: x/(1+s), sigma_flow = s/(1+s))", "x0_clip": "not available", "noise": "i.i.d. N(0, I) per step "
            "from the batch's step generator"}
-register_sampler("ipndm", lambda config, steps: KDiffusionRunner("ipndm", config, final_zero=False),
+register_sampler("ipndm", lambda config, steps: KDiffusionRunner("ipndm", config, sample_ipndm, final_zero=False),
                  family="k-diffusion", refusal=_refusal,
                  description="iPNDM (zju-pi diff-sampler / ComfyUI ipndm): 4th-order Adams-Bashforth on the VE ODE, "
                              "NFE+1 Karras sigmas, ending at sigma_min",
                  settings={"class": "KDiffusionRunner", "function": "sample_ipndm", "max_order": 4, **_COMMON,
                            "final_step": "to sigma_min without evaluation (diff-sampler's default)"})
-register_sampler("dpmpp-3m-sde-k", lambda config, steps: KDiffusionRunner("dpmpp-3m-sde-k", config, final_zero=True),
+register_sampler("dpmpp-3m-sde-k",
+                 lambda config, steps: KDiffusionRunner("dpmpp-3m-sde-k", config, sample_dpmpp_3m_sde, final_zero=True),
                  family="k-diffusion", stochastic=True, refusal=_refusal,
                  description="DPM-Solver++(3M) SDE in k-diffusion's form (sample_dpmpp_3m_sde, eta=1), NFE Karras "
                              "sigmas and a final 0",
@@ -329,17 +330,20 @@ def _flow_only(loaded: LoadedModel) -> str | None:
 _SIMPLE = {"schedule": "ComfyUI's simple scheduler on the model's shift(k/1000) table, then 0", "denoiser":
            "skipstep.lab.kdiffusion_peers.FlowDenoiser (x - s v, in flow coordinates: ComfyUI's CONST)",
            "x0_clip": "not available", "noise": _COMMON["noise"]}
-register_sampler("ipndm-simple", lambda config, steps: KDiffusionRunner("ipndm-simple", config, True, "simple"),
+register_sampler("ipndm-simple",
+                 lambda config, steps: KDiffusionRunner("ipndm-simple", config, sample_ipndm, True, "simple"),
                  family="k-diffusion", refusal=_flow_only,
                  description="iPNDM as ComfyUI runs it on a flow model: its simple scheduler, NFE sigmas from 1 and "
                              "a final denoising step to 0",
                  settings={"class": "KDiffusionRunner", "function": "sample_ipndm", "max_order": 4, **_SIMPLE,
                            "final_step": "to 0 (returns the last denoised output)"})
 register_sampler("dpmpp-3m-sde-simple",
-                 lambda config, steps: KDiffusionRunner("dpmpp-3m-sde-simple", config, True, "simple"),
+                 lambda config, steps: KDiffusionRunner("dpmpp-3m-sde-simple", config, sample_dpmpp_3m_sde, True,
+                                                        "simple"),
                  family="k-diffusion", stochastic=True, refusal=_flow_only,
-                 description="DPM-Solver++(3M) SDE as ComfyUI runs it on a flow model (the flow's half-log-SNR, eta=1): "
-                             "its simple scheduler, first sigma offset to shift(1 - 1e-4), a final 0",
+                 description="DPM-Solver++(3M) SDE as ComfyUI runs it on a flow model (the flow's half-log-SNR, "
+                             "eta=1): its simple scheduler, first sigma offset to shift(1 - 1e-4), a final 0",
                  settings={"class": "KDiffusionRunner", "function": "sample_dpmpp_3m_sde", "eta": 1.0, **_SIMPLE,
-                           "half_log_snr": "log((1 - s)/s)", "first_sigma": "shift(1 - 1e-4) (offset_first_sigma_for_snr)",
+                           "half_log_snr": "log((1 - s)/s)",
+                           "first_sigma": "shift(1 - 1e-4) (offset_first_sigma_for_snr)",
                            "final_step": "to 0 (returns the last denoised output)"})

@@ -296,7 +296,7 @@ def _dry_run(variant: PeerVariant, loaded: LoadedModel) -> str | None:
                                  "but this model is defined at integer timesteps only")
             return torch.zeros((1, channels, *shape[2:]))
         first = max(3, recipe.min_nfe)
-        steps = first
+        steps, sched = first, None
         try:
             for steps in range(first, 21) if variant.dry_run_all_steps else (first,):
                 sched = build_scheduler(recipe, config, steps)
