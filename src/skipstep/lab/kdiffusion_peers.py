@@ -306,19 +306,10 @@ _COMMON = {"schedule": "Karras (rho=7) over the model's sigma range", "denoiser"
            "VEDenoiser (k-diffusion's DiscreteEps/VDDPMDenoiser conversions, t(sigma) by log-sigma interpolation; "
            "flow: x/(1+s), sigma_flow = s/(1+s))", "x0_clip": "not available", "noise": "i.i.d. N(0, I) per step "
            "from the batch's step generator"}
-register_sampler("ipndm", lambda config, steps: KDiffusionRunner("ipndm", config, sample_ipndm, final_zero=False),
-                 family="k-diffusion", refusal=_refusal,
-                 description="iPNDM (zju-pi diff-sampler / ComfyUI ipndm): 4th-order Adams-Bashforth on the VE ODE, "
-                             "NFE+1 Karras sigmas, ending at sigma_min",
-                 settings={"class": "KDiffusionRunner", "function": "sample_ipndm", "max_order": 4, **_COMMON,
-                           "final_step": "to sigma_min without evaluation (diff-sampler's default)"})
-register_sampler("dpmpp-3m-sde-k",
-                 lambda config, steps: KDiffusionRunner("dpmpp-3m-sde-k", config, sample_dpmpp_3m_sde, final_zero=True),
-                 family="k-diffusion", stochastic=True, refusal=_refusal,
-                 description="DPM-Solver++(3M) SDE in k-diffusion's form (sample_dpmpp_3m_sde, eta=1), NFE Karras "
-                             "sigmas and a final 0",
-                 settings={"class": "KDiffusionRunner", "function": "sample_dpmpp_3m_sde", "eta": 1.0, **_COMMON,
-                           "final_step": "to 0 (returns the last denoised output)"})
+_SIMPLE = {"schedule": "ComfyUI's simple scheduler on the model's shift(k/1000) table, then 0", "denoiser":
+           "skipstep.lab.kdiffusion_peers.FlowDenoiser (x - s v, in flow coordinates: ComfyUI's CONST)",
+           "x0_clip": "not available", "noise": _COMMON["noise"]}
+_TO_ZERO = "to 0 (returns the last denoised output)"
 
 
 def _flow_only(loaded: LoadedModel) -> str | None:
@@ -327,23 +318,29 @@ def _flow_only(loaded: LoadedModel) -> str | None:
     return _refusal(loaded)
 
 
-_SIMPLE = {"schedule": "ComfyUI's simple scheduler on the model's shift(k/1000) table, then 0", "denoiser":
-           "skipstep.lab.kdiffusion_peers.FlowDenoiser (x - s v, in flow coordinates: ComfyUI's CONST)",
-           "x0_clip": "not available", "noise": _COMMON["noise"]}
-register_sampler("ipndm-simple",
-                 lambda config, steps: KDiffusionRunner("ipndm-simple", config, sample_ipndm, True, "simple"),
-                 family="k-diffusion", refusal=_flow_only,
-                 description="iPNDM as ComfyUI runs it on a flow model: its simple scheduler, NFE sigmas from 1 and "
-                             "a final denoising step to 0",
-                 settings={"class": "KDiffusionRunner", "function": "sample_ipndm", "max_order": 4, **_SIMPLE,
-                           "final_step": "to 0 (returns the last denoised output)"})
-register_sampler("dpmpp-3m-sde-simple",
-                 lambda config, steps: KDiffusionRunner("dpmpp-3m-sde-simple", config, sample_dpmpp_3m_sde, True,
-                                                        "simple"),
-                 family="k-diffusion", stochastic=True, refusal=_flow_only,
-                 description="DPM-Solver++(3M) SDE as ComfyUI runs it on a flow model (the flow's half-log-SNR, "
-                             "eta=1): its simple scheduler, first sigma offset to shift(1 - 1e-4), a final 0",
-                 settings={"class": "KDiffusionRunner", "function": "sample_dpmpp_3m_sde", "eta": 1.0, **_SIMPLE,
-                           "half_log_snr": "log((1 - s)/s)",
-                           "first_sigma": "shift(1 - 1e-4) (offset_first_sigma_for_snr)",
-                           "final_step": "to 0 (returns the last denoised output)"})
+def _register(name: str, sampler: Callable, final_zero: bool, schedule: str, description: str, settings: dict,
+              stochastic: bool = False) -> None:
+    """A k-diffusion-family peer: ``sampler`` run by :class:`KDiffusionRunner` on ``schedule`` (``"simple"``: flow
+    models only)."""
+    register_sampler(name, lambda config, steps: KDiffusionRunner(name, config, sampler, final_zero, schedule),
+                     family="k-diffusion", stochastic=stochastic,
+                     refusal=_flow_only if schedule == "simple" else _refusal, description=description,
+                     settings={"class": "KDiffusionRunner", "function": sampler.__name__, **settings,
+                               **(_SIMPLE if schedule == "simple" else _COMMON)})
+
+
+_register("ipndm", sample_ipndm, False, "karras",
+          "iPNDM (zju-pi diff-sampler / ComfyUI ipndm): 4th-order Adams-Bashforth on the VE ODE, NFE+1 Karras "
+          "sigmas, ending at sigma_min",
+          {"max_order": 4, "final_step": "to sigma_min without evaluation (diff-sampler's default)"})
+_register("dpmpp-3m-sde-k", sample_dpmpp_3m_sde, True, "karras",
+          "DPM-Solver++(3M) SDE in k-diffusion's form (sample_dpmpp_3m_sde, eta=1), NFE Karras sigmas and a final 0",
+          {"eta": 1.0, "final_step": _TO_ZERO}, stochastic=True)
+_register("ipndm-simple", sample_ipndm, True, "simple",
+          "iPNDM as ComfyUI runs it on a flow model: its simple scheduler, NFE sigmas from 1 and a final denoising "
+          "step to 0", {"max_order": 4, "final_step": _TO_ZERO})
+_register("dpmpp-3m-sde-simple", sample_dpmpp_3m_sde, True, "simple",
+          "DPM-Solver++(3M) SDE as ComfyUI runs it on a flow model (the flow's half-log-SNR, eta=1): its simple "
+          "scheduler, first sigma offset to shift(1 - 1e-4), a final 0",
+          {"eta": 1.0, "half_log_snr": "log((1 - s)/s)", "first_sigma": "shift(1 - 1e-4) (offset_first_sigma_for_snr)",
+           "final_step": _TO_ZERO}, stochastic=True)
