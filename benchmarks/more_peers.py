@@ -9,12 +9,18 @@ DPM-Solver++(2M) / SDE-DPM-Solver++(2M) / DPM-Solver++ SDE on Karras sigmas (``d
     skipstep bench --model $M --samplers default,dpmpp-2m-karras,dpmpp-2m-sde-karras,dpmpp-sde-karras \\
         --nfe 3,4,5,6,8,10,15,20 --seed 0,1,2 --num-samples 2000 --num-reference 5000 --out kv-$M    # VP
     python benchmarks/more_peers.py RUNS
+    python benchmarks/more_peers.py --tables RUNS   # kv-digits-v, kv-digits-cfg-w1 / -w2 / -w8 (below)
 
 Each cell's earlier standing is read from docs/results.md: on flow models the tables "`M` with the repaired peers"
 (the best of thirteen peers per reference, and the standing), on VP chains the default's ratio to the best peer
 (the report's NFE 8-20 table, the tenth round's NFE 3-6 table; ``digits-cfg`` at w = 4 the report's) and the cells
 where one peer is better on both (``DOMINATED_VP``, that section's list). The best earlier peer of a VP cell is the
 rerun default over its printed ratio, so its value carries the ratio's two decimals.
+
+``--tables``: the models whose report prints every peer's mean (``PEER_TABLES``: ``digits-v``, ``digits-cfg`` at
+w = 1, 2, 8; run dirs ``kv-digits-v``, ``kv-digits-cfg-w$w``). The earlier peers' means are read from those tables
+(three significant digits), the default is this run's (the current default), so "before" is the current default
+against the earlier peers and every standing, dominated included, is computed from the means.
 """
 import re
 import sys
@@ -96,6 +102,64 @@ def table(model: str, cells: dict, before, tally: list) -> list[str]:
     return lines
 
 
+#: run dir -> the heading above the report's per-peer tables (the first ``**fd**`` and ``**fd_heldout**`` after it)
+PEER_TABLES = {"kv-digits-v": "### A model trained after every choice: `digits-v`",
+               "kv-digits-cfg-w1": "##### Report: digits-cfg, guidance scale 1",
+               "kv-digits-cfg-w2": "##### Report: digits-cfg, guidance scale 2",
+               "kv-digits-cfg-w8": "##### Report: digits-cfg, guidance scale 8"}
+
+
+def printed_peer_means(text: str, heading: str) -> dict[tuple[str, int], dict[str, float]]:
+    """``(peer, nfe) -> metric -> mean`` from the two tables after ``heading`` (``default`` and ratio rows left out)."""
+    after = text[text.index(heading):]
+    out: dict = {}
+    for metric in METRICS:
+        block = after[after.index(f"**{metric}** (lower is better)"):].split("\n\n", 2)[1]
+        rows = block.splitlines()
+        nfes = [int(c.split()[-1]) for c in rows[0].strip("|").split("|")[1:]]
+        for row in rows[2:]:
+            cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+            name = cells[0].strip("`")
+            if name == "default" or name.startswith("default /"):
+                continue
+            for nfe, cell in zip(nfes, cells[1:]):
+                if cell not in ("-", ""):
+                    out.setdefault((name, nfe), {})[metric] = float(cell.split("±")[0].strip("* "))
+    return {k: v for k, v in out.items() if len(v) == len(METRICS)}
+
+
+def peer_table_standing(runs: Path) -> str:
+    """Per run of ``PEER_TABLES``: the current default against the printed peers, then with the new ones."""
+    text = RESULTS.read_text()
+    out = []
+    for run, heading in PEER_TABLES.items():
+        if not (runs / run / "results.json").exists():
+            continue
+        earlier = printed_peer_means(text, heading)
+        cells = mean_cells(runs, [run], NEW | {"default"})
+        lines = [f"#### `{run[3:]}`", "", "| NFE | default fd / fd_heldout | best new peer | best earlier peer | "
+                 "default / best of all | standing before -> with the new peers |", "|---|---|---|---|---|---|"]
+        for nfe in sorted({n for s, n in cells if s == "default"}):
+            d = cells[("default", nfe)]
+            old = {s: v for (s, n), v in earlier.items() if n == nfe}
+            new = {s: v for (s, n), v in cells.items() if n == nfe and s in NEW}
+            if not old or not new:
+                continue
+            verdicts = []
+            for rivals in (old, {**old, **new}):
+                ratio = tuple(d[m] / min(v[m] for v in rivals.values()) for m in METRICS)
+                both = [s for s, v in rivals.items() if all(v[m] < d[m] for m in METRICS)]
+                verdicts.append((ratio, standing(ratio, bool(both)), both))
+            show = lambda c: " / ".join(f"{min((v[m], s) for s, v in c.items())[0]:.3g} "  # noqa: E731
+                                        f"({min((v[m], s) for s, v in c.items())[1]})" for m in METRICS)
+            (_, before, _), (ratio, now, both) = verdicts
+            note = f" (by {', '.join(sorted(both))})" if both else ""
+            lines.append(f"| {nfe} | {d['fd']:.3g} / {d['fd_heldout']:.3g} | {show(new)} | {show(old)} | "
+                         f"{ratio[0]:.2f} / {ratio[1]:.2f} | {before} -> {now}{note} |")
+        out += lines + [""]
+    return "\n".join(out)
+
+
 def main(runs: Path) -> str:
     text = RESULTS.read_text()
     flow, vp = flow_baseline(text), vp_ratios(text)
@@ -123,4 +187,7 @@ def main(runs: Path) -> str:
 
 
 if __name__ == "__main__":
-    print(main(Path(sys.argv[1])))
+    if sys.argv[1] == "--tables":
+        print(peer_table_standing(Path(sys.argv[2])))
+    else:
+        print(main(Path(sys.argv[1])))
