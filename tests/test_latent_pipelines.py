@@ -23,6 +23,7 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
+import skipstep
 from skipstep import SkippedStepScheduler
 
 import tiny_models
@@ -120,6 +121,30 @@ def test_sd_custom_timesteps(sd_parts):
         pipe(PROMPT, height=HW, width=HW, timesteps=[500, 700, 100], output_type="latent")
     with pytest.raises(ValueError, match=r"lie in \[0, 999\]"):
         pipe(PROMPT, height=HW, width=HW, timesteps=[1200, 500], output_type="latent")
+
+
+def test_sd_analytic_first_step_equals_the_functional_sampler(sd_parts):
+    """set_data_moments in a real pipeline (CFG doubles the batch that scale_model_input gets): n unet calls, the
+    samples of skipstep.sample(..., data_mean=...) on the guided model."""
+    sched = SkippedStepScheduler.from_config(DDIMScheduler(**SD_CONFIG).config)  # the default
+    sched.set_data_moments(0.0, 1.0)
+    rec = Recorder(sched)
+    pipe = sd(sd_parts, sched)
+    with torch.no_grad():
+        lat = pipe(PROMPT, height=HW, width=HW, num_inference_steps=4, guidance_scale=GUIDANCE,
+                   generator=torch.Generator().manual_seed(0), output_type="latent").images
+        assert rec.calls == sched.timesteps.tolist() and len(rec.calls) == 4
+        cond, uncond = pipe.encode_prompt(PROMPT, torch.device("cpu"), 1, True)
+        embeds = torch.cat([uncond, cond])
+
+        def guided(x, t):
+            e_u, e_c = pipe.unet(torch.cat([x] * 2), t[0], encoder_hidden_states=embeds).sample.chunk(2)
+            return e_u + GUIDANCE * (e_c - e_u)
+
+        x_T = randn_tensor(lat.shape, generator=torch.Generator().manual_seed(0))
+        ref = skipstep.sample(guided, path=sched.path, num_steps=4, noise=x_T, data_mean=0.0, data_var=1.0,
+                              progress=False)
+    assert rel_diff(lat, ref) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------------------

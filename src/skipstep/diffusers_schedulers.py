@@ -31,6 +31,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from .analytic_first_step import AnalyticFirstStepMixin
 from .diffusers_config import DROP_ZERO_GRID_SCHEDULERS, TRUNCATES_KARRAS_ON_COSINE, translate_config
 from .paths import DiscreteVPPath, check_num_train_timesteps, flow_config_reason, make_betas, trained_alphas_cumprod
 from .plan import (DEFAULT_EXTRAPOLATION_GAIN, PlannedStep, check_extrapolation_gain, check_solver_type, plan_steps,
@@ -40,7 +41,7 @@ from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DE
                     DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE, StepConfig, TrajectoryStepper,
                     check_generator, check_guidance_hint, noise_variance_settings, placement_split,
                     settings_for_guidance)
-from .timesteps import (SPACINGS, check_num_steps, check_spacing_power, select_timesteps, sigma_spaced_timesteps,
+from .timesteps import (SPACINGS, analytic_first_step_grid, check_num_steps, check_spacing_power, select_timesteps, sigma_spaced_timesteps,
                         timesteps_from_sigmas, validate_timesteps, vp_sigmas)
 from .tuned_schedules import scheduler_settings_from_tuned_schedule
 
@@ -96,7 +97,7 @@ def _check_options(c) -> str | None:
     return SIGMA_SPACING_FLAGS[chosen[0]] if chosen else None
 
 
-class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
+class SkippedStepScheduler(AnalyticFirstStepMixin, SchedulerMixin, ConfigMixin):
     """Skipped-step posterior sampling (Xu 2025) and its DDIM family as a diffusers scheduler.
 
     Each step draws ``x_s ~ q(x_s | x_t, x0_hat)``, the exact DDPM posterior across the skipped steps
@@ -374,6 +375,10 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         if (timesteps is not None or sigmas is not None) and self._sigma_spacing is not None:
             flag = next(k for k, v in SIGMA_SPACING_FLAGS.items() if v == self._sigma_spacing)
             raise ValueError(f"{given[0]}= cannot be combined with {flag}=True (which computes the timesteps)")
+        analytic = self._data_moments is not None  # set_data_moments: the first time listed is the analytic one
+        if analytic and self._tuned is not None:
+            raise ValueError("data moments (the analytic first step) cannot be combined with tuned_schedule: a tuned "
+                             "schedule fixes the timesteps of every evaluation for its own NFE")
         if self._tuned is not None:
             if sigmas is not None:
                 raise ValueError("sigmas= is refused while a tuned schedule is configured (it fixes the timesteps)")
@@ -382,6 +387,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
             ts = validate_timesteps(self.path, timesteps)
         elif sigmas is not None:
             ts, final = timesteps_from_sigmas(self.path, sigmas)
+        elif analytic:
+            ts = analytic_first_step_grid(self.spaced_timesteps, num_inference_steps)
         else:
             ts = self.spaced_timesteps(num_inference_steps)
         if final > int(ts[-1]):
@@ -389,6 +396,11 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
                              f"timestep {int(ts[-1])}")
         self._sync_clipping_with_config()  # before every trajectory, not every step: it is config, not state
         self._install_plan(ts, final)
+        self._plan_has_analytic = analytic
+        if analytic:  # the pipeline sees the model times only (skipstep.analytic_first_step)
+            self._analytic_checks(ts)
+            del self._index_of[int(ts[0])]
+            ts = ts[1:]
         self.custom_timesteps = given[0] != "num_inference_steps"
         self.num_inference_steps = len(ts)
         self.timesteps = ts.to(device=device)
@@ -510,9 +522,6 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------------------
     # the step
     # ------------------------------------------------------------------------------------------------------------
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        return sample
-
     def step(
         self,
         model_output: torch.Tensor,
@@ -539,6 +548,8 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         index = self.index_for_timestep(timestep)
         if ddim_kwargs.get("use_clipped_model_output") is False and self.step_config.clipping.active:
             raise ValueError("use_clipped_model_output=False with clip_sample/thresholding is not supported")
+        if self._analytic_active(index):
+            sample = self._analytic_start(sample)
         prev_sample, x0 = self._stepper.step(index, model_output, sample, generator,
                                              ddim_kwargs.get("variance_noise"), ddim_kwargs.get("eta"))
         self._step_index = index + 1
@@ -557,7 +568,9 @@ class SkippedStepScheduler(SchedulerMixin, ConfigMixin):
         return alpha.to(**cast).reshape(shape), sigma.to(**cast).reshape(shape)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """Forward marginal ``x_t = alpha_t x_0 + sigma_t eps`` (one timestep per sample, or one for all)."""
+        """Forward marginal ``x_t = alpha_t x_0 + sigma_t eps`` (one timestep per sample, or one for all). A
+        trajectory that starts here (img2img) takes no analytic first step until the next ``set_timesteps``."""
+        self._entered_noised = True
         alpha, sigma = self._alpha_sigma_like(timesteps, original_samples)
         return alpha * original_samples + sigma * noise
 
