@@ -25,11 +25,14 @@ from ..sampling import sample
 from ..timesteps import analytic_first_step_grid
 from .candidates import PLACEMENTS, SOLVERS, candidate_name
 from .loaded_model import LoadedModel
+from .our_samplers import default_scheduler
 from .sampler_recipes import DATA_MOMENTS_KEY, SamplerError, get_sampler, is_flow_config, register_sampler
 
-__all__ = ["AF_BASES", "AF_SUFFIX", "AnalyticFirstStepRunner", "af_name"]
+__all__ = ["AF_BASES", "AF_SUFFIX", "PIPELINE_AF", "AnalyticFirstStepRunner", "af_name"]
 
 AF_SUFFIX = "-af"
+#: the default scheduler with the analytic first step as a diffusers pipeline gets it (set_data_moments)
+PIPELINE_AF = "default-moments"
 #: the bases that get an ``-af`` variant (not the ``lower_order_final`` candidates: skipstep.sample has no such
 #: option)
 AF_BASES = ("default", "skipstep", "skipstep-ddim", "skipstep-eta0.5", "skipstep-o2", "skipstep-o3",
@@ -122,6 +125,25 @@ def _register() -> None:
             description=f"{base} with the analytic first step (training-split mean and variance; n NFE, n + 1 steps)",
             settings={**recipe.settings, "base": base, "analytic_first_step": "training split per-pixel mean, var",
                       "class": "skipstep.sample (AnalyticFirstStepRunner)"})
+
+    register_sampler(
+        PIPELINE_AF, _pipeline_factory, family="analytic", stochastic=False,
+        refusal=_refusal(lambda loaded: "the diffusers scheduler's analytic first step is for VP chains"
+                         if is_flow_config(loaded.scheduler_config) else None),
+        description="the default scheduler with set_data_moments(training-split mean, var): the analytic first step "
+                    "inside the diffusers loop (scale_model_input); n NFE, n + 1 steps, fewer than 6 evaluations",
+        settings={**get_sampler("default").settings, "analytic_first_step": "training split per-pixel mean, var",
+                  "class": "SkippedStepScheduler.set_data_moments"})
+
+
+def _pipeline_factory(config: dict, steps: int):
+    config = dict(config)
+    moments = config.pop(DATA_MOMENTS_KEY, None)
+    if moments is None:
+        raise SamplerError(f"{PIPELINE_AF} needs the training data's moments in its config ({DATA_MOMENTS_KEY})")
+    scheduler = default_scheduler(config)
+    scheduler.set_data_moments(torch.tensor(moments["mean"]), torch.tensor(moments["var"]))
+    return scheduler
 
 
 _register()
