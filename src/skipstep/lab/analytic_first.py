@@ -25,7 +25,6 @@ from ..sampling import sample
 from ..timesteps import analytic_first_step_grid
 from .candidates import PLACEMENTS, SOLVERS, candidate_name
 from .loaded_model import LoadedModel
-from .our_samplers import default_scheduler
 from .sampler_recipes import DATA_MOMENTS_KEY, SamplerError, get_sampler, is_flow_config, register_sampler
 
 __all__ = ["AF_BASES", "AF_SUFFIX", "PIPELINE_AF", "AnalyticFirstStepRunner", "af_name"]
@@ -141,7 +140,7 @@ def _pipeline_factory(config: dict, steps: int):
     moments = config.pop(DATA_MOMENTS_KEY, None)
     if moments is None:
         raise SamplerError(f"{PIPELINE_AF} needs the training data's moments in its config ({DATA_MOMENTS_KEY})")
-    scheduler = default_scheduler(config)
+    scheduler = get_sampler("default").factory(config, steps)  # what a user's from_config gives
     scheduler.set_data_moments(torch.tensor(moments["mean"]), torch.tensor(moments["var"]))
     return scheduler
 
