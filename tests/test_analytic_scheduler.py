@@ -71,6 +71,7 @@ def test_first_model_input_is_the_analytic_step():
     torch.testing.assert_close(sched.scale_model_input(x_T, sched.timesteps[0]), a1 * x0 + s1 * eps,
                                rtol=1e-5, atol=1e-5)
     assert sched.scale_model_input(x_T, sched.timesteps[1]) is x_T  # later times: the input itself
+    assert sched.scale_model_input(x_T.half(), sched.timesteps[0]).dtype == torch.float16  # the latents' dtype
 
 
 def test_six_evaluations_need_a_deterministic_first_step():

@@ -79,9 +79,8 @@ class AnalyticFirstStepMixin:
         """``x_{t_1}``: the analytic step from ``x_T = sample`` on ``stepper``."""
         first = self._plan[0]
         mean, var = check_data_moments(*self._data_moments, tuple(sample.shape))
-        x0 = gaussian_data_x0(sample.to(torch.float32 if sample.dtype != torch.float64 else sample.dtype),
-                              first.alpha_t, first.sigma_t, mean, var)
-        return stepper.step_from_x0(0, x0, sample)[0]
+        x_t = sample if sample.dtype == torch.float64 else sample.float()  # the step's compute dtype
+        return stepper.step_from_x0(0, gaussian_data_x0(x_t, first.alpha_t, first.sigma_t, mean, var), sample)[0]
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The model input at ``timestep``: ``sample`` itself, except at the first model time with data moments
@@ -92,7 +91,7 @@ class AnalyticFirstStepMixin:
             return sample
         self._analytic_input_given = True
         scratch = TrajectoryStepper(self._plan, self.step_config, self._stepper.coefficients)
-        return self._analytic_state(scratch, sample).to(sample.dtype)
+        return self._analytic_state(scratch, sample)  # in sample's dtype, as every step returns
 
     def _analytic_start(self, sample: torch.Tensor) -> torch.Tensor:
         """In ``step`` at the first model time: the analytic step on the scheduler's own trajectory."""
