@@ -43,8 +43,8 @@ def best_peers(text: str, runs: Path, model: str) -> dict[int, dict[str, float]]
 
 def main(runs: Path) -> str:
     text = RESULTS.read_text()
-    lines = ["| model | NFE | default `fd` / `fd_heldout` | with the moments | moments / default | moments / best peer |",
-             "|---|---:|---|---|---|---|"]
+    lines = ["| model | NFE | default `fd` / `fd_heldout` | with the moments | moments / default | "
+             "moments / best peer |", "|---|---:|---|---|---|---|"]
     for model in MODELS:
         if not (runs / f"af-{model}" / "results.json").exists():
             continue

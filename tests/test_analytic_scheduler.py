@@ -79,6 +79,7 @@ def test_six_evaluations_need_a_deterministic_first_step():
     sched.set_data_moments(0.0, 1.0)
     with pytest.raises(ValueError, match="eta 0 at its step.*eta 1 at the first of 7 steps"):
         sched.set_timesteps(6)
+    assert not sched._plan  # nothing half-installed: a step now runs the training chain, as before set_timesteps
     mean, var = moments()
     det = SkippedStepScheduler(eta=0.0)
     det.set_data_moments(mean, var)

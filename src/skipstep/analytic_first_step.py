@@ -15,8 +15,8 @@ analytic step on the scheduler's trajectory (so the step enters the multistep hi
 :func:`skipstep.sample`) and then takes the model step: the same samples as ``sample(..., data_mean=...)``. Hence:
 
 * the analytic step must be deterministic (eta 0 at the grid's first step): ``scale_model_input`` has no
-  generator, and its state must equal the one ``step`` rebuilds. The default is (fewer than 6 evaluations: a grid
-  of fewer than 7 steps); from 6 evaluations pass an eta that is 0 at the first step (``eta=0.0``, a list);
+  generator, and its state must equal the one ``step`` rebuilds. The default's eta is 0 there for fewer than 6
+  evaluations (a grid of fewer than 7 steps); from 6 on pass an eta that is 0 at the first step (``eta=0.0``, a list);
 * a loop that does not call ``scale_model_input`` (diffusers' ``DDPMPipeline``, ``DDIMPipeline``) is refused at
   its first ``step``, after one evaluation at ``t_1`` on ``x_T``;
 * a trajectory that starts from ``add_noise`` (img2img, inpainting) is left as it is: those latents are already at
@@ -60,11 +60,14 @@ class AnalyticFirstStepMixin:
         return self._data_moments
 
     def _analytic_checks(self, ts: torch.Tensor) -> None:
-        """After planning ``ts`` with moments: at least one model time, and a deterministic analytic step."""
+        """After planning ``ts`` with moments: at least one model time, and a deterministic analytic step (else the
+        plan is dropped, as before any ``set_timesteps``, and the error names what to pass)."""
+        eta = self._plan[0].posterior.eta
+        if len(ts) < 2 or eta != 0:
+            self._plan = []
         if len(ts) < 2:
             raise ValueError("with data moments set (the analytic first step) the timesteps list the analytic time "
                              f"first and then at least one model time: give at least 2 timesteps, got {ts.tolist()}")
-        eta = self._plan[0].posterior.eta
         if eta != 0:
             raise ValueError(f"the analytic first step in a scheduler needs eta 0 at its step (scale_model_input has "
                              f"no generator), got eta {eta:g} at the first of {len(ts)} steps; the default eta is 0 "

@@ -41,8 +41,8 @@ from .steps import (DEFAULT_ETA, DEFAULT_SOLVER_ORDER, DEFAULT_SPACING_POWER, DE
                     DEFAULT_USE_CORRECTOR, DEFAULT_USE_LEARNED_VARIANCE, StepConfig, TrajectoryStepper,
                     check_generator, check_guidance_hint, noise_variance_settings, placement_split,
                     settings_for_guidance)
-from .timesteps import (SPACINGS, analytic_first_step_grid, check_num_steps, check_spacing_power, select_timesteps, sigma_spaced_timesteps,
-                        timesteps_from_sigmas, validate_timesteps, vp_sigmas)
+from .timesteps import (SPACINGS, analytic_first_step_grid, check_num_steps, check_spacing_power, select_timesteps,
+                        sigma_spaced_timesteps, timesteps_from_sigmas, validate_timesteps, vp_sigmas)
 from .tuned_schedules import scheduler_settings_from_tuned_schedule
 
 _STEP_KWARGS = ("eta", "variance_noise", "use_clipped_model_output")
@@ -396,9 +396,10 @@ class SkippedStepScheduler(AnalyticFirstStepMixin, SchedulerMixin, ConfigMixin):
                              f"timestep {int(ts[-1])}")
         self._sync_clipping_with_config()  # before every trajectory, not every step: it is config, not state
         self._install_plan(ts, final)
-        self._plan_has_analytic = analytic
+        self._plan_has_analytic = False
         if analytic:  # the pipeline sees the model times only (skipstep.analytic_first_step)
             self._analytic_checks(ts)
+            self._plan_has_analytic = True
             del self._index_of[int(ts[0])]
             ts = ts[1:]
         self.custom_timesteps = given[0] != "num_inference_steps"
