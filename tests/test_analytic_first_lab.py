@@ -114,3 +114,14 @@ def test_af_told_a_strong_guidance_scale_takes_the_member_of_its_step_count(n):
                   generator=torch.Generator().manual_seed(2), progress=False, data_mean=mean, data_var=var)
     assert runner.timesteps == full[1:]
     assert torch.equal(ours, want)
+
+
+def test_default_moments_is_the_scheduler_with_the_analytic_first_step():
+    """``default-moments`` (the default scheduler with set_data_moments, run by the bench's diffusers loop) draws
+    ``default-af``'s samples with n evaluations; a flow model is refused with the reason."""
+    loaded = _loaded()
+    ours = sample_cell(loaded, get_sampler("default-moments"), 4, seed=0, num_samples=8, batch_size=8, device="cpu")
+    af = sample_cell(loaded, get_sampler("default-af"), 4, seed=0, num_samples=8, batch_size=8, device="cpu")
+    assert ours.actual_nfe == af.actual_nfe == 4 and ours.timesteps == af.timesteps
+    torch.testing.assert_close(ours.samples, af.samples, rtol=1e-5, atol=1e-5)
+    assert "VP chains" in sampler_refusal(get_sampler("default-moments"), _loaded(flow=True))

@@ -126,7 +126,7 @@ def _register() -> None:
                       "class": "skipstep.sample (AnalyticFirstStepRunner)"})
 
     register_sampler(
-        PIPELINE_AF, _pipeline_factory, family="analytic", stochastic=False,
+        PIPELINE_AF, _pipeline_factory, family="analytic-scheduler", stochastic=False,
         refusal=_refusal(lambda loaded: "the diffusers scheduler's analytic first step is for VP chains"
                          if is_flow_config(loaded.scheduler_config) else None),
         description="the default scheduler with set_data_moments(training-split mean, var): the analytic first step "

@@ -51,7 +51,8 @@ COMMON_SETTINGS = {
 FAMILY_TITLES = {"skipstep": "skipstep's samplers (group 'ours')", "diffusers": "diffusers' samplers (group 'peers')",
                  "k-diffusion": "k-diffusion-convention samplers (group 'peers')", "reference": "the reference",
                  "tuned": "tuned schedules",
-                 "analytic": "ours with the analytic first step (training-data mean and variance; one free step)"}
+                 "analytic": "ours with the analytic first step (training-data mean and variance; one free step)",
+                 "analytic-scheduler": "the default scheduler with the analytic first step (set_data_moments)"}
 
 
 def format_sampler_list() -> str:
