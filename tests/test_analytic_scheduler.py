@@ -58,6 +58,22 @@ def test_scheduler_equals_functional_sampler(beta_schedule, n):
     assert not torch.allclose(run_pipeline_loop(plain, toy_eps, x_T, n), ours)
 
 
+def test_a_loop_that_steps_on_the_model_input_gets_the_same_samples():
+    """diffusers' DiTPipeline hands step() the tensor scale_model_input returned (the doubled CFG batch)."""
+    mean, var = moments()
+    sched = SkippedStepScheduler()
+    sched.set_data_moments(mean, var)
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    sched.set_timesteps(4)
+    doubled = torch.cat([x_T] * 2)
+    for t in sched.timesteps:
+        model_in = sched.scale_model_input(doubled, t)
+        doubled = sched.step(toy_eps(model_in, torch.full((8,), int(t))), t, model_in).prev_sample
+    ref = sample(toy_eps, path=sched.path, num_steps=4, noise=torch.cat([x_T] * 2), data_mean=mean, data_var=var,
+                 progress=False)
+    torch.testing.assert_close(doubled, ref, rtol=0, atol=1e-6)
+
+
 def test_first_model_input_is_the_analytic_step():
     mean, var = moments()
     sched = SkippedStepScheduler()

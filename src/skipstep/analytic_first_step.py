@@ -10,8 +10,9 @@ model time ``t_1`` where diffusers' loop lets a scheduler change the model input
     noise_pred = model(latent_model_input, t)
     latents = scheduler.step(noise_pred, t, latents).prev_sample   # at t_1: redoes that step on x_T, then steps on
 
-``step`` at ``t_1`` receives the pipeline's ``x_T`` (diffusers' loops keep the unscaled latents), repeats the
-analytic step on the scheduler's trajectory (so the step enters the multistep history and is corrected, as in
+``step`` at ``t_1`` receives the pipeline's ``x_T`` (diffusers' loops keep the unscaled latents; a loop that hands
+``step`` the tensor ``scale_model_input`` returned, as diffusers' ``DiTPipeline`` does, is recognised and the
+``x_T`` it was made from is used), repeats the analytic step on the scheduler's trajectory (so the step enters the multistep history and is corrected, as in
 :func:`skipstep.sample`) and then takes the model step: the same samples as ``sample(..., data_mean=...)``. Hence:
 
 * the analytic step must be deterministic (eta 0 at the grid's first step): ``scale_model_input`` has no
@@ -38,7 +39,7 @@ class AnalyticFirstStepMixin:
 
     _data_moments: tuple | None = None
     _plan_has_analytic = False  # the installed plan's first step is the analytic one
-    _analytic_input_given = False
+    _analytic_io: tuple | None = None  # (x_T, x_{t_1}) of the last scale_model_input at the first model time
     _entered_noised = False
 
     def set_data_moments(self, data_mean=None, data_var=None) -> None:
@@ -72,7 +73,7 @@ class AnalyticFirstStepMixin:
             raise ValueError(f"the analytic first step in a scheduler needs eta 0 at its step (scale_model_input has "
                              f"no generator), got eta {eta:g} at the first of {len(ts)} steps; the default eta is 0 "
                              f"for fewer than 6 evaluations, else pass eta=0.0 or a per-step eta starting with 0")
-        self._analytic_input_given = False
+        self._analytic_io = None
         self._entered_noised = False
 
     def _analytic_active(self, index: int) -> bool:
@@ -92,19 +93,21 @@ class AnalyticFirstStepMixin:
             return sample
         if self.index_for_timestep(timestep) != 1:
             return sample
-        self._analytic_input_given = True
         scratch = TrajectoryStepper(self._plan, self.step_config, self._stepper.coefficients)
-        return self._analytic_state(scratch, sample)  # in sample's dtype, as every step returns
+        out = self._analytic_state(scratch, sample)  # in sample's dtype, as every step returns
+        self._analytic_io = (sample, out)
+        return out
 
     def _analytic_start(self, sample: torch.Tensor) -> torch.Tensor:
         """In ``step`` at the first model time: the analytic step on the scheduler's own trajectory."""
-        if not self._analytic_input_given:
+        if self._analytic_io is None:
             raise RuntimeError("with data moments set (the analytic first step) the model's input at the first "
                                "timestep must come from scheduler.scale_model_input(sample, t); this loop did not "
                                "call it (diffusers' DDPMPipeline and DDIMPipeline do not): call it, or clear the "
                                "moments with set_data_moments(None)")
-        self._analytic_input_given = False
-        return self._analytic_state(self._stepper, sample)
+        x_T, model_input = self._analytic_io
+        self._analytic_io = None
+        return self._analytic_state(self._stepper, x_T if sample is model_input else sample)
 
 
 def _checked_against_own_shape(data_mean, data_var) -> tuple[torch.Tensor, torch.Tensor]:
