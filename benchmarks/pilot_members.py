@@ -25,11 +25,11 @@ import torch
 import skipstep.plan as plan
 from skipstep.diffusers_schedulers import SkippedStepScheduler
 from skipstep.lab import cli
-from skipstep.lab.our_samplers import default_scheduler
 from skipstep.lab.sampler_recipes import clip_overrides, from_config_accepting, is_flow_config, register_sampler
 from skipstep.posterior import x0_weight_rows
 from skipstep.timesteps import (FEW_STEPS_BELOW, make_strictly_descending, power_timesteps, sigma_spaced_timesteps,
                                 spacing_power_for)
+from step_members import member  # the default with settings changed from FEW_STEPS_BELOW steps on
 
 
 def _log_snr_uniform(path, n: int) -> torch.Tensor:
@@ -65,12 +65,6 @@ def _placed(name: str, grid):
     return factory
 
 
-def _stepped(settings: dict):
-    def factory(config: dict, steps: int):
-        return default_scheduler(config) if steps < FEW_STEPS_BELOW else default_scheduler(config, **settings)
-    return factory
-
-
 def weight_third_order(k: float) -> None:
     """Make every order-3 row ``w2 + k (w3 - w2)`` in this process (``w2``: the order-2 row, zero-padded)."""
     def rows(solver_type, lambdas, lambda_s, eta):
@@ -87,7 +81,7 @@ for _name, _grid in GRIDS.items():
     register_sampler(_name, _placed(_name, _grid), family="candidate", stochastic=True,
                      description=f"the default with the {_name} grid from {FEW_STEPS_BELOW} steps")
 for _name, _settings in STEPS.items():
-    register_sampler(_name, _stepped(_settings), family="candidate", stochastic=True,
+    register_sampler(_name, member(_settings, few_steps=False), family="candidate", stochastic=True,
                      description=f"the default with {_settings} from {FEW_STEPS_BELOW} steps")
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from .candidates import PLACEMENTS, SOLVERS, candidate_name
 from .loaded_model import LoadedModel
 from .sampler_recipes import DATA_MOMENTS_KEY, SamplerError, get_sampler, is_flow_config, register_sampler
 
-__all__ = ["AF_BASES", "AF_SUFFIX", "PIPELINE_AF", "AnalyticFirstStepRunner", "af_name"]
+__all__ = ["AF_BASES", "AF_SUFFIX", "PIPELINE_AF", "AnalyticFirstStepRunner", "af_name", "split_data_moments"]
 
 AF_SUFFIX = "-af"
 #: the default scheduler with the analytic first step as a diffusers pipeline gets it (set_data_moments)
@@ -49,13 +49,8 @@ class AnalyticFirstStepRunner:
     :func:`skipstep.lab.sampler_recipes.run_standard_loop`). ``config`` records the settings it runs with."""
 
     def __init__(self, base_factory: Callable, model_config: dict):
-        if DATA_MOMENTS_KEY not in model_config:
-            raise SamplerError("an analytic-first-step sampler needs the training data's moments in its config "
-                               f"({DATA_MOMENTS_KEY}); the bench adds them (scheduler_config_for)")
-        self.base_factory, self.model_config = base_factory, dict(model_config)
-        moments = self.model_config.pop(DATA_MOMENTS_KEY)
-        self.mean = torch.tensor(moments["mean"], dtype=torch.float32)
-        self.var = torch.tensor(moments["var"], dtype=torch.float32)
+        self.base_factory = base_factory
+        self.model_config, self.mean, self.var = split_data_moments(model_config)
         self.flow = is_flow_config(model_config)
         self.T = int(model_config.get("num_train_timesteps", 1000))
         probe = self._scheduler(2)
@@ -135,13 +130,21 @@ def _register() -> None:
                   "class": "SkippedStepScheduler.set_data_moments"})
 
 
+def split_data_moments(model_config: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The config without ``DATA_MOMENTS_KEY``, and the training data's per-pixel mean and variance it held."""
+    if DATA_MOMENTS_KEY not in model_config:
+        raise SamplerError("an analytic-first-step sampler needs the training data's moments in its config "
+                           f"({DATA_MOMENTS_KEY}); the bench adds them (scheduler_config_for)")
+    config = dict(model_config)
+    moments = config.pop(DATA_MOMENTS_KEY)
+    return (config, torch.tensor(moments["mean"], dtype=torch.float32),
+            torch.tensor(moments["var"], dtype=torch.float32))
+
+
 def _pipeline_factory(config: dict, steps: int):
-    config = dict(config)
-    moments = config.pop(DATA_MOMENTS_KEY, None)
-    if moments is None:
-        raise SamplerError(f"{PIPELINE_AF} needs the training data's moments in its config ({DATA_MOMENTS_KEY})")
+    config, mean, var = split_data_moments(config)
     scheduler = get_sampler("default").factory(config, steps)  # what a user's from_config gives
-    scheduler.set_data_moments(torch.tensor(moments["mean"]), torch.tensor(moments["var"]))
+    scheduler.set_data_moments(mean, var)
     return scheduler
 
 
